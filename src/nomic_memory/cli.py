@@ -1,0 +1,279 @@
+"""The ``nomic-memory`` command line: a thin shell over the library API.
+
+Exit statuses (documented in the README):
+  0  every image was embedded (or was already up to date)
+  3  some files were skipped (each reported with its reason); the rest are stored
+  1  fatal: no such directory, no images, model not loadable, unavailable backend, bad store
+  2  usage error (bad option)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Embed folders of images with Nomic's multimodal retrievers, store and search them.")
+log = logging.getLogger("nomic_memory")
+
+
+class VariantChoice(str, Enum):
+    colnomic_7b = "colnomic-7b"
+    colnomic_3b = "colnomic-3b"
+    nomic_7b = "nomic-7b"
+    nomic_3b = "nomic-3b"
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    mps = "mps"
+    cpu = "cpu"
+
+
+class KindChoice(str, Enum):
+    colqwen = "colqwen"
+    biqwen = "biqwen"
+
+
+class EngineChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def fail(msg: str, code: int = EXIT_FATAL) -> "typer.Exit":
+    typer.echo(f"Error: {msg}", err=True)
+    return typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("transformers", "httpx", "huggingface_hub", "lance", "lancedb"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:
+        pass
+
+
+class ConsoleProgress:
+    """A rich progress bar on a terminal; the original per-batch lines otherwise."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.tty = sys.stdout.isatty() if enabled is None else enabled
+        self.bar = None
+        self.task = None
+
+    def __call__(self, kind: str, data: dict) -> None:
+        if kind == "failed":
+            msg = f"Skipped {data['path']}: {data['reason']}"
+            if self.bar is not None:
+                self.bar.console.print(msg, style="yellow")
+            else:
+                typer.echo(msg, err=True)
+        elif kind == "todo":
+            typer.echo(f"Found {data['count'] + data['skipped']} images to consider: {data['count']} to embed, "
+                       f"{data['skipped']} unchanged (skipped)")
+            if self.tty and data["count"]:
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                           TimeElapsedColumn, TimeRemainingColumn)
+
+                self.bar = Progress(TextColumn("Embedding"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                    TextColumn("ETA"), TimeRemainingColumn())
+                self.bar.start()
+                self.task = self.bar.add_task("embed", total=data["count"], rate="")
+        elif kind == "plan":
+            typer.echo(f"{data['batches']} batches, padding overhead {100 * data['padding_overhead']:.1f}% of tokens")
+        elif kind == "batch":
+            rate = data["embedded"] / data["elapsed"] if data["elapsed"] > 0 else 0.0
+            if self.bar is not None:
+                self.bar.update(self.task, advance=data["images"], rate=f"{rate:.2f} img/s")
+            else:
+                typer.echo(f"Processed batch {data['index']}/{data['total']} ({data['images']} images, "
+                           f"{rate:.2f} images/s)")
+        elif kind == "done":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+@app.command()
+def embed(
+    directory: Path = typer.Argument(..., help="Directory of images (searched recursively)."),
+    model_variant: VariantChoice = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Hub id or local directory; overrides --model-variant."),
+    model_kind: Optional[KindChoice] = typer.Option(None, "--model-kind", help="Force the model kind of a custom model."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch (at most)."),
+    max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", min=1, help="Cap on padded tokens per batch."),
+    backend: BackendChoice = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU."),
+    image_only: bool = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Store directory (default: see README)."),
+    prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode worker processes (0: inline). With --engine ray: model actors."),
+    seed: int = typer.Option(0, "--seed", help="RNG seed set before loading (fixes any randomly initialised head)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
+    engine: EngineChoice = typer.Option("local", "--engine", help="local, or ray for a Ray cluster."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (auto, ray://host:10001); default starts a local cluster."),
+    gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPUs per Ray model actor (CUDA only)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
+    _setup_logging(verbose)
+    from .backends import BackendUnavailable, describe, select_backend
+    from .images import discover_images
+    from .loading import ModelLoadError
+    from .store import StoreError, default_store_path
+
+    if not directory.exists():
+        raise fail(f"no such directory: {directory}")
+    if not directory.is_dir():
+        raise fail(f"not a directory: {directory}")
+    try:
+        n_images = len(discover_images(directory))
+    except OSError as e:
+        raise fail(str(e))
+    if n_images == 0:
+        raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
+    store_path = store or default_store_path()
+    try:
+        be = select_backend(backend.value)
+    except BackendUnavailable as e:
+        raise fail(str(e))
+    for line in describe(be):
+        typer.echo(line)
+    if engine == EngineChoice.ray:
+        try:
+            from .ray_engine import embed_directory_ray
+        except ImportError as e:
+            raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
+                       f"(or `pip install 'nomic-memory[ray]'`) ({e})")
+        try:
+            report = embed_directory_ray(
+                directory, store_path, model_name=model_name, variant=model_variant.value,
+                kind=model_kind.value if model_kind else None, backend=be, batch_size=batch_size,
+                image_only=image_only, seed=seed, workers=workers, ray_address=ray_address,
+                gpus_per_worker=gpus_per_worker, prune=prune, max_batch_tokens=max_batch_tokens,
+                on_event=ConsoleProgress(progress))
+        except (ModelLoadError, StoreError) as e:
+            raise fail(str(e))
+        _final_report(report, json_out)
+        raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
+
+    from .loading import load_model
+    from .pipeline import embed_directory
+
+    typer.echo(f"Loading model: {model_name or model_variant.value}")
+    try:
+        lm = load_model(model_name, model_variant.value if model_name is None else None, backend=be,
+                        kind=model_kind.value if model_kind else None, image_only=image_only, seed=seed,
+                        revision=revision)
+    except ModelLoadError as e:
+        raise fail(str(e))
+    typer.echo(f"Model: {lm.model_id} ({lm.kind}, {lm.dim}-d, revision {lm.revision})")
+    for note in lm.notes:
+        typer.echo(note)
+    ui = ConsoleProgress(progress)
+    try:
+        report = embed_directory(lm, directory, store_path, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                 workers=workers, prune=prune, seed=seed, on_event=ui)
+    except StoreError as e:
+        raise fail(str(e))
+    finally:
+        ui.close()
+    _final_report(report, json_out, lm.image_only_saved_bytes)
+    raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
+
+
+def _final_report(report, json_out: bool, image_only_saved: int = 0) -> None:
+    typer.echo(f"Embedded {report.embedded} images in {report.embed_seconds:.2f} s "
+               f"({report.images_per_second:.2f} images/s); {report.skipped_unchanged} unchanged, "
+               f"{len(report.failed)} skipped with errors" + (f", {report.pruned} pruned" if report.pruned else ""))
+    if report.memory is not None:
+        for line in report.memory.lines():
+            typer.echo(line)
+    if image_only_saved:
+        typer.echo(f"Image-only mode saved {image_only_saved / 2**20:.2f} MB of text-embedding weights")
+    if report.failed:
+        typer.echo(f"Skipped files ({len(report.failed)}):", err=True)
+        for p, r in report.failed:
+            typer.echo(f"  {p}: {r}", err=True)
+    typer.echo(f"Store: {report.store} (table {report.table})")
+    if json_out:
+        typer.echo(json.dumps(report.to_dict()))
+
+
+@app.command()
+def export(
+    store: Path = typer.Option(..., "--store", help="Store directory."),
+    format: str = typer.Option("npz", "--format", help="npz or parquet."),
+    out: Path = typer.Option(..., "--out", help="Output file."),
+    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to export, if the store has several."),
+    root: Optional[str] = typer.Option(None, "--root", help="Only the images embedded from this directory."),
+) -> None:
+    """Export embeddings: npz (key = relative path, value = float32 array) or parquet."""
+    _setup_logging(False)
+    from .export import FORMATS, export_store
+    from .store import StoreError
+
+    if format not in FORMATS:
+        raise fail(f"unknown format {format!r}; choose npz or parquet", EXIT_USAGE)
+    try:
+        n = export_store(store, format, out, table, str(Path(root).resolve()) if root else None)
+    except (StoreError, ValueError) as e:
+        raise fail(str(e))
+    typer.echo(f"Exported {n} images to {out}")
+
+
+@app.command("make-tiny-model")
+def make_tiny_model(
+    out: Path = typer.Argument(..., help="Directory to write the model to."),
+    kind: KindChoice = typer.Option("colqwen", "--kind"),
+    size: str = typer.Option("tiny", "--size", help="tiny or medium"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a small random-weight ColQwen2.5/BiQwen2.5 model (offline demos and tests)."""
+    _setup_logging(False)
+    from .tiny import build_tiny_model
+
+    build_tiny_model(out, kind.value, size, seed)
+    typer.echo(f"Wrote random {size} {kind.value} model to {out} (random weights: for testing only)")
+
+
+# Sub-commands that live in their own modules register themselves on ``app``.
+from . import cli_extra  # noqa: E402,F401
+
+
+def main() -> None:
+    app()
+
+
+def legacy_main(argv: list[str] | None = None) -> None:
+    """``python main.py DIR [--model-variant ...]``: the original command line, unchanged."""
+    cmd = typer.main.get_command(app)
+    embed_cmd = getattr(cmd, "commands", {}).get("embed", cmd)
+    embed_cmd.main(args=argv if argv is not None else sys.argv[1:], prog_name="main.py")
+
+
+if __name__ == "__main__":
+    main()

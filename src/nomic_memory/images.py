@@ -1,0 +1,409 @@
+"""Find image files in a folder and decode them into model-ready RGB images.
+
+The embedding pipeline feeds every image to a Qwen2.5-VL-based retriever whose
+processor expects a plain 8-bit RGB ``PIL.Image``.  Real photo folders are far
+messier than that, so this module is the one place that turns "a file with an
+image-looking name" into either such an image or a clear, per-file
+:class:`ImageError` the caller can log and skip:
+
+* **Discovery** (:func:`discover_images`) is recursive, case-insensitive on the
+  extension and returns a stable order, so that two runs over the same folder
+  embed the same images in the same order (needed for resumable runs and for
+  comparing benchmarks).
+* **Decoding** (:func:`load_image`) uses Pillow only.  It applies the EXIF
+  orientation (phones store portrait photos sideways), flattens transparency
+  onto white (a transparent pixel's hidden colour is usually black, which would
+  make logos and screenshots look like dark noise to the model), converts
+  CMYK/palette/1-bit/grey images, rescales 16-bit and float images to 8-bit
+  instead of letting Pillow clip them to white, and takes the first frame of
+  animations and multi-page files.
+* **Safety**: the pixel count is checked against a *local* limit from the file
+  header before anything is decoded, so one hostile or absurd file cannot eat
+  the memory of a long embedding run.  Pillow's global
+  ``Image.MAX_IMAGE_PIXELS`` and ``ImageFile.LOAD_TRUNCATED_IMAGES`` are never
+  modified: other code in the same process (or another thread) may depend on
+  them, and silently accepting truncated files would embed half-grey images.
+* **Speed**: for JPEGs much larger than what the model will see,
+  ``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling),
+  which is several times faster and smaller than decoding at full size and
+  resizing afterwards.
+* **Processor limits**: Qwen's ``smart_resize`` raises for aspect ratios above
+  200:1 and misbehaves on images thinner than one 28 px patch, so
+  :func:`pad_extreme_aspect` pads such images with white.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "MIN_SIDE",
+    "ImageError",
+    "discover_images",
+    "is_image_path",
+    "jpeg_draft_scale",
+    "load_image",
+    "pad_extreme_aspect",
+    "to_rgb",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name endings treated as images (compared case-insensitively).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+#: Same value as Pillow's default ``Image.MAX_IMAGE_PIXELS`` (~179 Mpx, e.g.
+#: 13400 x 13400), but enforced locally so the global is left alone.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+
+#: Qwen2.5-VL works on 28 x 28 px patches (14 px ViT patches merged 2 x 2); an
+#: image thinner than one patch gets rounded to zero or upscaled wildly.
+MIN_SIDE = 28
+
+_WHITE = (255, 255, 255)
+_ORIENTATION_TAG = 0x0112  # EXIF "Orientation"
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_NATIVE_WHITE = {"RGB": _WHITE, "RGBA": (255, 255, 255, 255), "L": 255, "LA": (255, 255), "1": 1}
+
+
+class ImageError(Exception):
+    """A single image file could not be turned into an RGB image.
+
+    Raised by :func:`load_image` for per-file problems (empty, truncated,
+    not an image, too large, unreadable).  Callers embedding a whole folder
+    are expected to catch it, record ``path`` and ``reason``, and carry on
+    with the next file instead of aborting a long run.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self):
+        # Default Exception pickling would call ImageError(message) and fail;
+        # errors must survive pickling to come back from worker processes.
+        return (type(self), (self.path, self.reason))
+
+
+# --------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    """True when the file name ends with one of :data:`IMAGE_EXTENSIONS` (any case).
+
+    Only the name is looked at (no I/O): discovery must stay cheap on folders
+    with hundreds of thousands of files; the content is checked when loading.
+    """
+    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def discover_images(root: str | os.PathLike[str]) -> list[Path]:
+    """Return absolute paths of all image files under ``root``, recursively.
+
+    Files are matched by extension only (``.JPG`` and ``.jpg`` alike); every
+    other file is ignored.  The result is sorted by the path relative to
+    ``root`` in POSIX form, which is independent of the file system's listing
+    order, so repeated runs (and runs on other machines) see the same order.
+
+    Symlinked files are included; symlinked directories are not followed,
+    which avoids infinite loops through cyclic links.  Sub-directories that
+    cannot be listed are skipped.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        NotADirectoryError: ``root`` exists but is not a directory.
+    """
+    base = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+    if not base.exists():
+        raise FileNotFoundError(f"image folder does not exist: {base}")
+    if not base.is_dir():
+        raise NotADirectoryError(f"expected a folder of images, got a file: {base}")
+
+    found: list[tuple[str, Path]] = []
+    for dirpath, _dirnames, filenames in os.walk(base):
+        for name in filenames:
+            if not is_image_path(name):
+                continue
+            full = Path(dirpath, name)
+            if not full.is_file():  # broken symlink, socket, fifo, ...
+                continue
+            found.append((full.relative_to(base).as_posix(), full))
+    found.sort(key=lambda item: item[0])
+    return [full for _rel, full in found]
+
+
+# --------------------------------------------------------------------------
+# Geometry helpers
+# --------------------------------------------------------------------------
+
+
+def jpeg_draft_scale(
+    width: int, height: int, target_pixels: int | None, *, min_side: int = MIN_SIDE
+) -> int:
+    """Largest JPEG DCT down-scale factor (1, 2, 4 or 8) that keeps enough pixels.
+
+    libjpeg can decode directly at 1/2, 1/4 or 1/8 size, producing
+    ``ceil(width / s) x ceil(height / s)`` pixels.  The factor returned is the
+    largest ``s`` for which that is still at least ``target_pixels`` pixels
+    (so the model never sees fewer pixels than it would from the full-size
+    decode) and whose short side stays at least ``min(min_side, short side)``.
+    Returns 1 (decode at full size) when no reduction is possible or
+    ``target_pixels`` is ``None``/non-positive.
+    """
+    if not target_pixels or target_pixels <= 0 or width <= 0 or height <= 0:
+        return 1
+    short = min(width, height)
+    for scale in (8, 4, 2):
+        w = -(-width // scale)
+        h = -(-height // scale)
+        if w * h >= target_pixels and min(w, h) >= min(min_side, short):
+            return scale
+    return 1
+
+
+def pad_extreme_aspect(
+    img: Image.Image,
+    max_ratio: float = 200.0,
+    margin: float = 0.9,
+    *,
+    min_side: int = MIN_SIDE,
+) -> Image.Image:
+    """Pad ``img`` with white so Qwen's processor accepts its shape.
+
+    Qwen2.5-VL's ``smart_resize`` raises ``ValueError`` when the aspect ratio
+    exceeds 200:1, and images with a side shorter than one 28 px patch are
+    degenerate for it.  Rather than fail on panoramas, receipts or 1-px
+    rules, the image is centred on a white canvas:
+
+    * every side shorter than ``min_side`` is padded up to ``min_side``;
+    * then, if ``long / short > max_ratio * margin``, the short side is padded
+      until the ratio is at most ``max_ratio * margin``.  The margin keeps
+      the ratio safely below the limit after the processor's own rounding of
+      both sides to multiples of 28.
+
+    Padding (not stretching or cropping) keeps every original pixel and its
+    proportions.  The input is returned unchanged (same object) when no
+    padding is needed.  RGB, RGBA, L, LA and 1-bit images keep their mode
+    (padding is opaque white); any other mode is converted with
+    :func:`to_rgb` first, since "white" is ambiguous for CMYK, palette or
+    16-bit data.
+    """
+    if max_ratio <= 0 or not (0 < margin <= 1):
+        raise ValueError("max_ratio must be > 0 and margin in (0, 1]")
+    limit = max_ratio * margin
+    w, h = img.size
+    new_w, new_h = max(w, min_side), max(h, min_side)
+    if max(new_w, new_h) / min(new_w, new_h) > limit:
+        needed_short = math.ceil(max(new_w, new_h) / limit)
+        if new_w < new_h:
+            new_w = max(new_w, needed_short)
+        else:
+            new_h = max(new_h, needed_short)
+    if (new_w, new_h) == (w, h):
+        return img
+
+    fill = _NATIVE_WHITE.get(img.mode)
+    if fill is None:
+        img = to_rgb(img)
+        fill = _WHITE
+    canvas = Image.new(img.mode, (new_w, new_h), fill)
+    canvas.paste(img, ((new_w - w) // 2, (new_h - h) // 2))
+    return canvas
+
+
+# --------------------------------------------------------------------------
+# Mode conversion
+# --------------------------------------------------------------------------
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow image to 8-bit RGB the way a viewer would show it.
+
+    * Transparency (alpha channel, or a palette/colour-key ``transparency``)
+      is composited onto **white**: a plain ``convert("RGB")`` would expose
+      the colour hidden under transparent pixels, usually black.
+    * 16-bit unsigned modes (``I;16*``) are scaled from their nominal
+      0..65535 range; 32-bit integer (``I``) and float (``F``) images have no
+      fixed range, so they are stretched from their actual min..max.  A plain
+      conversion would clip everything above 255 to white.
+    * Everything else (1-bit, L, P, CMYK, YCbCr, LAB, HSV, RGBX...) goes
+      through Pillow's own conversion.
+
+    Returns ``img`` itself when it is already RGB without transparency.
+    """
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode in ("I", "F") or mode.startswith("I;"):
+        return _high_depth_to_rgb(img)
+    if mode == "La":  # premultiplied; Pillow cannot convert it directly
+        img = img.convert("RGBa")
+        mode = "RGBa"
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, _WHITE)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """Map a 16/32-bit integer or float image linearly onto 0..255 grey."""
+    if img.mode.startswith("I;16"):
+        lo, hi = 0.0, 65535.0
+    else:
+        lo, hi = (float(v) for v in img.getextrema())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("float image contains NaN or infinite values")
+    if hi <= lo:  # constant image: no range to stretch, keep the value if it fits
+        value = int(round(min(max(lo, 0.0), 255.0)))
+        return Image.new("RGB", img.size, (value, value, value))
+    scale = 255.0 / (hi - lo)
+    offset = -lo * scale
+    as_float = img if img.mode == "F" else img.convert("F")
+    # For "F" images Image.point only accepts linear functions, which is
+    # exactly what this is; conversion to "L" then rounds and clamps.
+    grey = as_float.point(lambda v: v * scale + offset).convert("L")
+    return grey.convert("RGB")
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    target_pixels: int | None = None,
+) -> Image.Image:
+    """Decode one image file into a fully loaded 8-bit RGB ``PIL.Image``.
+
+    The returned image is detached from the file (which is closed), oriented
+    per EXIF, flattened onto white, converted with :func:`to_rgb` and padded
+    with :func:`pad_extreme_aspect`.  For animated or multi-page files only
+    the first frame/page is used - the embedding is one vector set per file.
+
+    Args:
+        path: the image file.
+        max_image_pixels: refuse images with more pixels than this, judged
+            from the header before any pixel is decoded (protection against
+            decompression bombs and accidental gigapixel scans).
+        target_pixels: roughly how many pixels the model will keep (its
+            ``max_pixels``).  For JPEGs at least 4x larger, the file is
+            decoded at 1/2, 1/4 or 1/8 scale via ``Image.draft``, never below
+            ``target_pixels`` (see :func:`jpeg_draft_scale`).  Ignored for
+            other formats, which have no cheap reduced decode.
+
+    Raises:
+        ImageError: with a short ``reason`` such as ``"empty file"``,
+            ``"permission denied"``, ``"not an image (cannot identify
+            format)"``, ``"truncated or corrupt image data: ..."`` or
+            ``"image too large: W x H pixels exceeds limit N"``.
+    """
+    try:
+        fp = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+
+    with fp:
+        if os.fstat(fp.fileno()).st_size == 0:
+            raise ImageError(path, "empty file")
+        source: Image.Image | None = None
+        try:
+            source = _open_and_decode(fp, path, max_image_pixels, target_pixels)
+            oriented = _apply_exif_orientation(source, path)
+            rgb = pad_extreme_aspect(to_rgb(oriented))
+            if rgb is source:
+                # Never hand out the file-backed object itself: its methods
+                # (seek, n_frames, getexif on TIFF) would touch the closed file.
+                rgb = rgb.copy()
+            return rgb
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(path, f"image too large: {exc}") from None
+        except UnidentifiedImageError:
+            raise ImageError(path, "not an image (cannot identify format)") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, ...
+            raise ImageError(path, f"truncated or corrupt image data: {exc}") from exc
+        finally:
+            if source is not None:
+                source.close()
+
+
+def _open_and_decode(
+    fp, path, max_image_pixels: int, target_pixels: int | None
+) -> Image.Image:
+    """Open ``fp``, enforce the pixel limit from the header, then decode frame 0."""
+    global_limit = Image.MAX_IMAGE_PIXELS
+    # Pillow warns above its global limit.  Escalate that warning to an error
+    # when our limit is at least as strict (the local check would refuse the
+    # image anyway); ignore it when the caller deliberately allows more.
+    # Caveat: before Python 3.14 catch_warnings saves/restores the
+    # process-wide filter list, so threads loading images concurrently may
+    # briefly see each other's filter for this one warning category.
+    bomb_action = (
+        "error" if global_limit is None or max_image_pixels <= global_limit else "ignore"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter(bomb_action, Image.DecompressionBombWarning)
+        img = Image.open(fp)
+        try:
+            width, height = img.size
+            if width * height > max_image_pixels:
+                raise ImageError(
+                    path,
+                    f"image too large: {width} x {height} pixels exceeds limit "
+                    f"{max_image_pixels}",
+                )
+            # MPO (multi-picture JPEG, written by many cameras) is a JPEG
+            # subclass in Pillow and supports draft() the same way.
+            if img.format in ("JPEG", "MPO") and target_pixels:
+                scale = jpeg_draft_scale(width, height, target_pixels)
+                if scale > 1:
+                    # Request exactly 1/scale; Pillow picks the largest DCT
+                    # factor whose output is >= the requested size, i.e. scale.
+                    img.draft("RGB", (width // scale, height // scale))
+            img.load()  # frame 0: a freshly opened multi-frame file sits there
+        except BaseException:
+            img.close()
+            raise
+    return img
+
+
+def _apply_exif_orientation(img: Image.Image, path) -> Image.Image:
+    """Rotate/flip per the EXIF Orientation tag, as cameras and viewers expect.
+
+    Corrupt EXIF blocks are common (edited files, cheap cameras); they cost the
+    orientation, not the image, so failures here are logged and ignored.
+    """
+    try:
+        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            transposed = ImageOps.exif_transpose(img)
+            if transposed is not None:
+                return transposed
+    except Exception as exc:  # noqa: BLE001 - best effort by design
+        logger.debug("ignoring unreadable EXIF orientation in %s: %s", path, exc)
+    return img

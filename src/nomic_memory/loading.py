@@ -1,0 +1,236 @@
+"""Loading a retriever (hub id or local directory) onto a backend.
+
+Everything that makes the loaded weights *reproducible* lives here: the RNG is seeded before
+loading (Nomic's adapters may leave ``custom_text_proj`` to random init), the projection is
+fingerprinted so that queries embedded later can be checked against the store, and the model's
+revision is pinned (hub commit, or a digest of a local directory's files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backends import Backend
+from .variants import DEFAULT_VARIANT, VARIANTS, KINDS, detect_kind_from_files, kind_from_name, variant_for_repo
+
+log = logging.getLogger(__name__)
+
+# transformers >= 5.10 dropped the class attribute BiQwen2_5.from_pretrained reads; the explicit
+# mapping restores the Qwen2.5-VL checkpoint layout.  (An empty mapping would silently load a
+# random language model.)
+BIQWEN_KEY_MAPPING = {
+    r"^model\.layers": "language_model.layers",
+    r"^model\.embed_tokens": "language_model.embed_tokens",
+    r"^model\.norm": "language_model.norm",
+}
+DEFAULT_SEED = 0
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be resolved or loaded; the message is meant for the user."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    processor: object
+    kind: str  # colqwen | biqwen
+    model_id: str
+    revision: str
+    fingerprint: str  # digest of custom_text_proj ("" for biqwen)
+    backend: Backend
+    dim: int
+    source: Path  # local directory the weights came from
+    image_only: bool = False
+    notes: list[str] = field(default_factory=list)
+    image_only_saved_bytes: int = 0
+
+    @property
+    def table_name(self) -> str:
+        base = self.model_id.rstrip("/").rsplit("/", 1)[-1]
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
+        return f"{safe}-{hashlib.sha256(self.model_id.encode()).hexdigest()[:8]}"
+
+
+class CompactEmbedding(nn.Module):
+    """An embedding table holding only the rows a fixed set of token ids needs.
+
+    Document (image) inputs only ever contain the ~15 tokens of the fixed document prompt plus
+    padding, so the 150k-row text vocabulary (0.6-1.1 GB in bf16) is dead weight for them.
+    Looking up any other id is a programming error and raises instead of returning garbage.
+    """
+
+    def __init__(self, full: nn.Embedding, keep_ids: list[int]):
+        super().__init__()
+        ids = torch.tensor(sorted(set(int(i) for i in keep_ids)), dtype=torch.long,
+                           device=full.weight.device)
+        self.num_full_embeddings = full.num_embeddings
+        self.weight = nn.Parameter(full.weight.detach()[ids].clone(), requires_grad=False)
+        lookup = torch.full((full.num_embeddings,), -1, dtype=torch.long, device=full.weight.device)
+        lookup[ids] = torch.arange(len(ids), device=full.weight.device)
+        self.register_buffer("lookup", lookup, persistent=False)
+        self.kept_ids = ids.tolist()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        idx = self.lookup[input_ids]
+        if bool((idx < 0).any()):
+            raise ValueError("image-only model received a text token outside the document prompt; "
+                             "load without --image-only to embed text queries")
+        return F.embedding(idx, self.weight)
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().is_dir()
+
+
+def local_revision(model_dir: Path) -> str:
+    """A cheap digest of a local model directory: configs in full, weights by name, size and
+    safetensors header (which lists every tensor's dtype, shape and offsets)."""
+    h = hashlib.sha256()
+    for p in sorted(model_dir.iterdir()):
+        if p.suffix == ".json" and p.name.endswith("config.json"):
+            h.update(p.name.encode() + p.read_bytes())
+        elif p.suffix == ".safetensors":
+            h.update(p.name.encode() + str(p.stat().st_size).encode())
+            with open(p, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                h.update(f.read(min(n, 64 * 1024 * 1024)))
+    return "local-" + h.hexdigest()[:16]
+
+
+def resolve_model(model_name: str | None, variant: str | None, revision: str | None = None,
+                  local_files_only: bool = False) -> tuple[str, Path, str, str | None]:
+    """Return (model_id, local_dir, revision, kind_hint) for a hub id, a variant or a directory."""
+    if model_name is None:
+        v = VARIANTS[variant or DEFAULT_VARIANT]
+        model_name = v.repo_id
+    if _is_local(model_name):
+        d = Path(model_name).expanduser().resolve()
+        return str(d), d, local_revision(d), None
+    v = variant_for_repo(model_name)
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(model_name, revision=revision, local_files_only=local_files_only))
+    except Exception as e:  # network, auth, missing repo: one sentence, not a traceback
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"Could not get model '{model_name}' from the Hugging Face hub ({type(e).__name__}: "
+            f"{reason[:160]}); if this machine is offline, pass a local model directory with "
+            "--model-name PATH.") from None
+    return model_name, path, path.name, v.kind if v else None
+
+
+def projection_fingerprint(model: nn.Module) -> str:
+    proj = getattr(model, "custom_text_proj", None)
+    if proj is None:
+        return ""
+    h = hashlib.sha256()
+    for t in (proj.weight, proj.bias):
+        if t is not None:
+            h.update(t.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def document_prompt_ids(processor) -> list[int]:
+    tok = processor.tokenizer
+    ids = tok(processor.visual_prompt_prefix, add_special_tokens=True)["input_ids"]
+    return list(ids) + [tok.pad_token_id, processor.image_token_id]
+
+
+def load_model(model_name: str | None = None, variant: str | None = None, *, backend: Backend,
+               kind: str | None = None, image_only: bool = False, seed: int = DEFAULT_SEED,
+               revision: str | None = None, local_files_only: bool = False,
+               max_visual_tokens: int | None = None) -> LoadedModel:
+    """Load a ColQwen2.5/BiQwen2.5 retriever and its processor onto ``backend``."""
+    from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
+
+    if variant is not None and variant not in VARIANTS:
+        raise ModelLoadError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    model_id, path, rev, kind_hint = resolve_model(model_name, variant, revision, local_files_only)
+    if kind is not None and kind not in KINDS:
+        raise ModelLoadError(f"unknown model kind {kind!r}; choose colqwen or biqwen")
+    if kind is None:
+        kind = kind_hint
+    if kind is None:
+        try:
+            kind = detect_kind_from_files(path)
+        except ValueError as e:
+            kind = kind_from_name(model_id)
+            if kind is None:
+                raise ModelLoadError(str(e)) from None
+    model_cls, proc_cls = (ColQwen2_5, ColQwen2_5_Processor) if kind == "colqwen" else (BiQwen2_5, BiQwen2_5_Processor)
+    kwargs: dict = dict(dtype=backend.dtype, attn_implementation=backend.attn_implementation,
+                        output_loading_info=True)
+    if kind == "biqwen":
+        kwargs["key_mapping"] = dict(BIQWEN_KEY_MAPPING)
+    notes: list[str] = []
+    torch.manual_seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, info = model_cls.from_pretrained(str(path), **kwargs)
+        proc_kwargs = {}
+        if max_visual_tokens:
+            proc_kwargs["max_num_visual_tokens"] = max_visual_tokens
+        processor = proc_cls.from_pretrained(str(path), **proc_kwargs)
+    except ModelLoadError:
+        raise
+    except OSError as e:
+        raise ModelLoadError(f"Could not load model '{model_id}' from {path}: {str(e).splitlines()[0]}; "
+                             "if this machine is offline, pass a local model directory with --model-name PATH.") from None
+    missing = [k for k in (info.get("missing_keys") or []) if "custom_text_proj" in k]
+    if missing:
+        notes.append(f"custom_text_proj was not in the checkpoint: initialised from seed {seed}")
+    other_missing = [k for k in (info.get("missing_keys") or []) if "custom_text_proj" not in k]
+    if other_missing:
+        raise ModelLoadError(f"model '{model_id}' loaded with {len(other_missing)} missing weights "
+                             f"(e.g. {other_missing[0]}): it would embed with random weights")
+    model = model.to(backend.device).eval()
+    model.requires_grad_(False)
+    fingerprint = projection_fingerprint(model)
+    dim = 128 if kind == "colqwen" else model.config.text_config.hidden_size
+    lm = LoadedModel(model=model, processor=processor, kind=kind, model_id=model_id, revision=rev,
+                     fingerprint=fingerprint, backend=backend, dim=dim, source=path, notes=notes)
+    if image_only:
+        make_image_only(lm)
+    return lm
+
+
+def make_image_only(lm: LoadedModel) -> int:
+    """Swap the text-embedding table for the rows the document prompt uses; return bytes freed."""
+    lang = lm.model.language_model
+    full = lang.embed_tokens
+    if isinstance(full, CompactEmbedding):
+        return 0
+    compact = CompactEmbedding(full, document_prompt_ids(lm.processor))
+    saved = full.weight.numel() * full.weight.element_size() - compact.weight.numel() * compact.weight.element_size()
+    lang.embed_tokens = compact
+    del full
+    if lm.backend.name == "cuda":
+        torch.cuda.empty_cache()
+    lm.image_only = True
+    lm.image_only_saved_bytes = saved
+    lm.notes.append(f"image-only: kept {len(compact.kept_ids)} of {compact.num_full_embeddings} "
+                    f"text-embedding rows, freed {saved / 2**20:.1f} MB")
+    return saved
+
+
+def describe_model(lm: LoadedModel) -> dict:
+    return {"model_id": lm.model_id, "revision": lm.revision, "kind": lm.kind, "dim": lm.dim,
+            "fingerprint": lm.fingerprint, "dtype": lm.backend.dtype_name, "image_only": lm.image_only}
+
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "make_image_only", "CompactEmbedding",
+           "projection_fingerprint", "BIQWEN_KEY_MAPPING", "resolve_model", "describe_model"]
+_ = json
