@@ -44,8 +44,11 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
 def select_backend(requested: str = "auto", *, cuda: bool | None = None, mps: bool | None = None,
-                   flash_attn: bool | None = None) -> Backend:
+                   flash_attn: bool | None = None, dtype: str | None = None) -> Backend:
     """Resolve ``requested`` to a concrete backend.
 
     The availability flags default to probing this machine; they are parameters so the decision
@@ -67,13 +70,18 @@ def select_backend(requested: str = "auto", *, cuda: bool | None = None, mps: bo
         if name == "mps" and not mps:
             raise BackendUnavailable("backend 'mps' was requested but Apple MPS is not available on "
                                      "this machine; use --backend auto or cpu")
+    if dtype not in (None, "auto") and dtype not in DTYPES:
+        raise BackendUnavailable(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    forced = DTYPES.get(dtype) if dtype else None
     if name == "cuda":
         fa = flash_attn_available() if flash_attn is None else flash_attn
-        return Backend("cuda", torch.device("cuda"), torch.bfloat16,
-                       "flash_attention_2" if fa else "sdpa", auto)
+        dt = forced or torch.bfloat16
+        # flash-attention 2 only runs 16-bit inputs.
+        attn = "flash_attention_2" if fa and dt != torch.float32 else "sdpa"
+        return Backend("cuda", torch.device("cuda"), dt, attn, auto)
     if name == "mps":
-        return Backend("mps", torch.device("mps"), torch.float16, "sdpa", auto)
-    return Backend("cpu", torch.device("cpu"), torch.float32, "sdpa", auto)
+        return Backend("mps", torch.device("mps"), forced or torch.float16, "sdpa", auto)
+    return Backend("cpu", torch.device("cpu"), forced or torch.float32, "sdpa", auto)
 
 
 def describe(backend: Backend) -> list[str]:

@@ -126,6 +126,7 @@ def embed(
     max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", min=1, help="Cap on padded tokens per batch."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU."),
     image_only: bool = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp16 on MPS, fp32 on CPU), bfloat16, float16 or float32."),
     store: Optional[Path] = typer.Option(None, "--store", help="Store directory (default: see README)."),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode worker processes (0: inline). With --engine ray: model actors."),
@@ -157,7 +158,7 @@ def embed(
         raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
     store_path = store or default_store_path()
     try:
-        be = select_backend(backend.value)
+        be = select_backend(backend.value, dtype=dtype)
     except BackendUnavailable as e:
         raise fail(str(e))
     for line in describe(be):

@@ -196,6 +196,11 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
     if other_missing:
         raise ModelLoadError(f"model '{model_id}' loaded with {len(other_missing)} missing weights "
                              f"(e.g. {other_missing[0]}): it would embed with random weights")
+    if kind == "colqwen" and _adapter_lacks_proj_base(path):
+        notes.append(f"custom_text_proj has no base weights in the adapter: initialised from seed {seed}")
+    merged = merge_lora(model)
+    if merged:
+        notes.append(f"merged {merged} LoRA adapter layers into the base weights")
     model = model.to(backend.device).eval()
     model.requires_grad_(False)
     fingerprint = projection_fingerprint(model)
@@ -205,6 +210,33 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
     if image_only:
         make_image_only(lm)
     return lm
+
+
+def _adapter_lacks_proj_base(path: Path) -> bool:
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        keys = [k for k in f.keys() if "custom_text_proj" in k]
+    return not any(k.endswith("custom_text_proj.weight") or "modules_to_save" in k for k in keys)
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold LoRA factors into the base weights (inference only): the forward then costs what the
+    plain model costs instead of two extra matmuls per adapted layer."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return 0
+    n = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                module.merge()
+                n += 1
+    return n
 
 
 def make_image_only(lm: LoadedModel) -> int:

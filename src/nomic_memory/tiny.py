@@ -40,6 +40,7 @@ class TinySize:
     vision_intermediate: int
     max_visual_tokens: int
     min_visual_tokens: int = 4
+    vocab_size: int | None = None  # rows of the text-embedding table (None: the tokenizer's)
 
 
 SIZES: dict[str, TinySize] = {
@@ -47,6 +48,9 @@ SIZES: dict[str, TinySize] = {
     "tiny": TinySize(64, 2, 4, 2, 128, 32, 2, 2, 64, max_visual_tokens=64),
     # ~90 MB: benchmarks where the model's cost must dominate Python overhead.
     "medium": TinySize(512, 6, 8, 4, 1536, 256, 6, 4, 1024, max_visual_tokens=768),
+    # Qwen2.5-VL-3B's text width and full vocabulary (the 1.2 GB fp32 embedding table that
+    # --image-only drops) on a shallow stack: measures the image-only saving on a CPU.
+    "vocab3b": TinySize(2048, 2, 16, 2, 4096, 256, 2, 4, 1024, max_visual_tokens=768, vocab_size=151936),
 }
 
 
@@ -80,7 +84,7 @@ def build_config(tokenizer, size: TinySize):
     mrope = [half - 2 * ((half - t) // 2) , (half - t) // 2, (half - t) // 2]
     ids = {t_: tokenizer.convert_tokens_to_ids(t_) for t_ in SPECIAL_TOKENS}
     text_config = dict(
-        vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=size.intermediate,
+        vocab_size=size.vocab_size or len(tokenizer), hidden_size=size.hidden, intermediate_size=size.intermediate,
         num_hidden_layers=size.layers, num_attention_heads=size.heads,
         num_key_value_heads=size.kv_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
@@ -127,4 +131,60 @@ def build_tiny_model(out_dir: str | Path, kind: str = "colqwen", size: str = "ti
             model.custom_text_proj.bias.uniform_(-0.5, 0.5)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    return out
+
+
+LORA_TARGETS = r"(.*(model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$|.*(custom_text_proj).*$)"
+
+
+def build_tiny_base(out_dir: str | Path, size: str = "tiny", seed: int = 1) -> Path:
+    """A random ``Qwen2_5_VLForConditionalGeneration`` saved in the hub's key layout
+    (``model.layers.*``, ``visual.*``, ``lm_head``): a stand-in for Qwen/Qwen2.5-VL-*-Instruct."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    dims = SIZES[size]
+    out = Path(out_dir)
+    processor = build_processor("colqwen", dims)
+    config = build_config(processor.tokenizer, dims)
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 1.0)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def build_tiny_adapter(out_dir: str | Path, base_dir: str | Path, kind: str = "colqwen",
+                       seed: int = 0, lora_seed: int = 2) -> Path:
+    """A PEFT LoRA adapter on ``base_dir``, shaped like Nomic's hub repos.
+
+    As there, the ColQwen head ``custom_text_proj`` exists only as LoRA factors in the adapter:
+    its base weights are initialised at load time from the RNG (``seed``).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
+
+    from .loading import BIQWEN_KEY_MAPPING
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    if kind == "colqwen":
+        model = ColQwen2_5.from_pretrained(str(base_dir), dtype=torch.float32)
+        proc = ColQwen2_5_Processor.from_pretrained(str(base_dir))
+        targets = LORA_TARGETS
+    else:
+        model = BiQwen2_5.from_pretrained(str(base_dir), dtype=torch.float32, key_mapping=dict(BIQWEN_KEY_MAPPING))
+        proc = BiQwen2_5_Processor.from_pretrained(str(base_dir))
+        targets = LORA_TARGETS.split("|.*(custom")[0] + ")"
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    g = torch.Generator().manual_seed(lora_seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # PEFT initialises B to zero: make the adapter matter
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    peft_model.save_pretrained(out)
+    proc.save_pretrained(out)
     return out
