@@ -353,7 +353,7 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
                 tracker.sample()
                 records = [Record(str(root), fi.rel, fi.content_hash, fi.size, fi.mtime, fi.width, fi.height,
                                   e.float().numpy(), lm.backend.dtype_name) for (fi, _), e in zip(good, embs)]
-                table.upsert(records)
+                table.upsert(records, known_new={fi.rel for fi, _ in good if fi.rel not in existing})
                 report.embedded += len(records)
             emit("batch", {"index": bi + 1, "total": len(batches), "images": len(idx),
                            "embedded": report.embedded, "elapsed": time.perf_counter() - t_embed})

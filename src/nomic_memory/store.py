@@ -202,10 +202,23 @@ class EmbeddingTable:
         arrays.append(emb_arr.cast(schema.field("embedding").type))
         return pa.Table.from_arrays(arrays, schema=schema)
 
-    def upsert(self, records: list[Record]) -> None:
-        """Write one batch in one atomic commit, replacing rows with the same (root, path)."""
+    def upsert(self, records: list[Record], known_new: set[str] | None = None) -> None:
+        """Write one batch atomically, replacing rows with the same (root, path).
+
+        ``known_new``: paths the caller knows are not in the table (it read the table's index at
+        the start of the run, and is its only writer).  Those are appended, which costs
+        O(batch); the rest go through ``merge_insert``, whose key join scans the table.
+        """
         if not records:
             return
+        if known_new is not None:
+            fresh = [r for r in records if r.path in known_new]
+            if len(fresh) == len(records):
+                self.table.add(self._arrow(fresh))
+                return
+            if fresh:
+                self.table.add(self._arrow(fresh))
+                records = [r for r in records if r.path not in known_new]
         data = self._arrow(records)
         (self.table.merge_insert(["root", "path"]).when_matched_update_all()
          .when_not_matched_insert_all().execute(data))
