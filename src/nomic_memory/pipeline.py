@@ -355,6 +355,8 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
                                   e.float().numpy(), lm.backend.dtype_name) for (fi, _), e in zip(good, embs)]
                 table.upsert(records, known_new={fi.rel for fi, _ in good if fi.rel not in existing})
                 report.embedded += len(records)
+            log.info("Processed batch %d/%d (%d images, %d embedded so far)", bi + 1, len(batches),
+                     len(idx), report.embedded)
             emit("batch", {"index": bi + 1, "total": len(batches), "images": len(idx),
                            "embedded": report.embedded, "elapsed": time.perf_counter() - t_embed})
     finally:
