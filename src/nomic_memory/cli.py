@@ -141,11 +141,9 @@ def embed(
 ) -> None:
     """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
     _setup_logging(verbose)
-    from .backends import BackendUnavailable, describe, select_backend
     from .images import discover_images
-    from .loading import ModelLoadError
-    from .store import StoreError, default_store_path
 
+    # Checked before torch is imported (seconds): a mistyped directory fails at once.
     if not directory.exists():
         raise fail(f"no such directory: {directory}")
     if not directory.is_dir():
@@ -156,6 +154,10 @@ def embed(
         raise fail(str(e))
     if n_images == 0:
         raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
+    from .backends import BackendUnavailable, describe, select_backend
+    from .loading import ModelLoadError
+    from .store import StoreError, default_store_path
+
     store_path = store or default_store_path()
     try:
         be = select_backend(backend.value, dtype=dtype)

@@ -5,16 +5,25 @@ The lean forward computes exactly what colpali-engine's ``ColQwen2_5.forward`` /
 backbone for every layer's hidden states (colpali-engine does, keeping ``layers x batch x seq x
 hidden`` alive until the forward returns), and for ColQwen it projects only the rows the attention
 mask keeps rather than the padded rectangle.
+
+Its memory stays flat as the batch grows: the vision tower runs the batch's images in chunks of at
+most ``plan.VISION_CHUNK_PATCHES`` patches (each image's patches only attend within that image, so
+chunking by whole images changes nothing), the tower's last hidden state is not kept, and the pixel
+patches are released before the language model runs.  ``plan.plan_memory`` models exactly this.
 """
 
 from __future__ import annotations
 
+import inspect
+import types
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
 
 from .loading import LoadedModel
+from .plan import MLP_CHUNK_TOKENS, VISION_CHUNK_PATCHES
 
 DOC_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
 
@@ -83,12 +92,164 @@ def to_device(batch: dict, lm: LoadedModel) -> dict:
     return out
 
 
+def collate_flat(items: list[Prepared], pad_token_id: int, pin_memory: bool = False,
+                 share: bool = False) -> dict[str, torch.Tensor]:
+    """Like :func:`collate`, but with the images' patches concatenated, ``(sum P_i, C)``, which is
+    what the vision tower consumes: no padded ``(B, P_max, C)`` copy is ever made.  With
+    ``share``, each item's ``pixel_values`` becomes a view into that tensor (same values), so the
+    batch holds one copy of its pixels instead of two."""
+    out = collate([Prepared(it.input_ids, it.mm_token_type_ids, it.pixel_values[:0], it.image_grid_thw)
+                   for it in items], pad_token_id)
+    pv = [it.pixel_values for it in items]
+    if pin_memory:
+        flat = torch.empty((sum(p.shape[0] for p in pv), pv[0].shape[1]), dtype=pv[0].dtype, pin_memory=True)
+        torch.cat(pv, dim=0, out=flat)
+        out = {k: v.pin_memory() for k, v in out.items() if k != "pixel_values"}
+    else:
+        flat = torch.cat(pv, dim=0)
+    if share:
+        start = 0
+        for it, p in zip(items, pv):
+            it.pixel_values = flat[start:start + p.shape[0]]
+            start += p.shape[0]
+    out["pixel_values"] = flat
+    return out
+
+
+def _flat_pixels(pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    if pixel_values.dim() == 2:  # already concatenated (collate_flat)
+        return pixel_values
+    offsets = (grid[:, 0] * grid[:, 1] * grid[:, 2]).tolist()
+    return torch.cat([pv[:n] for pv, n in zip(pixel_values, offsets)], dim=0)
+
+
+def _grouped_window_attention(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+                              position_embeddings=None, **kwargs) -> torch.Tensor:
+    """Qwen2.5-VL's vision attention with sdpa, one call per *window length* instead of one per
+    window: a 768-token image has ~48 windows of 64 patches in each of the tower's windowed
+    blocks, and per-window calls spend more time in dispatch than in arithmetic (CPU) or in
+    kernel launches (CUDA).  Each window still attends only to itself: same result."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    n = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(n, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # (heads, n, head_dim)
+    out = torch.empty_like(v)
+    bounds = cu_seqlens.tolist()
+    by_len: dict[int, list[int]] = {}
+    for s, e in zip(bounds, bounds[1:]):
+        if e > s:
+            by_len.setdefault(e - s, []).append(s)
+    for length, starts in by_len.items():
+        if len(starts) == 1:
+            s = starts[0]
+            o = F.scaled_dot_product_attention(q[None, :, s:s + length], k[None, :, s:s + length],
+                                               v[None, :, s:s + length], scale=self.scaling)
+            out[:, s:s + length] = o[0]
+            continue
+        idx = (torch.tensor(starts, device=q.device)[:, None]
+               + torch.arange(length, device=q.device)).reshape(-1)
+        w = len(starts)
+        qs, ks, vs = (t[:, idx].view(t.shape[0], w, length, -1).transpose(0, 1) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks, vs, scale=self.scaling)  # (w, heads, length, hd)
+        out[:, idx] = o.transpose(0, 1).reshape(out.shape[0], w * length, -1)
+        del qs, ks, vs, o
+    return self.proj(out.transpose(0, 1).reshape(n, -1))
+
+
+def _patch_embed_matmul(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The patch embedding's Conv3d (kernel = stride = one patch) as the matrix product it is."""
+    w = self.proj.weight
+    return hidden_states.to(w.dtype).reshape(-1, w[0].numel()) @ w.reshape(w.shape[0], -1).t()
+
+
+def _chunked_mlp(self, x: torch.Tensor) -> torch.Tensor:
+    """A decoder layer's gated MLP on at most ``MLP_CHUNK_TOKENS`` tokens at a time: each token's
+    output depends on that token only, and the three ``tokens x intermediate`` tensors are the
+    largest in the layer (1.6 GB for 32 pages on the 3B model in bf16)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] <= MLP_CHUNK_TOKENS:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+    out = torch.empty(rows.shape[0], self.down_proj.out_features, dtype=x.dtype, device=x.device)
+    for i in range(0, rows.shape[0], MLP_CHUNK_TOKENS):
+        c = rows[i:i + MLP_CHUNK_TOKENS]
+        out[i:i + MLP_CHUNK_TOKENS] = self.down_proj(self.act_fn(self.gate_proj(c)) * self.up_proj(c))
+    return out.view(*x.shape[:-1], -1)
+
+
+def _fast_language_model(model) -> None:
+    lang = model.language_model
+    if getattr(lang, "_nomic_memory_fast", False):
+        return
+    for layer in lang.layers:
+        mlp = layer.mlp
+        if all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            mlp.forward = types.MethodType(_chunked_mlp, mlp)
+    lang._nomic_memory_fast = True
+
+
+def _fast_vision(model) -> None:
+    """Swap two vision-tower methods of this model instance for faster equivalents (once)."""
+    visual = model.visual
+    if getattr(visual, "_nomic_memory_fast", False):
+        return
+    if getattr(visual.config, "_attn_implementation", None) == "sdpa":
+        for blk in visual.blocks:
+            blk.attn.forward = types.MethodType(_grouped_window_attention, blk.attn)
+    pe = visual.patch_embed
+    if tuple(pe.proj.kernel_size) == tuple(pe.proj.stride) and pe.proj.bias is None:
+        pe.forward = types.MethodType(_patch_embed_matmul, pe)
+    visual._nomic_memory_fast = True
+
+
+def _image_features(model, pixel_values: torch.Tensor, grid: torch.Tensor,
+                    chunk_patches: int | None = VISION_CHUNK_PATCHES) -> list[torch.Tensor]:
+    """The vision tower's merged features, run on whole images in chunks of at most
+    ``chunk_patches`` patches (at least one image per chunk)."""
+    _fast_vision(model)
+    visual = model.visual
+    patches = (grid[:, 0] * grid[:, 1] * grid[:, 2]).tolist()
+    feats: list[torch.Tensor] = []
+    start = img = 0
+    n = len(patches)
+    while img < n:
+        end, total = img + 1, patches[img]
+        while chunk_patches and end < n and total + patches[end] <= chunk_patches:
+            total += patches[end]
+            end += 1
+        if not chunk_patches:
+            end, total = n, sum(patches[img:])
+        out = visual(pixel_values[start:start + total].type(visual.dtype), grid_thw=grid[img:end])
+        feats.append(out.pooler_output)
+        del out  # drops the tower's last hidden state (patches x width) right away
+        start += total
+        img = end
+    return feats
+
+
+# transformers' Qwen2.5-VL forward accepts precomputed image features (``mm_encoder_outputs``)
+# since 5.x; without it, the features are computed inside the forward in one piece.
+_PRECOMPUTED_FEATURES = "mm_encoder_outputs" in inspect.signature(Qwen2_5_VLModel.forward).parameters
+
+
 def _backbone(lm: LoadedModel, inputs: dict) -> torch.Tensor:
-    kw = dict(inputs)
-    if "pixel_values" in kw:
+    """Last hidden state of the language model.  ``inputs`` (a dict this call may consume:
+    ``pixel_values`` is popped so the patches can be freed before the language model runs)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    _fast_language_model(lm.model)
+    kw = inputs
+    if "pixel_values" in kw and _PRECOMPUTED_FEATURES:
         grid = kw["image_grid_thw"]
-        offsets = (grid[:, 1] * grid[:, 2]).tolist()
-        kw["pixel_values"] = torch.cat([pv[:n] for pv, n in zip(kw["pixel_values"], offsets)], dim=0)
+        pixels = _flat_pixels(kw.pop("pixel_values"), grid)
+        feats = _image_features(lm.model, pixels, grid)
+        del pixels
+        kw["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(feats))}
+        del feats
+    elif "pixel_values" in kw:
+        kw["pixel_values"] = _flat_pixels(kw["pixel_values"], kw["image_grid_thw"])
     out = Qwen2_5_VLModel.forward(lm.model, **kw, use_cache=False, output_hidden_states=False,
                                   return_dict=True)
     return out.last_hidden_state
@@ -98,9 +259,10 @@ def _backbone(lm: LoadedModel, inputs: dict) -> torch.Tensor:
 def forward_embeddings(lm: LoadedModel, inputs: dict) -> list[torch.Tensor]:
     """Embeddings for a collated batch, one tensor per row: ColQwen (n_tokens, 128) for the
     positions with attention mask 1; BiQwen (dim,) pooled from the last position."""
-    inputs = to_device(inputs, lm)
-    hidden = _backbone(lm, inputs)
+    inputs = to_device(inputs, lm)  # a new dict: _backbone may consume it
     mask = inputs["attention_mask"].bool()
+    hidden = _backbone(lm, inputs)
+    del inputs
     if lm.kind == "colqwen":
         rows = hidden[mask]  # (sum n_i, hidden), row-major: each sequence's kept rows in order
         del hidden
@@ -136,14 +298,21 @@ def target_size(width: int, height: int, image_processor) -> tuple[int, int]:
 
 
 def make_batches(token_counts: list[int], batch_size: int, max_batch_tokens: int | None = None,
-                 sort: bool = True) -> list[list[int]]:
+                 sort: bool = True, max_padding: float | None = None) -> list[list[int]]:
     """Group item indices into batches of similar token counts.
 
     Sorting by length and cutting greedily keeps padding near zero (padding is compute and
     memory spent on nothing); each batch holds at most ``batch_size`` items and, when given, at
     most ``max_batch_tokens`` padded tokens (``len(batch) * longest``).
+
+    With ``max_padding`` (a fraction, e.g. 0.05) the sorted items are instead cut where no batch
+    pads more than that fraction of its tokens, with as few batches as that allows (and, among
+    those, the least padding): a folder of icons, phone snaps and page scans then never pads an
+    icon to a page's 768 tokens just because the batch had room.
     """
     order = sorted(range(len(token_counts)), key=lambda i: (token_counts[i], i)) if sort else list(range(len(token_counts)))
+    if sort and max_padding is not None:
+        return _batches_within_padding(order, token_counts, batch_size, max_batch_tokens, max_padding)
     batches: list[list[int]] = []
     cur: list[int] = []
     longest = 0
@@ -158,6 +327,42 @@ def make_batches(token_counts: list[int], batch_size: int, max_batch_tokens: int
     if cur:
         batches.append(cur)
     return batches
+
+
+def _batches_within_padding(order: list[int], counts: list[int], batch_size: int,
+                            max_batch_tokens: int | None, max_padding: float) -> list[list[int]]:
+    """Optimal cut of the sorted ``order`` into contiguous batches (dynamic programming over the
+    prefix length): fewest batches such that every batch has at most ``max_padding`` padding,
+    ``batch_size`` items and ``max_batch_tokens`` padded tokens; ties broken by least padding."""
+    t = [counts[i] for i in order]
+    n = len(t)
+    prefix = [0] * (n + 1)
+    for k, v in enumerate(t):
+        prefix[k + 1] = prefix[k] + v
+    INF = (float("inf"), float("inf"))
+    best: list[tuple[float, float]] = [INF] * (n + 1)
+    cut = [0] * (n + 1)
+    best[0] = (0, 0)
+    for j in range(1, n + 1):
+        longest = t[j - 1]  # sorted: the batch's last item is its longest
+        for i in range(j - 1, max(-1, j - 1 - batch_size), -1):
+            size = j - i
+            padded = size * longest
+            if size > 1:
+                if max_batch_tokens and padded > max_batch_tokens:
+                    break
+                if padded and (padded - (prefix[j] - prefix[i])) > max_padding * padded:
+                    break  # adding smaller items only pads more
+            cand = (best[i][0] + 1, best[i][1] + padded - (prefix[j] - prefix[i]))
+            if cand < best[j]:
+                best[j], cut[j] = cand, i
+    batches: list[list[int]] = []
+    j = n
+    while j > 0:
+        i = cut[j]
+        batches.append(order[i:j])
+        j = i
+    return batches[::-1]
 
 
 def padding_overhead(token_counts: list[int], batches: list[list[int]]) -> float:

@@ -58,7 +58,9 @@ def export_table(table: EmbeddingTable, fmt: str, out: str | Path, root: str | N
 def _row(emb: pa.Array, i: int, kind: str, dim: int) -> np.ndarray:
     v = emb[i]
     if kind == "colqwen":
-        flat = v.values.values.to_numpy(zero_copy_only=False)
+        # ``flatten()``, not ``.values``: a row's vectors are a slice of the batch's child array,
+        # and ``.values`` would ignore the slice's offset and length.
+        flat = v.values.flatten().to_numpy(zero_copy_only=False)
         return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
     return np.asarray(v.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(dim)
 

@@ -93,6 +93,12 @@ def _is_local(name: str) -> bool:
     return Path(name).expanduser().is_dir()
 
 
+def _looks_like_path(name: str) -> bool:
+    """True for names that can only be a file-system path, never a hub id."""
+    return (name.startswith(("/", "~", "./", "../", ".\\", "..\\")) or name.count("/") > 1 or "\\" in name
+            or Path(name).expanduser().exists() or name in (".", ".."))
+
+
 def local_revision(model_dir: Path) -> str:
     """A cheap digest of a local model directory: configs in full, weights by name, size and
     safetensors header (which lists every tensor's dtype, shape and offsets)."""
@@ -117,6 +123,10 @@ def resolve_model(model_name: str | None, variant: str | None, revision: str | N
     if _is_local(model_name):
         d = Path(model_name).expanduser().resolve()
         return str(d), d, local_revision(d), None
+    if _looks_like_path(model_name):  # a hub id is ``name`` or ``namespace/name``
+        what = "is a file, not a model directory" if Path(model_name).expanduser().exists() else "does not exist"
+        raise ModelLoadError(f"model directory '{model_name}' {what}; pass a local model directory "
+                             "or a Hugging Face hub id (namespace/name) with --model-name.")
     v = variant_for_repo(model_name)
     try:
         from huggingface_hub import snapshot_download
@@ -153,8 +163,6 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
                revision: str | None = None, local_files_only: bool = False,
                max_visual_tokens: int | None = None) -> LoadedModel:
     """Load a ColQwen2.5/BiQwen2.5 retriever and its processor onto ``backend``."""
-    from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
-
     if variant is not None and variant not in VARIANTS:
         raise ModelLoadError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     model_id, path, rev, kind_hint = resolve_model(model_name, variant, revision, local_files_only)
@@ -169,6 +177,9 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
             kind = kind_from_name(model_id)
             if kind is None:
                 raise ModelLoadError(str(e)) from None
+    # Imported only now: it takes seconds, and a bad model name should fail at once.
+    from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
+
     model_cls, proc_cls = (ColQwen2_5, ColQwen2_5_Processor) if kind == "colqwen" else (BiQwen2_5, BiQwen2_5_Processor)
     kwargs: dict = dict(dtype=backend.dtype, attn_implementation=backend.attn_implementation,
                         output_loading_info=True)

@@ -16,10 +16,11 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+import queue
 import sys
 import time
-from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .encode import Prepared, collate, forward_embeddings, is_oom, make_batches, padding_overhead, prepare_image, target_size, visual_tokens
+from .encode import Prepared, collate, collate_flat, forward_embeddings, is_oom, make_batches, padding_overhead, prepare_image, target_size, visual_tokens
 from .images import ImageError, discover_images, load_image
 from .loading import LoadedModel
 from .memory import MemoryReport, MemoryTracker
@@ -35,10 +36,12 @@ from .store import EmbeddingTable, Record, Store, TableInfo
 
 log = logging.getLogger("nomic_memory")
 
-# Pre-resize in the decode worker when the source has this many times the target's pixels:
-# below that, the processor's own resize is cheap and keeps results bit-identical to the
-# model card's loop.
+# Pre-resize in the decode worker when the source has this many times the target's pixels (or was
+# draft-decoded): below that, the processor's own resize is cheap and keeps results bit-identical
+# to the model card's loop.
 PRERESIZE_FACTOR = 4.0
+# Batches are cut so that none pads more than this fraction of its tokens (encode.make_batches).
+MAX_PADDING = 0.05
 
 
 @dataclass
@@ -71,6 +74,10 @@ class RunReport:
     memory: MemoryReport | None = None
     oom_splits: int = 0
     final_batch_cap: int = 0
+    decode_workers: int = 0
+    model_threads: int = 0  # CPU: the intra-op thread count the run settled on
+    # Ray runs: each model worker's own peak (``memory`` is then the largest of them).
+    worker_memory: dict[str, MemoryReport] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -83,7 +90,10 @@ class RunReport:
                 "pruned": self.pruned, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 3), "batches": self.batches,
                 "padding_overhead": round(self.padding_overhead, 4), "oom_splits": self.oom_splits,
-                "memory": self.memory.to_dict() if self.memory else None}
+                "decode_workers": self.decode_workers, "model_threads": self.model_threads,
+                "memory": self.memory.to_dict() if self.memory else None,
+                **({"worker_memory": {w: m.to_dict() for w, m in self.worker_memory.items()}}
+                   if self.worker_memory else {})}
 
 
 def hash_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
@@ -143,22 +153,28 @@ def _init_worker(source: str, kind: str, max_visual_tokens: int | None) -> None:
 def decode_and_prepare(processor, path: Path | Image.Image) -> Prepared:
     """Decode one image (draft-decoding large JPEGs) and run the processor on it."""
     ip = processor.image_processor
+    drafted = False
     if isinstance(path, Image.Image):
         from .images import pad_extreme_aspect, to_rgb
 
         img = pad_extreme_aspect(to_rgb(path))
     else:
         # Ask for a draft no smaller than what the model will see.
+        src_pixels = 0
         try:
             with Image.open(path) as probe:
                 w, h = probe.size
+            src_pixels = w * h
             th, tw = _safe_target(w, h, ip)
             target = th * tw
         except Exception:  # load_image names the precise reason
             target = None
         img = load_image(path, target_pixels=target)
+        drafted = img.width * img.height < src_pixels  # pixels differ from a full decode anyway
     th, tw = target_size(img.width, img.height, ip)
-    if img.width * img.height > PRERESIZE_FACTOR * th * tw:
+    if (img.width, img.height) != (tw, th) and (
+            drafted or img.width * img.height > PRERESIZE_FACTOR * th * tw):
+        # One resize, on 8-bit pixels, to exactly the processor's target: it then has none to do.
         img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return prepare_image(processor, img)
 
@@ -186,50 +202,225 @@ def _decode_batch(processor, paths: list[Path]) -> list[Prepared | ImageError]:
     return out
 
 
+def _decode_worker_main(source: str, kind: str, max_visual_tokens: int | None, tasks, results) -> None:
+    """A decode worker process: takes ``(batch, position, path)`` tasks until it gets ``None``."""
+    _init_worker(source, kind, max_visual_tokens)
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        bi, pos, path = task
+        results.put((bi, pos, _decode_batch(_WORKER_PROCESSOR, [path])[0]))
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` intra-op threads (no-op for ``None``), restoring the setting after."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 class Decoder:
-    """Decodes batches ahead of the model: in worker processes, or inline when workers=0."""
+    """Decodes batches ahead of the model: in worker processes, or inline when workers=0.
+
+    Workers and the main thread share one queue of per-image tasks: the workers prefetch the
+    next batches while the model runs, and whenever the model would otherwise wait for its next
+    batch the main thread takes the oldest queued tasks itself.  Workers are started only once
+    decoding has proven worth offloading: the main thread has spent ``start_after`` seconds on it
+    and at least ``min_share`` of the time the consumer (the model) spent between batches.  A
+    process that imports torch costs seconds of CPU, which a short run, or a run whose model
+    dwarfs decoding on the same cores, would only lose to; and nothing ever waits for the
+    workers to come up.  Inline decoding runs with one intra-op thread: the processor's small tensor operations
+    only lose from threading.  If a worker dies, the rest of the run decodes inline.
+    """
 
     def __init__(self, lm: LoadedModel, workers: int, prefetch: int | None = None,
-                 max_visual_tokens: int | None = None):
+                 max_visual_tokens: int | None = None, start_after: float = 1.0, assist: bool = True,
+                 min_share: float = 0.25):
         self.lm = lm
+        self.min_share = min_share
+        self.consumer_seconds = 0.0
+        self.assist = assist  # the main thread decodes when the model would otherwise wait
         self.workers = workers
-        self.prefetch = prefetch or max(2, 2 * workers)
-        self.pool: ProcessPoolExecutor | None = None
-        if workers > 0:
-            ctx = mp.get_context("spawn")  # fork after torch/OpenMP threads can deadlock
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                            initargs=(str(lm.source), lm.kind, max_visual_tokens))
+        self.prefetch = prefetch or max(2, 2 * workers)  # batches in flight, at most
+        self.start_after = start_after
+        self.max_visual_tokens = max_visual_tokens
+        self.inline_images = 0  # decoded by the main thread (statistics)
+        self.worker_images = 0
+        self.inline_seconds = 0.0
+        self._procs: list = []
+        self._started = False
+        self._tasks = self._results = None
+
+    def _start(self) -> None:
+        self._started = True
+        ctx = mp.get_context("spawn")  # fork after torch/OpenMP threads can deadlock
+        self._tasks, self._results = ctx.Queue(), ctx.Queue()
+        for _ in range(self.workers):
+            p = ctx.Process(target=_decode_worker_main, daemon=True,
+                            args=(str(self.lm.source), self.lm.kind, self.max_visual_tokens,
+                                  self._tasks, self._results))
+            p.start()
+            self._procs.append(p)
+
+    def _inline(self, paths: list[Path]) -> list[Prepared | ImageError]:
+        t = time.perf_counter()
+        with torch_threads(1):
+            out = _decode_batch(self.lm.processor, paths)
+        self.inline_seconds += time.perf_counter() - t
+        self.inline_images += len(paths)
+        return out
 
     def map(self, batches: list[list[Path]]):
-        """Yield decoded batches in order, keeping up to ``prefetch`` in flight."""
-        if self.pool is None:
-            for b in batches:
-                yield _decode_batch(self.lm.processor, b)
-            return
-        pending: deque[Future] = deque()
-        it = iter(batches)
-        for b in it:
-            pending.append(self.pool.submit(_decode_batch_worker, b))
-            if len(pending) >= self.prefetch:
-                break
-        while pending:
-            fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(self.pool.submit(_decode_batch_worker, nxt))
-            yield fut.result()
+        """Yield decoded batches in order, keeping up to ``prefetch`` batches in flight."""
+        tasks = [(bi, pos, p) for bi, b in enumerate(batches) for pos, p in enumerate(b)]
+        done: list[list] = [[None] * len(b) for b in batches]
+        missing = [len(b) for b in batches]
+        starts, acc = [], 0
+        for b in batches:
+            starts.append(acc)
+            acc += len(b)
+        starts.append(acc)
+        queued = 0  # tasks[:queued] are done or were handed to the queue
+
+        def record(bi: int, pos: int, r) -> None:
+            if pos < len(done[bi]) and done[bi][pos] is None:
+                done[bi][pos] = r
+                missing[bi] -= 1
+
+        for k in range(len(batches)):
+            if (self.workers > 0 and not self._started and self.inline_seconds >= self.start_after
+                    and self.inline_seconds >= self.min_share * self.consumer_seconds
+                    and len(tasks) - starts[k] >= 2 * self.workers):
+                self._start()
+                queued = starts[k]
+            while missing[k]:
+                if self._procs and not all(p.is_alive() for p in self._procs):
+                    log.warning("a decode worker exited unexpectedly: decoding the rest inline")
+                    self._stop(terminate=True)
+                if not self._procs:  # inline
+                    for pos, path in enumerate(batches[k]):
+                        if done[k][pos] is None:
+                            record(k, pos, self._inline([path])[0])
+                    break
+                limit = starts[min(len(batches), k + self.prefetch)]
+                while queued < limit:
+                    self._tasks.put(tasks[queued])
+                    queued += 1
+                self._drain(record, block=False)
+                if not missing[k]:
+                    break
+                try:  # help: the oldest queued task is the most urgent
+                    if not self.assist:
+                        raise queue.Empty
+                    bi, pos, path = self._tasks.get_nowait()
+                except queue.Empty:
+                    self._drain(record, block=True)
+                else:
+                    record(bi, pos, self._inline([path])[0])
+            out, done[k] = done[k], []
+            t = time.perf_counter()
+            yield out
+            self.consumer_seconds += time.perf_counter() - t
+
+    def _drain(self, record, block: bool) -> None:
+        try:
+            item = self._results.get(timeout=0.05) if block else self._results.get_nowait()
+            while True:
+                record(*item)
+                self.worker_images += 1
+                item = self._results.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _stop(self, terminate: bool = False) -> None:
+        procs, self._procs = self._procs, []
+        if procs and not terminate:
+            for _ in procs:
+                self._tasks.put(None)
+        deadline = time.monotonic() + 2.0
+        for p in procs:
+            if not terminate:
+                p.join(timeout=max(0.0, deadline - time.monotonic()))
+            if p.is_alive():  # still importing torch, or stuck: no reason to wait
+                p.terminate()
+                p.join(timeout=1.0)
+        for q in (self._tasks, self._results):
+            if q is not None:
+                q.cancel_join_thread()
+                q.close()
+        self._tasks = self._results = None
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+        self._stop()
 
 
-def default_workers(n_images: int) -> int:
-    cpus = os.cpu_count() or 1
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(n_images: int, backend: str | None = None) -> int:
+    """Decode worker processes for a run of ``n_images``.  On the CPU backend the model needs the
+    cores itself (and decoding to the model's size is a small part of the work), so it gets
+    one worker per four cores; with an accelerator, up to one per spare core."""
+    cpus = available_cpus()
     if n_images < 16 or cpus < 2:
         return 0
+    if backend == "cpu":
+        return max(1, min(8, cpus // 4))
     return max(1, min(8, cpus - 1))
+
+
+class ThreadTuner:
+    """Picks the CPU forward's intra-op thread count by measuring it.
+
+    The best count depends on more than the core count: decode workers and other processes
+    compete for the cores, and a thread that is descheduled stalls every parallel region of the
+    forward at its barrier.  On the busy 2-core development machine the tiny model's forward took
+    0.04-0.08 s with one thread and 1-2 s with two; on an idle machine two threads would be up to
+    ~1.8x faster.  The risk is lopsided, so a run starts with one thread (the first batch also
+    warms up); runs with at least ``min_batches`` batches then try each larger candidate once,
+    keep the fastest per token, and every ``reprobe`` batches give the others one more try
+    (the machine's load changes)."""
+
+    def __init__(self, candidates: list[int], n_batches: int, reprobe: int = 24, min_batches: int = 6):
+        self.candidates = sorted(set(c for c in candidates if c >= 1) | {1})
+        if n_batches < min_batches:
+            self.candidates = [1]
+        self.reprobe = reprobe
+        self.samples: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self.best = 1
+        self._n = 0
+        self._probe: list[int] = []
+
+    def next(self) -> int:
+        n, self._n = self._n, self._n + 1
+        if len(self.candidates) == 1 or n == 0:
+            return self.best
+        if n <= len(self.candidates):
+            return self.candidates[n - 1]
+        if self.reprobe and n % self.reprobe == 0:
+            self._probe = [c for c in self.candidates if c != self.best]
+        return self._probe.pop() if self._probe else self.best
+
+    def record(self, threads: int, seconds: float, work: int) -> None:
+        if self._n <= 1 or work <= 0:  # the warm-up batch
+            return
+        s = self.samples[threads]
+        s.append(seconds / work)
+        del s[:-3]  # recent samples only
+        measured = {c: sorted(v)[len(v) // 2] for c, v in self.samples.items() if v}
+        self.best = min(measured, key=measured.get)
 
 
 # ---------------------------------------------------------------- encoding with OOM resilience
@@ -249,7 +440,8 @@ class BatchEncoder:
                 out.extend(self(items[i:i + self.cap]))
             return out
         try:
-            return forward_embeddings(self.lm, collate(items, self.lm.processor.tokenizer.pad_token_id, self.pin))
+            return forward_embeddings(self.lm, collate_flat(items, self.lm.processor.tokenizer.pad_token_id, self.pin,
+                                                            share=True))
         except Exception as e:
             if not is_oom(e) or len(items) == 1:
                 raise
@@ -328,12 +520,22 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
             fi.tokens = ip.size["longest_edge"] // (28 * 28)  # extreme aspect: padded on decode
     tokens = [fi.tokens for fi in todo]
     max_tokens = max_batch_tokens or None
-    batches = make_batches(tokens, batch_size, max_tokens, sort=sort_by_tokens)
+    batches = make_batches(tokens, batch_size, max_tokens, sort=sort_by_tokens,
+                           max_padding=MAX_PADDING if sort_by_tokens else None)
+    if sort_by_tokens:
+        # Largest first: an out-of-memory batch shows up at once, and the cap it teaches holds for
+        # the rest of the run.
+        batches.reverse()
     report.batches = len(batches)
     report.padding_overhead = padding_overhead(tokens, batches) if todo else 0.0
     emit("plan", {"batches": len(batches), "padding_overhead": report.padding_overhead})
 
-    n_workers = default_workers(len(todo)) if workers is None else workers
+    n_workers = default_workers(len(todo), lm.backend.name) if workers is None else workers
+    tuner = None
+    if lm.backend.name == "cpu":
+        cpus = available_cpus()
+        tuner = ThreadTuner([torch.get_num_threads(), max(1, cpus - n_workers), max(1, cpus // 2)], len(batches))
+    threads0 = torch.get_num_threads()
     decoder = Decoder(lm, n_workers)
     encoder = BatchEncoder(lm)
     tracker = MemoryTracker(lm.backend.name, lm.backend.device).start()
@@ -349,18 +551,29 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
                 else:
                     good.append((fi, d))
             if good:
+                threads = tuner.next() if tuner else None
+                if threads:
+                    torch.set_num_threads(threads)
+                tf = time.perf_counter()
                 embs = encoder([d for _, d in good])
+                if tuner:
+                    tuner.record(threads, time.perf_counter() - tf, sum(d.seq_len for _, d in good))
                 tracker.sample()
                 records = [Record(str(root), fi.rel, fi.content_hash, fi.size, fi.mtime, fi.width, fi.height,
                                   e.float().numpy(), lm.backend.dtype_name) for (fi, _), e in zip(good, embs)]
                 table.upsert(records, known_new={fi.rel for fi, _ in good if fi.rel not in existing})
                 report.embedded += len(records)
+                del embs, records
+            good = decoded = None  # release this batch's inputs before the next is decoded
             log.info("Processed batch %d/%d (%d images, %d embedded so far)", bi + 1, len(batches),
                      len(idx), report.embedded)
             emit("batch", {"index": bi + 1, "total": len(batches), "images": len(idx),
                            "embedded": report.embedded, "elapsed": time.perf_counter() - t_embed})
     finally:
         decoder.close()
+        torch.set_num_threads(threads0)
+        report.model_threads = tuner.best if tuner else 0
+        report.decode_workers = n_workers if decoder._started else 0  # started lazily, if needed
         report.embed_seconds = time.perf_counter() - t_embed
         report.memory = tracker.stop()
         report.oom_splits = encoder.splits

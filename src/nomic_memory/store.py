@@ -256,6 +256,10 @@ def _sql_str(s: str) -> str:
 
 def embedding_to_numpy(value, kind: str, dim: int) -> np.ndarray:
     """Convert one row's Arrow embedding to float32 numpy."""
-    a = np.asarray(value.values.to_numpy(zero_copy_only=False) if hasattr(value, "values") else value)
-    a = np.asarray(a, dtype=np.float32)
+    if isinstance(value, pa.Scalar):  # a ListScalar's ``values`` is a slice; flatten() honours it
+        vals = value.values
+        if pa.types.is_fixed_size_list(vals.type) or pa.types.is_list(vals.type):
+            vals = vals.flatten()
+        value = vals.to_numpy(zero_copy_only=False)
+    a = np.asarray(value, dtype=np.float32)
     return a.reshape(-1, dim) if kind == "colqwen" else a.reshape(dim)

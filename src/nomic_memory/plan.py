@@ -1,0 +1,460 @@
+"""Memory planner: predict the peak memory of embedding images from the architecture and token counts.
+
+The shipped Qwen2.5-VL configurations of the four Nomic retrievers are written out here (they
+cannot be downloaded offline), so ``nomic-memory plan`` and ``bench --synthetic-weights`` know the
+real architecture without the 7-16 GB checkpoint.
+
+The prediction is ``weights + peak activations``, where the activation peak is the largest of three
+phases of nomic-memory's lean forward (encode.forward_embeddings):
+
+* **vision tower**, on the patches of the images it runs at once (it runs the batch's images in
+  chunks of at most ``VISION_CHUNK_PATCHES`` patches, so this phase stops growing with the batch).
+  Per block: the residual stream, the normalised input, ``qkv``, the rotary embedding's float32
+  temporaries, the attention output; or the gated MLP's three ``patches x intermediate`` tensors.
+  With sdpa/flash attention no ``patches^2`` matrix exists; with eager attention the full-attention
+  blocks (``fullatt_block_indexes``) build ``heads x P^2`` scores per image (the windowed blocks
+  only ``heads x 64^2`` per 112-pixel window).
+* **language model** on ``B x L`` tokens (``L`` = visual tokens + the document prompt): what stays
+  alive through the decoder (the input embeddings, the image features, rotary tables, a ``B x L x
+  L`` boolean padding mask when rows differ in length) plus one decoder layer's working set:
+  attention (q, k, v, rotary temporaries, k/v expanded to all heads when a padding mask forbids
+  sdpa's GQA path, the output; eager adds ``B x heads x L x L`` scores) or the MLP (three
+  ``B x L x intermediate`` tensors), whichever is larger.
+* **output**: the final norm, the kept rows and the 128-d projection (ColQwen) or the pooled rows.
+
+Weights are ``parameters x bytes`` (minus the text-embedding table in image-only mode, which keeps
+only the document prompt's rows). The figures are the tensors' bytes, i.e. what CUDA reports as
+*allocated*; the CUDA context (~0.3-0.5 GB) and allocator caching (*reserved*) come on top, and on
+CPU the process's RSS adds the Python runtime, libraries and malloc slack (bench measures them).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+from .variants import VARIANTS
+
+GB = 1024**3
+MB = 1024**2
+
+# The lean forward's working-set bounds (encode.py): the vision tower runs a batch's images in
+# chunks of at most this many patches (whole images; at least one image per chunk) ...
+VISION_CHUNK_PATCHES = 8192
+# ... and each decoder layer's MLP runs on at most this many tokens at a time.
+MLP_CHUNK_TOKENS = 4096
+
+# ---------------------------------------------------------------- the shipped architectures
+# config.json of Qwen/Qwen2.5-VL-3B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct (the bases of Nomic's
+# adapters), reduced to the fields that shape the model.
+_VISION = {
+    "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "in_channels": 3,
+    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "hidden_act": "silu",
+}
+_TOKENS = {"bos_token_id": 151643, "eos_token_id": 151645, "vision_start_token_id": 151652,
+           "vision_end_token_id": 151653, "image_token_id": 151655, "video_token_id": 151656}
+
+ARCHITECTURES: dict[str, dict] = {
+    "qwen2.5-vl-3b": {
+        "text_config": {
+            "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+            "num_attention_heads": 16, "num_key_value_heads": 2, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 128000, "tie_word_embeddings": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        },
+        "vision_config": {**_VISION, "out_hidden_size": 2048},
+        **_TOKENS,
+    },
+    "qwen2.5-vl-7b": {
+        "text_config": {
+            "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 128000, "tie_word_embeddings": False,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        },
+        "vision_config": {**_VISION, "out_hidden_size": 3584},
+        **_TOKENS,
+    },
+}
+
+VARIANT_ARCHITECTURE = {name: ("qwen2.5-vl-7b" if "7b" in name else "qwen2.5-vl-3b") for name in VARIANTS}
+
+# Non-image tokens of colpali-engine's document prompt with Qwen's tokenizer:
+# <|im_start|> user \n <|vision_start|> [image] <|vision_end|> Describe ␣the ␣image . <|im_end|> <|endoftext|>
+QWEN_PROMPT_TOKENS = 11
+
+BACKEND_DTYPE_BYTES = {"cuda": 2, "mps": 2, "cpu": 4}
+
+
+def architecture_config(variant_or_arch: str, *, layers: int | None = None,
+                        vision_depth: int | None = None) -> dict:
+    """The shipped configuration dict of a variant (``colnomic-3b``) or architecture
+    (``qwen2.5-vl-3b``); ``layers`` / ``vision_depth`` scale the depth down (tests, CPU demos),
+    keeping every width and the vocabulary."""
+    name = VARIANT_ARCHITECTURE.get(variant_or_arch, variant_or_arch)
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown variant or architecture {variant_or_arch!r}; choose one of "
+                         f"{', '.join([*VARIANTS, *ARCHITECTURES])}")
+    cfg = copy.deepcopy(ARCHITECTURES[name])
+    if layers is not None:
+        cfg["text_config"]["num_hidden_layers"] = int(layers)
+    if vision_depth is not None:
+        v = cfg["vision_config"]
+        full = [i for i in v["fullatt_block_indexes"] if i < vision_depth]
+        v["depth"] = int(vision_depth)
+        # Keep at least one full-attention block (the last), as the real tower ends with one.
+        v["fullatt_block_indexes"] = full or [int(vision_depth) - 1]
+    return cfg
+
+
+def qwen_config(arch: dict, *, token_ids: dict | None = None, attn_implementation: str = "sdpa"):
+    """A ``Qwen2_5_VLConfig`` from an :data:`ARCHITECTURES` dict (``token_ids`` overrides the special
+    token ids, e.g. those of a stand-in tokenizer)."""
+    from transformers import Qwen2_5_VLConfig
+
+    arch = copy.deepcopy(arch)
+    ids = {**{k: v for k, v in arch.items() if k.endswith("_token_id")}, **(token_ids or {})}
+    text = dict(arch["text_config"])
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if k in ids:
+            text[k] = ids[k]
+    vision = dict(arch["vision_config"])
+    vision["out_hidden_size"] = text["hidden_size"]
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                           image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
+                           vision_start_token_id=ids["vision_start_token_id"],
+                           vision_end_token_id=ids["vision_end_token_id"])
+    cfg._attn_implementation = attn_implementation
+    for sub in (cfg.text_config, cfg.vision_config):
+        sub._attn_implementation = attn_implementation
+    return cfg
+
+
+# ---------------------------------------------------------------- architecture summary
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    v_hidden: int
+    v_intermediate: int
+    v_depth: int
+    v_heads: int
+    v_out: int
+    patch: int = 14
+    merge: int = 2
+    temporal_patch: int = 2
+    in_channels: int = 3
+    window: int = 112
+    v_full_blocks: tuple[int, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict, name: str = "") -> "Arch":
+        t, v = d["text_config"], d["vision_config"]
+        return cls(name, t["vocab_size"], t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"],
+                   t["num_attention_heads"], t["num_key_value_heads"], v["hidden_size"], v["intermediate_size"],
+                   v["depth"], v["num_heads"], t["hidden_size"], v.get("patch_size", 14),
+                   v.get("spatial_merge_size", 2), v.get("temporal_patch_size", 2), v.get("in_channels", 3),
+                   v.get("window_size", 112), tuple(v.get("fullatt_block_indexes", ())))
+
+    @classmethod
+    def from_config(cls, cfg, name: str = "") -> "Arch":
+        """From a loaded model's ``Qwen2_5_VLConfig``."""
+        t, v = cfg.text_config, cfg.vision_config
+        return cls(name, t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers,
+                   t.num_attention_heads, t.num_key_value_heads, v.hidden_size, v.intermediate_size, v.depth,
+                   v.num_heads, t.hidden_size, v.patch_size, v.spatial_merge_size, v.temporal_patch_size,
+                   getattr(v, "in_channels", 3), v.window_size, tuple(v.fullatt_block_indexes))
+
+    @classmethod
+    def for_variant(cls, variant: str, **scale) -> "Arch":
+        return cls.from_dict(architecture_config(variant, **scale), VARIANT_ARCHITECTURE.get(variant, variant))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.temporal_patch * self.patch * self.patch
+
+    @property
+    def patches_per_token(self) -> int:
+        return self.merge * self.merge
+
+    def param_breakdown(self, kind: str = "colqwen") -> dict[str, int]:
+        """Exact parameter counts of ``ColQwen2_5`` / ``BiQwen2_5`` (a ``Qwen2_5_VLModel``: no LM head)."""
+        H, I, C, Iv = self.hidden, self.intermediate, self.v_hidden, self.v_intermediate
+        attn = H * H + H + 2 * (H * self.kv_dim + self.kv_dim) + H * H  # q,k,v with bias; o without
+        layer = attn + 3 * H * I + 2 * H
+        v_block = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * (C * Iv + Iv) + (Iv * C + C)
+        m = C * self.merge ** 2
+        merger = C + (m * m + m) + (m * self.v_out + self.v_out)
+        out = {
+            "text embedding table": self.vocab * H,
+            "language model layers": self.layers * layer + H,  # + final norm
+            "vision tower": self.patch_dim * C + self.v_depth * v_block,
+            "patch merger": merger,
+        }
+        if kind == "colqwen":
+            out["projection head"] = H * 128 + 128
+        return out
+
+    def params(self, kind: str = "colqwen") -> int:
+        return sum(self.param_breakdown(kind).values())
+
+
+# ---------------------------------------------------------------- the plan
+@dataclass
+class Component:
+    name: str
+    bytes: int
+    detail: str = ""
+
+
+@dataclass
+class MemoryPlan:
+    arch: str
+    kind: str
+    backend: str
+    dtype_bytes: int
+    batch_size: int
+    visual_tokens: int  # per image (the largest, when token counts differ)
+    seq_len: int
+    image_only: bool
+    attn: str
+    forward: str
+    params: int
+    weights_bytes: int
+    activation_bytes: int
+    peak_bytes: int
+    phases: dict[str, int] = field(default_factory=dict)
+    weights: list[Component] = field(default_factory=list)
+    components: dict[str, list[Component]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.get) if self.phases else ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["peak_gb"] = round(self.peak_bytes / GB, 3)
+        d["activation_gb"] = round(self.activation_bytes / GB, 3)
+        d["weights_gb"] = round(self.weights_bytes / GB, 3)
+        d["peak_phase"] = self.peak_phase
+        return d
+
+    def lines(self) -> list[str]:
+        def fmt(b: int) -> str:
+            return f"{b / GB:8.3f} GB ({b / MB:10.1f} MB)"
+
+        dt = {2: "16-bit", 4: "float32"}.get(self.dtype_bytes, f"{self.dtype_bytes}-byte")
+        out = [f"Memory plan: {self.arch} ({self.kind}), {self.backend} {dt}, batch {self.batch_size} x "
+               f"{self.visual_tokens} visual tokens (sequence {self.seq_len}), "
+               f"{'image-only' if self.image_only else 'full'} mode, {self.attn} attention, {self.forward} forward",
+               f"Parameters: {self.params:,}",
+               f"Weights:                         {fmt(self.weights_bytes)}"]
+        for c in self.weights:
+            out.append(f"  {c.name:<30} {fmt(c.bytes)}  {c.detail}")
+        for phase, comps in self.components.items():
+            mark = "  <- peak" if phase == self.peak_phase else ""
+            out.append(f"Activations, {phase + ':':<19} {fmt(self.phases[phase])}{mark}")
+            for c in comps:
+                out.append(f"  {c.name:<30} {fmt(c.bytes)}  {c.detail}")
+        out.append(f"Predicted peak (weights + {self.peak_phase}): {fmt(self.peak_bytes)}".replace("  ", " "))
+        out.extend(f"Note: {n}" for n in self.notes)
+        return out
+
+
+def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: str = "colqwen",
+                backend: str = "cuda", dtype_bytes: int | None = None, image_only: bool = False,
+                attn: str = "sdpa", prompt_tokens: int = QWEN_PROMPT_TOKENS, kept_rows: int | None = None,
+                token_counts: list[int] | None = None, forward: str = "lean",
+                vision_chunk_patches: int | None = VISION_CHUNK_PATCHES) -> MemoryPlan:
+    """Predict peak memory (bytes of tensors) for one batch; see the module docstring.
+
+    ``token_counts`` gives each image's visual tokens (default: ``batch_size`` images of
+    ``visual_tokens``); ``attn`` is ``sdpa``, ``flash_attention_2`` or ``eager``; ``forward`` is
+    ``lean`` (nomic-memory) or ``colpali`` (colpali-engine's forward, which keeps every layer's
+    hidden states, the vision tower's last hidden state and projects the padded rectangle)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if forward not in ("lean", "colpali"):
+        raise ValueError("forward must be 'lean' or 'colpali'")
+    b = dtype_bytes or BACKEND_DTYPE_BYTES.get(backend, 2)
+    f32 = 4
+    tokens = list(token_counts) if token_counts else [int(visual_tokens)] * batch_size
+    B = len(tokens)
+    T_max, T_tot = max(tokens), sum(tokens)
+    L = T_max + prompt_tokens
+    rows = sum(t + prompt_tokens for t in tokens)  # real (unpadded) rows
+    padded = any(t != T_max for t in tokens)
+    ppt = arch.patches_per_token
+    Np = T_tot * ppt
+    H, I, C, Iv = arch.hidden, arch.intermediate, arch.v_hidden, arch.v_intermediate
+    eager = attn == "eager"
+    lean = forward == "lean"
+
+    # ---- weights
+    pb = arch.param_breakdown(kind)
+    params = sum(pb.values())
+    kept = kept_rows if kept_rows is not None else prompt_tokens + 1  # distinct prompt ids + padding
+    weights: list[Component] = []
+    for name, n in pb.items():
+        if name == "text embedding table" and image_only:
+            weights.append(Component(name, kept * H * b + arch.vocab * 8,
+                                     f"image-only: {kept} of {arch.vocab:,} rows kept (+ int64 lookup)"))
+        else:
+            weights.append(Component(name, n * b, f"{n:,} params"))
+    weights_bytes = sum(c.bytes for c in weights)
+
+    comps: dict[str, list[Component]] = {}
+    # ---- inputs
+    pix = Np * arch.patch_dim * b  # the concatenated patches the vision tower reads
+    # On the CPU the decoded items (float32 processor output) are memory too; they stay referenced
+    # by the caller for the whole batch.
+    host = Np * arch.patch_dim * f32 if backend == "cpu" else 0
+    if lean:
+        # The lean forward frees the device patches once the vision tower is done.
+        inputs_bytes, lm_inputs = pix + host, host
+        inputs_detail = "concatenated patches" + (" + decoded items (host)" if host else "")
+    else:
+        # colpali-engine: the processor's padded (B, P_max, C) batch and its concatenation, both
+        # referenced until the forward returns.
+        padded_pix = B * T_max * ppt * arch.patch_dim * b
+        inputs_bytes = lm_inputs = pix + padded_pix + host
+        inputs_detail = "padded batch + concatenation" + (" + decoded items (host)" if host else "")
+
+    # ---- vision tower
+    if lean and vision_chunk_patches:
+        cur = Nv = 0
+        for t in tokens:  # whole images per chunk, in batch order (as encode._image_features)
+            p = t * ppt
+            if cur and cur + p > vision_chunk_patches:
+                Nv, cur = max(Nv, cur), 0
+            cur += p
+        Nv = max(Nv, cur)
+    else:
+        Nv = Np
+    P_img = T_max * ppt
+    hd_v = C // arch.v_heads
+    v_stream = 2 * Nv * C * b  # residual stream + the block's output
+    v_pos = 2 * Nv * hd_v * f32 * 2  # rotary cos/sin, and their window-permuted copies
+    v_attn = Nv * C * b + 3 * Nv * C * b + 4 * Nv * C * f32 + Nv * C * b  # norm, qkv, rotary fp32, output
+    v_scores = 0
+    if eager:
+        win = (arch.window // arch.patch) ** 2
+        v_scores = max(arch.v_heads * P_img * P_img * (f32 + b) if arch.v_full_blocks else 0,
+                       arch.v_heads * win * win * (f32 + b))
+    v_mlp = Nv * C * b + 3 * Nv * Iv * b
+    v_block = max(v_attn + v_scores, v_mlp)
+    merged = Nv // ppt
+    v_merger = Nv * C * f32 + 2 * merged * C * ppt * b + merged * H * b
+    vision = [Component("inputs", inputs_bytes, inputs_detail),
+              Component("residual stream", v_stream, f"{Nv:,} patches x {C} (x2)"),
+              Component("rotary tables", v_pos, "float32 cos/sin"),
+              Component("block working set", v_block,
+                        ("attention: norm, qkv, float32 rotary, output" + (f", eager scores {v_scores / MB:.0f} MB" if eager else ""))
+                        if v_attn + v_scores >= v_mlp else f"MLP: 3 x {Nv:,} x {Iv}"),
+              Component("features so far", Np // ppt * H * b, f"{T_tot:,} tokens x {H} (earlier chunks)"),
+              ]
+    vision_bytes = sum(c.bytes for c in vision)
+    merger_peak = inputs_bytes + Nv * C * b + v_merger + Np // ppt * H * b
+    vision_bytes = max(vision_bytes, merger_peak)
+    if lean and vision_chunk_patches and Nv < Np:
+        vision[1].detail += f"; chunked: {Nv:,} of {Np:,} patches at a time"
+    comps["vision tower"] = vision
+
+    # ---- language model
+    BL = B * L
+    hd = arch.head_dim
+    keep = [Component("input embeddings", BL * H * b, f"{B} x {L} x {H}"),
+            Component("image features", 2 * T_tot * H * b, "merger output + its concatenation")]
+    if not lean:
+        keep.append(Component("vision last hidden state", Np * C * b, "kept by the stock forward"))
+        keep.append(Component("all hidden states", arch.layers * BL * H * b,
+                              f"{arch.layers + 1} layers x {B} x {L} x {H} (output_hidden_states=True)"))
+    keep.append(Component("rotary tables", 2 * BL * hd * b + 3 * BL * 8, "cos/sin + 3-D position ids"))
+    flash = attn.startswith("flash")
+    if (padded and not flash) or eager:  # flash-attention unpads instead of masking
+        keep.append(Component("attention mask", B * L * L * (b if eager else 1), f"{B} x {L} x {L}"))
+    gqa_expand = (padded and not flash) or eager  # sdpa runs GQA natively only without a mask
+    l_attn = BL * H * b * 2 + 2 * BL * arch.kv_dim * b + 2 * BL * H * b + BL * H * b
+    if gqa_expand:
+        l_attn += 2 * BL * H * b
+    l_scores = B * arch.heads * L * L * (f32 + b) if eager else 0
+    l_mlp = BL * H * b + 3 * BL * I * b
+    l_block = max(l_attn + l_scores, l_mlp)
+    lm = [*([Component("inputs", lm_inputs, "decoded items (host)" if lean else inputs_detail)] if lm_inputs else []),
+          *keep,
+          Component("residual stream", 2 * BL * H * b, f"{B} x {L} x {H} (x2)"),
+          Component("layer working set", l_block,
+                    ("attention: norm, q/k/v, rotary" + (", k/v expanded to all heads" if gqa_expand else "")
+                     + (f", eager scores {l_scores / MB:.0f} MB" if eager else ""))
+                    if l_attn + l_scores >= l_mlp else f"MLP: 3 x {B} x {L} x {I}")]
+    lm_bytes = sum(c.bytes for c in lm)
+    comps["language model"] = lm
+
+    # ---- output
+    if kind == "colqwen":
+        proj_rows = rows if lean else BL
+        out = [Component("inputs + kept state", sum(c.bytes for c in lm[:-2]), ""),
+               Component("final hidden", BL * H * b, ""),
+               Component("projected rows", proj_rows * (H + 3 * 128) * b,
+                         "kept rows, 128-d projection, normalised" if lean else "padded rectangle")]
+    else:
+        out = [Component("inputs + kept state", sum(c.bytes for c in lm[:-2]), ""),
+               Component("final hidden", BL * H * b, ""), Component("pooled", 2 * B * H * b, "")]
+    out_bytes = sum(c.bytes for c in out)
+    comps["output"] = out
+
+    phases = {"vision tower": vision_bytes, "language model": lm_bytes, "output": out_bytes}
+    act = max(phases.values())
+    notes = []
+    if backend == "cuda":
+        notes.append("CUDA context (~0.3-0.5 GB) and allocator caching (reserved > allocated) come on top")
+    if backend == "cpu":
+        notes.append("CPU RSS adds the runtime, libraries, decode buffers and malloc slack; bench measures it")
+    return MemoryPlan(arch.name, kind, backend, b, B, T_max, L, image_only, attn, forward, params,
+                      weights_bytes, act, weights_bytes + act, phases, weights, comps, notes)
+
+
+def plan_for_variant(variant: str, *, batch_size: int, visual_tokens: int = 768, backend: str = "cuda",
+                     image_only: bool = False, attn: str | None = None, dtype_bytes: int | None = None,
+                     forward: str = "lean", **scale) -> MemoryPlan:
+    v = VARIANTS.get(variant)
+    kind = v.kind if v else "colqwen"
+    attn = attn or "sdpa"
+    return plan_memory(Arch.for_variant(variant, **scale), batch_size=batch_size, visual_tokens=visual_tokens,
+                       kind=kind, backend=backend, dtype_bytes=dtype_bytes, image_only=image_only, attn=attn,
+                       forward=forward)
+
+
+def plan_for_model(lm, *, batch_size: int, visual_tokens: int | None = None,
+                   token_counts: list[int] | None = None, forward: str = "lean") -> MemoryPlan:
+    """Plan for a loaded model (``loading.LoadedModel``): its own config, tokenizer and backend."""
+    from .loading import document_prompt_ids
+
+    proc = lm.processor
+    prompt = len(proc.tokenizer(proc.visual_prompt_prefix, add_special_tokens=True)["input_ids"]) - 1
+    kept = len(set(document_prompt_ids(proc)))
+    vt = visual_tokens or proc.image_processor.size["longest_edge"] // (28 * 28)
+    cfg = lm.model.config
+    return plan_memory(Arch.from_config(cfg, lm.model_id), batch_size=batch_size, visual_tokens=vt, kind=lm.kind,
+                       backend=lm.backend.name, dtype_bytes=lm.backend.dtype.itemsize, image_only=lm.image_only,
+                       attn=getattr(cfg, "_attn_implementation", None) or lm.backend.attn_implementation,
+                       prompt_tokens=prompt, kept_rows=kept, token_counts=token_counts, forward=forward)
+
+
+__all__ = ["ARCHITECTURES", "VARIANT_ARCHITECTURE", "Arch", "MemoryPlan", "Component", "architecture_config",
+           "qwen_config", "plan_memory", "plan_for_variant", "plan_for_model", "VISION_CHUNK_PATCHES"]

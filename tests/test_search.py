@@ -1,0 +1,328 @@
+"""Tests for nomic_memory.search: real LanceDB stores, tiny random models built offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from nomic_memory.cli import app
+from nomic_memory.search import (
+    Hit,
+    Index,
+    ModelMismatchError,
+    Scorer,
+    SearchError,
+    check_model,
+    fixed_size_list_matrix,
+    multivector_matrix,
+    recall_at_k,
+)
+from nomic_memory.store import Record, Store, TableInfo
+
+N_IMAGES = 10
+QUERIES = ["a red bicycle", "quarterly revenue table", "x", "the cat sat on the mat"]
+
+
+def _images(folder: Path) -> list[Path]:
+    """Distinct random images in two sizes (so documents have different vector counts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(N_IMAGES):
+        w = 224 if i % 3 else 168
+        p = folder / f"img{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (224, w, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from nomic_memory.api import Embedder
+    from nomic_memory.tiny import build_tiny_model
+
+    base = tmp_path_factory.mktemp("search")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        col = build_tiny_model(base / "col", "colqwen", seed=0)
+        bi = build_tiny_model(base / "bi", "biqwen", seed=0)
+        images = _images(base / "imgs")
+        col_emb = Embedder(str(col), backend="cpu")
+        col_emb.embed_directory(base / "imgs", store=base / "col_store", workers=0)
+        bi_emb = Embedder(str(bi), backend="cpu")
+        bi_emb.embed_directory(base / "imgs", store=base / "bi_store", workers=0)
+    return {"base": base, "col": col, "bi": bi, "images": images, "col_emb": col_emb, "bi_emb": bi_emb,
+            "col_store": base / "col_store", "bi_store": base / "bi_store"}
+
+
+def _colpali_embeddings(lm, images: list[Path], texts: list[str]):
+    """Embeddings from colpali-engine's own model forward (the model card's code path)."""
+    model, proc = lm.model, lm.processor
+    with torch.inference_mode():
+        ps = []
+        for p in images:  # one at a time: no padding rows to strip
+            b = proc.process_images([Image.open(p).convert("RGB")])
+            ps.append(model(**b)[0].float())
+        b = proc.process_queries(texts)
+        out = model(**b).float()
+        if out.dim() == 3:  # strip query padding (zero rows after the mask)
+            qs = [o[m.bool()] for o, m in zip(out, b["attention_mask"])]
+        else:
+            qs = list(out)
+    return qs, ps
+
+
+def _assert_same_ranking(hits: list[Hit], ref_scores: torch.Tensor, names: list[str]):
+    order = torch.argsort(ref_scores, descending=True).tolist()
+    assert [h.path for h in hits] == [names[i] for i in order[: len(hits)]]
+    np.testing.assert_allclose([h.score for h in hits], ref_scores[order[: len(hits)]].numpy(), atol=1e-4, rtol=0)
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+
+
+# ------------------------------------------------------------------ correctness vs colpali-engine
+def test_colqwen_text_search_matches_score_multi_vector(env):
+    lm = env["col_emb"].loaded
+    qs, ps = _colpali_embeddings(lm, env["images"], QUERIES)
+    assert len({p.shape[0] for p in ps}) == 2  # the documents really differ in length
+    ref = lm.processor.score_multi_vector(qs, ps, device="cpu")
+    names = [p.name for p in env["images"]]
+    idx = Index.open(env["col_store"], backend="cpu")
+    results = idx.search_many(QUERIES, k=N_IMAGES)
+    for qi, hits in enumerate(results):
+        assert len(hits) == N_IMAGES
+        _assert_same_ranking(hits, ref[qi], names)
+        assert all(h.root == str(env["base"] / "imgs") and h.page == 0 for h in hits)
+    # a single query and a smaller k give the same head
+    top3 = idx.search(QUERIES[1], k=3)
+    assert [h.path for h in top3] == [h.path for h in results[1][:3]]  # (padding in a batch moves
+    np.testing.assert_allclose([h.score for h in top3], [h.score for h in results[1][:3]], atol=1e-4)  # the last bits)
+
+
+def test_biqwen_text_search_matches_score_single_vector(env):
+    lm = env["bi_emb"].loaded
+    qs, ps = _colpali_embeddings(lm, env["images"], QUERIES)
+    ref = lm.processor.score_single_vector(qs, ps, device="cpu")
+    names = [p.name for p in env["images"]]
+    idx = Index.open(env["bi_store"], backend="cpu")
+    for qi, hits in enumerate(idx.search_many(QUERIES, k=N_IMAGES)):
+        _assert_same_ranking(hits, ref[qi], names)
+
+
+def test_template_is_applied(env):
+    idx = Index.open(env["col_store"], backend="cpu", template="Query: {}")
+    plain = Index.open(env["col_store"], backend="cpu")
+    a = idx.search("red", k=N_IMAGES)
+    b = plain.search("Query: red", k=N_IMAGES)
+    assert [(h.path, round(h.score, 5)) for h in a] == [(h.path, round(h.score, 5)) for h in b]
+
+
+@pytest.mark.parametrize("which", ["col", "bi"])
+def test_image_query_ranks_itself_first(env, which):
+    idx = Index.open(env[f"{which}_store"], backend="cpu")
+    for p in (env["images"][4], env["images"][6]):
+        for q in (p, Image.open(p)):  # a path and a PIL image
+            hits = idx.search(q, k=3)
+            assert hits[0].path == p.name
+            assert hits[0].score > hits[1].score
+    if which == "col":  # every query vector finds itself: MaxSim = number of vectors
+        q = idx.embed_queries([env["images"][4]])[0]
+        assert idx.search(env["images"][4], k=1)[0].score == pytest.approx(q.shape[0], abs=1e-3)
+
+
+# ------------------------------------------------------------------ model checks
+def test_other_seed_model_is_refused(env):
+    from nomic_memory.tiny import build_tiny_model
+
+    other = build_tiny_model(env["base"] / "col_seed1", "colqwen", seed=1)
+    idx = Index.open(env["col_store"], backend="cpu", model_name=str(other))
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        idx.search("hello")
+    idx = Index.open(env["col_store"], backend="cpu", model_name=str(other), allow_mismatch=True)
+    assert len(idx.search("hello", k=2)) == 2
+    assert idx.warnings and "fingerprint" in idx.warnings[0]
+    # the same through the CLI: exit status 1, a one-line reason
+    r = CliRunner().invoke(app, ["search", "hello", "--store", str(env["col_store"]), "--backend", "cpu",
+                                 "--model-name", str(other)])
+    assert r.exit_code == 1 and "--allow-mismatch" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["search", "hello", "--store", str(env["col_store"]), "--backend", "cpu",
+                                 "--model-name", str(other), "--allow-mismatch", "--json", "-k", "2"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["warnings"]
+
+
+def test_check_model_reports_revision_and_fingerprint(env):
+    lm = env["col_emb"].loaded
+    info = Index.open(env["col_store"]).info
+    assert check_model(lm, info) == []
+    assert any("revision" in p for p in check_model(lm, dataclasses.replace(info, revision="local-0000")))
+    assert any("fingerprint" in p for p in check_model(lm, dataclasses.replace(info, fingerprint="0123456789abcdef")))
+    assert any("biqwen" in p for p in check_model(lm, dataclasses.replace(info, kind="biqwen")))
+
+
+def test_rewritten_table_revision_is_refused(env, tmp_path):
+    """A table whose metadata names another revision of the model: refused, not silently used."""
+    store = tmp_path / "store"
+    shutil.copytree(env["col_store"], store)
+    s = Store(store, create=False)
+    t = s.only_table()
+    new_info = dataclasses.replace(t.info, revision="local-ffffffffffffffff")
+    t.table.to_lance().update_schema_metadata({"nomic_memory": new_info.to_json()}, replace=True)
+    idx = Index.open(store, backend="cpu")
+    assert idx.info.revision == "local-ffffffffffffffff"
+    with pytest.raises(ModelMismatchError, match="revision"):
+        idx.search("hello")
+
+
+# ------------------------------------------------------------------ the engine
+def test_chunked_streaming_equals_one_chunk(env):
+    one = Index.open(env["col_store"], backend="cpu", batch_rows=100_000, tile_vectors=1 << 20)
+    tiny = Index.open(env["col_store"], backend="cpu", batch_rows=1, tile_vectors=1)
+    mid = Index.open(env["col_store"], backend="cpu", batch_rows=3, tile_vectors=150, workers=3)
+    serial = Index.open(env["col_store"], backend="cpu", batch_rows=2, workers=1)
+    embs = one.embed_queries(QUERIES + [env["images"][2]])
+    a = one.search_embeddings(embs, k=7)
+    for other in (tiny, mid, serial):
+        b = other.search_embeddings(embs, k=7)
+        for ha, hb in zip(a, b):
+            assert [h.path for h in ha] == [h.path for h in hb]
+            np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], rtol=1e-6)
+
+
+def test_k_larger_than_store_and_validation(env):
+    idx = Index.open(env["col_store"], backend="cpu")
+    q = idx.embed_queries(["hello"])
+    assert len(idx.search_embeddings(q, k=1000)[0]) == N_IMAGES
+    with pytest.raises(ValueError):
+        idx.search_embeddings(q, k=0)
+    with pytest.raises(SearchError, match="128-d"):
+        idx.search_embeddings([np.zeros((3, 64), np.float32)])
+    assert idx.search_many([]) == []
+
+
+def test_float16_store_scores_in_float32(tmp_path):
+    """Stored float16, scored float32: products far beyond float16's range (65504) stay exact."""
+    rng = np.random.default_rng(3)
+    info = TableInfo("synthetic", "r1", "colqwen", 128, "", "float16", 0)
+    store = Store(tmp_path / "s")
+    t = store.create_or_open("syn", info)
+    docs = [rng.uniform(-300, 300, size=(n, 128)).astype(np.float16) for n in (5, 9, 1, 12, 7, 7)]
+    t.upsert([Record("/r", f"d{i}.png", f"h{i}", 1, 0.0, 1, 1, d, "float16") for i, d in enumerate(docs)])
+    assert t.table.schema.field("embedding").type.value_type.value_type == pa.float16()
+    q = rng.uniform(-300, 300, size=(4, 128)).astype(np.float32)
+    ref = np.array([(q.astype(np.float64) @ d.astype(np.float64).T).max(axis=1).sum() for d in docs])
+    assert np.abs(ref).max() > 1e6
+    hits = Index.open(tmp_path / "s").search_embeddings([q], k=len(docs))[0]
+    order = np.argsort(-ref)
+    assert [h.path for h in hits] == [f"d{i}.png" for i in order]
+    np.testing.assert_allclose([h.score for h in hits], ref[order], rtol=1e-6)
+    # the 16-bit path through the engine itself
+    scores = Scorer([q], "colqwen", 128).score(np.concatenate(docs), np.cumsum([0] + [len(d) for d in docs]))
+    assert scores.dtype == np.float32 and np.isfinite(scores).all()
+
+
+def test_arrow_views_are_zero_copy_and_honour_slices():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 4)).astype(np.float16)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 4)
+    arr = pa.ListArray.from_arrays(pa.array(np.array([0, 3, 3, 10, 30], np.int32)), inner)
+    v, o = multivector_matrix(arr.slice(2, 2))
+    assert np.array_equal(v, x[3:30]) and o.tolist() == [0, 7, 27]
+    assert np.shares_memory(v, inner.values.to_numpy(zero_copy_only=True))
+    m = fixed_size_list_matrix(inner.slice(5, 3))
+    assert np.array_equal(m, x[5:8])
+
+
+# ------------------------------------------------------------------ approximate search
+def test_pooled_index_recall_and_staleness(env, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(env["col_store"], store)
+    idx = Index.open(store, backend="cpu")
+    with pytest.raises(SearchError, match="--build-index"):
+        idx.search("hello", approx=True)
+    desc = idx.build_approx_index("pooled", pool_factor=4)
+    assert desc["pooled_vectors"] < desc["vectors"] / 3
+    assert Store(store, create=False).table_names() == [idx.table.name]  # no extra table in the store
+    embs = idx.embed_queries(QUERIES + [env["images"][5]])
+    exact = idx.search_embeddings(embs, k=5)
+    full = idx.search_embeddings(embs, k=5, approx=True, rerank=N_IMAGES)
+    assert recall_at_k(full, exact, 5) == 1.0
+    for f, e in zip(full, exact):  # exact re-ranking: the same scores
+        assert [h.path for h in f] == [h.path for h in e]
+        np.testing.assert_allclose([h.score for h in f], [h.score for h in e], rtol=1e-6)
+    few = idx.search_embeddings(embs, k=5, approx=True, rerank=5)
+    assert few[-1][0].path == env["images"][5].name  # the image finds itself through the pooled copy
+    # a changed table makes the index stale: refused, not silently incomplete
+    extra = tmp_path / "more"
+    extra.mkdir()
+    Image.new("RGB", (224, 224), (200, 10, 10)).save(extra / "red.png")
+    env["col_emb"].embed_directory(extra, store=store, workers=0)
+    with pytest.raises(SearchError, match="out of date"):
+        Index.open(store, backend="cpu").search_embeddings(embs, approx=True)
+
+
+def test_lance_index(env, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(env["col_store"], store)
+    idx = Index.open(store, backend="cpu")
+    idx.build_approx_index("lance", num_partitions=2, num_sub_vectors=8)
+    embs = idx.embed_queries(QUERIES)
+    exact = idx.search_embeddings(embs, k=5)
+    approx = idx.search_embeddings(embs, k=5, approx=True, rerank=N_IMAGES, method="lance")
+    assert recall_at_k(approx, exact, 5) == 1.0
+    np.testing.assert_allclose([h.score for h in approx[0]], [h.score for h in exact[0]], atol=1e-5)
+
+
+def test_biqwen_has_no_pooled_index(env):
+    with pytest.raises(SearchError, match="ColQwen"):
+        Index.open(env["bi_store"]).build_approx_index("pooled")
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_json_and_table(env, tmp_path):
+    runner = CliRunner()
+    args = ["search", "a red bicycle", "--store", str(env["col_store"]), "--backend", "cpu", "-k", "3"]
+    r = runner.invoke(app, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [h["rank"] for h in out["results"]] == [1, 2, 3]
+    assert set(out["results"][0]) >= {"rank", "score", "path", "root", "page", "file"}
+    api = Index.open(env["col_store"], backend="cpu").search("a red bicycle", k=3)
+    assert [h["path"] for h in out["results"]] == [h.path for h in api]
+    # image query, several queries in one scan
+    img = env["images"][7]
+    r = runner.invoke(app, ["search", "one", "two", "--image", str(img), "--store", str(env["col_store"]),
+                            "--backend", "cpu", "-k", "2", "--json"])
+    out = json.loads(r.stdout)
+    assert [q["kind"] for q in out["queries"]] == ["text", "text", "image"]
+    assert out["queries"][2]["results"][0]["path"] == img.name
+    # the rich table
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and "rank" in r.stdout and "score" in r.stdout and api[0].path in r.stdout
+    # usage errors and a missing store
+    assert runner.invoke(app, ["search", "--store", str(env["col_store"])]).exit_code == 2
+    r = runner.invoke(app, ["search", "x", "--store", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and "no store" in r.output
+
+
+def test_cli_build_index_then_approx(env, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(env["col_store"], store)
+    runner = CliRunner()
+    r = runner.invoke(app, ["search", "--store", str(store), "--build-index", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["index"]["method"] == "pooled"
+    r = runner.invoke(app, ["search", "--image", str(env["images"][1]), "--store", str(store), "--backend", "cpu",
+                            "--approx", "--rerank", "3", "-k", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["approx"] and out["results"][0]["path"] == env["images"][1].name
