@@ -67,12 +67,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
 
+    from nomic_memory.ray_engine import embed_directory_ray  # before ray: opts out of the uv hook
     import ray
 
     from nomic_memory.backends import select_backend
     from nomic_memory.loading import load_model
     from nomic_memory.pipeline import embed_directory
-    from nomic_memory.ray_engine import embed_directory_ray
     from nomic_memory.tiny import build_tiny_model
 
     cpu = select_backend("cpu")

@@ -4,6 +4,7 @@
     uv run python benchmarks/throughput.py mixed   [--runs 3]   # 2. mixed sizes, medium model, batch 1 / 8
     uv run python benchmarks/throughput.py memory  [--runs 3]   # 3. medium model, batch 32, peak memory
     uv run python benchmarks/throughput.py all     [--runs 3]
+    uv run python benchmarks/throughput.py mixed --load 2   # the same with 2 busy-looping processes alongside
 
 Every measurement runs in a fresh process (the model is loaded before the clock starts; peak RSS
 is a per-process high-water mark), and the runs are interleaved (run 1 of every configuration, then
@@ -94,11 +95,12 @@ SUITES = {
 }
 
 
-def run_suite(name: str, runs: int) -> dict:
+def run_suite(name: str, runs: int, suffix: str = "") -> dict:
     folder_fn, size, configs = SUITES[name]
     folder, model = folder_fn(), model_dir(size)
     n_files = len([p for p in folder.iterdir() if not p.name.startswith(".")])
-    print(f"\n== {name}: {n_files} images in {folder}, {size} model, {runs} runs, CPU", flush=True)
+    print(f"\n== {name}: {n_files} images in {folder}, {size} model, {runs} runs, CPU"
+          + (f", with {suffix[5:]} busy-looping processes alongside" if suffix else ""), flush=True)
     results: dict[str, list[dict]] = {label: [] for label, *_ in configs}
     for r in range(runs):
         for label, kind, bs, extra in configs:
@@ -139,7 +141,7 @@ def run_suite(name: str, runs: int) -> dict:
         summary["ratio"] = {label: m["above_model_bytes"] / loop for label, m in med.items() if label.startswith("nomic")}
         for label, r in summary["ratio"].items():
             print(f"{label}: peak above model = {100 * r:.0f} % of the card loop's (target <= 50 %)")
-    out = Path("bench_out") / f"throughput-{name}.json"
+    out = Path("bench_out") / f"throughput-{name}{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
     print(f"wrote {out}")
@@ -150,9 +152,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("suite", choices=[*SUITES, "all"])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--load", type=int, default=0,
+                    help="run N busy-looping processes alongside (a machine other jobs share), same for all")
     args = ap.parse_args()
-    for name in (SUITES if args.suite == "all" else [args.suite]):
-        run_suite(name, args.runs)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
+    try:
+        for name in (SUITES if args.suite == "all" else [args.suite]):
+            run_suite(name, args.runs, suffix=f"-load{args.load}" if args.load else "")
+    finally:
+        for b in burners:
+            b.kill()
 
 
 if __name__ == "__main__":

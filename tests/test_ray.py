@@ -7,6 +7,7 @@ The tests that need Ray are marked ``ray`` and skipped when it is not installed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,7 +27,13 @@ SIZES = [(120, 90), (64, 200), (300, 300), (500, 120), (90, 90)]
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray = pytest.importorskip("ray")
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (uv sync --extra ray)")
+    # The engine module first: it opts out of Ray's `uv run` worker hook before Ray is imported
+    # (CI runs `uv run pytest`; with the hook, workers start without the project's venv and die).
+    import nomic_memory.ray_engine  # noqa: F401
+    import ray
+
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",

@@ -256,7 +256,7 @@ def measure(cfg: BenchConfig) -> dict:
     from .loading import load_model
     from .memory import MemoryTracker
     from .pipeline import embed_directory
-    from .plan import plan_for_model
+    from .plan import Arch, forward_flops, plan_for_model
 
     backend = select_backend(cfg.backend, dtype=cfg.dtype)
     t_load = time.perf_counter()
@@ -275,6 +275,9 @@ def measure(cfg: BenchConfig) -> dict:
     load_seconds = time.perf_counter() - t_load
     batches = planned_batches(lm, cfg.directory, cfg.batch_size)
     plans = [plan_for_model(lm, batch_size=len(b), token_counts=b) for b in batches]
+    arch = Arch.from_config(lm.model.config)
+    prompt = plans[0].seq_len - plans[0].visual_tokens if plans else 0
+    flops = sum(forward_flops(arch, t, prompt) for b in batches for t in b)
     worst = max(plans, key=lambda p: p.activation_bytes) if plans else None
     gc.collect()
     model_bytes = _device_bytes(backend)
@@ -294,6 +297,7 @@ def measure(cfg: BenchConfig) -> dict:
         "images": report.embedded, "failed": len(report.failed), "batches": report.batches,
         "seconds": report.embed_seconds, "total_seconds": total, "load_seconds": load_seconds,
         "images_per_second": report.images_per_second,
+        "tflops": flops / report.embed_seconds / 1e12 if report.embed_seconds > 0 else 0.0,
         "padding_overhead": report.padding_overhead, "oom_splits": report.oom_splits,
         "final_batch_cap": report.final_batch_cap, "decode_workers": report.decode_workers,
         "model_threads": report.model_threads,

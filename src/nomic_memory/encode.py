@@ -7,14 +7,16 @@ hidden`` alive until the forward returns), and for ColQwen it projects only the 
 mask keeps rather than the padded rectangle.
 
 Its memory stays flat as the batch grows: the vision tower runs the batch's images in chunks of at
-most ``plan.VISION_CHUNK_PATCHES`` patches (each image's patches only attend within that image, so
+most ``plan.chunk_limits`` patches (each image's patches only attend within that image, so
 chunking by whole images changes nothing), the tower's last hidden state is not kept, and the pixel
 patches are released before the language model runs.  ``plan.plan_memory`` models exactly this.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import sys
 import types
 from dataclasses import dataclass
 
@@ -23,7 +25,17 @@ from torch.nn import functional as F
 from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
 
 from .loading import LoadedModel
-from .plan import MLP_CHUNK_TOKENS, VISION_CHUNK_PATCHES
+from .plan import chunk_limits
+
+# Overrides of plan.chunk_limits (None: by backend); tests force them down to exercise chunking.
+VISION_CHUNK_PATCHES: int | None = None
+LM_CHUNK_TOKENS: int | None = None
+MLP_CHUNK_TOKENS: int | None = None
+
+
+def _limits(device_type: str) -> tuple[int, int, int]:
+    v, lm_, m = chunk_limits(device_type)
+    return (VISION_CHUNK_PATCHES or v, LM_CHUNK_TOKENS or lm_, MLP_CHUNK_TOKENS or m)
 
 DOC_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
 
@@ -100,18 +112,19 @@ def collate_flat(items: list[Prepared], pad_token_id: int, pin_memory: bool = Fa
     batch holds one copy of its pixels instead of two."""
     out = collate([Prepared(it.input_ids, it.mm_token_type_ids, it.pixel_values[:0], it.image_grid_thw)
                    for it in items], pad_token_id)
-    pv = [it.pixel_values for it in items]
+    sizes = [it.pixel_values.shape[0] for it in items]
+    first = items[0].pixel_values
+    flat = torch.empty((sum(sizes), first.shape[1]), dtype=first.dtype, pin_memory=pin_memory)
+    start = 0
+    for it, n in zip(items, sizes):
+        flat[start:start + n].copy_(it.pixel_values)
+        if share:  # the item's own copy is released now, not after the whole batch was copied
+            it.pixel_values = flat[start:start + n]
+            if flat.device.type == "cpu" and not pin_memory:
+                trim_heap()
+        start += n
     if pin_memory:
-        flat = torch.empty((sum(p.shape[0] for p in pv), pv[0].shape[1]), dtype=pv[0].dtype, pin_memory=True)
-        torch.cat(pv, dim=0, out=flat)
-        out = {k: v.pin_memory() for k, v in out.items() if k != "pixel_values"}
-    else:
-        flat = torch.cat(pv, dim=0)
-    if share:
-        start = 0
-        for it, p in zip(items, pv):
-            it.pixel_values = flat[start:start + p.shape[0]]
-            start += p.shape[0]
+        out = {k: v.pin_memory() for k, v in out.items()}
     out["pixel_values"] = flat
     return out
 
@@ -166,16 +179,17 @@ def _patch_embed_matmul(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def _chunked_mlp(self, x: torch.Tensor) -> torch.Tensor:
-    """A decoder layer's gated MLP on at most ``MLP_CHUNK_TOKENS`` tokens at a time: each token's
+    """A decoder layer's gated MLP on at most ``plan.chunk_limits`` tokens at a time: each token's
     output depends on that token only, and the three ``tokens x intermediate`` tensors are the
     largest in the layer (1.6 GB for 32 pages on the 3B model in bf16)."""
     rows = x.reshape(-1, x.shape[-1])
-    if rows.shape[0] <= MLP_CHUNK_TOKENS:
+    step = _limits(x.device.type)[2]
+    if rows.shape[0] <= step:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
     out = torch.empty(rows.shape[0], self.down_proj.out_features, dtype=x.dtype, device=x.device)
-    for i in range(0, rows.shape[0], MLP_CHUNK_TOKENS):
-        c = rows[i:i + MLP_CHUNK_TOKENS]
-        out[i:i + MLP_CHUNK_TOKENS] = self.down_proj(self.act_fn(self.gate_proj(c)) * self.up_proj(c))
+    for i in range(0, rows.shape[0], step):
+        c = rows[i:i + step]
+        out[i:i + step] = self.down_proj(self.act_fn(self.gate_proj(c)) * self.up_proj(c))
     return out.view(*x.shape[:-1], -1)
 
 
@@ -205,9 +219,12 @@ def _fast_vision(model) -> None:
 
 
 def _image_features(model, pixel_values: torch.Tensor, grid: torch.Tensor,
-                    chunk_patches: int | None = VISION_CHUNK_PATCHES) -> list[torch.Tensor]:
+                    chunk_patches: int | None = -1, tuner_owner=None) -> list[torch.Tensor]:
     """The vision tower's merged features, run on whole images in chunks of at most
-    ``chunk_patches`` patches (at least one image per chunk)."""
+    ``chunk_patches`` patches (default: ``plan.chunk_limits``; at least one image per chunk;
+    ``None``: all at once)."""
+    if chunk_patches == -1:
+        chunk_patches = _limits(pixel_values.device.type)[0]
     _fast_vision(model)
     visual = model.visual
     patches = (grid[:, 0] * grid[:, 1] * grid[:, 2]).tolist()
@@ -221,7 +238,8 @@ def _image_features(model, pixel_values: torch.Tensor, grid: torch.Tensor,
             end += 1
         if not chunk_patches:
             end, total = n, sum(patches[img:])
-        out = visual(pixel_values[start:start + total].type(visual.dtype), grid_thw=grid[img:end])
+        with _tuned(tuner_owner, "vision", total):
+            out = visual(pixel_values[start:start + total].type(visual.dtype), grid_thw=grid[img:end])
         feats.append(out.pooler_output)
         del out  # drops the tower's last hidden state (patches x width) right away
         start += total
@@ -255,24 +273,114 @@ def _backbone(lm: LoadedModel, inputs: dict) -> torch.Tensor:
     return out.last_hidden_state
 
 
+_MALLOC_TRIM = None
+
+
+def trim_heap() -> None:
+    """Hand memory that was freed back to the operating system (glibc's ``malloc_trim``).
+
+    Decoding a 30 MB page and resizing it, or a forward's temporaries, leave freed blocks in
+    malloc's arenas (glibc raises its mmap threshold after each large free, so later buffers of
+    up to 32 MB come from the heap); the process's resident size would keep counting them.
+    Called between phases on the CPU backend; a no-op where glibc is not the allocator."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+def _tuned(owner, kind: str, work: int):
+    """The thread tuner the pipeline attached (``lm.thread_tuner``, CPU runs), or nothing."""
+    tuner = getattr(owner, "thread_tuner", None)
+    return tuner(kind, work) if tuner is not None else contextlib.nullcontext()
+
+
+def _row_groups(lengths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive rows cut so that ``rows x longest`` stays within ``budget`` (>= 1 row each)."""
+    groups, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start + 1) * max(longest, n) > budget:
+            groups.append((start, i))
+            start, longest = i, 0
+        longest = max(longest, n)
+    if lengths:
+        groups.append((start, len(lengths)))
+    return groups
+
+
+def _backbone_groups(lm: LoadedModel, inputs: dict):
+    """The language model's last hidden states for a batch of documents (one image per row), in
+    groups of rows of at most ``plan.chunk_limits`` tokens: yields ``(first_row, end_row, hidden,
+    mask)``, each group trimmed to its own longest row (the batch is left-padded; the columns only
+    padding occupies are dropped).  The vision tower runs first, on the whole batch (in chunks of
+    patches), and its input pixels are released before any text layer runs."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    _fast_language_model(lm.model)
+    grid = inputs["image_grid_thw"]
+    pixels = _flat_pixels(inputs.pop("pixel_values"), grid)
+    feats = _image_features(lm.model, pixels, grid, tuner_owner=lm)
+    del pixels
+    merge = lm.model.visual.spatial_merge_size ** 2
+    per_image = list(torch.split(torch.cat(feats) if len(feats) > 1 else feats[0],
+                                 (grid.prod(-1) // merge).tolist()))
+    del feats
+    cpu = grid.device.type == "cpu"
+    if cpu:
+        trim_heap()
+    mask = inputs["attention_mask"]
+    lengths = mask.sum(dim=1).tolist()
+    width = mask.shape[1]
+    for r0, r1 in _row_groups(lengths, _limits(mask.device.type)[1]):
+        cols = slice(width - max(lengths[r0:r1]), width)
+        kw = {k: inputs[k][r0:r1, cols] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in inputs}
+        kw["image_grid_thw"] = grid[r0:r1]
+        kw["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(per_image[r0:r1]))}
+        with _tuned(lm, "text", int(kw["attention_mask"].numel())):
+            out = Qwen2_5_VLModel.forward(lm.model, **kw, use_cache=False, output_hidden_states=False,
+                                          return_dict=True)
+        yield r0, r1, out.last_hidden_state, kw["attention_mask"].bool()
+        del out, kw
+        if cpu:
+            trim_heap()
+
+
+def _embed_hidden(lm: LoadedModel, hidden: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    if lm.kind == "colqwen":
+        rows = hidden[mask]  # (sum n_i, hidden), row-major: each sequence's kept rows in order
+        proj = lm.model.custom_text_proj(rows)
+        del rows
+        proj = proj / proj.norm(dim=-1, keepdim=True)
+        return [t.cpu() for t in torch.split(proj, mask.sum(dim=1).tolist())]
+    pooled = hidden[:, -1]
+    pooled = pooled / pooled.norm(dim=-1, keepdim=True)
+    return list(pooled.cpu().unbind(0))
+
+
 @torch.inference_mode()
 def forward_embeddings(lm: LoadedModel, inputs: dict) -> list[torch.Tensor]:
     """Embeddings for a collated batch, one tensor per row: ColQwen (n_tokens, 128) for the
     positions with attention mask 1; BiQwen (dim,) pooled from the last position."""
-    inputs = to_device(inputs, lm)  # a new dict: _backbone may consume it
+    inputs = to_device(inputs, lm)  # a new dict: the backbone may consume it
+    out: list[torch.Tensor] = []
+    if "pixel_values" in inputs and _PRECOMPUTED_FEATURES and "image_grid_thw" in inputs \
+            and inputs["image_grid_thw"].shape[0] == inputs["attention_mask"].shape[0]:
+        for _, _, hidden, mask in _backbone_groups(lm, inputs):
+            out.extend(_embed_hidden(lm, hidden, mask))
+            del hidden
+        return out
     mask = inputs["attention_mask"].bool()
     hidden = _backbone(lm, inputs)
     del inputs
-    if lm.kind == "colqwen":
-        rows = hidden[mask]  # (sum n_i, hidden), row-major: each sequence's kept rows in order
-        del hidden
-        proj = lm.model.custom_text_proj(rows)
-        proj = proj / proj.norm(dim=-1, keepdim=True)
-        counts = mask.sum(dim=1).tolist()
-        return [t.cpu() for t in torch.split(proj, counts)]
-    pooled = hidden[:, -1]
-    pooled = pooled / pooled.norm(dim=-1, keepdim=True)
-    return list(pooled.cpu().unbind(0))
+    return _embed_hidden(lm, hidden, mask)
 
 
 def visual_tokens(width: int, height: int, image_processor) -> int:

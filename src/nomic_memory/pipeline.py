@@ -17,7 +17,6 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,7 +27,8 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .encode import Prepared, collate, collate_flat, forward_embeddings, is_oom, make_batches, padding_overhead, prepare_image, target_size, visual_tokens
+from .encode import (Prepared, collate, collate_flat, forward_embeddings, is_oom, make_batches, padding_overhead,
+                     prepare_image, target_size, trim_heap, visual_tokens)
 from .images import ImageError, discover_images, load_image
 from .loading import LoadedModel
 from .memory import MemoryReport, MemoryTracker
@@ -199,6 +199,7 @@ def _decode_batch(processor, paths: list[Path]) -> list[Prepared | ImageError]:
             out.append(e)
         except Exception as e:  # a processor failure on one file must not stop the run
             out.append(ImageError(p, f"{type(e).__name__}: {e}"))
+        trim_heap()
     return out
 
 
@@ -382,45 +383,70 @@ def default_workers(n_images: int, backend: str | None = None) -> int:
 
 
 class ThreadTuner:
-    """Picks the CPU forward's intra-op thread count by measuring it.
+    """Picks the CPU forward's intra-op thread count by measuring it, call by call.
 
     The best count depends on more than the core count: decode workers and other processes
-    compete for the cores, and a thread that is descheduled stalls every parallel region of the
-    forward at its barrier.  On the busy 2-core development machine the tiny model's forward took
-    0.04-0.08 s with one thread and 1-2 s with two; on an idle machine two threads would be up to
-    ~1.8x faster.  The risk is lopsided, so a run starts with one thread (the first batch also
-    warms up); runs with at least ``min_batches`` batches then try each larger candidate once,
-    keep the fastest per token, and every ``reprobe`` batches give the others one more try
-    (the machine's load changes)."""
+    compete for the cores, and a thread that is descheduled stalls every parallel region at its
+    barrier.  On the shared 2-core development machine, with other jobs running, the tiny
+    model's forward took 0.04-0.08 s with one thread and 1-2 s with two (the medium model's about
+    2x longer with two); on the idle machine two threads were ~1.6x faster than one.  So the
+    forward asks the tuner before each of its calls (one vision-tower chunk, one group of rows
+    through the language model: a page or so of work on the CPU) and reports the time per unit
+    of work (patches, tokens) back, per kind of call.  Each kind starts with ``candidates[0]``
+    (its first call also warms up and is not counted), tries every candidate once, then keeps
+    the fastest, and every ``reprobe`` calls tries the others once more (the machine's load
+    changes).  A wrong guess costs one call, not a batch."""
 
-    def __init__(self, candidates: list[int], n_batches: int, reprobe: int = 24, min_batches: int = 6):
-        self.candidates = sorted(set(c for c in candidates if c >= 1) | {1})
-        if n_batches < min_batches:
-            self.candidates = [1]
+    def __init__(self, candidates: list[int], reprobe: int = 32):
+        seen: list[int] = []
+        for c in candidates:
+            if c >= 1 and c not in seen:
+                seen.append(c)
+        self.candidates = seen or [1]
         self.reprobe = reprobe
-        self.samples: dict[int, list[float]] = {c: [] for c in self.candidates}
-        self.best = 1
-        self._n = 0
-        self._probe: list[int] = []
+        self._kinds: dict[str, dict] = {}
 
-    def next(self) -> int:
-        n, self._n = self._n, self._n + 1
+    def _state(self, kind: str) -> dict:
+        return self._kinds.setdefault(kind, {"n": 0, "best": self.candidates[0], "probe": [],
+                                             "samples": {c: [] for c in self.candidates}})
+
+    def next(self, kind: str = "forward") -> int:
+        st = self._state(kind)
+        n = st["n"]
+        st["n"] += 1
         if len(self.candidates) == 1 or n == 0:
-            return self.best
+            return st["best"]
         if n <= len(self.candidates):
             return self.candidates[n - 1]
         if self.reprobe and n % self.reprobe == 0:
-            self._probe = [c for c in self.candidates if c != self.best]
-        return self._probe.pop() if self._probe else self.best
+            st["probe"] = [c for c in self.candidates if c != st["best"]]
+        return st["probe"].pop() if st["probe"] else st["best"]
 
-    def record(self, threads: int, seconds: float, work: int) -> None:
-        if self._n <= 1 or work <= 0:  # the warm-up batch
+    def record(self, threads: int, seconds: float, work: int, kind: str = "forward") -> None:
+        st = self._state(kind)
+        if st["n"] <= 1 or work <= 0:  # the warm-up call
             return
-        s = self.samples[threads]
+        s = st["samples"].setdefault(threads, [])
         s.append(seconds / work)
         del s[:-3]  # recent samples only
-        measured = {c: sorted(v)[len(v) // 2] for c, v in self.samples.items() if v}
-        self.best = min(measured, key=measured.get)
+        measured = {c: sorted(v)[len(v) // 2] for c, v in st["samples"].items() if v}
+        st["best"] = min(measured, key=measured.get)
+
+    @property
+    def best(self) -> int:
+        """The count the language model (most of the work) settled on."""
+        st = self._kinds.get("text") or next(iter(self._kinds.values()), None)
+        return st["best"] if st else self.candidates[0]
+
+    @contextmanager
+    def __call__(self, kind: str, work: int):
+        """``with tuner("vision", patches): ...`` runs the block with the chosen thread count."""
+        threads = self.next(kind)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        t = time.perf_counter()
+        yield threads
+        self.record(threads, time.perf_counter() - t, work, kind)
 
 
 # ---------------------------------------------------------------- encoding with OOM resilience
@@ -440,8 +466,11 @@ class BatchEncoder:
                 out.extend(self(items[i:i + self.cap]))
             return out
         try:
-            return forward_embeddings(self.lm, collate_flat(items, self.lm.processor.tokenizer.pad_token_id, self.pin,
-                                                            share=True))
+            out = forward_embeddings(self.lm, collate_flat(items, self.lm.processor.tokenizer.pad_token_id, self.pin,
+                                                           share=True))
+            if self.lm.backend.name == "cpu":
+                trim_heap()
+            return out
         except Exception as e:
             if not is_oom(e) or len(items) == 1:
                 raise
@@ -532,10 +561,11 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
 
     n_workers = default_workers(len(todo), lm.backend.name) if workers is None else workers
     tuner = None
+    threads0 = torch.get_num_threads()
     if lm.backend.name == "cpu":
         cpus = available_cpus()
-        tuner = ThreadTuner([torch.get_num_threads(), max(1, cpus - n_workers), max(1, cpus // 2)], len(batches))
-    threads0 = torch.get_num_threads()
+        tuner = ThreadTuner([threads0, max(1, cpus - n_workers), max(1, cpus // 2), 1])
+        lm.thread_tuner = tuner  # encode.forward_embeddings asks it before each call
     decoder = Decoder(lm, n_workers)
     encoder = BatchEncoder(lm)
     tracker = MemoryTracker(lm.backend.name, lm.backend.device).start()
@@ -551,13 +581,7 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
                 else:
                     good.append((fi, d))
             if good:
-                threads = tuner.next() if tuner else None
-                if threads:
-                    torch.set_num_threads(threads)
-                tf = time.perf_counter()
                 embs = encoder([d for _, d in good])
-                if tuner:
-                    tuner.record(threads, time.perf_counter() - tf, sum(d.seq_len for _, d in good))
                 tracker.sample()
                 records = [Record(str(root), fi.rel, fi.content_hash, fi.size, fi.mtime, fi.width, fi.height,
                                   e.float().numpy(), lm.backend.dtype_name) for (fi, _), e in zip(good, embs)]
@@ -571,6 +595,8 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
                            "embedded": report.embedded, "elapsed": time.perf_counter() - t_embed})
     finally:
         decoder.close()
+        if tuner is not None:
+            del lm.thread_tuner
         torch.set_num_threads(threads0)
         report.model_threads = tuner.best if tuner else 0
         report.decode_workers = n_workers if decoder._started else 0  # started lazily, if needed
@@ -599,4 +625,3 @@ def embed_pil_images(lm: LoadedModel, images: list, batch_size: int = 8,
     return out  # type: ignore[return-value]
 
 
-_ = sys

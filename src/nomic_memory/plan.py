@@ -8,18 +8,20 @@ The prediction is ``weights + peak activations``, where the activation peak is t
 phases of nomic-memory's lean forward (encode.forward_embeddings):
 
 * **vision tower**, on the patches of the images it runs at once (it runs the batch's images in
-  chunks of at most ``VISION_CHUNK_PATCHES`` patches, so this phase stops growing with the batch).
+  chunks of at most ``VISION`` patches, so this phase stops growing with the batch;
+  so does the language model's, below: past a few images only the inputs and outputs grow).
   Per block: the residual stream, the normalised input, ``qkv``, the rotary embedding's float32
   temporaries, the attention output; or the gated MLP's three ``patches x intermediate`` tensors.
   With sdpa/flash attention no ``patches^2`` matrix exists; with eager attention the full-attention
   blocks (``fullatt_block_indexes``) build ``heads x P^2`` scores per image (the windowed blocks
   only ``heads x 64^2`` per 112-pixel window).
-* **language model** on ``B x L`` tokens (``L`` = visual tokens + the document prompt): what stays
-  alive through the decoder (the input embeddings, the image features, rotary tables, a ``B x L x
-  L`` boolean padding mask when rows differ in length) plus one decoder layer's working set:
-  attention (q, k, v, rotary temporaries, k/v expanded to all heads when a padding mask forbids
-  sdpa's GQA path, the output; eager adds ``B x heads x L x L`` scores) or the MLP (three
-  ``B x L x intermediate`` tensors), whichever is larger.
+* **language model**, which runs the batch's rows in groups of at most ``LM`` tokens
+  (``L`` = visual tokens + the document prompt): what stays alive through the decoder (the input
+  embeddings, the image features, rotary tables, a ``rows x L x L`` boolean padding mask when
+  rows differ in length) plus one decoder layer's working set: attention (q, k, v, rotary
+  temporaries, k/v expanded to all heads when a padding mask forbids sdpa's GQA path, the output;
+  eager adds ``rows x heads x L x L`` scores) or the MLP (three ``tokens x intermediate`` tensors
+  on at most ``MLP`` tokens), whichever is larger.
 * **output**: the final norm, the kept rows and the 128-d projection (ColQwen) or the pooled rows.
 
 Weights are ``parameters x bytes`` (minus the text-embedding table in image-only mode, which keeps
@@ -39,10 +41,21 @@ GB = 1024**3
 MB = 1024**2
 
 # The lean forward's working-set bounds (encode.py): the vision tower runs a batch's images in
-# chunks of at most this many patches (whole images; at least one image per chunk) ...
-VISION_CHUNK_PATCHES = 8192
-# ... and each decoder layer's MLP runs on at most this many tokens at a time.
-MLP_CHUNK_TOKENS = 4096
+# chunks of at most VISION patches (whole images; at least one image per chunk), the language
+# model runs groups of rows of at most LM tokens (whole rows), each decoder layer's MLP at most
+# MLP tokens at a time.  On accelerators the chunks are large (big matrix products keep the GPU
+# busy); on the CPU one page at a time is both the fastest (the working set stays in cache: a
+# batch of 8 pages through the medium model's text layers took 1.9 s in one call and 1.65 s as
+# 8 calls on the development machine) and the smallest.
+CHUNKS = {"cpu": (4096, 1024, 1024), "default": (8192, 8192, 4096)}
+
+
+def chunk_limits(backend: str) -> tuple[int, int, int]:
+    """``(vision patches, language-model tokens, MLP tokens)`` per call on ``backend``."""
+    return CHUNKS.get(backend, CHUNKS["default"])
+
+
+VISION_CHUNK_PATCHES, LM_CHUNK_TOKENS, MLP_CHUNK_TOKENS = CHUNKS["default"]
 
 # ---------------------------------------------------------------- the shipped architectures
 # config.json of Qwen/Qwen2.5-VL-3B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct (the bases of Nomic's
@@ -280,7 +293,7 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
                 backend: str = "cuda", dtype_bytes: int | None = None, image_only: bool = False,
                 attn: str = "sdpa", prompt_tokens: int = QWEN_PROMPT_TOKENS, kept_rows: int | None = None,
                 token_counts: list[int] | None = None, forward: str = "lean",
-                vision_chunk_patches: int | None = VISION_CHUNK_PATCHES) -> MemoryPlan:
+                chunks: tuple[int, int, int] | None = None) -> MemoryPlan:
     """Predict peak memory (bytes of tensors) for one batch; see the module docstring.
 
     ``token_counts`` gives each image's visual tokens (default: ``batch_size`` images of
@@ -304,6 +317,7 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
     H, I, C, Iv = arch.hidden, arch.intermediate, arch.v_hidden, arch.v_intermediate
     eager = attn == "eager"
     lean = forward == "lean"
+    vision_chunk_patches, lm_chunk_tokens, mlp_chunk_tokens = chunks or chunk_limits(backend)
 
     # ---- weights
     pb = arch.param_breakdown(kind)
@@ -350,7 +364,8 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
     hd_v = C // arch.v_heads
     v_stream = 2 * Nv * C * b  # residual stream + the block's output
     v_pos = 2 * Nv * hd_v * f32 * 2  # rotary cos/sin, and their window-permuted copies
-    v_attn = Nv * C * b + 3 * Nv * C * b + 4 * Nv * C * f32 + Nv * C * b  # norm, qkv, rotary fp32, output
+    # norm, qkv, float32 rotary temporaries, windows gathered by length (q, k, v), outputs
+    v_attn = Nv * C * b + 3 * Nv * C * b + 4 * Nv * C * f32 + (3 * Nv * C * b if lean else 0) + 2 * Nv * C * b
     v_scores = 0
     if eager:
         win = (arch.window // arch.patch) ** 2
@@ -376,45 +391,58 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
     comps["vision tower"] = vision
 
     # ---- language model
-    BL = B * L
     hd = arch.head_dim
-    keep = [Component("input embeddings", BL * H * b, f"{B} x {L} x {H}"),
-            Component("image features", 2 * T_tot * H * b, "merger output + its concatenation")]
-    if not lean:
+    if lean:
+        # Rows run in groups of at most LM_CHUNK_TOKENS tokens, each trimmed to its longest row
+        # (encode._backbone_groups); the MLP runs on at most MLP_CHUNK_TOKENS tokens at a time.
+        Bg = max(1, min(B, lm_chunk_tokens // L))
+        Tg = sum(sorted(tokens)[-Bg:])
+        mlp_rows = min(Bg * L, mlp_chunk_tokens)
+    else:
+        Bg, Tg, mlp_rows = B, T_tot, B * L
+    BL = Bg * L
+    group = f"{Bg} x {L}" + (f" (groups of {Bg} of the {B} rows)" if Bg < B else "")
+    keep = [Component("input embeddings", BL * H * b, f"{group} x {H}")]
+    if lean:
+        keep.append(Component("image features", (T_tot + Tg) * H * b, "all images' + this group's concatenation"))
+    else:
+        keep.append(Component("image features", 2 * T_tot * H * b, "merger output + its concatenation"))
         keep.append(Component("vision last hidden state", Np * C * b, "kept by the stock forward"))
         keep.append(Component("all hidden states", arch.layers * BL * H * b,
                               f"{arch.layers + 1} layers x {B} x {L} x {H} (output_hidden_states=True)"))
     keep.append(Component("rotary tables", 2 * BL * hd * b + 3 * BL * 8, "cos/sin + 3-D position ids"))
     flash = attn.startswith("flash")
     if (padded and not flash) or eager:  # flash-attention unpads instead of masking
-        keep.append(Component("attention mask", B * L * L * (b if eager else 1), f"{B} x {L} x {L}"))
+        keep.append(Component("attention mask", Bg * L * L * (b if eager else 1), f"{Bg} x {L} x {L}"))
     gqa_expand = (padded and not flash) or eager  # sdpa runs GQA natively only without a mask
-    l_attn = BL * H * b * 2 + 2 * BL * arch.kv_dim * b + 2 * BL * H * b + BL * H * b
+    # normed input, q, k, v, rotary temporaries (2), attention output, o_proj
+    l_attn = BL * H * b * 5 + 2 * BL * arch.kv_dim * b
     if gqa_expand:
         l_attn += 2 * BL * H * b
-    l_scores = B * arch.heads * L * L * (f32 + b) if eager else 0
-    l_mlp = BL * H * b + 3 * BL * I * b
+    l_scores = Bg * arch.heads * L * L * (f32 + b) if eager else 0
+    l_mlp = BL * H * b * 2 + 3 * mlp_rows * I * b  # normed input + output, gate/up/product
     l_block = max(l_attn + l_scores, l_mlp)
     lm = [*([Component("inputs", lm_inputs, "decoded items (host)" if lean else inputs_detail)] if lm_inputs else []),
           *keep,
-          Component("residual stream", 2 * BL * H * b, f"{B} x {L} x {H} (x2)"),
+          Component("residual stream", 2 * BL * H * b, f"{group} x {H} (x2)"),
           Component("layer working set", l_block,
                     ("attention: norm, q/k/v, rotary" + (", k/v expanded to all heads" if gqa_expand else "")
                      + (f", eager scores {l_scores / MB:.0f} MB" if eager else ""))
-                    if l_attn + l_scores >= l_mlp else f"MLP: 3 x {B} x {L} x {I}")]
+                    if l_attn + l_scores >= l_mlp else f"MLP: 3 x {mlp_rows:,} x {I}")]
     lm_bytes = sum(c.bytes for c in lm)
     comps["language model"] = lm
 
     # ---- output
+    kept_state = sum(c.bytes for c in lm[:-2])
     if kind == "colqwen":
-        proj_rows = rows if lean else BL
-        out = [Component("inputs + kept state", sum(c.bytes for c in lm[:-2]), ""),
+        proj_rows = sum(sorted(t + prompt_tokens for t in tokens)[-Bg:]) if lean else B * L
+        out = [Component("inputs + kept state", kept_state, ""),
                Component("final hidden", BL * H * b, ""),
                Component("projected rows", proj_rows * (H + 3 * 128) * b,
                          "kept rows, 128-d projection, normalised" if lean else "padded rectangle")]
     else:
-        out = [Component("inputs + kept state", sum(c.bytes for c in lm[:-2]), ""),
-               Component("final hidden", BL * H * b, ""), Component("pooled", 2 * B * H * b, "")]
+        out = [Component("inputs + kept state", kept_state, ""),
+               Component("final hidden", BL * H * b, ""), Component("pooled", 2 * Bg * H * b, "")]
     out_bytes = sum(c.bytes for c in out)
     comps["output"] = out
 
@@ -427,6 +455,24 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
         notes.append("CPU RSS adds the runtime, libraries, decode buffers and malloc slack; bench measures it")
     return MemoryPlan(arch.name, kind, backend, b, B, T_max, L, image_only, attn, forward, params,
                       weights_bytes, act, weights_bytes + act, phases, weights, comps, notes)
+
+
+def forward_flops(arch: Arch, visual_tokens: int = 768, prompt_tokens: int = QWEN_PROMPT_TOKENS) -> float:
+    """Useful floating-point operations of one image's forward (multiply-add = 2 FLOPs): the
+    vision tower (patch embedding, blocks with windowed / full attention, merger) and the
+    language model (projections, MLP, causal attention), without padding."""
+    ppt = arch.patches_per_token
+    P = visual_tokens * ppt
+    C, Iv, H, I = arch.v_hidden, arch.v_intermediate, arch.hidden, arch.intermediate
+    win = min(P, (arch.window // arch.patch) ** 2)
+    full = len(arch.v_full_blocks)
+    vision = 2 * P * arch.patch_dim * C
+    vision += arch.v_depth * 2 * P * (4 * C * C + 3 * C * Iv)
+    vision += (arch.v_depth - full) * 4 * P * win * C + full * 4 * P * P * C
+    vision += 2 * visual_tokens * ((C * ppt) ** 2 + C * ppt * H)
+    L = visual_tokens + prompt_tokens
+    text = arch.layers * (2 * L * (2 * H * H + 2 * H * arch.kv_dim + 3 * H * I) + 4 * (L * (L + 1) // 2) * H)
+    return float(vision + text)
 
 
 def plan_for_variant(variant: str, *, batch_size: int, visual_tokens: int = 768, backend: str = "cuda",
@@ -457,4 +503,5 @@ def plan_for_model(lm, *, batch_size: int, visual_tokens: int | None = None,
 
 
 __all__ = ["ARCHITECTURES", "VARIANT_ARCHITECTURE", "Arch", "MemoryPlan", "Component", "architecture_config",
-           "qwen_config", "plan_memory", "plan_for_variant", "plan_for_model", "VISION_CHUNK_PATCHES"]
+           "qwen_config", "plan_memory", "plan_for_variant", "plan_for_model", "VISION_CHUNK_PATCHES",
+           "LM_CHUNK_TOKENS", "MLP_CHUNK_TOKENS", "CHUNKS", "chunk_limits", "forward_flops"]

@@ -46,8 +46,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
-import ray.data
+
+# Under `uv run`, Ray (>= 2.44) by default re-creates the driver's environment on every worker with
+# `uv run` inside a copy of the working directory -- without the project's `.venv` and without the
+# extras the driver was synced with, so workers die with "No module named 'ray'" and the job hangs.
+# Workers started by this engine run on the interpreter and packages of the machine they start on
+# (the same venv on a local cluster; the cluster image on a remote one), so the hook is opted out
+# unless the user asked for it explicitly (RAY_ENABLE_UV_RUN_RUNTIME_ENV=1).  Ray reads the flag
+# once, at import time, hence before `import ray`.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+import ray  # noqa: E402
+import ray.data  # noqa: E402
 
 from .backends import DTYPES, Backend, select_backend
 from .encode import make_batches, padding_overhead, visual_tokens
@@ -142,6 +152,27 @@ def _probe(model_name: str | None, variant: str | None, kind: str | None, revisi
             "local": Path(lm.model_id).is_dir() and Path(lm.model_id) == lm.source,
             "notes": [n for n in lm.notes if not n.startswith("image-only")],
             "image_processor": lm.processor.image_processor}
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def _ping() -> str:
+    import nomic_memory  # the package must be importable where workers run
+
+    return nomic_memory.__name__
+
+
+def _check_workers_start() -> None:
+    """Start one worker task before the dataset: when workers cannot start (a broken Python
+    environment on the nodes, the package not installed there), Ray fails a plain task with a
+    system error after its retries, whereas the Ray Data actor pool would wait for ever."""
+    try:
+        ray.get(_ping.remote())
+    except (ray.exceptions.RaySystemError, ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(
+            "Ray workers cannot start or cannot import nomic_memory on this cluster "
+            f"({first}); install nomic-memory with its 'ray' extra in the workers' Python "
+            "environment (see raylet.err in the Ray session logs)") from None
 
 
 # max_calls=1: the worker process exits afterwards and gives its memory back.
@@ -423,6 +454,7 @@ def embed_directory_ray(directory: str | Path, store_path: str | Path | Store, *
 def _run(root: Path, paths: list[Path], store_path, t0: float, emit, ctx, *, model_name, variant, kind, backend,
          batch_size, image_only, seed, workers, gpus_per_worker, prune, max_batch_tokens, revision, table_name,
          max_visual_tokens, sort_by_tokens, crash_marker, probe) -> RunReport:
+    _check_workers_start()
     cluster = ray.cluster_resources()
     be = _resolve_backend(backend, cluster)
     place = _placement(be, cluster, workers, gpus_per_worker)
