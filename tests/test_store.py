@@ -254,3 +254,11 @@ def test_kill9_then_resume(loaded, tiny_colqwen, kill_dir, tmp_path):
     assert got.keys() == ref.keys()
     for p in ref:
         np.testing.assert_allclose(got[p], ref[p], atol=1e-4, rtol=0, err_msg=p)
+
+
+def test_new_tables_use_the_search_friendly_lance_format(loaded, image_dir, tmp_path):
+    from nomic_memory.store import LANCE_FORMAT
+
+    report = loaded["biqwen"].embed_directory(image_dir, store=tmp_path / "store", workers=0)
+    ds = Store(tmp_path / "store").open_table(report.table).table.to_lance()
+    assert ds.data_storage_version == LANCE_FORMAT == "2.0"

@@ -127,7 +127,7 @@ def embed(
     backend: BackendChoice = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU."),
     image_only: bool = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp16 on MPS, fp32 on CPU), bfloat16, float16 or float32."),
-    store: Optional[Path] = typer.Option(None, "--store", help="Store directory (default: see README)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode worker processes (0: inline). With --engine ray: model actors."),
     seed: int = typer.Option(0, "--seed", help="RNG seed set before loading (fixes any randomly initialised head)."),
@@ -167,7 +167,7 @@ def embed(
         typer.echo(line)
     if engine == EngineChoice.ray:
         try:
-            from .ray_engine import embed_directory_ray
+            from .ray_engine import RayWorkersError, embed_directory_ray
         except ImportError as e:
             raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
                        f"(or `pip install 'nomic-memory[ray]'`) ({e})")
@@ -177,8 +177,8 @@ def embed(
                 kind=model_kind.value if model_kind else None, backend=be, batch_size=batch_size,
                 image_only=image_only, seed=seed, workers=workers, ray_address=ray_address,
                 gpus_per_worker=gpus_per_worker, prune=prune, max_batch_tokens=max_batch_tokens,
-                on_event=ConsoleProgress(progress))
-        except (ModelLoadError, StoreError) as e:
+                revision=revision, on_event=ConsoleProgress(progress))
+        except (ModelLoadError, StoreError, RayWorkersError) as e:
             raise fail(str(e))
         _final_report(report, json_out)
         raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
@@ -228,7 +228,7 @@ def _final_report(report, json_out: bool, image_only_saved: int = 0) -> None:
 
 @app.command()
 def export(
-    store: Path = typer.Option(..., "--store", help="Store directory."),
+    store: str = typer.Option(..., "--store", help="Store directory or object-storage URI."),
     format: str = typer.Option("npz", "--format", help="npz or parquet."),
     out: Path = typer.Option(..., "--out", help="Output file."),
     table: Optional[str] = typer.Option(None, "--table", help="Table (model) to export, if the store has several."),
@@ -279,4 +279,9 @@ def legacy_main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m nomic_memory.cli` runs this file as `__main__`, a second copy of the module: the
+    # sub-commands in other modules (search, bench, plan) registered themselves on the canonical
+    # `nomic_memory.cli.app`, so run that one.
+    from nomic_memory.cli import main as _canonical_main
+
+    _canonical_main()

@@ -15,7 +15,7 @@ from .cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, _setup_logging,
 @app.command()
 def search(
     query: Optional[List[str]] = typer.Argument(None, help="Text query (several: one scan answers them all)."),
-    store: Optional[Path] = typer.Option(None, "--store", help="Store directory (default: see README)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results per query."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
     table: Optional[str] = typer.Option(None, "--table", help="Table (model) to search, if the store has several."),

@@ -199,7 +199,7 @@ def _decode_batch(processor, paths: list[Path]) -> list[Prepared | ImageError]:
             out.append(e)
         except Exception as e:  # a processor failure on one file must not stop the run
             out.append(ImageError(p, f"{type(e).__name__}: {e}"))
-        trim_heap()
+    trim_heap()
     return out
 
 

@@ -154,6 +154,10 @@ def _probe(model_name: str | None, variant: str | None, kind: str | None, revisi
             "image_processor": lm.processor.image_processor}
 
 
+class RayWorkersError(RuntimeError):
+    """Ray workers cannot start, or cannot import nomic_memory, on the cluster."""
+
+
 @ray.remote(num_cpus=1, max_retries=0)
 def _ping() -> str:
     import nomic_memory  # the package must be importable where workers run
@@ -169,7 +173,7 @@ def _check_workers_start() -> None:
         ray.get(_ping.remote())
     except (ray.exceptions.RaySystemError, ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(
+        raise RayWorkersError(
             "Ray workers cannot start or cannot import nomic_memory on this cluster "
             f"({first}); install nomic-memory with its 'ray' extra in the workers' Python "
             "environment (see raylet.err in the Ray session logs)") from None

@@ -534,12 +534,15 @@ class Index:
 
     # ---- approximate index
     def approx_path(self, method: str = "pooled") -> Path:
+        if not getattr(self.store, "local", True):
+            raise SearchError(f"the pooled approximate index is kept beside a local store; {self.store.path} is "
+                              "remote: use --index-method lance (LanceDB's own index, stored in the table)")
         return self.store.path / APPROX_DIR / f"{self.table.name}-{method}.lance"
 
     def approx_info(self) -> dict | None:
         """What the approximate index holds (None if there is none)."""
-        p = self.approx_path("pooled")
-        if p.exists():
+        p = self.approx_path("pooled") if getattr(self.store, "local", True) else None
+        if p is not None and p.exists():
             import lance
 
             ds = lance.dataset(str(p))
@@ -593,9 +596,10 @@ class Index:
 
         ds = self.table.table.to_lance()
         depth = max(k, rerank if rerank is not None else max(10 * k, 100))
-        p = self.approx_path("pooled")
+        local = getattr(self.store, "local", True)
+        p = self.approx_path("pooled") if local or method == "pooled" else None
         if method is None:
-            method = "pooled" if p.exists() else "lance" if self._lance_index() is not None else None
+            method = "pooled" if p is not None and p.exists() else "lance" if self._lance_index() is not None else None
         if method is None or (method == "pooled" and not p.exists()) or (method == "lance" and self._lance_index() is None):
             raise SearchError(f"table {self.table.name!r} has no {method or 'approximate'} index: build one with "
                               "`nomic-memory search --build-index` (or Index.build_approx_index())")

@@ -24,11 +24,23 @@ META_KEY = b"nomic_memory"
 SCHEMA_VERSION = 1
 
 
-def default_store_path() -> Path:
+# Lance file format of new tables.  2.0 rather than LanceDB's default (2.1+/2.2 structural
+# encoding): a search scans the whole embedding column, and 2.2 decodes
+# list<fixed_size_list<float16, 128>> with ~6x the CPU of 2.0 (BENCHMARKS.md, Search), which
+# halves single-query latency.  Existing tables keep the format they were made with.
+LANCE_FORMAT = "2.0"
+
+
+def is_uri(location: str | Path) -> bool:
+    """An object-storage (or other non-local) location such as ``s3://bucket/prefix``."""
+    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+
+
+def default_store_path() -> Path | str:
     """``$NOMIC_MEMORY_STORE``, else ``$XDG_DATA_HOME/nomic-memory/store`` (~/.local/share/...)."""
     env = os.environ.get("NOMIC_MEMORY_STORE")
     if env:
-        return Path(env).expanduser()
+        return env if is_uri(env) else Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "nomic-memory" / "store"
 
@@ -97,16 +109,33 @@ class StoreError(RuntimeError):
 
 
 class Store:
-    """A directory holding one LanceDB database of embedding tables."""
+    """One LanceDB database of embedding tables: a local directory (``file://`` URIs too), or an
+    object-storage URI (``s3://bucket/prefix``, ``gs://...``, ``az://...``) that LanceDB reads and
+    writes directly, with credentials from the environment (``AWS_ACCESS_KEY_ID``, ...) or
+    ``storage_options``.  Every write is one atomic commit by a single writer (the driver of a
+    run), so object storage needs no locking here.
 
-    def __init__(self, path: str | Path, create: bool = True):
+    ``path`` is a :class:`~pathlib.Path` for a local store and the URI string otherwise."""
+
+    def __init__(self, path: str | Path, create: bool = True, storage_options: dict[str, str] | None = None):
         import lancedb
 
-        self.path = Path(path).expanduser().resolve()
-        if not create and not self.path.is_dir():
-            raise StoreError(f"no store at {self.path}")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.db = lancedb.connect(str(self.path))
+        location = str(path)
+        self.local = not is_uri(location)
+        if self.local:
+            if location.startswith("file://"):
+                location = location[len("file://"):]
+            self.path: Path | str = Path(location).expanduser().resolve()
+            if not create and not self.path.is_dir():
+                raise StoreError(f"no store at {self.path}")
+            self.path.mkdir(parents=True, exist_ok=True)
+        else:
+            self.path = location.rstrip("/")
+        try:
+            self.db = lancedb.connect(str(self.path), storage_options={
+                "new_table_data_storage_version": LANCE_FORMAT, **(storage_options or {})})
+        except Exception as e:  # a malformed URI, an unknown scheme, missing credentials
+            raise StoreError(f"cannot open the store at {self.path}: {e}") from None
 
     def table_names(self) -> list[str]:
         res = self.db.list_tables()
