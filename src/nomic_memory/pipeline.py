@@ -27,12 +27,12 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .encode import (Prepared, collate, collate_flat, forward_embeddings, is_oom, make_batches, padding_overhead,
+from .encode import (Prepared, collate_flat, forward_embeddings, is_oom, make_batches, padding_overhead,
                      prepare_image, target_size, trim_heap, visual_tokens)
 from .images import ImageError, discover_images, load_image
 from .loading import LoadedModel
 from .memory import MemoryReport, MemoryTracker
-from .store import EmbeddingTable, Record, Store, TableInfo
+from .store import Record, Store, TableInfo
 
 log = logging.getLogger("nomic_memory")
 
@@ -497,26 +497,21 @@ def table_info(lm: LoadedModel, seed: int = 0) -> TableInfo:
     return TableInfo(lm.model_id, lm.revision, lm.kind, lm.dim, lm.fingerprint, storage, seed)
 
 
-def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str | Path, *,
-                    batch_size: int = 8, max_batch_tokens: int | None = None, workers: int | None = None,
-                    prune: bool = False, table_name: str | None = None, seed: int = 0,
-                    on_event: ProgressCallback | None = None, sort_by_tokens: bool = True) -> RunReport:
-    """Embed every image under ``directory`` into ``store``; see the module docstring."""
-    t0 = time.perf_counter()
-    emit = on_event or (lambda kind, data: None)
-    root = Path(directory).expanduser().resolve()
-    paths = discover_images(root)
-    if not isinstance(store, Store):
-        store = Store(store)
-    info = table_info(lm, seed)
-    table = store.create_or_open(table_name or lm.table_name, info)
+def warn_if_other_weights(table, info: TableInfo) -> None:
+    """A table made with another revision/projection: its rows are re-embedded as they come up."""
     if table.info.fingerprint != info.fingerprint or table.info.revision != info.revision:
         log.warning("store table %s was made with revision %s / projection %s; this model is %s / %s: "
                     "changed rows will be re-embedded", table.name, table.info.revision,
                     table.info.fingerprint, info.revision, info.fingerprint)
-    report = RunReport(str(root), str(store.path), table.name, discovered=len(paths))
-    emit("discovered", {"count": len(paths)})
 
+
+def plan_run(table, info: TableInfo, root: Path, paths: list[Path], scanned: list[FileInfo], image_processor,
+             report: RunReport, emit, *, prune: bool, batch_size: int, max_batch_tokens: int | None,
+             sort_by_tokens: bool) -> tuple[dict[str, dict], list[FileInfo], list[int], list[list[int]]]:
+    """The listing every engine shares (local and Ray runs must store the same batches): prune rows
+    of vanished files, report unreadable ones, skip unchanged ones (same content hash, revision and
+    projection), count each image's visual tokens from its size, and cut batches by tokens.
+    Returns ``(existing rows, todo, token counts, batches)``; ``report`` and ``emit`` are updated."""
     existing = table.index(str(root))
     if prune:
         present = {p.relative_to(root).as_posix() for p in paths}
@@ -524,9 +519,6 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
         if gone:
             report.pruned = table.delete_paths(str(root), gone)
             emit("pruned", {"count": report.pruned})
-
-    with ThreadPoolExecutor(max_workers=8) as ex:
-        scanned = list(ex.map(lambda p: scan_file(p, root), paths))
     todo: list[FileInfo] = []
     for fi in scanned:
         if fi.error:
@@ -541,15 +533,13 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
         todo.append(fi)
     emit("todo", {"count": len(todo), "skipped": report.skipped_unchanged})
 
-    ip = lm.processor.image_processor
     for fi in todo:
         try:
-            fi.tokens = visual_tokens(fi.width, fi.height, ip) if fi.width and fi.height else 0
+            fi.tokens = visual_tokens(fi.width, fi.height, image_processor) if fi.width and fi.height else 0
         except ValueError:
-            fi.tokens = ip.size["longest_edge"] // (28 * 28)  # extreme aspect: padded on decode
+            fi.tokens = image_processor.size["longest_edge"] // (28 * 28)  # extreme aspect: padded on decode
     tokens = [fi.tokens for fi in todo]
-    max_tokens = max_batch_tokens or None
-    batches = make_batches(tokens, batch_size, max_tokens, sort=sort_by_tokens,
+    batches = make_batches(tokens, batch_size, max_batch_tokens or None, sort=sort_by_tokens,
                            max_padding=MAX_PADDING if sort_by_tokens else None)
     if sort_by_tokens:
         # Largest first: an out-of-memory batch shows up at once, and the cap it teaches holds for
@@ -558,6 +548,31 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
     report.batches = len(batches)
     report.padding_overhead = padding_overhead(tokens, batches) if todo else 0.0
     emit("plan", {"batches": len(batches), "padding_overhead": report.padding_overhead})
+    return existing, todo, tokens, batches
+
+
+def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str | Path, *,
+                    batch_size: int = 8, max_batch_tokens: int | None = None, workers: int | None = None,
+                    prune: bool = False, table_name: str | None = None, seed: int = 0,
+                    on_event: ProgressCallback | None = None, sort_by_tokens: bool = True) -> RunReport:
+    """Embed every image under ``directory`` into ``store``; see the module docstring."""
+    t0 = time.perf_counter()
+    emit = on_event or (lambda kind, data: None)
+    root = Path(directory).expanduser().resolve()
+    paths = discover_images(root)
+    if not isinstance(store, Store):
+        store = Store(store)
+    info = table_info(lm, seed)
+    table = store.create_or_open(table_name or lm.table_name, info)
+    warn_if_other_weights(table, info)
+    report = RunReport(str(root), str(store.path), table.name, discovered=len(paths))
+    emit("discovered", {"count": len(paths)})
+
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        scanned = list(ex.map(lambda p: scan_file(p, root), paths))
+    existing, todo, tokens, batches = plan_run(
+        table, info, root, paths, scanned, lm.processor.image_processor, report, emit, prune=prune,
+        batch_size=batch_size, max_batch_tokens=max_batch_tokens, sort_by_tokens=sort_by_tokens)
 
     n_workers = default_workers(len(todo), lm.backend.name) if workers is None else workers
     tuner = None

@@ -60,11 +60,10 @@ import ray  # noqa: E402
 import ray.data  # noqa: E402
 
 from .backends import DTYPES, Backend, select_backend
-from .encode import make_batches, padding_overhead, visual_tokens
 from .images import ImageError, discover_images
 from .loading import LoadedModel, ModelLoadError
 from . import pipeline
-from .memory import MemoryReport
+from .memory import MemoryReport, _read_status_kb
 from .pipeline import FileInfo, ProgressCallback, RunReport, scan_file, table_info
 from .store import Record, Store
 
@@ -248,17 +247,6 @@ def _worker_name() -> str:
     return name
 
 
-def _status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 class EmbedWorker:
     """One model copy (one Ray actor): collate + lean forward with OOM splitting, per batch."""
 
@@ -291,7 +279,7 @@ class EmbedWorker:
         if self.lm.backend.name == "cpu":
             # RSS counts the pages of Ray's shared-memory object store this process has read its
             # inputs from; say how much of it that is.
-            shm = _status_kb("RssShmem")
+            shm = _read_status_kb("RssShmem")
             if shm is not None:
                 d["extra"]["current_rss_shmem"] = shm * 1024
         return d
@@ -488,49 +476,13 @@ def _run(root: Path, paths: list[Path], store_path, t0: float, emit, ctx, *, mod
     info = table_info(lm_meta, seed)
     store = store_path if isinstance(store_path, Store) else Store(store_path)
     table = store.create_or_open(table_name or lm_meta.table_name, info)
-    if table.info.fingerprint != info.fingerprint or table.info.revision != info.revision:
-        log.warning("store table %s was made with revision %s / projection %s; this model is %s / %s: "
-                    "changed rows will be re-embedded", table.name, table.info.revision,
-                    table.info.fingerprint, info.revision, info.fingerprint)
+    pipeline.warn_if_other_weights(table, info)
     report = RunReport(str(root), str(store.path), table.name, discovered=len(paths))
 
     # 2. Listing, exactly as a local run: prune, skip unchanged, plan batches.
-    existing = table.index(str(root))
-    if prune:
-        present = {p.relative_to(root).as_posix() for p in paths}
-        gone = [p for p in existing if p not in present]
-        if gone:
-            report.pruned = table.delete_paths(str(root), gone)
-            emit("pruned", {"count": report.pruned})
-    todo: list[FileInfo] = []
-    for fi in scanned:
-        if fi.error:
-            report.failed.append((fi.rel, fi.error))
-            emit("failed", {"path": fi.rel, "reason": fi.error})
-            continue
-        old = existing.get(fi.rel)
-        if old and old["content_hash"] == fi.content_hash and old["model_revision"] == info.revision \
-                and old["proj_fingerprint"] == info.fingerprint:
-            report.skipped_unchanged += 1
-            continue
-        todo.append(fi)
-    emit("todo", {"count": len(todo), "skipped": report.skipped_unchanged})
-    ip = meta["image_processor"]
-    for fi in todo:
-        try:
-            fi.tokens = visual_tokens(fi.width, fi.height, ip) if fi.width and fi.height else 0
-        except ValueError:
-            fi.tokens = ip.size["longest_edge"] // (28 * 28)
-    tokens = [fi.tokens for fi in todo]
-    # The same plan as pipeline.embed_directory (keep the two in step).
-    max_padding = getattr(pipeline, "MAX_PADDING", None) if sort_by_tokens else None
-    batches = make_batches(tokens, batch_size, max_batch_tokens or None, sort=sort_by_tokens,
-                           **({"max_padding": max_padding} if max_padding is not None else {}))
-    if sort_by_tokens:
-        batches.reverse()  # largest first: an out-of-memory batch shows up at once
-    report.batches = len(batches)
-    report.padding_overhead = padding_overhead(tokens, batches) if todo else 0.0
-    emit("plan", {"batches": len(batches), "padding_overhead": report.padding_overhead})
+    existing, todo, tokens, batches = pipeline.plan_run(
+        table, info, root, paths, scanned, meta["image_processor"], report, emit, prune=prune,
+        batch_size=batch_size, max_batch_tokens=max_batch_tokens, sort_by_tokens=sort_by_tokens)
     # An actor without a batch to run would only cost a model load.
     place = _placement(be, cluster, max(1, min(place["workers"], len(batches))), gpus_per_worker)
     log.info("Ray cluster: %s; %d model worker(s) on %s (%s each)", {k: v for k, v in cluster.items()
