@@ -60,15 +60,9 @@ def fail(msg: str, code: int = EXIT_FATAL) -> "typer.Exit":
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s",
                         stream=sys.stderr)
-    for noisy in ("transformers", "httpx", "huggingface_hub", "lance", "lancedb"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as tlog
+    from .logs import quiet_libraries
 
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
-    except Exception:
-        pass
+    quiet_libraries("lance", "lancedb")
 
 
 class ConsoleProgress:

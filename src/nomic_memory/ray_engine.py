@@ -62,6 +62,7 @@ import ray.data  # noqa: E402
 from .backends import DTYPES, Backend, select_backend
 from .images import ImageError, discover_images
 from .loading import LoadedModel, ModelLoadError
+from .logs import quiet_libraries
 from . import pipeline
 from .memory import MemoryReport, _read_status_kb
 from .pipeline import FileInfo, ProgressCallback, RunReport, scan_file, table_info
@@ -119,18 +120,6 @@ def _object_column(values: list) -> np.ndarray:
     return col
 
 
-def _quiet() -> None:
-    for noisy in ("transformers", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as tlog
-
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
-    except Exception:
-        pass
-
-
 # ---------------------------------------------------------------- probe: what the store records
 def _probe(model_name: str | None, variant: str | None, kind: str | None, revision: str | None,
            dtype_name: str, seed: int, max_visual_tokens: int | None, in_worker: bool = True) -> dict:
@@ -141,7 +130,7 @@ def _probe(model_name: str | None, variant: str | None, kind: str | None, revisi
     from .loading import load_model
 
     if in_worker:
-        _quiet()
+        quiet_libraries()
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     be = Backend("cpu", torch.device("cpu"), DTYPES[dtype_name], "sdpa")
     lm = load_model(model_name, variant, backend=be, kind=kind, image_only=True, seed=seed,
@@ -193,7 +182,7 @@ def _processor(model_id: str, revision: str, local: bool, kind: str, max_visual_
         import torch
         from colpali_engine.models import BiQwen2_5_Processor, ColQwen2_5_Processor
 
-        _quiet()
+        quiet_libraries()
         torch.set_num_threads(1)
         cls = ColQwen2_5_Processor if kind == "colqwen" else BiQwen2_5_Processor
         kw: dict = {"max_num_visual_tokens": max_visual_tokens} if max_visual_tokens else {}
@@ -259,7 +248,7 @@ class EmbedWorker:
         from .memory import MemoryTracker
         from .pipeline import BatchEncoder
 
-        _quiet()
+        quiet_libraries()
         if backend_name == "cpu" and threads:
             torch.set_num_threads(max(1, min(threads, os.cpu_count() or threads)))
         be = select_backend(backend_name, dtype=dtype_name)
