@@ -92,3 +92,11 @@ def test_cli_embed_and_search_on_s3(s3, tiny_colqwen, image_dir, tmp_path):
     b = run_cli("search", "--store", uri, "--build-index", "--backend", "cpu", env=env)
     assert b.returncode != 0 and "--index-method lance" in b.stderr, b
 
+
+
+def test_unusable_store_is_refused_before_the_model_loads(tiny_colqwen, image_dir, tmp_path):
+    r = run_cli("embed", image_dir, "--model-name", tiny_colqwen, "--backend", "cpu", "--store", "nosuch://x/y",
+                "--no-progress", env=cli_env(tmp_path))
+    assert r.returncode == 1, r
+    assert "cannot open the store at nosuch://x/y" in r.stderr
+    assert "Loading model" not in r.stdout

@@ -150,12 +150,16 @@ def embed(
         raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
     from .backends import BackendUnavailable, describe, select_backend
     from .loading import ModelLoadError
-    from .store import StoreError, default_store_path
+    from .store import Store, StoreError, default_store_path
 
-    store_path = store or default_store_path()
     try:
         be = select_backend(backend.value, dtype=dtype)
     except BackendUnavailable as e:
+        raise fail(str(e))
+    try:  # before loading the model: a wrong --store must not cost a model load (after the
+        # backend check, which writes nothing; opening a local store creates its directory)
+        store_path = Store(store or default_store_path())
+    except StoreError as e:
         raise fail(str(e))
     for line in describe(be):
         typer.echo(line)

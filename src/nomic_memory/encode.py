@@ -307,7 +307,7 @@ def trim_heap() -> None:
 
 def _tuned(owner, kind: str, work: int):
     """The thread tuner the pipeline attached (``lm.thread_tuner``, CPU runs), or nothing."""
-    tuner = getattr(owner, "thread_tuner", None)
+    tuner = owner.thread_tuner if owner is not None else None
     return tuner(kind, work) if tuner is not None else contextlib.nullcontext()
 
 

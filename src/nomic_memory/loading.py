@@ -54,6 +54,8 @@ class LoadedModel:
     image_only: bool = False
     notes: list[str] = field(default_factory=list)
     image_only_saved_bytes: int = 0
+    # CPU runs: the pipeline's ThreadTuner while a run is in progress (encode asks it per call).
+    thread_tuner: object | None = None
 
     @property
     def table_name(self) -> str:

@@ -610,8 +610,7 @@ def embed_directory(lm: LoadedModel, directory: str | Path, store: Store | str |
                            "embedded": report.embedded, "elapsed": time.perf_counter() - t_embed})
     finally:
         decoder.close()
-        if tuner is not None:
-            del lm.thread_tuner
+        lm.thread_tuner = None
         torch.set_num_threads(threads0)
         report.model_threads = tuner.best if tuner else 0
         report.decode_workers = n_workers if decoder._started else 0  # started lazily, if needed

@@ -534,14 +534,14 @@ class Index:
 
     # ---- approximate index
     def approx_path(self, method: str = "pooled") -> Path:
-        if not getattr(self.store, "local", True):
+        if not self.store.local:
             raise SearchError(f"the pooled approximate index is kept beside a local store; {self.store.path} is "
                               "remote: use --index-method lance (LanceDB's own index, stored in the table)")
         return self.store.path / APPROX_DIR / f"{self.table.name}-{method}.lance"
 
     def approx_info(self) -> dict | None:
         """What the approximate index holds (None if there is none)."""
-        p = self.approx_path("pooled") if getattr(self.store, "local", True) else None
+        p = self.approx_path("pooled") if self.store.local else None
         if p is not None and p.exists():
             import lance
 
@@ -596,7 +596,7 @@ class Index:
 
         ds = self.table.table.to_lance()
         depth = max(k, rerank if rerank is not None else max(10 * k, 100))
-        local = getattr(self.store, "local", True)
+        local = self.store.local
         p = self.approx_path("pooled") if local or method == "pooled" else None
         if method is None:
             method = "pooled" if p is not None and p.exists() else "lance" if self._lance_index() is not None else None

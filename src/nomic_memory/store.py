@@ -117,6 +117,8 @@ class Store:
 
     ``path`` is a :class:`~pathlib.Path` for a local store and the URI string otherwise."""
 
+    local: bool = True  # False for object storage (no side files such as the pooled index)
+
     def __init__(self, path: str | Path, create: bool = True, storage_options: dict[str, str] | None = None):
         import lancedb
 
