@@ -15,8 +15,7 @@ import torch
 BACKENDS = ("auto", "cuda", "mps", "cpu")
 
 
-class BackendUnavailable(RuntimeError):
-    pass
+from .errors import BackendUnavailable  # noqa: E402  (re-exported)
 
 
 @dataclass(frozen=True)

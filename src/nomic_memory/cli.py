@@ -149,6 +149,7 @@ def embed(
     if n_images == 0:
         raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
     from .backends import BackendUnavailable, describe, select_backend
+    from .errors import NomicMemoryError
     from .loading import ModelLoadError
     from .store import Store, StoreError, default_store_path
 
@@ -165,7 +166,7 @@ def embed(
         typer.echo(line)
     if engine == EngineChoice.ray:
         try:
-            from .ray_engine import RayWorkersError, embed_directory_ray
+            from .ray_engine import embed_directory_ray
         except ImportError as e:
             raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
                        f"(or `pip install 'nomic-memory[ray]'`) ({e})")
@@ -176,7 +177,7 @@ def embed(
                 image_only=image_only, seed=seed, workers=workers, ray_address=ray_address,
                 gpus_per_worker=gpus_per_worker, prune=prune, max_batch_tokens=max_batch_tokens,
                 revision=revision, on_event=ConsoleProgress(progress))
-        except (ModelLoadError, StoreError, RayWorkersError) as e:
+        except NomicMemoryError as e:
             raise fail(str(e))
         _final_report(report, json_out)
         raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)

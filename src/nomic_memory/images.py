@@ -42,6 +42,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -74,7 +76,7 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _NATIVE_WHITE = {"RGB": _WHITE, "RGBA": (255, 255, 255, 255), "L": 255, "LA": (255, 255), "1": 1}
 
 
-class ImageError(Exception):
+class ImageError(InputError):
     """A single image file could not be turned into an RGB image.
 
     Raised by :func:`load_image` for per-file problems (empty, truncated,
@@ -82,16 +84,6 @@ class ImageError(Exception):
     are expected to catch it, record ``path`` and ``reason``, and carry on
     with the next file instead of aborting a long run.
     """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-    def __reduce__(self):
-        # Default Exception pickling would call ImageError(message) and fail;
-        # errors must survive pickling to come back from worker processes.
-        return (type(self), (self.path, self.reason))
 
 
 # --------------------------------------------------------------------------

@@ -36,8 +36,7 @@ BIQWEN_KEY_MAPPING = {
 DEFAULT_SEED = 0
 
 
-class ModelLoadError(RuntimeError):
-    """The model could not be resolved or loaded; the message is meant for the user."""
+from .errors import ModelLoadError  # noqa: E402  (re-exported)
 
 
 @dataclass

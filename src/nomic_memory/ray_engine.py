@@ -61,7 +61,8 @@ import ray.data  # noqa: E402
 
 from .backends import DTYPES, Backend, select_backend
 from .images import ImageError, discover_images
-from .loading import LoadedModel, ModelLoadError
+from .errors import EngineError, ModelLoadError
+from .loading import LoadedModel
 from .logs import quiet_libraries
 from . import pipeline
 from .memory import MemoryReport, _read_status_kb
@@ -82,12 +83,8 @@ ACTOR_MAX_TASK_RETRIES = 3
 CPU_DECODE_CPUS = 0.5
 
 
-class RayEngineError(ModelLoadError):
-    """The Ray job cannot run as asked (e.g. CUDA workers on a cluster without GPUs).
-
-    A :class:`~nomic_memory.loading.ModelLoadError` (the model cannot be put anywhere), so the
-    CLI reports it as a one-line error like other loading failures.
-    """
+class RayEngineError(EngineError):
+    """The Ray job cannot run as asked (e.g. CUDA workers on a cluster without GPUs)."""
 
 
 # ---------------------------------------------------------------- packing tensors into Arrow
@@ -142,7 +139,7 @@ def _probe(model_name: str | None, variant: str | None, kind: str | None, revisi
             "image_processor": lm.processor.image_processor}
 
 
-class RayWorkersError(RuntimeError):
+class RayWorkersError(EngineError):
     """Ray workers cannot start, or cannot import nomic_memory, on the cluster."""
 
 

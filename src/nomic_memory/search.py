@@ -54,12 +54,7 @@ APPROX_METHODS = ("pooled", "lance")
 META_COLUMNS = ["root", "path", "page"]
 
 
-class SearchError(RuntimeError):
-    """A search that cannot give a correct answer; the message is meant for the user."""
-
-
-class ModelMismatchError(SearchError):
-    """The query model is not the model the table was embedded with."""
+from .errors import ModelMismatchError, SearchError  # noqa: E402  (re-exported)
 
 
 @dataclass(frozen=True)

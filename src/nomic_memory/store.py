@@ -104,8 +104,7 @@ def schema_for(info: TableInfo) -> pa.Schema:
     return pa.schema(fields, metadata={META_KEY: info.to_json().encode()})
 
 
-class StoreError(RuntimeError):
-    pass
+from .errors import StoreError  # noqa: E402  (re-exported)
 
 
 class Store:

@@ -36,8 +36,7 @@ VARIANTS: dict[str, Variant] = {
 DEFAULT_VARIANT = "colnomic-7b"
 
 
-class ModelKindError(ValueError):
-    """The kind of a model could not be determined from its files."""
+from .errors import ModelKindError  # noqa: E402  (re-exported)
 
 
 def variant_for_repo(repo_id: str) -> Variant | None:

@@ -1,0 +1,74 @@
+"""The exceptions nomic-memory raises: one root, one class per kind of failure.
+
+Every error a user can cause or meet (a bad option, a model that cannot load, a store that
+cannot be opened, a search that would give meaningless scores) is a :class:`NomicMemoryError`
+whose message is written for the user: the CLI prints it as one line, a server returns it as a
+JSON error, a script can ``except NomicMemoryError``.  Per-file problems (a corrupt image, an
+encrypted PDF) are :class:`InputError`: a run reports them (file and reason) and goes on.
+
+This module imports nothing heavy, so any module (and the CLI before torch is imported) can use
+it.  Programming errors stay ordinary Python exceptions.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class NomicMemoryError(Exception):
+    """Root of every error nomic-memory raises on purpose; ``str(e)`` is meant for the user."""
+
+
+class UsageError(NomicMemoryError, ValueError):
+    """An option or argument that cannot work (the CLI exits with status 2)."""
+
+
+class BackendUnavailable(NomicMemoryError):
+    """The requested backend (device/dtype) does not exist on this machine."""
+
+
+class ModelLoadError(NomicMemoryError):
+    """The model could not be resolved or loaded."""
+
+
+class ModelKindError(ModelLoadError, ValueError):
+    """The kind of a model (ColQwen or BiQwen) could not be determined from its files."""
+
+
+class StoreError(NomicMemoryError):
+    """The store cannot be opened, read or written as asked."""
+
+
+class SearchError(NomicMemoryError):
+    """A search that cannot give a correct answer."""
+
+
+class ModelMismatchError(SearchError):
+    """The query model is not the model the table was embedded with."""
+
+
+class EngineError(NomicMemoryError):
+    """A distributed run cannot start or go on (e.g. Ray workers cannot start)."""
+
+
+class InputError(NomicMemoryError):
+    """One input (an image file, a document or one of its pages) cannot be embedded.
+
+    A run records ``path`` and ``reason`` (and ``page`` for a page of a document) and goes on
+    with the rest; it is never fatal."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, page: int | None = None) -> None:
+        where = f"{path}" if page is None else f"{path} (page {page})"
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.page = page
+
+    def __reduce__(self):
+        # Default Exception pickling would call cls(message) and fail; errors come back from
+        # decode worker processes pickled.
+        return (type(self), (self.path, self.reason, self.page))
+
+
+__all__ = ["NomicMemoryError", "UsageError", "BackendUnavailable", "ModelLoadError", "ModelKindError",
+           "StoreError", "SearchError", "ModelMismatchError", "EngineError", "InputError"]
