@@ -127,18 +127,28 @@ def resolve_model(model_name: str | None, variant: str | None, revision: str | N
     if _looks_like_path(model_name):  # a hub id is ``name`` or ``namespace/name``
         what = "is a file, not a model directory" if Path(model_name).expanduser().exists() else "does not exist"
         raise ModelLoadError(f"model directory '{model_name}' {what}; pass a local model directory "
-                             "or a Hugging Face hub id (namespace/name) with --model-name.")
+                             "or a Hugging Face hub id (namespace/name).")
     v = variant_for_repo(model_name)
     try:
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(model_name, revision=revision, local_files_only=local_files_only))
     except Exception as e:  # network, auth, missing repo: one sentence, not a traceback
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # The first whole sentence(s) of the library's message, never cut mid-sentence: the rest
+        # is advice for the library's own API (``local_files_only=False``), not for our user.
+        import re
+
+        text = str(e).strip().splitlines()[0].strip() if str(e).strip() else type(e).__name__
+        sentences = re.split(r"(?<=[.!?])\s+", text)
+        reason = sentences[0]
+        for more in sentences[1:]:
+            if len(reason) + 1 + len(more) > 200:
+                break
+            reason += " " + more
         raise ModelLoadError(
             f"Could not get model '{model_name}' from the Hugging Face hub ({type(e).__name__}: "
-            f"{reason[:160]}); if this machine is offline, pass a local model directory with "
-            "--model-name PATH.") from None
+            f"{reason.rstrip('.')}); if this machine is offline, pass a local model directory "
+            "instead.") from None
     return model_name, path, path.name, v.kind if v else None
 
 
@@ -189,9 +199,19 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
     notes: list[str] = []
     torch.manual_seed(seed)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, info = model_cls.from_pretrained(str(path), **kwargs)
+        # transformers draws a "Loading weights" progress bar on stderr: noise in a library call
+        # (and once per Ray actor); our callers report loading themselves.
+        from transformers.utils import logging as hf_logging
+
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model, info = model_cls.from_pretrained(str(path), **kwargs)
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         proc_kwargs = {}
         if max_visual_tokens:
             proc_kwargs["max_num_visual_tokens"] = max_visual_tokens
@@ -200,7 +220,7 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
         raise
     except OSError as e:
         raise ModelLoadError(f"Could not load model '{model_id}' from {path}: {str(e).splitlines()[0]}; "
-                             "if this machine is offline, pass a local model directory with --model-name PATH.") from None
+                             "if this machine is offline, pass a local model directory instead.") from None
     missing = [k for k in (info.get("missing_keys") or []) if "custom_text_proj" in k]
     if missing:
         notes.append(f"custom_text_proj was not in the checkpoint: initialised from seed {seed}")

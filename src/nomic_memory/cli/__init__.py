@@ -16,7 +16,7 @@ from . import embed as _embed
 from . import search as _search
 from . import tools as _tools
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Embed folders of images and documents with Nomic's multimodal retrievers, "
                        "store and search them.")
 app.command("embed")(_embed.embed)
