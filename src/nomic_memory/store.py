@@ -166,6 +166,25 @@ class Store:
             return t
         return EmbeddingTable(self.db.create_table(name, schema=schema_for(info)))
 
+    # ---- housekeeping (``nomic-memory store ...``)
+    def drop_table(self, name: str) -> None:
+        """Delete a table and, for a local store, the search side index built from it."""
+        if name not in self.table_names():
+            raise StoreError(f"store {self.path} has no table {name!r} (tables: {', '.join(self.table_names()) or 'none'})")
+        self.db.drop_table(name)
+        if self.local:  # search's pooled index: <store>/_nomic_memory_approx/<table>-<method>.lance
+            import shutil
+
+            for side in (self.path / "_nomic_memory_approx").glob(f"{name}-*.lance"):
+                shutil.rmtree(side, ignore_errors=True)
+
+    def disk_bytes(self, name: str) -> int | None:
+        """Bytes the table's directory takes on disk, old versions included (local stores only)."""
+        if not self.local:
+            return None
+        d = self.path / f"{name}.lance"
+        return sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.is_dir() else 0
+
 
 class EmbeddingTable:
     def __init__(self, table):
@@ -278,6 +297,39 @@ class EmbeddingTable:
         """Stream the table from disk without materialising it."""
         ds = self.table.to_lance()
         yield from ds.to_batches(columns=columns, batch_size=batch_size)
+
+    # ---- housekeeping (``nomic-memory store ...``)
+    def roots(self) -> dict[str, int]:
+        """``root -> rows``: the embedded directories this table holds."""
+        import pyarrow.compute as pc
+
+        counts = pc.value_counts(self.table.to_lance().to_table(columns=["root"]).column("root"))
+        return dict(sorted((c["values"].as_py(), c["counts"].as_py()) for c in counts))
+
+    def delete_root(self, root: str) -> int:
+        """Remove every row embedded from ``root``; return how many."""
+        before = self.count()
+        self.table.delete(f"root = {_sql_str(root)}")
+        return before - self.count()
+
+    def stats(self) -> dict:
+        """Rows, fragments, versions and data bytes of the current version."""
+        st = self.table.stats()
+        st = st if isinstance(st, dict) else st.__dict__
+        frag = st.get("fragment_stats") or {}
+        frag = frag if isinstance(frag, dict) else frag.__dict__
+        return {"rows": self.count(), "fragments": frag.get("num_fragments"),
+                "versions": len(self.table.list_versions()), "data_bytes": st.get("total_bytes")}
+
+    def compact(self) -> None:
+        """Merge fragments and delete every version but the latest (its files included).  A reader
+        or writer still on an older version would fail: run it while nothing else uses the table."""
+        import datetime as dt
+        import warnings
+
+        with warnings.catch_warnings():  # LanceDB warns about exactly that
+            warnings.simplefilter("ignore")
+            self.table.optimize(cleanup_older_than=dt.timedelta(0), delete_unverified=True)
 
 
 def _sql_str(s: str) -> str:
