@@ -80,7 +80,8 @@ def main() -> None:
 
     from nomic_memory.backends import select_backend
     from nomic_memory.bench import SYNTHETIC_LABEL, build_synthetic_model
-    from nomic_memory.encode import collate_flat, forward_embeddings, prepare_image
+    from nomic_memory.collate import collate_flat, prepare_image
+    from nomic_memory.encode import forward_embeddings
     from nomic_memory.plan import Arch, forward_flops, plan_for_model
 
     cuda = torch.cuda.is_available() and not args.smoke
@@ -165,7 +166,7 @@ def main() -> None:
     pipeline = None
     if args.pipeline_pages:
         from nomic_memory.bench import _null_store
-        from nomic_memory.pipeline import embed_directory
+        from nomic_memory import Embedder
 
         with tempfile.TemporaryDirectory() as td:
             pages = make_pages(Path(td) / "pages", args.pipeline_pages)
@@ -174,7 +175,7 @@ def main() -> None:
                     Image.open(p).resize((124, 175)).save(p)
             bs = max(r["batch_size"] for r in rows if "error" not in r)
             t = time.perf_counter()
-            rep = embed_directory(lm, pages, _null_store(), batch_size=bs)
+            rep = Embedder.from_loaded(lm).embed_directory(pages, _null_store(), batch_size=bs)
             total = time.perf_counter() - t
             pipeline = {"pages": rep.embedded, "batch_size": bs, "seconds": total,
                         "pages_per_second": rep.embedded / total, "embed_pages_per_second": rep.images_per_second,

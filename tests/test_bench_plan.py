@@ -199,13 +199,11 @@ def _oom_dir(root: Path, n: int) -> Path:
 def test_oom_splits_the_batch_remembers_the_cap_and_loses_nothing(tiny_colqwen, tmp_path, monkeypatch):
     from colpali_engine.models import ColQwen2_5, ColQwen2_5_Processor
 
-    from nomic_memory import pipeline
-    from nomic_memory.backends import select_backend
+    from nomic_memory import Embedder, encode
     from nomic_memory.export import export_store
-    from nomic_memory.loading import load_model
 
     images = _oom_dir(tmp_path / "imgs", 12)
-    real_forward = pipeline.forward_embeddings
+    real_forward = encode.forward_embeddings
     sizes: list[int] = []
     state = {"succeeded": False, "over_cap_after_learning": 0}
 
@@ -218,9 +216,9 @@ def test_oom_splits_the_batch_remembers_the_cap_and_loses_nothing(tiny_colqwen, 
         state["succeeded"] = True
         return real_forward(lm, inputs)
 
-    monkeypatch.setattr(pipeline, "forward_embeddings", small_gpu)
-    lm = load_model(str(tiny_colqwen), backend=select_backend("cpu"))
-    report = pipeline.embed_directory(lm, images, tmp_path / "store", batch_size=8, workers=0)
+    monkeypatch.setattr(encode, "forward_embeddings", small_gpu)
+    report = Embedder(str(tiny_colqwen), backend="cpu").embed_directory(images, tmp_path / "store", batch_size=8,
+                                                                          workers=0)
     assert report.embedded == 12 and not report.failed
     assert report.oom_splits >= 1 and report.final_batch_cap == 2
     oversized = [b for b in sizes if b > 2]
@@ -245,7 +243,7 @@ def test_oom_splits_the_batch_remembers_the_cap_and_loses_nothing(tiny_colqwen, 
 
 
 def test_thread_tuner_keeps_the_faster_count():
-    from nomic_memory.pipeline import ThreadTuner
+    from nomic_memory.threads import ThreadTuner
 
     t = ThreadTuner([2, 1], reprobe=10)
     seen = []
@@ -270,13 +268,14 @@ def test_decoder_workers_match_inline_decoding(tiny_colqwen, image_dir):
     from nomic_memory.backends import select_backend
     from nomic_memory.images import discover_images
     from nomic_memory.loading import load_model
-    from nomic_memory.pipeline import Decoder
+    from nomic_memory.decode import DecodeTask, Decoder, ProcessorSource
 
     lm = load_model(str(tiny_colqwen), backend=select_backend("cpu"))
-    paths = discover_images(image_dir)
+    source = ProcessorSource(str(lm.source), lm.kind)
+    paths = [DecodeTask(p) for p in discover_images(image_dir)]
     batches = [paths[i:i + 3] for i in range(0, len(paths), 3)]
-    inline = list(Decoder(lm, 0).map(batches))
-    dec = Decoder(lm, 1, start_after=0.0, assist=False)
+    inline = list(Decoder(lm.processor, source, 0).map(batches))
+    dec = Decoder(lm.processor, source, 1, start_after=0.0, assist=False)
     try:
         got = list(dec.map(batches))
     finally:
@@ -298,6 +297,7 @@ def test_bounded_working_set_paths_match_colpali_engine(tiny_models, kind, monke
 
     from nomic_memory import encode
     from nomic_memory.backends import select_backend
+    from nomic_memory.collate import collate_flat, prepare_image
     from nomic_memory.loading import BIQWEN_KEY_MAPPING, load_model
 
     d = str(tiny_models[kind])
@@ -314,7 +314,7 @@ def test_bounded_working_set_paths_match_colpali_engine(tiny_models, kind, monke
     with torch.no_grad():
         ref = ref_model(**batch)
     lm = load_model(d, backend=select_backend("cpu"))
-    items = [encode.prepare_image(lm.processor, im) for im in images]
+    items = [prepare_image(lm.processor, im) for im in images]
     calls = {"lm": 0}
     real = encode.Qwen2_5_VLModel.forward
 
@@ -326,7 +326,7 @@ def test_bounded_working_set_paths_match_colpali_engine(tiny_models, kind, monke
     monkeypatch.setattr(encode, "VISION_CHUNK_PATCHES", 300)
     monkeypatch.setattr(encode, "LM_CHUNK_TOKENS", 150)
     monkeypatch.setattr(encode, "MLP_CHUNK_TOKENS", 37)
-    got = encode.forward_embeddings(lm, encode.collate_flat(items, lm.processor.tokenizer.pad_token_id))
+    got = encode.forward_embeddings(lm, collate_flat(items, lm.processor.tokenizer.pad_token_id))
     assert calls["lm"] >= 3  # the rows really ran in groups
     for i, g in enumerate(got):
         want = ref[i][batch["attention_mask"][i].bool()] if kind == "colqwen" else ref[i]
@@ -338,7 +338,7 @@ def test_batches_within_padding_budget():
     batches as that allows, every image exactly once, no batch above the size cap."""
     import random
 
-    from nomic_memory.encode import make_batches, padding_overhead
+    from nomic_memory.batching import make_batches, padding_overhead
 
     tokens = [4, 4, 9, 16, 16, 25] + [391] * 6 + [768] * 8 + [756] * 4 + [759] * 6 + [713] * 4
     random.Random(0).shuffle(tokens)

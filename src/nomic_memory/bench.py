@@ -207,6 +207,9 @@ def _null_store():
         def __init__(self):  # no database is opened
             self.path = Path("(discarded: synthetic weights)")
 
+        def table_names(self) -> list[str]:
+            return []
+
         def create_or_open(self, name, info):
             return _NullTable(name, info)
 
@@ -232,9 +235,8 @@ def planned_batches(lm, directory: str | Path, batch_size: int) -> list[list[int
     (from image headers, as the pipeline computes them)."""
     from PIL import Image
 
-    from .encode import make_batches, visual_tokens
+    from .batching import MAX_PADDING, make_batches, visual_tokens
     from .images import discover_images
-    from .pipeline import MAX_PADDING
 
     ip = lm.processor.image_processor
     tokens = []
@@ -254,8 +256,7 @@ def measure(cfg: BenchConfig) -> dict:
 
     from .backends import select_backend
     from .loading import load_model
-    from .memory import MemoryTracker
-    from .pipeline import embed_directory
+    from .api import Embedder
     from .plan import Arch, forward_flops, plan_for_model
 
     backend = select_backend(cfg.backend, dtype=cfg.dtype)
@@ -283,8 +284,9 @@ def measure(cfg: BenchConfig) -> dict:
     model_bytes = _device_bytes(backend)
     with tempfile.TemporaryDirectory(prefix="nomic-memory-bench-") as td:
         t0 = time.perf_counter()
-        report = embed_directory(lm, cfg.directory, store if store is not None else Path(td) / "store",
-                                 batch_size=cfg.batch_size, workers=cfg.workers)
+        report = Embedder.from_loaded(lm).embed_directory(
+            cfg.directory, store if store is not None else Path(td) / "store", batch_size=cfg.batch_size,
+            workers=cfg.workers)
         total = time.perf_counter() - t0
     mem = report.memory
     peak = mem.peak_bytes if mem else 0

@@ -18,6 +18,7 @@ class ConsoleProgress:
 
     def __init__(self, enabled: bool | None = None):
         self.tty = sys.stdout.isatty() if enabled is None else enabled
+        self.model = ""
         self.bar = None
         self.task = None
 
@@ -40,6 +41,13 @@ class ConsoleProgress:
                                     TextColumn("ETA"), TimeRemainingColumn())
                 self.bar.start()
                 self.task = self.bar.add_task("embed", total=data["count"], rate="")
+        elif kind == "model_loading":
+            typer.echo(f"Loading model: {self.model}")
+        elif kind == "model_loaded":
+            if "model_id" in data:
+                typer.echo(f"Model: {data['model_id']} ({data['kind']}, {data['dim']}-d, revision {data['revision']})")
+            for note in data.get("notes", []):
+                typer.echo(note)
         elif kind == "plan":
             typer.echo(f"{data['batches']} batches, padding overhead {100 * data['padding_overhead']:.1f}% of tokens")
         elif kind == "batch":
@@ -67,7 +75,7 @@ def embed(
     max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", min=1, help="Cap on padded tokens per batch."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU."),
     image_only: bool = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp16 on MPS, fp32 on CPU), bfloat16, float16 or float32."),
+    dtype: DtypeChoice = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU."),
     store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode worker processes (0: inline). With --engine ray: model actors."),
@@ -95,62 +103,37 @@ def embed(
         raise fail(str(e))
     if n_images == 0:
         raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
-    from ..backends import BackendUnavailable, describe, select_backend
+    from ..api import Embedder
+    from ..backends import describe
     from ..errors import NomicMemoryError
-    from ..loading import ModelLoadError
-    from ..store import Store, StoreError, default_store_path
+    from ..store import Store, default_store_path
 
-    try:
-        be = select_backend(backend.value, dtype=dtype)
-    except BackendUnavailable as e:
-        raise fail(str(e))
-    try:  # before loading the model: a wrong --store must not cost a model load (after the
-        # backend check, which writes nothing; opening a local store creates its directory)
-        store_path = Store(store or default_store_path())
-    except StoreError as e:
-        raise fail(str(e))
-    for line in describe(be):
-        typer.echo(line)
-    if engine == EngineChoice.ray:
-        try:
-            from ..ray_engine import embed_directory_ray
-        except ImportError as e:
-            raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
-                       f"(or `pip install 'nomic-memory[ray]'`) ({e})")
-        try:
-            report = embed_directory_ray(
-                directory, store_path, model_name=model_name, variant=model_variant.value,
-                kind=model_kind.value if model_kind else None, backend=be, batch_size=batch_size,
-                image_only=image_only, seed=seed, workers=workers, ray_address=ray_address,
-                gpus_per_worker=gpus_per_worker, prune=prune, max_batch_tokens=max_batch_tokens,
-                revision=revision, on_event=ConsoleProgress(progress))
-        except NomicMemoryError as e:
-            raise fail(str(e))
-        _final_report(report, json_out)
-        raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
-
-    from ..loading import load_model
-    from ..pipeline import embed_directory
-
-    typer.echo(f"Loading model: {model_name or model_variant.value}")
-    try:
-        lm = load_model(model_name, model_variant.value if model_name is None else None, backend=be,
-                        kind=model_kind.value if model_kind else None, image_only=image_only, seed=seed,
-                        revision=revision)
-    except ModelLoadError as e:
-        raise fail(str(e))
-    typer.echo(f"Model: {lm.model_id} ({lm.kind}, {lm.dim}-d, revision {lm.revision})")
-    for note in lm.notes:
-        typer.echo(note)
     ui = ConsoleProgress(progress)
     try:
-        report = embed_directory(lm, directory, store_path, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                 workers=workers, prune=prune, seed=seed, on_event=ui)
-    except StoreError as e:
-        raise fail(str(e))
+        emb = Embedder(model_name or model_variant.value, backend=backend.value, dtype=dtype.value,
+                       kind=model_kind.value if model_kind else None, image_only=image_only, seed=seed,
+                       revision=revision, lazy=True)
+        # Before any model work: a wrong --store must not cost a model load (opening a local
+        # store creates its directory, so after the backend check, which writes nothing).
+        store_obj = Store(store or default_store_path())
+        for line in describe(emb.backend):
+            typer.echo(line)
+        if engine == EngineChoice.ray:
+            try:
+                import nomic_memory.ray_engine  # noqa: F401
+            except ImportError as e:
+                raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
+                           f"(or `pip install 'nomic-memory[ray]'`) ({e})")
+        ui.model = emb.resolved.model_id
+        report = emb.embed_directory(directory, store_obj, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                     workers=workers, prune=prune, engine=engine.value, ray_address=ray_address,
+                                     gpus_per_worker=gpus_per_worker, on_event=ui)
+    except NomicMemoryError as e:
+        raise fail_on(e)
     finally:
         ui.close()
-    _final_report(report, json_out, lm.image_only_saved_bytes)
+    saved = emb.loaded.image_only_saved_bytes if emb.is_loaded else 0
+    _final_report(report, json_out, saved)
     raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
 
 
