@@ -355,3 +355,15 @@ def test_batches_within_padding_budget():
     assert len(make_batches(tokens, 32, max_padding=0.05)) <= 6
     assert make_batches([10, 10, 10, 11], 4, max_padding=0.05) == [[0, 1, 2], [3]]
     assert make_batches([5, 5], 4, max_batch_tokens=5, max_padding=0.05) == [[0], [1]]
+
+
+def test_plan_numbers_unchanged():
+    """Every configuration of a grid (variants, batch sizes, backends, attentions, forwards,
+    modes, mixed token counts) gives the bytes recorded in tests/data/plan_golden.json."""
+    import plan_grid
+
+    golden = json.loads((Path(__file__).parent / "data" / "plan_golden.json").read_text())
+    got = [[plan_grid.key(g), (p := plan_grid.plan(g)).peak_bytes, plan_grid.digest(p)] for g in plan_grid.grid()]
+    assert len(got) == len(golden) == 384
+    for want, have in zip(golden, got):
+        assert have == want, (want, have)
