@@ -33,6 +33,7 @@ CPU the process's RSS adds the Python runtime, libraries and malloc slack (bench
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 
 from .variants import VARIANTS
@@ -96,6 +97,45 @@ VARIANT_ARCHITECTURE = {name: ("qwen2.5-vl-7b" if "7b" in name else "qwen2.5-vl-
 QWEN_PROMPT_TOKENS = 11
 
 BACKEND_DTYPE_BYTES = {"cuda": 2, "mps": 2, "cpu": 4}
+
+# The forwards the planner models: nomic-memory's; colpali-engine's with the installed
+# transformers (the vision tower attends image by image); colpali-engine's with transformers
+# <= 4.53, whose vision tower masks one attention over all the batch's patches (sdpa, eager).
+FORWARDS = {
+    "lean": "nomic-memory's lean forward",
+    "colpali": "colpali-engine's forward (all hidden states kept, padded batch)",
+    "colpali-dense-mask": "colpali-engine's forward on transformers <= 4.53 (dense N x N vision masks)",
+}
+
+
+# Qwen2-VL's image processor: sides become multiples of 28 (a 2x2 group of 14-pixel patches is one
+# visual token), the area is scaled down under max_pixels (= max visual tokens x 784) or up over
+# min_pixels (its default 56 x 56).
+TOKEN_PIXELS = 28 * 28
+MIN_PIXELS = 56 * 56
+
+
+def resized_size(width: int, height: int, max_visual_tokens: int, min_pixels: int = MIN_PIXELS,
+                 factor: int = 28) -> tuple[int, int]:
+    """``(width, height)`` an image is resized to by Qwen2-VL's processor under a cap of
+    ``max_visual_tokens``: transformers' ``smart_resize`` (tests check it is the same), written out
+    so that ``plan`` never imports transformers, hence torch."""
+    max_pixels = max_visual_tokens * TOKEN_PIXELS
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return w_bar, h_bar
+
+
+def image_tokens(width: int, height: int, max_visual_tokens: int) -> int:
+    """Visual tokens of a ``width x height`` image under a cap of ``max_visual_tokens``."""
+    w, h = resized_size(width, height, max_visual_tokens)
+    return w * h // TOKEN_PIXELS
 
 
 def architecture_config(variant_or_arch: str, *, layers: int | None = None,
@@ -252,6 +292,7 @@ class MemoryPlan:
     weights: list[Component] = field(default_factory=list)
     components: dict[str, list[Component]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
 
     @property
     def peak_phase(self) -> str:
@@ -273,6 +314,7 @@ class MemoryPlan:
         out = [f"Memory plan: {self.arch} ({self.kind}), {self.backend} {dt}, batch {self.batch_size} x "
                f"{self.visual_tokens} visual tokens (sequence {self.seq_len}), "
                f"{'image-only' if self.image_only else 'full'} mode, {self.attn} attention, {self.forward} forward",
+               *(f"Assumes: {a}" for a in self.assumptions),
                f"Parameters: {self.params:,}",
                f"Weights:                         {fmt(self.weights_bytes)}"]
         for c in self.weights:
@@ -329,6 +371,10 @@ class _Batch:
         return self.forward == "lean"
 
     @property
+    def dense_mask(self) -> bool:
+        return self.forward == "colpali-dense-mask"
+
+    @property
     def eager(self) -> bool:
         return self.attn == "eager"
 
@@ -361,11 +407,13 @@ def _inputs(arch: Arch, s: _Batch) -> tuple[int, int, str]:
     if s.lean:
         # The lean forward frees the device patches once the vision tower is done.
         return pix + host, host, "concatenated patches" + (" + decoded items (host)" if host else "")
-    # colpali-engine: the processor's padded (B, P_max, C) batch and its concatenation, both
-    # referenced until the forward returns.
-    padded_pix = s.B * s.T_max * s.ppt * arch.patch_dim * s.b
-    return (pix + padded_pix + host, pix + padded_pix + host,
-            "padded batch + concatenation" + (" + decoded items (host)" if host else ""))
+    # colpali-engine: the processor's padded (B, P_max, C) float32 batch, its float32
+    # concatenation and the model-dtype copy the vision tower reads, all referenced until the
+    # forward returns (the caller's batch, colpali-engine's kwargs, get_image_features).
+    padded_pix = s.B * s.T_max * s.ppt * arch.patch_dim * F32
+    cat = s.Np * arch.patch_dim * F32
+    return (pix + cat + padded_pix + host, pix + cat + padded_pix + host,
+            "float32 padded batch + concatenation + model-dtype copy" + (" + decoded items (host)" if host else ""))
 
 
 def _vision_patches_at_once(s: _Batch) -> int:
@@ -398,6 +446,14 @@ def _vision_phase(arch: Arch, s: _Batch, inputs: tuple[int, int, str]) -> tuple[
         win = (arch.window // arch.patch) ** 2
         v_scores = max(arch.v_heads * P_img * P_img * (F32 + b) if arch.v_full_blocks else 0,
                        arch.v_heads * win * win * (F32 + b))
+    if s.dense_mask and not s.flash:
+        # transformers <= 4.53 (sdpa and eager): every vision block builds a (1, 1, N, N) additive
+        # mask over all N patches of the batch, so this phase grows with the batch's square.  Two
+        # are alive at the peak: the previous block's while the next is built, and the mask and
+        # sdpa's aligned copy of it (a 32-page batch asked for a 47 GiB copy in the original run).
+        v_attn += 2 * s.Np * s.Np * b
+        if s.eager:  # and eager's scores cover the whole batch too
+            v_scores = arch.v_heads * s.Np * s.Np * (F32 + b)
     v_mlp = Nv * C * b + 3 * Nv * arch.v_intermediate * b
     v_block = max(v_attn + v_scores, v_mlp)
     merged = Nv // ppt
@@ -405,6 +461,7 @@ def _vision_phase(arch: Arch, s: _Batch, inputs: tuple[int, int, str]) -> tuple[
     features = s.Np // ppt * H * b
     if v_attn + v_scores >= v_mlp:
         block_detail = "attention: norm, qkv, float32 rotary, output" + (
+            f", 2 dense {s.Np:,}^2 masks {2 * s.Np * s.Np * b / MB:.0f} MB" if s.dense_mask and not s.flash else "") + (
             f", eager scores {v_scores / MB:.0f} MB" if s.eager else "")
     else:
         block_detail = f"MLP: 3 x {Nv:,} x {arch.v_intermediate}"
@@ -483,17 +540,19 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
                 backend: str = "cuda", dtype_bytes: int | None = None, image_only: bool = False,
                 attn: str = "sdpa", prompt_tokens: int = QWEN_PROMPT_TOKENS, kept_rows: int | None = None,
                 token_counts: list[int] | None = None, forward: str = "lean",
-                chunks: tuple[int, int, int] | None = None) -> MemoryPlan:
+                chunks: tuple[int, int, int] | None = None, image_note: str = "") -> MemoryPlan:
     """Predict peak memory (bytes of tensors) for one batch; see the module docstring.
 
     ``token_counts`` gives each image's visual tokens (default: ``batch_size`` images of
     ``visual_tokens``); ``attn`` is ``sdpa``, ``flash_attention_2`` or ``eager``; ``forward`` is
     ``lean`` (nomic-memory) or ``colpali`` (colpali-engine's forward, which keeps every layer's
-    hidden states, the vision tower's last hidden state and projects the padded rectangle)."""
+    hidden states, the vision tower's last hidden state and projects the padded rectangle) or
+    ``colpali-dense-mask`` (the same on transformers <= 4.53: dense vision masks over the whole
+    batch).  ``image_note`` says where the token counts come from (printed with the assumptions)."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    if forward not in ("lean", "colpali"):
-        raise ValueError("forward must be 'lean' or 'colpali'")
+    if forward not in FORWARDS:
+        raise ValueError(f"forward must be one of {', '.join(FORWARDS)}")
     b = dtype_bytes or BACKEND_DTYPE_BYTES.get(backend, 2)
     tokens = tuple(token_counts) if token_counts else (int(visual_tokens),) * batch_size
     s = _Batch(tokens, prompt_tokens, b, backend, attn, forward, chunks or chunk_limits(backend),
@@ -508,13 +567,19 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
     comps = {"vision tower": vision, "language model": lm, "output": out}
     phases = {"vision tower": vision_bytes, "language model": lm_bytes, "output": out_bytes}
     act = max(phases.values())
+    counts = (f"{s.T_max} visual tokens per image" if not s.padded else
+              f"{s.B} images of {min(tokens)}-{s.T_max} visual tokens, padded to {s.T_max}")
+    assumptions = [counts + (f" ({image_note})" if image_note else "") + f", + {prompt_tokens} prompt tokens",
+                   f"{attn} attention, {FORWARDS[forward]}",
+                   f"{b}-byte weights and activations; tensors only (what CUDA's max_memory_allocated reports)"]
     notes = []
     if backend == "cuda":
         notes.append("CUDA context (~0.3-0.5 GB) and allocator caching (reserved > allocated) come on top")
     if backend == "cpu":
         notes.append("CPU RSS adds the runtime, libraries, decode buffers and malloc slack; bench measures it")
     return MemoryPlan(arch.name, kind, backend, b, s.B, s.T_max, s.L, image_only, attn, forward,
-                      arch.params(kind), weights_bytes, act, weights_bytes + act, phases, weights, comps, notes)
+                      arch.params(kind), weights_bytes, act, weights_bytes + act, phases, weights, comps, notes,
+                      assumptions)
 
 
 def forward_flops(arch: Arch, visual_tokens: int = 768, prompt_tokens: int = QWEN_PROMPT_TOKENS) -> float:
@@ -563,4 +628,4 @@ def plan_for_model(lm, *, batch_size: int, visual_tokens: int | None = None,
 
 
 __all__ = ["ARCHITECTURES", "VARIANT_ARCHITECTURE", "Arch", "MemoryPlan", "Component", "architecture_config",
-           "qwen_config", "plan_memory", "plan_for_variant", "plan_for_model", "CHUNKS", "chunk_limits", "forward_flops"]
+           "qwen_config", "plan_memory", "FORWARDS", "image_tokens", "resized_size", "plan_for_variant", "plan_for_model", "CHUNKS", "chunk_limits", "forward_flops"]
