@@ -45,10 +45,9 @@ def bf16_peak(name: str) -> float | None:
 
 
 def make_pages(d: Path, n: int) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
 
-    from datasets import page
+    from nomic_memory.samples import page
 
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

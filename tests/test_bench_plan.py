@@ -189,11 +189,10 @@ def test_bench_cli_rejects_bad_options(tmp_path):
 
 # ---------------------------------------------------------------- OOM resilience
 def _oom_dir(root: Path, n: int) -> Path:
-    rng = np.random.default_rng(3)
-    root.mkdir()
-    for i in range(n):  # same size: one token count, so batches fill up to batch_size
-        Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(root / f"{i:02d}.png")
-    return root
+    from nomic_memory.samples import make_sample_images
+
+    # same size: one token count, so batches fill up to batch_size
+    return make_sample_images(root, n, seed=3, specs=[("photo", 128, 96, "png")])
 
 
 def test_oom_splits_the_batch_remembers_the_cap_and_loses_nothing(tiny_colqwen, tmp_path, monkeypatch):

@@ -32,6 +32,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .samples import make_sample_images  # noqa: F401  (bench's sample folder; re-exported)
+
 SYNTHETIC_LABEL = "synthetic random weights: for memory/throughput only"
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -144,39 +146,6 @@ def build_synthetic_model(variant: str, backend, *, image_only: bool = False, la
     if image_only:
         make_image_only(lm)
     return lm
-
-
-def make_sample_images(directory: str | Path, n: int = 24, seed: int = 0) -> Path:
-    """A small mixed folder (page scans, photos, screenshots, phone snaps, icons) for when
-    ``bench`` is given no directory."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    specs = [("page", 1240, 1754), ("photo", 2000, 1500), ("screen", 1280, 720), ("snap", 640, 480),
-             ("photo", 1500, 2000), ("icon", 96, 96)]
-    for i in range(n):
-        kind, w, h = specs[i % len(specs)]
-        if kind == "page":
-            img = Image.new("L", (w, h), 245)
-            draw = ImageDraw.Draw(img)
-            for y in range(h // 10, h - h // 10, h // 60):
-                x = w // 10
-                while x < w - w // 10:
-                    word = int(rng.integers(20, 90))
-                    draw.rectangle((x, y, min(x + word, w - w // 10), y + h // 110), fill=30)
-                    x += word + 12
-            img = img.convert("RGB")
-        else:
-            field_ = (rng.random((6, 8, 3)) * 255).astype(np.uint8)
-            img = Image.fromarray(field_).resize((w, h), Image.Resampling.BICUBIC)
-            arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 4, (h, w, 1)).astype(np.int16)
-            img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-        fmt = "png" if kind in ("page", "icon", "screen") else "jpg"
-        img.save(d / f"{i:03d}_{kind}.{fmt}", **({"quality": 90} if fmt == "jpg" else {}))
-    return d
 
 
 class _NullTable:
