@@ -138,6 +138,21 @@ def image_tokens(width: int, height: int, max_visual_tokens: int) -> int:
     return w * h // TOKEN_PIXELS
 
 
+def guess_backend() -> tuple[str, str]:
+    """``(backend, why)``: what ``embed --backend auto`` would pick on this machine, guessed
+    without importing torch (the planner stays instant): CUDA where an NVIDIA driver is
+    installed, MPS on Apple silicon, the CPU otherwise."""
+    import platform
+    import shutil
+    from pathlib import Path
+
+    if Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi"):
+        return "cuda", "auto: an NVIDIA driver is installed"
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return "mps", "auto: Apple silicon"
+    return "cpu", "auto: no NVIDIA driver, not Apple silicon"
+
+
 def architecture_config(variant_or_arch: str, *, layers: int | None = None,
                         vision_depth: int | None = None) -> dict:
     """The shipped configuration dict of a variant (``colnomic-3b``) or architecture
@@ -571,7 +586,8 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
               f"{s.B} images of {min(tokens)}-{s.T_max} visual tokens, padded to {s.T_max}")
     assumptions = [counts + (f" ({image_note})" if image_note else "") + f", + {prompt_tokens} prompt tokens",
                    f"{attn} attention, {FORWARDS[forward]}",
-                   f"{b}-byte weights and activations; tensors only (what CUDA's max_memory_allocated reports)"]
+                   f"{b}-byte weights and activations; the tensors' bytes"
+                   + (" (what torch.cuda.max_memory_allocated reports)" if backend == "cuda" else "")]
     notes = []
     if backend == "cuda":
         notes.append("CUDA context (~0.3-0.5 GB) and allocator caching (reserved > allocated) come on top")
@@ -628,4 +644,4 @@ def plan_for_model(lm, *, batch_size: int, visual_tokens: int | None = None,
 
 
 __all__ = ["ARCHITECTURES", "VARIANT_ARCHITECTURE", "Arch", "MemoryPlan", "Component", "architecture_config",
-           "qwen_config", "plan_memory", "FORWARDS", "image_tokens", "resized_size", "plan_for_variant", "plan_for_model", "CHUNKS", "chunk_limits", "forward_flops"]
+           "qwen_config", "plan_memory", "FORWARDS", "image_tokens", "resized_size", "guess_backend", "plan_for_variant", "plan_for_model", "CHUNKS", "chunk_limits", "forward_flops"]
