@@ -168,6 +168,7 @@ def test_plan_help_and_export_do_not_import_torch(tmp_path):
 
 
 # ---------------------------------------------------------------- bench
+@pytest.mark.slow
 def test_bench_tiny_model_two_batch_sizes(tiny_colqwen, image_dir, tmp_path):
     from nomic_memory.bench import TABLE_COLUMNS
     from nomic_memory.cli import app
@@ -197,6 +198,7 @@ def test_bench_tiny_model_two_batch_sizes(tiny_colqwen, image_dir, tmp_path):
         assert im.size[0] > 600
 
 
+@pytest.mark.slow
 def test_bench_synthetic_weights_scaled_down(tmp_path):
     """The real colnomic-3b widths and vocabulary, 1 text layer, 1 vision block, built on the CPU
     with random weights in a fresh process; labelled as such and never stored."""
@@ -353,6 +355,7 @@ def test_thread_tuner_keeps_the_faster_count():
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_decoder_workers_match_inline_decoding(tiny_colqwen, image_dir):
     """Worker processes (here without the main thread's help, so they do all the work) hand
     back exactly what inline decoding produces, batch by batch, in order."""
