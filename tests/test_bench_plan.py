@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from nomic_memory.plan import Arch, architecture_config, plan_for_model, plan_for_variant, plan_memory, qwen_config
+from nomic_memory.plan import Arch, architecture_config, plan_for_model, plan_for_variant, qwen_config
 
 GB = 1024**3
 

@@ -224,7 +224,6 @@ def measure(cfg: BenchConfig) -> dict:
 
     from .backends import select_backend
     from .loading import load_model
-    from .memory import MemoryTracker
     from .pipeline import embed_directory
     from .plan import Arch, forward_flops, plan_for_model
 
