@@ -24,6 +24,12 @@ phases of nomic-memory's lean forward (encode.forward_embeddings):
   on at most ``MLP`` tokens), whichever is larger.
 * **output**: the final norm, the kept rows and the 128-d projection (ColQwen) or the pooled rows.
 
+The same phases model colpali-engine's forward (``forward="colpali"``: all hidden states kept,
+the padded float32 batch, no chunking) and, with ``forward="colpali-dense-mask"``, that forward on
+transformers <= 4.53, whose vision tower builds a dense ``N x N`` mask over all ``N`` patches of
+the batch in every block (sdpa, eager): the term that made the original measurements grow with the
+square of the batch (BENCHMARKS.md compares the plan with them).
+
 Weights are ``parameters x bytes`` (minus the text-embedding table in image-only mode, which keeps
 only the document prompt's rows). The figures are the tensors' bytes, i.e. what CUDA reports as
 *allocated*; the CUDA context (~0.3-0.5 GB) and allocator caching (*reserved*) come on top, and on
