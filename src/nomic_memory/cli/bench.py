@@ -1,4 +1,4 @@
-"""``nomic-memory bench`` and ``nomic-memory plan`` (registered on the main CLI app)."""
+"""``nomic-memory bench`` and ``nomic-memory plan``."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ from typing import Optional
 
 import typer
 
-from .cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, _setup_logging, app, fail
+from .common import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, DtypeChoice, fail, setup_logging
 
 # Neither command imports torch or transformers before it needs them: `plan` reads a
 # --model-name's config.json with transformers only, and never imports torch.
 _VARIANT_HELP = "colnomic-7b, colnomic-3b, nomic-7b, nomic-3b (comma-separated: several)"
-
-
-class DtypeChoice(str, Enum):
-    auto = "auto"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-    float32 = "float32"
 
 
 class AttnChoice(str, Enum):
@@ -44,7 +37,7 @@ def _split(value: Optional[str]) -> list[str]:
 
 
 def _variants(value: Optional[str]) -> list[str]:
-    from .variants import VARIANTS
+    from ..variants import VARIANTS
 
     variants = _split(value)
     for v in variants:
@@ -63,7 +56,6 @@ def _batch_sizes(value: str) -> list[int]:
     return sorted(set(sizes))
 
 
-@app.command()
 def bench(
     directory: Optional[Path] = typer.Argument(None, help="Images to embed (default: a generated sample set)."),
     model_variant: Optional[str] = typer.Option(None, "--model-variant", help=_VARIANT_HELP),
@@ -86,10 +78,10 @@ def bench(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Sweep batch sizes (x modes, models, backends): peak memory, time, images/s, and the plan."""
-    _setup_logging(verbose)
-    from .backends import BACKENDS
-    from .bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot
-    from .errors import BenchSetupError
+    setup_logging(verbose)
+    from ..backends import BACKENDS
+    from ..bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot
+    from ..errors import BenchSetupError
 
     sizes = _batch_sizes(batch_sizes)
     variants = _variants(model_variant)
@@ -159,7 +151,6 @@ def bench(
     raise typer.Exit(EXIT_FATAL if failed and len(failed) == len(results) else EXIT_OK)
 
 
-@app.command()
 def plan(
     model_variant: str = typer.Option("colnomic-7b", "--model-variant", help=_VARIANT_HELP),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Local model directories (their config.json) instead of variants (comma-separated: several)."),
@@ -175,8 +166,8 @@ def plan(
 ) -> None:
     """Predict peak memory from the architecture and token counts (weights + activations), and
     say what it assumes. One plan: its breakdown; several (variants x batch sizes): a table."""
-    from .plan import Arch, guess_backend, image_tokens, plan_memory
-    from .variants import VARIANTS
+    from ..plan import Arch, guess_backend, image_tokens, plan_memory
+    from ..variants import VARIANTS
 
     sizes = _batch_sizes(batch_sizes)
     images = [_image_size(v) for v in _split(image_size)]
@@ -223,14 +214,14 @@ def _image_size(value: str) -> tuple[int, int]:
 
 
 def _resized(w: int, h: int, cap: int) -> tuple[int, int]:
-    from .plan import resized_size
+    from ..plan import resized_size
 
     return resized_size(w, h, cap)
 
 
 def _arch_from_dir(model_dir: Path):
     """``(Arch, kind)`` from a local model directory's config.json (the only path that imports transformers)."""
-    from .plan import Arch
+    from ..plan import Arch
 
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
@@ -246,7 +237,7 @@ def _arch_from_dir(model_dir: Path):
 
 
 def _plan_table(plans) -> list[str]:
-    from .plan import GB
+    from ..plan import GB
 
     seen: list[str] = []
     for _, p in plans:
