@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,10 +44,9 @@ def bf16_peak(name: str) -> float | None:
 
 
 def make_pages(d: Path, n: int) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
 
-    from datasets import page
+    from nomic_memory.samples import page
 
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
