@@ -1,4 +1,4 @@
-"""Ray engine throughput: 1 vs N model actors on one machine (issue 5).
+"""Ray engine throughput: 1 vs N model actors on one machine.
 
 Builds the random ``medium`` ColQwen2.5 model (~90 MB, where the model's cost dominates Python and
 Ray overheads) and a folder of JPEGs, starts one local Ray cluster, then embeds the folder into a

@@ -1,4 +1,4 @@
-"""GPU benchmark with synthetic weights (issue 3, benchmark 4): what colnomic-3b costs on a GPU.
+"""GPU benchmark with synthetic weights: what colnomic-3b costs on a GPU.
 
     uv run python benchmarks/gpu_synthetic.py [--variant colnomic-3b] [--batch-sizes 1,2,4,8,16,32]
                                               [--visual-tokens 768] [--reps 3] [--peak-tflops N]

@@ -1,4 +1,4 @@
-"""--image-only memory saving, measured (issue 2).
+"""--image-only memory saving, measured.
 
 Builds a random model with Qwen2.5-VL-3B's text width and full 151,936-token vocabulary on a
 shallow stack (nomic_memory.tiny SIZES["vocab3b"]), then runs `nomic-memory embed` on the same

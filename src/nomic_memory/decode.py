@@ -41,6 +41,8 @@ class DecodeTask:
     path: Path
     page: int = 0
     content_hash: str | None = None
+    width: int = 0  # the size the scan read from the header (0: unknown), saving a second read
+    height: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,11 @@ def decode_image(task: DecodeTask, image_processor) -> Image.Image:
     path = task.path
     src_pixels = 0
     try:  # ask for a draft no smaller than what the model will see
-        with Image.open(path) as probe:
-            w, h = probe.size
-        src_pixels = w * h
+        w, h = task.width, task.height
+        if not (w and h):
+            with Image.open(path) as probe:
+                w, h = probe.size
+        src_pixels = w * h  # orientation only swaps the sides: the pixel count is the same
         th, tw = _safe_target(w, h, image_processor)
         target = th * tw
     except Exception:  # load_image names the precise reason

@@ -8,7 +8,7 @@ hidden`` alive until the forward returns), and for ColQwen it projects only the 
 mask keeps rather than the padded rectangle.
 
 Its memory stays flat as the batch grows: the vision tower runs the batch's images in chunks of at
-most ``plan.chunk_limits`` patches (each image's patches only attend within that image, so
+most ``chunks.chunk_limits`` patches (each image's patches only attend within that image, so
 chunking by whole images changes nothing), the tower's last hidden state is not kept, and the pixel
 patches are released before the language model runs.  ``plan.plan_memory`` models exactly this.
 """
@@ -27,11 +27,11 @@ from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
 from .collate import Prepared, collate_flat
 from .loading import LoadedModel
 from .memory import trim_heap
-from .plan import chunk_limits
+from .chunks import chunk_limits
 
 log = logging.getLogger("nomic_memory")
 
-# Overrides of plan.chunk_limits (None: by backend); tests force them down to exercise chunking.
+# Overrides of chunks.chunk_limits (None: by backend); tests force them down to exercise chunking.
 VISION_CHUNK_PATCHES: int | None = None
 LM_CHUNK_TOKENS: int | None = None
 MLP_CHUNK_TOKENS: int | None = None
@@ -106,7 +106,7 @@ def _patch_embed_matmul(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def _chunked_mlp(self, x: torch.Tensor) -> torch.Tensor:
-    """A decoder layer's gated MLP on at most ``plan.chunk_limits`` tokens at a time: each token's
+    """A decoder layer's gated MLP on at most ``chunks.chunk_limits`` tokens at a time: each token's
     output depends on that token only, and the three ``tokens x intermediate`` tensors are the
     largest in the layer (1.6 GB for 32 pages on the 3B model in bf16)."""
     rows = x.reshape(-1, x.shape[-1])
@@ -148,7 +148,7 @@ def _fast_vision(model) -> None:
 def _image_features(model, pixel_values: torch.Tensor, grid: torch.Tensor,
                     chunk_patches: int | None = -1, tuner_owner=None) -> list[torch.Tensor]:
     """The vision tower's merged features, run on whole images in chunks of at most
-    ``chunk_patches`` patches (default: ``plan.chunk_limits``; at least one image per chunk;
+    ``chunk_patches`` patches (default: ``chunks.chunk_limits``; at least one image per chunk;
     ``None``: all at once)."""
     if chunk_patches == -1:
         chunk_patches = _limits(pixel_values.device.type)[0]
@@ -221,7 +221,7 @@ def _row_groups(lengths: list[int], budget: int) -> list[tuple[int, int]]:
 
 def _backbone_groups(lm: LoadedModel, inputs: dict):
     """The language model's last hidden states for a batch of documents (one image per row), in
-    groups of rows of at most ``plan.chunk_limits`` tokens: yields ``(first_row, end_row, hidden,
+    groups of rows of at most ``chunks.chunk_limits`` tokens: yields ``(first_row, end_row, hidden,
     mask)``, each group trimmed to its own longest row (the batch is left-padded; the columns only
     padding occupies are dropped).  The vision tower runs first, on the whole batch (in chunks of
     patches), and its input pixels are released before any text layer runs."""

@@ -79,7 +79,7 @@ class LocalExecutor:
         tracker = MemoryTracker(lm.backend.name, lm.backend.device).start()
         self._state = {"decoder": decoder, "encoder": encoder, "tracker": tracker, "tuner": tuner,
                        "threads0": threads0, "workers": n_workers}
-        tasks = [[DecodeTask(it.path, it.page, it.file.content_hash) for it in plan.batch_items(b)]
+        tasks = [[DecodeTask(it.path, it.page, it.file.content_hash, it.width, it.height) for it in plan.batch_items(b)]
                  for b in range(len(plan.batches))]
         try:
             for b, decoded in enumerate(decoder.map(tasks)):

@@ -158,7 +158,7 @@ def _decode_stage(batch: dict, *, source: dict) -> dict:
     cols: dict[str, list] = {k: [] for k in ("batch", "meta", "input_ids", "mm_token_type_ids",
                                               "pixel_values", "image_grid_thw")}
     for bi, tasks_json in zip(batch["batch"], batch["tasks"]):
-        tasks = [DecodeTask(Path(p), page, h) for p, page, h in json.loads(str(tasks_json))]
+        tasks = [DecodeTask(Path(p), page, h, w, ht) for p, page, h, w, ht in json.loads(str(tasks_json))]
         decoded = decode_tasks(proc, tasks)
         ok = [i for i, d in enumerate(decoded) if not isinstance(d, InputError)]
         errors = [[i, d.reason] for i, d in enumerate(decoded) if isinstance(d, InputError)]
@@ -331,7 +331,7 @@ def _dataset(plan: RunPlan, spec: ModelSpec, source: ProcessorSource, be: Backen
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-    items = [{"batch": bi, "tasks": json.dumps([[str(it.path), it.page, it.file.content_hash]
+    items = [{"batch": bi, "tasks": json.dumps([[str(it.path), it.page, it.file.content_hash, it.width, it.height]
                                                 for it in plan.batch_items(bi)])}
              for bi in range(len(plan.batches))]
     src = {"source": dataclasses.asdict(source)}
