@@ -29,6 +29,7 @@ import numpy as np
 
 from .batching import MAX_PADDING, make_batches, padding_overhead, visual_tokens
 from .errors import InputError, UsageError
+from .failures import FailureLog
 from .images import discover_images
 from .memory import MemoryReport
 from .scan import Item, SourceFile, scan_files
@@ -148,19 +149,23 @@ def _row_key(path: str, page: int = 0):
 
 def plan_run(table, root: Path, files: list[SourceFile], image_processor, report: RunReport, emit, *,
              stamp: ModelStamp | None, revision: str, prune: bool, batch_size: int,
-             max_batch_tokens: int | None, sort_by_tokens: bool = True) -> RunPlan:
+             max_batch_tokens: int | None, sort_by_tokens: bool = True, failures=None) -> RunPlan:
     """The listing every engine shares: prune rows of vanished files, report unreadable ones, skip
     inputs stored unchanged (same content hash, model revision and projection fingerprint; with
     ``stamp`` None only hash and revision are known, so nothing of another projection can be
     told apart: callers pass None only when no stored row can have the right projection), count
-    visual tokens, cut batches.  ``report`` and ``emit`` are updated."""
+    visual tokens, cut batches.  Inputs that failed before and whose file has not changed since
+    (``failures``, a :class:`~nomic_memory.failures.FailureLog`) are reported, not retried.
+    ``report`` and ``emit`` are updated."""
     existing = table.index(str(root)) if table is not None else {}
-    if prune and table is not None:
+    if prune:
         present = {f.rel for f in files}
         gone = [p for p in existing if (p if isinstance(p, str) else p[0]) not in present]
         if gone:
             report.pruned = table.delete_paths(str(root), gone)
             emit("pruned", {"count": report.pruned})
+        if failures is not None:
+            failures.forget([k for k in failures.known if k[0] not in present])
     todo: list[Item] = []
     for f in files:
         if f.error:
@@ -168,6 +173,11 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
             emit("failed", {"path": f.rel, "reason": f.error})
             continue
         for it in f.items:
+            known = failures.unchanged(f.rel, it.page, f.content_hash) if failures is not None else None
+            if known is not None:
+                report.failed.append((it.label, f"{known} (failed before; the file has not changed since)"))
+                emit("failed", {"path": it.label, "reason": known, "known": True})
+                continue
             old = existing.get(_row_key(f.rel, it.page))
             if old and old["content_hash"] == f.content_hash and old["model_revision"] == revision \
                     and stamp is not None and old["proj_fingerprint"] == stamp.fingerprint:
@@ -197,22 +207,28 @@ class StoreSink:
     """Writes each batch's embeddings as one atomic commit; the table is created on first write
     (from the stamp of the model that made the rows) when it does not exist yet."""
 
-    def __init__(self, store, table_name: str, table=None):
+    def __init__(self, store, table_name: str, table=None, failures=None):
         self.store = store
         self.table_name = table_name
         self.table = table
+        self.failures = failures
 
     def write(self, plan: RunPlan, result: BatchResult, report: RunReport, emit) -> None:
         from .store import Record
 
         items = plan.batch_items(result.index)
         good: list[tuple[Item, np.ndarray]] = []
+        bad: list[tuple[str, int, str, str]] = []
         for it, out in zip(items, result.outputs):
             if isinstance(out, InputError):
                 report.failed.append((it.label, out.reason))
                 emit("failed", {"path": it.label, "reason": out.reason})
+                bad.append((it.rel, it.page, it.file.content_hash, out.reason))
             else:
                 good.append((it, out))
+        if self.failures is not None:
+            self.failures.record(bad)
+            self.failures.forget([(it.rel, it.page) for it, _ in good])
         if not good:
             return
         if self.table is None:
@@ -270,6 +286,8 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
     store = store if isinstance(store, Store) else Store(store)
     table = store.open_table(table_name) if table_name in store.table_names() else None
     report = RunReport(str(root), str(store.path), table_name, discovered=len(paths))
+    failures = FailureLog(store, table_name, str(root))
+    failures.load()
 
     # Rows made with this model (same revision and seed) carry the fingerprint the table records;
     # any other table state needs the model itself to tell which rows are still valid.
@@ -283,7 +301,7 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         if stamp is not None:
             _warn_other_weights(table, stamp)
     opts = dict(revision=revision, prune=prune, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                sort_by_tokens=sort_by_tokens)
+                sort_by_tokens=sort_by_tokens, failures=failures)
     plan = plan_run(table, root, files, executor.processor().image_processor, report, emit, stamp=stamp or expected, **opts)
     if plan.todo and stamp is None:
         stamp = _start(executor, report, emit)
@@ -291,7 +309,7 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
             _warn_other_weights(table, stamp)  # its rows are not this model's: plan them again
             report = RunReport(str(root), str(store.path), table_name, discovered=len(paths), model_loaded=True)
             plan = plan_run(table, root, files, executor.processor().image_processor, report, emit, stamp=stamp, **opts)
-    sink = StoreSink(store, table_name, table)
+    sink = StoreSink(store, table_name, table, failures)
     t_embed = time.perf_counter()
     try:
         if plan.batches:
