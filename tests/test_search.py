@@ -16,17 +16,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from nomic_memory.cli import app
-from nomic_memory.search import (
-    Hit,
-    Index,
-    ModelMismatchError,
-    Scorer,
-    SearchError,
-    check_model,
-    fixed_size_list_matrix,
-    multivector_matrix,
-    recall_at_k,
-)
+from nomic_memory.approx import recall_at_k
+from nomic_memory.scoring import Scorer, fixed_size_list_matrix, multivector_matrix
+from nomic_memory.search import Hit, Index, ModelMismatchError, SearchError, check_model
 from nomic_memory.store import Record, Store, TableInfo
 
 N_IMAGES = 10
@@ -294,10 +286,11 @@ def test_cli_json_and_table(env, tmp_path):
     r = runner.invoke(app, args + ["--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert [h["rank"] for h in out["results"]] == [1, 2, 3]
-    assert set(out["results"][0]) >= {"rank", "score", "path", "root", "page", "file"}
+    assert [h["rank"] for h in out["results"][0]] == [1, 2, 3]
+    assert set(out["results"][0][0]) >= {"rank", "score", "path", "root", "page", "file", "id"}
     api = Index.open(env["col_store"], backend="cpu").search("a red bicycle", k=3)
-    assert [h["path"] for h in out["results"]] == [h.path for h in api]
+    assert [h["path"] for h in out["results"][0]] == [h.path for h in api]
+    assert [h["id"] for h in out["results"][0]] == [h.id for h in api]
     # image query, several queries in one scan
     img = env["images"][7]
     r = runner.invoke(app, ["search", "one", "two", "--image", str(img), "--store", str(env["col_store"]),
@@ -325,4 +318,4 @@ def test_cli_build_index_then_approx(env, tmp_path):
                             "--approx", "--rerank", "3", "-k", "2", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["approx"] and out["results"][0]["path"] == env["images"][1].name
+    assert out["approx"] and out["results"][0][0]["path"] == env["images"][1].name
