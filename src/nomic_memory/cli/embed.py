@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .common import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendChoice, DtypeChoice, EngineChoice, KindChoice,
-                     VariantChoice, error_message, fail, fail_on, plural, say, setup_logging, store_option)
+                     VariantChoice, fail, fail_on, plural, say, setup_logging, store_option)
 
 RULE = "=" * 50
 
@@ -28,16 +28,20 @@ class ReportStyle(str, Enum):
 class ConsoleProgress:
     """Turns a run's progress events into the lines of the report (and a progress bar).
 
-    Events (``kind``, ``data``): ``model_loading`` / ``model_loaded`` (only when the model is
-    loaded: a run with nothing to do may not load it), ``discovered``, ``todo``, ``plan``,
-    ``batch``, ``failed``, ``pruned``, ``done``.  Human lines go to stdout, or to stderr under
-    ``--json`` (stdout then carries the JSON report alone); skipped files always go to stderr.
-    The bar (a terminal only) starts after the plan line, so no line is ever glued onto it, and
-    lines printed while it runs go through its console."""
+    Events (``kind``, ``data``): ``discovered``, ``todo``, ``plan``, ``model_loading`` /
+    ``model_loaded`` (only when the model is loaded: a run with nothing to do never loads it; it
+    loads after the plan, or before it when the table holds another model's rows), ``batch``,
+    ``failed``, ``pruned``, ``done``.  Human lines go to stdout, or to stderr under ``--json``
+    (stdout then carries the JSON report alone); skipped files always go to stderr.
+
+    The bar (a terminal only) starts once the plan is printed and the model is loaded, so no line
+    is ever glued onto it, and lines printed while it runs go through its console.  The legacy
+    report keeps ``main.py``'s order (model lines, then ``Found N images``): its discovery lines
+    wait for the model lines, or for the plan when there is nothing to embed."""
 
     def __init__(self, enabled: bool | None = None, *, style: ReportStyle = ReportStyle.default,
                  json_out: bool = False, directory: str | Path | None = None, batch_size: int | None = None,
-                 model: str | None = None):
+                 model: str = ""):
         stream = sys.stderr if json_out else sys.stdout
         if enabled is None:  # the legacy report prints its per-batch lines unless asked for a bar
             enabled = stream.isatty() and style is ReportStyle.default
@@ -48,6 +52,8 @@ class ConsoleProgress:
         self.batch_size = batch_size
         self.model = model
         self.todo = 0
+        self.planned = self.loaded = False
+        self.held: list[str] | None = [] if style is ReportStyle.legacy else None
         self.bar = None
         self.task = None
 
@@ -57,13 +63,26 @@ class ConsoleProgress:
         else:
             typer.echo(msg, err=err or self.json_out)
 
+    def _report(self, msg: str) -> None:
+        """A legacy discovery line: held until the model lines are out (see the class docstring)."""
+        if self.held is not None:
+            self.held.append(msg)
+        else:
+            self.line(msg)
+
+    def _release(self) -> None:
+        held, self.held = self.held or [], None
+        for msg in held:
+            self.line(msg)
+
     def __call__(self, kind: str, data: dict) -> None:
         legacy = self.style is ReportStyle.legacy
         if kind == "failed":
             self.line(f"Skipped {data['path']}: {data['reason']}", err=True, style="yellow")
         elif kind == "model_loading":
-            self.line(f"Loading model: {data.get('model_id') or data.get('model') or self.model}")
+            self.line(f"Loading model: {data.get('model_id') or self.model}")
         elif kind == "model_loaded":
+            self.loaded = True
             if legacy:
                 self.line("Model loaded successfully")
             if data.get("model_id"):
@@ -71,27 +90,35 @@ class ConsoleProgress:
                           f"revision {data.get('revision')})")
             for note in data.get("notes") or ():
                 self.line(note)
+            self._release()
+            if self.planned:
+                self._start_bar()
         elif kind == "discovered":
             if legacy:
-                self.line(f"Found {plural(data['count'], 'image')} in {data.get('directory') or self.directory}")
+                self._report(f"Found {plural(data['count'], 'image')} in {self.directory or data.get('directory')}")
         elif kind == "pruned":
-            self.line(f"Removed {plural(data['count'], 'row')} of files that no longer exist")
+            self._report(f"Removed {plural(data['count'], 'row')} of files that no longer exist")
         elif kind == "todo":
             self.todo = data["count"]
             if legacy:
                 if data["skipped"]:
-                    self.line(f"Skipping {plural(data['skipped'], 'unchanged image')} (already in the store)")
-                self.line(f"Processing {plural(data['count'], 'image')} with batch size {self.batch_size}")
+                    self._report(f"Skipping {plural(data['skipped'], 'unchanged image')} (already in the store)")
+                self._report(f"Processing {plural(data['count'], 'image')} with batch size {self.batch_size}")
             else:
                 total = data["count"] + data["skipped"]
                 self.line(f"Found {plural(total, 'image')} to consider: {data['count']} to embed, "
                           f"{data['skipped']} unchanged (skipped)")
         elif kind == "plan":
+            self.planned = True
             if not legacy and data["batches"]:
                 self.line(f"{plural(data['batches'], 'batch', 'batches')}, padding overhead "
                           f"{100 * data['padding_overhead']:.1f}% of tokens")
-            self._start_bar()
+            if not data["batches"]:
+                self._release()  # nothing to embed: the model will not load
+            if self.loaded:
+                self._start_bar()
         elif kind == "batch":
+            self._release()
             self._start_bar()
             rate = data["embedded"] / data["elapsed"] if data["elapsed"] > 0 else 0.0
             if self.bar is not None:
@@ -102,6 +129,7 @@ class ConsoleProgress:
                 self.line(f"Processed batch {data['index']}/{data['total']} ({plural(data['images'], 'image')}, "
                           f"{rate:.2f} images/s)")
         elif kind == "done":
+            self._release()
             self.close()
 
     def _start_bar(self) -> None:
@@ -217,64 +245,37 @@ def embed(
     if legacy:
         for line in legacy_header(model_variant.value, model_name):
             say(line, json_out)
-    from ..backends import BackendUnavailable, describe, select_backend
+    from ..api import Embedder
+    from ..backends import describe
     from ..errors import NomicMemoryError
-    from ..loading import ModelLoadError
-    from ..store import Store, StoreError, default_store_path
+    from ..store import Store, default_store_path
 
-    try:
-        be = select_backend(backend.value, dtype=dtype.value)
-    except BackendUnavailable as e:
-        raise fail(str(e))
-    try:  # before loading the model: a wrong --store must not cost a model load (after the
-        # backend check, which writes nothing; opening a local store creates its directory)
-        store_path = Store(store or default_store_path())
-    except StoreError as e:
-        raise fail(str(e))
-    report_backend(be, describe(be), json_out, legacy, image_only)
     ui = ConsoleProgress(progress, style=report_style, json_out=json_out, directory=directory,
-                         batch_size=batch_size, model=model_name or model_variant.value)
-    if engine == EngineChoice.ray:
-        try:
-            from ..ray_engine import embed_directory_ray
-        except ImportError as e:
-            raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
-                       f"(or `pip install 'nomic-memory[ray]'`) ({e})")
-        try:
-            report = embed_directory_ray(
-                directory, store_path, model_name=model_name, variant=model_variant.value,
-                kind=model_kind.value if model_kind else None, backend=be, batch_size=batch_size,
-                image_only=image_only, seed=seed, workers=workers, ray_address=ray_address,
-                gpus_per_worker=gpus_per_worker, prune=prune, max_batch_tokens=max_batch_tokens,
-                revision=revision, on_event=ui)
-        except NomicMemoryError as e:
-            raise fail_on(e)
-        finally:
-            ui.close()
-        _final_report(report, json_out, style=report_style, backend=be.name)
-        raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
-
-    from ..loading import load_model
-    from ..pipeline import embed_directory
-    from ..variants import VARIANTS
-
-    ui("model_loading", {"model_id": model_name or VARIANTS[model_variant.value].repo_id})
+                         batch_size=batch_size)
     try:
-        lm = load_model(model_name, model_variant.value if model_name is None else None, backend=be,
-                        kind=model_kind.value if model_kind else None, image_only=image_only, seed=seed,
-                        revision=revision)
-    except ModelLoadError as e:
-        raise fail(error_message(e))
-    ui("model_loaded", {"model_id": lm.model_id, "kind": lm.kind, "dim": lm.dim, "revision": lm.revision,
-                        "notes": list(lm.notes)})
-    try:
-        report = embed_directory(lm, directory, store_path, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                 workers=workers, prune=prune, seed=seed, on_event=ui)
-    except StoreError as e:
-        raise fail(str(e))
+        emb = Embedder(model_name or model_variant.value, backend=backend.value, dtype=dtype.value,
+                       kind=model_kind.value if model_kind else None, image_only=image_only, seed=seed,
+                       revision=revision, lazy=True)
+        # Before any model work: a wrong --store must not cost a model load (opening a local
+        # store creates its directory, so after the backend check, which writes nothing).
+        store_obj = Store(store or default_store_path())
+        report_backend(emb.backend, describe(emb.backend), json_out, legacy, image_only)
+        if engine == EngineChoice.ray:
+            try:
+                import nomic_memory.ray_engine  # noqa: F401
+            except ImportError as e:
+                raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
+                           f"(or `pip install 'nomic-memory[ray]'`) ({e})")
+        ui.model = emb.resolved.model_id
+        report = emb.embed_directory(directory, store_obj, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                     workers=workers, prune=prune, engine=engine.value, ray_address=ray_address,
+                                     gpus_per_worker=gpus_per_worker, on_event=ui)
+    except NomicMemoryError as e:
+        raise fail_on(e)
     finally:
         ui.close()
-    _final_report(report, json_out, lm.image_only_saved_bytes, style=report_style, backend=be.name)
+    saved = emb.loaded.image_only_saved_bytes if emb.is_loaded else 0
+    _final_report(report, json_out, saved, style=report_style, backend=emb.backend.name)
     raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
 
 
