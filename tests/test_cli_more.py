@@ -190,18 +190,24 @@ def test_plan_line_is_not_glued_to_the_progress_bar(capsys):
     """On a terminal the bar starts after the plan line; lines printed meanwhile go above it."""
     from nomic_memory.cli.embed import ConsoleProgress
 
-    ui = ConsoleProgress(True)
+    ui = ConsoleProgress(True, model="some/model")
+    # the run driver's order: the model loads after the plan, only when there is work
+    ui("discovered", {"count": 2, "directory": "/x"})
     ui("todo", {"count": 2, "skipped": 0})
     ui("plan", {"batches": 2, "padding_overhead": 0.0})
+    assert ui.bar is None  # not while the model loads
+    ui("model_loading", {})
+    ui("model_loaded", {"model_id": "some/model", "kind": "colqwen", "dim": 128, "revision": "abc", "notes": []})
     assert ui.bar is not None
     ui("failed", {"path": "x.png", "reason": "empty file"})
     ui("batch", {"index": 1, "total": 2, "images": 1, "embedded": 1, "elapsed": 0.5})
     ui("done", {})
     out = capsys.readouterr()
     lines = out.out.splitlines()
-    assert "2 batches, padding overhead 0.0% of tokens" in lines, out.out
-    assert lines.index("2 batches, padding overhead 0.0% of tokens") < min(
-        [i for i, line in enumerate(lines) if "Embedding" in line] or [len(lines)])
+    first_bar = min([i for i, line in enumerate(lines) if "Embedding" in line] or [len(lines)])
+    for whole in ("2 batches, padding overhead 0.0% of tokens", "Loading model: some/model",
+                  "Model: some/model (colqwen, 128-d, revision abc)"):
+        assert whole in lines and lines.index(whole) < first_bar, out.out
     assert any(line.strip() == "Skipped x.png: empty file" for line in lines + out.err.splitlines())
 
 
