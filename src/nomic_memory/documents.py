@@ -242,9 +242,9 @@ def _list_image_frames(path) -> list[PageGeometry]:
             pages = []
             for frame in range(frames):
                 im.seek(frame)  # frame headers only, no pixel data
+                # Pillow's TIFF reader already reports the size after EXIF orientation (and
+                # rotates on load), unlike JPEG's: no swap here.
                 w, h = im.size
-                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                    w, h = h, w
                 pages.append(PageGeometry(frame + 1, float(w), float(h)))
             return pages
     except OSError as exc:
