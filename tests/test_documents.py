@@ -26,6 +26,7 @@ from nomic_memory.documents import (
     list_pages,
     load_page,
     may_have_pages,
+    prepare_page,
     render_page,
     render_size,
 )
@@ -211,6 +212,19 @@ def test_render_matches_pdfium_full_scale_render(tmp_path, processor):
         assert ours.size == size
         assert diff.mean() < 4, diff.mean()
         assert (_arr(ours.convert("L")) < 128).sum() > 200  # the text and square are there
+
+
+def test_prepared_page_has_the_planned_tokens(tmp_path, processor):
+    """The driver plans with render_size/visual_tokens before drawing; the processor agrees."""
+    ip = processor.image_processor
+    path = _reportlab_pdf(tmp_path / "t.pdf", [{"size": letter, "text": "x"}, {"size": (300, 20)},
+                                               {"size": A4, "rotate": 90}])
+    for g in list_pages(path):
+        w, h = render_size(g, ip)
+        prepared = prepare_page(processor, path, g.page, (w, h))
+        assert prepared.image_grid_thw.tolist() == [1, h // 14, w // 14]
+        n_image_tokens = int((prepared.input_ids == processor.image_token_id).sum())
+        assert n_image_tokens == visual_tokens(w, h, ip)
 
 
 def test_load_page_dispatches(tmp_path):

@@ -52,6 +52,7 @@ __all__ = [
     "list_pages",
     "load_page",
     "may_have_pages",
+    "prepare_page",
     "render_page",
     "render_size",
 ]
@@ -372,3 +373,15 @@ def load_page(path: str | os.PathLike[str], page: int, size: tuple[int, int] | N
     if size is not None and img.size != tuple(size):
         img = img.resize(tuple(size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return img
+
+
+def prepare_page(processor, path: str | os.PathLike[str], page: int, size: tuple[int, int]):
+    """One page, ready for the model: :func:`load_page` at ``size``, then the processor.
+
+    With ``size`` from :func:`render_size`, the processor's own resize is a no-op, so the page
+    has exactly ``encode.visual_tokens(*size, ip)`` visual tokens, as planned.  Returns an
+    :class:`nomic_memory.encode.Prepared` (what decode workers hand back).
+    """
+    from .encode import prepare_image
+
+    return prepare_image(processor, load_page(path, page, size))
