@@ -227,6 +227,19 @@ def test_prepared_page_has_the_planned_tokens(tmp_path, processor):
         assert n_image_tokens == visual_tokens(w, h, ip)
 
 
+def test_form_field_values_are_drawn(tmp_path):
+    """A filled form field shows its value, as in a viewer (PDFium's form environment)."""
+    path = tmp_path / "form.pdf"
+    c = canvas_mod.Canvas(str(path), pagesize=letter)
+    c.acroForm.textfield(name="name", value="FILLEDFILLED", x=50, y=600, width=400, height=60,
+                         fontSize=40, borderWidth=0, fillColor=None)
+    c.showPage()
+    c.save()
+    a = _arr(render_page(path, 1, (612, 792)).convert("L"))
+    assert (a[132:192, 50:450] < 128).sum() > 500  # the value's glyphs
+    assert a[300:, :].min() == 255
+
+
 def test_load_page_dispatches(tmp_path):
     pdf = _pillow_pdf(tmp_path / "p.pdf")
     assert load_page(pdf, 2, (84, 56)).size == (84, 56)

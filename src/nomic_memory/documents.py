@@ -162,6 +162,13 @@ def _open_pdf(path: str | os.PathLike[str], key: tuple):
     if len(pdf) < 1:
         pdf.close()
         raise DocumentError(path, "PDF has no pages")
+    try:
+        # The form environment draws form fields (their values) as viewers do; without it only
+        # fields that carry a ready-made appearance show.  This PDFium build has no JavaScript
+        # or XFA engine, so initialising forms runs no document code.
+        pdf.init_forms()
+    except pdfium.PdfiumError:
+        pass  # drawn without form fields rather than not at all
     return pdf
 
 
@@ -351,6 +358,8 @@ def _draw(pdf_page, width: int, height: int) -> Image.Image:
         # FPDF_ANNOT: annotation appearances (as viewers show them); REVERSE_BYTE_ORDER: RGB.
         flags = c.FPDF_ANNOT | c.FPDF_REVERSE_BYTE_ORDER
         c.FPDF_RenderPageBitmap(bitmap.raw, pdf_page.raw, x0, y0, box_w, box_h, 0, flags)
+        if pdf_page.formenv:  # form fields on top, as pypdfium2's own render does
+            c.FPDF_FFLDraw(pdf_page.formenv, bitmap.raw, pdf_page.raw, x0, y0, box_w, box_h, 0, flags)
         return bitmap.to_pil().convert("RGB")  # a copy: the buffer goes with the bitmap
     finally:
         bitmap.close()
