@@ -1,4 +1,4 @@
-"""Search benchmark (issue 4): exact MaxSim over a large synthetic store, and the approximate index.
+"""Search benchmark: exact MaxSim over a large synthetic store, and the approximate index.
 
 A synthetic ColQwen table of ``--docs`` documents x ``--vectors`` random unit vectors (128-d,
 float16, ~3.8 GB for the defaults) is written once under ``--path`` (reused by later runs).

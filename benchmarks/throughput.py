@@ -1,4 +1,4 @@
-"""Throughput and memory of nomic-memory against the model card's loop (issue 3), on the CPU.
+"""Throughput and memory of nomic-memory against the model card's loop, on the CPU.
 
     uv run python benchmarks/throughput.py photos  [--runs 3]   # 1. 24 x 12 MP JPEGs, tiny model, batch 8
     uv run python benchmarks/throughput.py mixed   [--runs 3]   # 2. mixed sizes, medium model, batch 1 / 8

@@ -477,7 +477,7 @@ class Index:
         """float32 query embeddings: text with ``process_queries`` (and the template), images
         (PIL images or ``os.PathLike`` paths) with the document path."""
         from .encode import embed_queries
-        from .pipeline import embed_pil_images
+        from .api import embed_inputs as embed_pil_images
 
         lm = self.model
         out: list[np.ndarray | None] = [None] * len(queries)
@@ -488,7 +488,7 @@ class Index:
                 out[i] = e.float().numpy()
         if images:
             for (i, _), e in zip(images, embed_pil_images(lm, [q for _, q in images])):
-                out[i] = e.float().numpy()
+                out[i] = np.asarray(e, dtype=np.float32)
         return out  # type: ignore[return-value]
 
     # ---- search
