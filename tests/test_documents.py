@@ -30,9 +30,9 @@ from nomic_memory.documents import (
     render_page,
     render_size,
 )
-from nomic_memory.encode import visual_tokens
+from nomic_memory.batching import visual_tokens
 from nomic_memory.errors import InputError
-from nomic_memory.images import ImageError, discover_images, load_image
+from nomic_memory.images import ImageError, discover_images, load_image, oriented_size
 from nomic_memory.tiny import SIZES, build_processor
 
 pdfium = pytest.importorskip("pypdfium2")
@@ -505,7 +505,25 @@ def test_discovery_finds_heic_and_avif(tmp_path):
         assert im.size == (60, 30)
 
 
-@pytest.mark.slow
+def test_oriented_size_agrees_with_load_image(tmp_path):
+    """The scan's header-only size is the decoded size, whatever turned the image (EXIF 6)."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src = _oriented_source()
+    src.save(tmp_path / "o.jpg", exif=exif)
+    src.save(tmp_path / "o.tif", exif=exif)  # Pillow's TIFF reader turns it itself
+    src.save(tmp_path / "o.png", exif=exif)
+    pillow_heif.from_pillow(src).save(tmp_path / "o.heic", exif=exif.tobytes(), quality=-1)  # libheif does
+    names = ["o.jpg", "o.tif", "o.png", "o.heic"]
+    if features.check("avif"):
+        src.save(tmp_path / "o.avif", exif=exif)
+        names.append("o.avif")
+    for name in names:
+        with Image.open(tmp_path / name) as im:
+            assert oriented_size(im) == load_image(tmp_path / name).size == (30, 60), name
+
+
 def test_long_pdf_streams_in_constant_memory(tmp_path):
     """Rendering every page of a long PDF one by one does not accumulate pages in memory."""
     path = _reportlab_pdf(tmp_path / "long.pdf",

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .errors import InputError
-from .images import DEFAULT_MAX_IMAGE_PIXELS, load_image, register_plugins
+from .images import DEFAULT_MAX_IMAGE_PIXELS, load_image, oriented_size, register_plugins
 
 __all__ = [
     "DOCUMENT_EXTENSIONS",
@@ -250,9 +250,7 @@ def _list_image_frames(path) -> list[PageGeometry]:
             pages = []
             for frame in range(frames):
                 im.seek(frame)  # frame headers only, no pixel data
-                # Pillow's TIFF reader already reports the size after EXIF orientation (and
-                # rotates on load), unlike JPEG's: no swap here.
-                w, h = im.size
+                w, h = oriented_size(im)
                 pages.append(PageGeometry(frame + 1, float(w), float(h)))
             return pages
     except OSError as exc:
@@ -276,12 +274,12 @@ def render_size(geometry: PageGeometry, image_processor) -> tuple[int, int]:
 
     The processor's ``smart_resize`` target of the page's 72-dpi size (after padding pages
     thinner than 1:180 with white, as images are), so the processor itself has nothing left
-    to resize.  The visual tokens are ``encode.visual_tokens(*render_size(...), ip)``.
+    to resize.  The visual tokens are ``batching.visual_tokens(*render_size(...), ip)``.
 
     Raises:
         ValueError: the geometry has an ``error`` or no area (check ``geometry.error`` first).
     """
-    from .encode import target_size
+    from .batching import target_size
 
     if geometry.error or not (geometry.width > 0 and geometry.height > 0):
         raise ValueError(f"page {geometry.page} has no usable size: {geometry.error or 'zero area'}")
@@ -388,9 +386,9 @@ def prepare_page(processor, path: str | os.PathLike[str], page: int, size: tuple
     """One page, ready for the model: :func:`load_page` at ``size``, then the processor.
 
     With ``size`` from :func:`render_size`, the processor's own resize is a no-op, so the page
-    has exactly ``encode.visual_tokens(*size, ip)`` visual tokens, as planned.  Returns an
-    :class:`nomic_memory.encode.Prepared` (what decode workers hand back).
+    has exactly ``batching.visual_tokens(*size, ip)`` visual tokens, as planned.  Returns an
+    :class:`nomic_memory.collate.Prepared` (what decode workers hand back).
     """
-    from .encode import prepare_image
+    from .collate import prepare_image
 
     return prepare_image(processor, load_page(path, page, size))

@@ -56,6 +56,7 @@ __all__ = [
     "is_image_path",
     "jpeg_draft_scale",
     "load_image",
+    "oriented_size",
     "pad_extreme_aspect",
     "register_plugins",
     "to_rgb",
@@ -304,6 +305,27 @@ def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened, not yet decoded image as :func:`load_image` will return it.
+
+    EXIF orientations 5-8 swap the sides, unless the reader has already turned the image:
+    Pillow's TIFF reader reports (and loads) TIFFs turned, and libheif applies HEIF's own
+    rotation and resets the EXIF tag.  Telling the two apart by the TIFF size tags, instead of by
+    Pillow's version, keeps the count right on every Pillow.  Only headers are read.
+    """
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF is ignored when loading too
+        return w, h
+    if orientation not in (5, 6, 7, 8) or w == h:
+        return w, h
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None and (tags.get(256), tags.get(257)) == (h, w):  # stored W x H, shown H x W
+        return w, h
+    return h, w
 
 
 def load_image(
