@@ -32,6 +32,7 @@ loaded, an absurd render size) are :class:`DocumentError`, a
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import threading
@@ -193,6 +194,10 @@ def close_cached_document() -> None:
         if _cached is not None:
             _cached[1].close()
             _cached = None
+
+
+# Closed explicitly at exit: pypdfium2 would otherwise warn about a document left open.
+atexit.register(close_cached_document)
 
 
 # --------------------------------------------------------------------------- listing
