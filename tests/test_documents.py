@@ -23,6 +23,7 @@ from nomic_memory.documents import (
     PageGeometry,
     close_cached_document,
     is_document_path,
+    is_input_path,
     list_pages,
     load_page,
     may_have_pages,
@@ -500,6 +501,7 @@ def test_discovery_finds_heic_and_avif(tmp_path):
     _oriented_source().save(tmp_path / "a.avif")
     (tmp_path / "c.pdf").write_bytes(b"%PDF")
     assert [p.name for p in discover_images(tmp_path)] == ["a.avif", "b.HEIC"]
+    assert [p.name for p in discover_images(tmp_path, match=is_input_path)] == ["a.avif", "b.HEIC", "c.pdf"]
     # Discovery registered the HEIC opener: header reads (the scan's sizes) work.
     with Image.open(tmp_path / "b.HEIC") as im:
         assert im.size == (60, 30)

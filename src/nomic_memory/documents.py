@@ -50,6 +50,7 @@ __all__ = [
     "PageGeometry",
     "close_cached_document",
     "is_document_path",
+    "is_input_path",
     "list_pages",
     "load_page",
     "may_have_pages",
@@ -106,6 +107,13 @@ class PageGeometry:
 def is_document_path(path: str | os.PathLike[str]) -> bool:
     """True when the file name ends with one of :data:`DOCUMENT_EXTENSIONS` (any case)."""
     return os.fspath(path).lower().endswith(DOCUMENT_EXTENSIONS)
+
+
+def is_input_path(path: str | os.PathLike[str]) -> bool:
+    """True for anything embeddable by name: an image or a document (for ``discover_images``)."""
+    from .images import is_image_path
+
+    return is_image_path(path) or is_document_path(path)
 
 
 def may_have_pages(path: str | os.PathLike[str]) -> bool:

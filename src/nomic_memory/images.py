@@ -131,11 +131,12 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def discover_images(root: str | os.PathLike[str]) -> list[Path]:
+def discover_images(root: str | os.PathLike[str], *, match=is_image_path) -> list[Path]:
     """Return absolute paths of all image files under ``root``, recursively.
 
     Files are matched by extension only (``.JPG`` and ``.jpg`` alike); every
-    other file is ignored.  The result is sorted by the path relative to
+    other file is ignored.  ``match`` (a file name -> bool) widens that, e.g.
+    :func:`nomic_memory.documents.is_input_path` for images and PDFs.  The result is sorted by the path relative to
     ``root`` in POSIX form, which is independent of the file system's listing
     order, so repeated runs (and runs on other machines) see the same order.
 
@@ -157,7 +158,7 @@ def discover_images(root: str | os.PathLike[str]) -> list[Path]:
     found: list[tuple[str, Path]] = []
     for dirpath, _dirnames, filenames in os.walk(base):
         for name in filenames:
-            if not is_image_path(name):
+            if not match(name):
                 continue
             full = Path(dirpath, name)
             if not full.is_file():  # broken symlink, socket, fifo, ...
