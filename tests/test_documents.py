@@ -260,6 +260,14 @@ def test_cache_reopens_a_changed_file(tmp_path):
     assert _arr(render_page(path, 1, (28, 28)))[..., 2].mean() > 240
 
 
+def test_cached_document_closes_quietly_at_exit(tmp_path):
+    """A decode worker exits with its last document open: no pypdfium2 warning on stderr."""
+    path = _pillow_pdf(tmp_path / "p.pdf")
+    script = f"from nomic_memory.documents import render_page; render_page({str(path)!r}, 1, (56, 84))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "still open" not in out.stderr, out.stderr
+
+
 def test_threads_share_pdfium_safely(tmp_path):
     a = _reportlab_pdf(tmp_path / "a.pdf", [{"text": f"A{i}", "square": i % 2 == 0} for i in range(6)])
     b = _pillow_pdf(tmp_path / "b.pdf")

@@ -73,6 +73,7 @@ MAX_ASPECT = 200.0 * 0.9
 _PDFIUM_LOCK = threading.RLock()
 # The one document this process keeps open: (key, PdfDocument) or None.
 _cached: tuple[tuple, object] | None = None
+_atexit_registered = False
 
 _OPEN_ERRORS = {  # PDFium's FPDF_GetLastError codes after a failed open
     1: "cannot open PDF (unknown error)",
@@ -191,8 +192,20 @@ def _document(path: str | os.PathLike[str], *, cache: bool):
         return _open_pdf(path, key)
     close_cached_document()
     pdf = _open_pdf(path, key)
+    if not _atexit_registered:
+        _register_atexit()
     _cached = (key, pdf)
     return pdf
+
+
+def _register_atexit() -> None:
+    """Close the cached document at exit, before pypdfium2's own exit check warns about it.
+
+    Exit handlers run last-registered first, and pypdfium2 registers its check when imported,
+    so this must be registered after that import (it is: a document is open by now)."""
+    global _atexit_registered
+    atexit.register(close_cached_document)
+    _atexit_registered = True
 
 
 def close_cached_document() -> None:
@@ -202,10 +215,6 @@ def close_cached_document() -> None:
         if _cached is not None:
             _cached[1].close()
             _cached = None
-
-
-# Closed explicitly at exit: pypdfium2 would otherwise warn about a document left open.
-atexit.register(close_cached_document)
 
 
 # --------------------------------------------------------------------------- listing
