@@ -16,7 +16,10 @@ image-looking name" into either such an image or a clear, per-file
   make logos and screenshots look like dark noise to the model), converts
   CMYK/palette/1-bit/grey images, rescales 16-bit and float images to 8-bit
   instead of letting Pillow clip them to white, and takes the first frame of
-  animations and multi-page files.
+  animations (or, with ``page=n``, frame ``n - 1`` of a multi-page TIFF).
+* **Formats**: everything Pillow reads, plus HEIC/HEIF (phones) through pillow-heif's
+  opener, registered once on first use by :func:`register_plugins`, and AVIF through
+  Pillow's own plugin.  Both decode to 8-bit (10-bit HEIC/AVIF included).
 * **Safety**: the pixel count is checked against a *local* limit from the file
   header before anything is decoded, so one hostile or absurd file cannot eat
   the memory of a long embedding run.  Pillow's global
@@ -53,14 +56,17 @@ __all__ = [
     "is_image_path",
     "jpeg_draft_scale",
     "load_image",
+    "oriented_size",
     "pad_extreme_aspect",
+    "register_plugins",
     "to_rgb",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: File name endings treated as images (compared case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                    ".heic", ".heif", ".avif")
 
 #: Same value as Pillow's default ``Image.MAX_IMAGE_PIXELS`` (~179 Mpx, e.g.
 #: 13400 x 13400), but enforced locally so the global is left alone.
@@ -74,6 +80,31 @@ _WHITE = (255, 255, 255)
 _ORIENTATION_TAG = 0x0112  # EXIF "Orientation"
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _NATIVE_WHITE = {"RGB": _WHITE, "RGBA": (255, 255, 255, 255), "L": 255, "LA": (255, 255), "1": 1}
+
+
+_plugins_registered = False
+
+
+def register_plugins() -> None:
+    """Make ``Image.open`` read HEIC/HEIF (pillow-heif's opener); idempotent and cheap.
+
+    Called by :func:`discover_images` and :func:`load_image`, so any process that finds or
+    decodes images (the main process scanning headers, every decode worker) can open HEIC
+    files.  Lazy because importing pillow-heif loads libheif, which a run without HEIC files
+    never needs.  Only the opener is registered: pillow-heif's global options are left as
+    they are (its default converts 10/12-bit images to 8-bit, as the model needs).  AVIF
+    needs nothing: Pillow (>= 11.3) reads it with its own bundled libavif.
+    """
+    global _plugins_registered
+    if _plugins_registered:
+        return
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # optional at runtime: HEIC files then fail as "cannot identify"
+        logger.debug("pillow-heif is not installed: HEIC/HEIF files cannot be read")
+    else:
+        register_heif_opener()
+    _plugins_registered = True
 
 
 class ImageError(InputError):
@@ -100,11 +131,12 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def discover_images(root: str | os.PathLike[str]) -> list[Path]:
+def discover_images(root: str | os.PathLike[str], *, match=is_image_path) -> list[Path]:
     """Return absolute paths of all image files under ``root``, recursively.
 
     Files are matched by extension only (``.JPG`` and ``.jpg`` alike); every
-    other file is ignored.  The result is sorted by the path relative to
+    other file is ignored.  ``match`` (a file name -> bool) widens that, e.g.
+    :func:`nomic_memory.documents.is_input_path` for images and PDFs.  The result is sorted by the path relative to
     ``root`` in POSIX form, which is independent of the file system's listing
     order, so repeated runs (and runs on other machines) see the same order.
 
@@ -116,6 +148,7 @@ def discover_images(root: str | os.PathLike[str]) -> list[Path]:
         FileNotFoundError: ``root`` does not exist.
         NotADirectoryError: ``root`` exists but is not a directory.
     """
+    register_plugins()  # header reads (sizes) of HEIC files in this process
     base = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if not base.exists():
         raise FileNotFoundError(f"image folder does not exist: {base}")
@@ -125,7 +158,7 @@ def discover_images(root: str | os.PathLike[str]) -> list[Path]:
     found: list[tuple[str, Path]] = []
     for dirpath, _dirnames, filenames in os.walk(base):
         for name in filenames:
-            if not is_image_path(name):
+            if not match(name):
                 continue
             full = Path(dirpath, name)
             if not full.is_file():  # broken symlink, socket, fifo, ...
@@ -275,18 +308,42 @@ def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------
 
 
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened, not yet decoded image as :func:`load_image` will return it.
+
+    EXIF orientations 5-8 swap the sides, unless the reader has already turned the image:
+    Pillow's TIFF reader reports (and loads) TIFFs turned, and libheif applies HEIF's own
+    rotation and resets the EXIF tag.  Telling the two apart by the TIFF size tags, instead of by
+    Pillow's version, keeps the count right on every Pillow.  Only headers are read.
+    """
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF is ignored when loading too
+        return w, h
+    if orientation not in (5, 6, 7, 8) or w == h:
+        return w, h
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None and (tags.get(256), tags.get(257)) == (h, w):  # stored W x H, shown H x W
+        return w, h
+    return h, w
+
+
 def load_image(
     path: str | os.PathLike[str],
     *,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     target_pixels: int | None = None,
+    page: int | None = None,
 ) -> Image.Image:
     """Decode one image file into a fully loaded 8-bit RGB ``PIL.Image``.
 
     The returned image is detached from the file (which is closed), oriented
     per EXIF, flattened onto white, converted with :func:`to_rgb` and padded
     with :func:`pad_extreme_aspect`.  For animated or multi-page files only
-    the first frame/page is used - the embedding is one vector set per file.
+    the first frame/page is used (one vector set per file), unless ``page``
+    asks for another: the pages of a multi-page TIFF are embedded as pages
+    ``1..N`` of a document (see :func:`nomic_memory.documents.list_pages`).
 
     Args:
         path: the image file.
@@ -298,30 +355,40 @@ def load_image(
             decoded at 1/2, 1/4 or 1/8 scale via ``Image.draft``, never below
             ``target_pixels`` (see :func:`jpeg_draft_scale`).  Ignored for
             other formats, which have no cheap reduced decode.
+        page: ``None`` or ``0`` for the image itself (its first frame);
+            ``n >= 1`` for frame ``n - 1`` (page ``n`` of a multi-page file),
+            decoded with the same conversions.
 
     Raises:
         ImageError: with a short ``reason`` such as ``"empty file"``,
             ``"permission denied"``, ``"not an image (cannot identify
             format)"``, ``"truncated or corrupt image data: ..."`` or
-            ``"image too large: W x H pixels exceeds limit N"``.
+            ``"image too large: W x H pixels exceeds limit N"``; for a
+            ``page``, the error carries it and a missing page is ``"no page
+            n (the file has N)"``.
     """
+    register_plugins()
+    frame = 0 if not page else page - 1
+    err_page = page or None
+    if frame < 0:
+        raise ImageError(path, f"invalid page number {page}", page=page)
     try:
         fp = open(path, "rb")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
+        raise ImageError(path, "file not found", page=err_page) from None
     except IsADirectoryError:
-        raise ImageError(path, "is a directory, not an image file") from None
+        raise ImageError(path, "is a directory, not an image file", page=err_page) from None
     except PermissionError:
-        raise ImageError(path, "permission denied") from None
+        raise ImageError(path, "permission denied", page=err_page) from None
     except OSError as exc:
-        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}", page=err_page) from exc
 
     with fp:
         if os.fstat(fp.fileno()).st_size == 0:
-            raise ImageError(path, "empty file")
+            raise ImageError(path, "empty file", page=err_page)
         source: Image.Image | None = None
         try:
-            source = _open_and_decode(fp, path, max_image_pixels, target_pixels)
+            source = _open_and_decode(fp, path, max_image_pixels, target_pixels, frame)
             oriented = _apply_exif_orientation(source, path)
             rgb = pad_extreme_aspect(to_rgb(oriented))
             if rgb is source:
@@ -329,25 +396,27 @@ def load_image(
                 # (seek, n_frames, getexif on TIFF) would touch the closed file.
                 rgb = rgb.copy()
             return rgb
-        except ImageError:
+        except ImageError as exc:
+            if exc.page is None and err_page is not None:
+                raise ImageError(path, exc.reason, page=err_page) from None
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(path, f"image too large: {exc}") from None
+            raise ImageError(path, f"image too large: {exc}", page=err_page) from None
         except UnidentifiedImageError:
-            raise ImageError(path, "not an image (cannot identify format)") from None
+            raise ImageError(path, "not an image (cannot identify format)", page=err_page) from None
         except MemoryError:
             raise
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, ...
-            raise ImageError(path, f"truncated or corrupt image data: {exc}") from exc
+            raise ImageError(path, f"truncated or corrupt image data: {exc}", page=err_page) from exc
         finally:
             if source is not None:
                 source.close()
 
 
 def _open_and_decode(
-    fp, path, max_image_pixels: int, target_pixels: int | None
+    fp, path, max_image_pixels: int, target_pixels: int | None, frame: int = 0
 ) -> Image.Image:
-    """Open ``fp``, enforce the pixel limit from the header, then decode frame 0."""
+    """Open ``fp``, enforce the pixel limit from the header, then decode ``frame``."""
     global_limit = Image.MAX_IMAGE_PIXELS
     # Pillow warns above its global limit.  Escalate that warning to an error
     # when our limit is at least as strict (the local check would refuse the
@@ -362,6 +431,11 @@ def _open_and_decode(
         warnings.simplefilter(bomb_action, Image.DecompressionBombWarning)
         img = Image.open(fp)
         try:
+            if frame:
+                frames = getattr(img, "n_frames", 1)
+                if frame >= frames:
+                    raise ImageError(path, f"no page {frame + 1} (the file has {frames})")
+                img.seek(frame)  # reads that frame's header only
             width, height = img.size
             if width * height > max_image_pixels:
                 raise ImageError(
@@ -377,7 +451,7 @@ def _open_and_decode(
                     # Request exactly 1/scale; Pillow picks the largest DCT
                     # factor whose output is >= the requested size, i.e. scale.
                     img.draft("RGB", (width // scale, height // scale))
-            img.load()  # frame 0: a freshly opened multi-frame file sits there
+            img.load()  # the current frame: 0 unless seeked above
         except BaseException:
             img.close()
             raise
