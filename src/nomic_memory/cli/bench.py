@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, _setup_logging, app, fail
+from .common import EXIT_FATAL, EXIT_OK, EXIT_USAGE, fail, setup_logging
 
 _VARIANT_HELP = "colnomic-7b, colnomic-3b, nomic-7b, nomic-3b (comma-separated: several)"
 
@@ -28,7 +28,6 @@ def _batch_sizes(value: str) -> list[int]:
     return sorted(set(sizes))
 
 
-@app.command()
 def bench(
     directory: Optional[Path] = typer.Argument(None, help="Images to embed (default: a generated sample set)."),
     model_variant: Optional[str] = typer.Option(None, "--model-variant", help=_VARIANT_HELP),
@@ -51,10 +50,10 @@ def bench(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Sweep batch sizes (x modes, models, backends): peak memory, time, images/s, and the plan."""
-    _setup_logging(verbose)
-    from .backends import BACKENDS
-    from .bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot
-    from .variants import VARIANTS
+    setup_logging(verbose)
+    from ..backends import BACKENDS
+    from ..bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot
+    from ..variants import VARIANTS
 
     sizes = _batch_sizes(batch_sizes)
     variants = _split(model_variant)
@@ -125,7 +124,6 @@ def bench(
     raise typer.Exit(EXIT_FATAL if failed and len(failed) == len(results) else EXIT_OK)
 
 
-@app.command()
 def plan(
     model_variant: str = typer.Option("colnomic-7b", "--model-variant", help=_VARIANT_HELP.split(" (")[0]),
     model_name: Optional[Path] = typer.Option(None, "--model-name", help="A local model directory (its config.json) instead of a variant."),
@@ -139,9 +137,9 @@ def plan(
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Predict peak memory for a batch from the architecture and token counts (weights + activations)."""
-    _setup_logging(False)
-    from .plan import Arch, plan_memory
-    from .variants import VARIANTS
+    setup_logging(False)
+    from ..plan import Arch, plan_memory
+    from ..variants import VARIANTS
 
     if backend not in ("cuda", "mps", "cpu"):
         raise fail(f"unknown backend {backend!r}; choose cuda, mps or cpu", EXIT_USAGE)

@@ -9,10 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from .cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, _setup_logging, app, fail
+from .common import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, fail, setup_logging
 
 
-@app.command()
 def search(
     query: Optional[List[str]] = typer.Argument(None, help="Text query (several: one scan answers them all)."),
     store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
@@ -32,11 +31,11 @@ def search(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Search the store: rank stored images against a text query or a query image."""
-    _setup_logging(verbose)
-    from .backends import BackendUnavailable
-    from .loading import ModelLoadError
-    from .search import APPROX_METHODS, Index, SearchError
-    from .store import StoreError, default_store_path
+    setup_logging(verbose)
+    from ..backends import BackendUnavailable
+    from ..loading import ModelLoadError
+    from ..search import APPROX_METHODS, Index, SearchError
+    from ..store import StoreError, default_store_path
 
     texts = list(query or [])
     images = list(image or [])

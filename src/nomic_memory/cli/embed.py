@@ -1,68 +1,16 @@
-"""The ``nomic-memory`` command line: a thin shell over the library API.
-
-Exit statuses (documented in the README):
-  0  every image was embedded (or was already up to date)
-  3  some files were skipped (each reported with its reason); the rest are stored
-  1  fatal: no such directory, no images, model not loadable, unavailable backend, bad store
-  2  usage error (bad option)
-"""
+"""``nomic-memory embed`` (and ``main.py``): embed every image and document under a folder."""
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-EXIT_OK = 0
-EXIT_FATAL = 1
-EXIT_USAGE = 2
-EXIT_PARTIAL = 3
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Embed folders of images with Nomic's multimodal retrievers, store and search them.")
-log = logging.getLogger("nomic_memory")
-
-
-class VariantChoice(str, Enum):
-    colnomic_7b = "colnomic-7b"
-    colnomic_3b = "colnomic-3b"
-    nomic_7b = "nomic-7b"
-    nomic_3b = "nomic-3b"
-
-
-class BackendChoice(str, Enum):
-    auto = "auto"
-    cuda = "cuda"
-    mps = "mps"
-    cpu = "cpu"
-
-
-class KindChoice(str, Enum):
-    colqwen = "colqwen"
-    biqwen = "biqwen"
-
-
-class EngineChoice(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
-def fail(msg: str, code: int = EXIT_FATAL) -> "typer.Exit":
-    typer.echo(f"Error: {msg}", err=True)
-    return typer.Exit(code)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s",
-                        stream=sys.stderr)
-    from .logs import quiet_libraries
-
-    quiet_libraries("lance", "lancedb")
+from .common import (EXIT_OK, EXIT_PARTIAL, BackendChoice, DtypeChoice, EngineChoice, KindChoice, VariantChoice,
+                     fail, fail_on, setup_logging)
 
 
 class ConsoleProgress:
@@ -110,7 +58,6 @@ class ConsoleProgress:
             self.bar = None
 
 
-@app.command()
 def embed(
     directory: Path = typer.Argument(..., help="Directory of images (searched recursively)."),
     model_variant: VariantChoice = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model."),
@@ -134,8 +81,8 @@ def embed(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
-    _setup_logging(verbose)
-    from .images import discover_images
+    setup_logging(verbose)
+    from ..images import discover_images
 
     # Checked before torch is imported (seconds): a mistyped directory fails at once.
     if not directory.exists():
@@ -148,10 +95,10 @@ def embed(
         raise fail(str(e))
     if n_images == 0:
         raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
-    from .backends import BackendUnavailable, describe, select_backend
-    from .errors import NomicMemoryError
-    from .loading import ModelLoadError
-    from .store import Store, StoreError, default_store_path
+    from ..backends import BackendUnavailable, describe, select_backend
+    from ..errors import NomicMemoryError
+    from ..loading import ModelLoadError
+    from ..store import Store, StoreError, default_store_path
 
     try:
         be = select_backend(backend.value, dtype=dtype)
@@ -166,7 +113,7 @@ def embed(
         typer.echo(line)
     if engine == EngineChoice.ray:
         try:
-            from .ray_engine import embed_directory_ray
+            from ..ray_engine import embed_directory_ray
         except ImportError as e:
             raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
                        f"(or `pip install 'nomic-memory[ray]'`) ({e})")
@@ -182,8 +129,8 @@ def embed(
         _final_report(report, json_out)
         raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
 
-    from .loading import load_model
-    from .pipeline import embed_directory
+    from ..loading import load_model
+    from ..pipeline import embed_directory
 
     typer.echo(f"Loading model: {model_name or model_variant.value}")
     try:
@@ -223,64 +170,3 @@ def _final_report(report, json_out: bool, image_only_saved: int = 0) -> None:
     typer.echo(f"Store: {report.store} (table {report.table})")
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
-
-
-@app.command()
-def export(
-    store: str = typer.Option(..., "--store", help="Store directory or object-storage URI."),
-    format: str = typer.Option("npz", "--format", help="npz or parquet."),
-    out: Path = typer.Option(..., "--out", help="Output file."),
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to export, if the store has several."),
-    root: Optional[str] = typer.Option(None, "--root", help="Only the images embedded from this directory."),
-) -> None:
-    """Export embeddings: npz (key = relative path, value = float32 array) or parquet."""
-    _setup_logging(False)
-    from .export import FORMATS, export_store
-    from .store import StoreError
-
-    if format not in FORMATS:
-        raise fail(f"unknown format {format!r}; choose npz or parquet", EXIT_USAGE)
-    try:
-        n = export_store(store, format, out, table, str(Path(root).resolve()) if root else None)
-    except (StoreError, ValueError) as e:
-        raise fail(str(e))
-    typer.echo(f"Exported {n} images to {out}")
-
-
-@app.command("make-tiny-model")
-def make_tiny_model(
-    out: Path = typer.Argument(..., help="Directory to write the model to."),
-    kind: KindChoice = typer.Option("colqwen", "--kind"),
-    size: str = typer.Option("tiny", "--size", help="tiny or medium"),
-    seed: int = typer.Option(0, "--seed"),
-) -> None:
-    """Write a small random-weight ColQwen2.5/BiQwen2.5 model (offline demos and tests)."""
-    _setup_logging(False)
-    from .tiny import build_tiny_model
-
-    build_tiny_model(out, kind.value, size, seed)
-    typer.echo(f"Wrote random {size} {kind.value} model to {out} (random weights: for testing only)")
-
-
-# Sub-commands that live in their own modules register themselves on ``app``.
-from . import cli_extra  # noqa: E402,F401
-
-
-def main() -> None:
-    app()
-
-
-def legacy_main(argv: list[str] | None = None) -> None:
-    """``python main.py DIR [--model-variant ...]``: the original command line, unchanged."""
-    cmd = typer.main.get_command(app)
-    embed_cmd = getattr(cmd, "commands", {}).get("embed", cmd)
-    embed_cmd.main(args=argv if argv is not None else sys.argv[1:], prog_name="main.py")
-
-
-if __name__ == "__main__":
-    # `python -m nomic_memory.cli` runs this file as `__main__`, a second copy of the module: the
-    # sub-commands in other modules (search, bench, plan) registered themselves on the canonical
-    # `nomic_memory.cli.app`, so run that one.
-    from nomic_memory.cli import main as _canonical_main
-
-    _canonical_main()
