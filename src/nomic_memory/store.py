@@ -520,6 +520,25 @@ class EmbeddingTable:
                 self.table.delete(f"_rowid IN ({', '.join(str(r) for r in ids[i:i + 1000])})")
             return before - self.count()
 
+    def drop_fragments(self, fragment_ids: Iterable[int]) -> int:
+        """Remove whole fragments (data files) from the table: the only repair for a data file
+        so damaged that not even its rows' keys can be read.  Returns the fragments removed."""
+        import lance
+
+        ids = sorted({int(f) for f in fragment_ids})
+        if not ids:
+            return 0
+        with self._lock():
+            self.refresh()
+            ds = self.table.to_lance()
+            present = {f.fragment_id for f in ds.get_fragments()}
+            ids = [f for f in ids if f in present]
+            if ids:
+                op = lance.LanceOperation.Delete([], ids, "false")
+                lance.LanceDataset.commit(ds.uri, op, read_version=ds.version)
+            self.refresh()
+        return len(ids)
+
     # ------------------------------------------------------------ maintenance
     def fragment_count(self) -> int:
         try:
