@@ -78,3 +78,171 @@ def test_pickled_weights_refused_before_loading(tiny_colqwen, tmp_path):
     with pytest.raises(ModelLoadError, match=r"only safetensors weights are loaded \(found pytorch_model.bin"):
         load_model(str(d), backend=select_backend("cpu"))
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 1. names that are not UTF-8
+def test_path_keys_round_trip_and_stay_readable():
+    import random
+
+    rng = random.Random(0)
+    alphabet = ["\\", "x", "8", "f", "a", "/", "\udcff", "\udc80", "é", "z", "1", "'"]
+    for _ in range(20000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
+        k = path_to_key(s)
+        k.encode("utf-8")  # storable
+        assert key_to_path(k) == s, (s, k)
+    assert path_to_key("plain/ä ö.png") == "plain/ä ö.png"  # valid UTF-8: its own key
+    assert path_to_key(os.fsdecode(b"bad\xff.png")) == "bad\\xff.png"
+    assert os.fsencode(key_to_path("bad\\xff.png")) == b"bad\xff.png"
+
+
+def test_non_utf8_file_names_embed_skip_prune(loaded, tmp_path):
+    emb = loaded["colqwen"]
+    root = tmp_path / "photos"
+    root.mkdir()
+    broot = os.fsencode(root)
+    make_image(root / "ok.png", 64, 48, seed=1)
+    make_image(tmp_path / "x.png", 64, 48, seed=2)
+    os.rename(tmp_path / "x.png", broot + b"/bad\xff.png")
+    os.mkdir(broot + b"/dir\xfe")
+    make_image(tmp_path / "y.png", 50, 60, seed=3)
+    os.rename(tmp_path / "y.png", broot + b"/dir\xfe/in.png")
+    store = tmp_path / "store"
+
+    first = emb.embed_directory(root, store=store, workers=0)
+    assert (first.embedded, first.failed) == (3, [])
+    t = Store(store).only_table()
+    keys = sorted(t.to_arrow(["path"]).column("path").to_pylist())
+    assert keys == ["bad\\xff.png", "dir\\xfe/in.png", "ok.png"]
+    assert {os.fsencode(key_to_path(k)) for k in keys} == {b"bad\xff.png", b"dir\xfe/in.png", b"ok.png"}
+
+    again = emb.embed_directory(root, store=store, workers=0)
+    assert (again.embedded, again.skipped_unchanged) == (0, 3)
+
+    os.unlink(broot + b"/bad\xff.png")
+    pruned = emb.embed_directory(root, store=store, workers=0, prune=True)
+    assert pruned.pruned == 1
+    assert sorted(Store(store).only_table().to_arrow(["path"]).column("path").to_pylist()) == ["dir\\xfe/in.png", "ok.png"]
+
+    # Export shows the readable key.
+    from nomic_memory.export import export_store
+
+    export_store(store, "npz", tmp_path / "e.npz")
+    assert sorted(np.load(tmp_path / "e.npz").files) == ["dir\\xfe/in.png", "ok.png"]
+
+
+# ---------------------------------------------------------------- 2. every allocation bounded
+@pytest.mark.parametrize("height", [600_000, 5_000_000])
+def test_extreme_strip_decodes_in_bounded_memory(tmp_path, height):
+    from PIL import Image
+
+    path = tmp_path / "strip.png"
+    Image.new("L", (1, height), 0).save(path, optimize=True)
+    assert path.stat().st_size < 20_000
+    # A fresh process with a 1.5 GiB address-space cap: the old padding needed an 8-67 GB canvas.
+    r = _py(f"""
+        import resource, json
+        resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))
+        from nomic_memory.images import load_image, DEFAULT_MAX_PADDED_PIXELS
+        img = load_image({str(path)!r})
+        w, h = img.size
+        assert w * h <= DEFAULT_MAX_PADDED_PIXELS, (w, h)
+        assert max(w, h) / min(w, h) <= 180.01, (w, h)
+        # VmHWM: this process's peak RSS (ru_maxrss would include the forking parent's).
+        hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+        print(json.dumps({{"size": [w, h], "rss_mb": hwm / 1024}}))
+    """)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["rss_mb"] < 400, out
+
+
+def test_padding_keeps_small_strips_exact():
+    from PIL import Image
+
+    from nomic_memory.images import pad_extreme_aspect
+
+    img = Image.new("L", (1, 600), 0)
+    padded = pad_extreme_aspect(img)
+    assert padded.size == (28, 600)  # no shrinking below the budget
+
+
+# ---------------------------------------------------------------- 3. non-regular files
+def test_discover_reports_non_regular_entries(tmp_path):
+    import socket
+
+    root = tmp_path / "r"
+    root.mkdir()
+    make_image(root / "ok.png", 40, 40)
+    os.mkfifo(root / "pipe.png")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(root / "sock.png"))
+    os.symlink(root / "missing.png", root / "broken.png")
+    os.symlink("/proc/self/pagemap", root / "pagemap.png")
+    os.symlink("/dev/zero", root / "zero.jpg")
+    os.symlink(root / "ok.png", root / "link.png")  # a symlinked file: followed
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", root / "linkdir")
+    files, skipped = discover(root)
+    s.close()
+    assert [p.name for p in files] == ["link.png", "ok.png"]
+    reasons = dict(skipped)
+    assert set(reasons) == {"pipe.png", "sock.png", "broken.png", "pagemap.png", "zero.jpg", "linkdir"}
+    assert "FIFO" in reasons["pipe.png"] and "socket" in reasons["sock.png"]
+    assert reasons["broken.png"] == "broken symbolic link"
+    assert "/proc" in reasons["pagemap.png"] and "device" in reasons["zero.jpg"]
+    assert "not followed" in reasons["linkdir"]
+
+
+def test_fifo_and_proc_never_read(tmp_path):
+    """A FIFO swapped in after the scan, and /proc files, fail at once (a fresh process: on a hang
+    the test fails by timeout instead of hanging the suite)."""
+    fifo = tmp_path / "late.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "pm.png"
+    os.symlink("/proc/self/pagemap", link)
+    r = _py(f"""
+        from nomic_memory.images import ImageError, load_image, read_file_bounded, hash_file
+        for f in (load_image, read_file_bounded, hash_file):
+            for p in ({str(fifo)!r}, {str(link)!r}):
+                try:
+                    f(p)
+                except ImageError as e:
+                    print(f.__name__, e.reason)
+                else:
+                    raise SystemExit("read " + p)
+    """, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 6
+    assert all("FIFO" in ln or "/proc" in ln for ln in lines), lines
+
+
+def test_run_with_non_regular_files_completes(loaded, tmp_path):
+    import threading
+
+    root = tmp_path / "r"
+    make_image(root / "ok.png", 64, 64)
+    os.mkfifo(root / "pipe.png")
+    os.symlink("/proc/self/pagemap", root / "pagemap.png")
+    result = {}
+    th = threading.Thread(target=lambda: result.update(
+        r=loaded["biqwen"].embed_directory(root, store=tmp_path / "s", workers=0)), daemon=True)
+    th.start()
+    th.join(120)
+    assert not th.is_alive(), "the run hung on a FIFO or /proc file"
+    assert result["r"].embedded == 1
+
+
+# ---------------------------------------------------------------- 5. hash of the bytes decoded
+def test_hash_of_bytes_decoded(tmp_path):
+    p = make_image(tmp_path / "a.jpg", 120, 80)
+    data = read_file_bounded(p)
+    assert hash_bytes(data) == hash_file(p)[0]
+    img = load_image(p, data=data)
+    assert img.size == (120, 80)
+    # Decoding uses the bytes given, not the file (which may have changed since).
+    p.write_bytes(b"garbage")
+    assert load_image(p, data=data).size == (120, 80)
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(p)
