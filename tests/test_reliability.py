@@ -246,3 +246,106 @@ def test_hash_of_bytes_decoded(tmp_path):
     assert load_image(p, data=data).size == (120, 80)
     with pytest.raises(ImageError, match="not an image"):
         load_image(p)
+
+
+# ---------------------------------------------------------------- 4. concurrent writers
+_RACER = """
+import sys, numpy as np
+from nomic_memory.store import Record, Store, TableInfo
+store, seed = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(seed)
+t = Store(store).create_or_open("t", TableInfo("m", "r", "biqwen", 8, "fp", "float16"))
+known = set()  # what this writer read at its start: nothing, so every row is 'new' to it
+paths = [f"img{i:03d}.png" for i in range(120)]
+for b in range(0, 120, 6):
+    batch = paths[b:b + 6]
+    t.upsert([Record("/photos", p, str(seed), 1, 0.0, 1, 1, rng.standard_normal(8), "float32") for p in batch],
+             known_new=set(batch))
+"""
+
+
+def test_two_processes_racing_on_one_store_leave_unique_keys(tmp_path):
+    store = str(tmp_path / "store")
+    Store(store).create_or_open("t", TableInfo("m", "r", "biqwen", 8, "fp", "float16"))
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, store, str(s)], cwd=REPO, env=cli_env(),
+                              stderr=subprocess.PIPE, text=True) for s in (1, 2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    t = Store(store).open_table("t")
+    keys = t.to_arrow(["root", "path", "page"]).to_pylist()
+    assert len(keys) == 120 == len({tuple(k.values()) for k in keys})
+    assert t.duplicate_count() == 0
+
+
+def test_dedupe_keeps_the_newest_row(tmp_path):
+    t = Store(tmp_path / "s").create_or_open("t", TableInfo("m", "r", "biqwen", 4, "fp", "float32"))
+    recs = [Record("/r", f"p{i}", "old", 1, 0.0, 1, 1, np.ones(4), "float32") for i in range(5)]
+    t.upsert(recs)
+    import time
+
+    time.sleep(0.01)
+    newer = [Record("/r", f"p{i}", "new", 1, 0.0, 1, 1, np.full(4, 2.0), "float32") for i in range(2)]
+    t.table.add(t._arrow(newer))  # what an unlocked concurrent writer could do
+    assert t.duplicate_count() == 2
+    assert t.dedupe() == 2
+    rows = {r["path"]: r["content_hash"] for r in t.to_arrow(["path", "content_hash"]).to_pylist()}
+    assert rows == {"p0": "new", "p1": "new", "p2": "old", "p3": "old", "p4": "old"}
+    assert t.duplicate_count() == 0 and t.dedupe() == 0
+
+
+# ---------------------------------------------------------------- 6. checksums, NaN, check
+def test_nan_and_overflow_rows_refused(tmp_path):
+    t = Store(tmp_path / "s").create_or_open("t", TableInfo("m", "r", "colqwen", 4, "fp", "float16"))
+    good = Record("/r", "good", "h", 1, 0.0, 1, 1, np.ones((3, 4)), "float32")
+    nan = Record("/r", "nan", "h", 1, 0.0, 1, 1, np.array([[np.nan, 0, 0, 0]]), "float32")
+    big = Record("/r", "big", "h", 1, 0.0, 1, 1, np.array([[1e6, 0, 0, 0]]), "float32")
+    empty = Record("/r", "empty", "h", 1, 0.0, 1, 1, np.zeros((0, 4)), "float32")
+    refused = t.upsert([good, nan, big, empty], known_new={"good", "nan", "big", "empty"})
+    assert {r.path: why for r, why in refused}.keys() == {"nan", "big", "empty"}
+    assert "NaN" in dict((r.path, w) for r, w in refused)["nan"]
+    assert t.to_arrow(["path"]).column("path").to_pylist() == ["good"]
+    row = t.to_arrow().to_pylist()[0]
+    from nomic_memory.store import embedding_checksum
+
+    assert row["embedding_checksum"] == embedding_checksum(np.ones((3, 4), np.float16))
+
+
+def _flip_embedding_bytes(store: Path) -> None:
+    """Overwrite bytes inside the vectors of every data file (random bytes, fixed seed)."""
+    rng = np.random.default_rng(7)
+    for f in sorted((store).glob("*.lance/data/*.lance")):
+        data = bytearray(f.read_bytes())
+        # The embedding column is written last and is most of the file: the middle is vectors.
+        mid = len(data) // 2
+        data[mid:mid + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+        f.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_check_finds_and_repairs_damaged_rows(loaded, tiny_colqwen, image_dir, tmp_path):
+    from conftest import run_cli
+
+    from nomic_memory.check import verify_table
+
+    store = tmp_path / "store"
+    emb = loaded["colqwen"]
+    emb.embed_directory(image_dir, store=store, workers=0)
+    before = {r["path"]: r["embedding"] for r in Store(store).only_table().to_arrow(["path", "embedding"]).to_pylist()}
+    assert verify_table(Store(store).only_table()).ok
+
+    _flip_embedding_bytes(store)
+    rep = verify_table(Store(store).only_table())
+    assert not rep.ok and rep.bad
+    assert all(b.reason.startswith(("checksum mismatch", "unreadable", "embedding contains", "wrong vector"))
+               for b in rep.bad)
+
+    r = run_cli("check", "--store", store, "--json", env=cli_env(tmp_path))
+    assert r.returncode == 1, str(r)
+    assert r.json()["bad"]
+    r = run_cli("check", "--store", store, "--repair", "--backend", "cpu", "--json", env=cli_env(tmp_path))
+    assert r.returncode == 0, str(r)
+    assert r.json()["after_repair"]["ok"]
+    after = {r["path"]: r["embedding"] for r in Store(store).only_table().to_arrow(["path", "embedding"]).to_pylist()}
+    assert after.keys() == before.keys()
+    for p in before:
+        np.testing.assert_allclose(np.asarray(after[p], np.float32), np.asarray(before[p], np.float32), atol=1e-4)
