@@ -349,3 +349,95 @@ def test_check_finds_and_repairs_damaged_rows(loaded, tiny_colqwen, image_dir, t
     assert after.keys() == before.keys()
     for p in before:
         np.testing.assert_allclose(np.asarray(after[p], np.float32), np.asarray(before[p], np.float32), atol=1e-4)
+
+
+# ---------------------------------------------------------------- 7. one-line errors
+def test_store_that_is_a_file(tmp_path):
+    f = tmp_path / "store"
+    f.write_text("x")
+    with pytest.raises(StoreError, match="is a file, not a store directory"):
+        Store(f)
+
+
+def test_damaged_manifest_is_a_store_error_naming_check(tmp_path):
+    store = tmp_path / "s"
+    t = Store(store).create_or_open("t", TableInfo("m", "r", "biqwen", 4, "fp", "float32"))
+    t.upsert([Record("/r", "a", "h", 1, 0.0, 1, 1, np.ones(4), "float32")])
+    for m in (store / "t.lance" / "_versions").glob("*.manifest"):
+        m.write_bytes(b"\0garbage" * 10)
+    with pytest.raises(StoreError, match=r"nomic-memory check --store"):
+        Store(store).open_table("t").count() if False else Store(store).open_table("t").to_arrow()
+
+
+def test_export_errors_are_one_line_and_leave_no_partial_file(loaded, image_dir, tmp_path):
+    from nomic_memory.errors import UsageError
+    from nomic_memory.export import ExportError, export_store
+
+    store = tmp_path / "store"
+    loaded["biqwen"].embed_directory(image_dir, store=store, workers=0)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    with pytest.raises(UsageError, match="is a directory"):
+        export_store(store, "npz", outdir)
+    # A full disk: the file-size limit makes every write past 4 kB fail (EFBIG), like ENOSPC.
+    r = _py(f"""
+        import resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        from nomic_memory.export import export_store, ExportError
+        for fmt in ("npz", "parquet"):
+            try:
+                export_store({str(store)!r}, fmt, {str(outdir / "e")!r} + "." + fmt)
+            except ExportError as e:
+                print("ExportError:", e)
+    """)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(ln.startswith("ExportError: cannot write") for ln in lines), r.stdout
+    assert list(outdir.iterdir()) == []  # no truncated file, no temporary left behind
+    # And a good export still lands in one piece.
+    export_store(store, "parquet", outdir / "ok.parquet")
+    assert [p.name for p in outdir.iterdir()] == ["ok.parquet"]
+    _ = ExportError
+
+
+def test_decompression_bomb_warning_never_printed(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "big.png"
+    Image.new("1", (14000, 14000)).save(p)  # 196 Mpx: over Pillow's warning threshold
+    r = _py(f"""
+        from nomic_memory.images import image_size, load_image, ImageError
+        print(image_size({str(p)!r}))
+        try:
+            load_image({str(p)!r})
+        except ImageError as e:
+            print(e.reason)
+    """)
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    assert "image too large" in r.stdout
+
+
+# ---------------------------------------------------------------- 8. compaction and cleanup
+def _disk(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def test_maintain_compacts_and_cleans_up(tmp_path):
+    import datetime as dt
+
+    store = tmp_path / "s"
+    t = Store(store).create_or_open("t", TableInfo("m", "r", "colqwen", 128, "fp", "float16"))
+    rng = np.random.default_rng(0)
+    for b in range(60):  # per-batch commits: 40 batches of new files, then 20 re-embedding some
+        paths = [f"p{(b * 4 + i) % 160}" for i in range(4)]
+        t.upsert([Record("/r", p, "h", 1, 0.0, 1, 1, rng.standard_normal((16, 128)), "f") for p in paths],
+                 known_new=set(paths) if b < 40 else set())
+    frags, disk = t.fragment_count(), _disk(store)
+    assert frags > 16
+    assert t.maintain(cleanup_older_than=dt.timedelta(0))
+    assert t.fragment_count() <= 2 and len(t.table.list_versions()) == 1
+    live = 160 * 16 * 128 * 2  # the vectors the table holds, in float16
+    assert _disk(store) < min(disk / 2, 1.2 * live), (disk, _disk(store))
+    assert t.count() == 160
+    assert not t.maintain(cleanup_older_than=dt.timedelta(0))  # nothing to do: cheap no-op
