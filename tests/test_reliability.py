@@ -381,10 +381,11 @@ def test_export_errors_are_one_line_and_leave_no_partial_file(loaded, image_dir,
         export_store(store, "npz", outdir)
     # A full disk: the file-size limit makes every write past 4 kB fail (EFBIG), like ENOSPC.
     r = _py(f"""
-        import resource, signal
+        import resource, signal, sys
+        from nomic_memory.export import export_store, ExportError
+        sys.dont_write_bytecode = True  # the limit must only hit the export, never a .pyc
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-        from nomic_memory.export import export_store, ExportError
         for fmt in ("npz", "parquet"):
             try:
                 export_store({str(store)!r}, fmt, {str(outdir / "e")!r} + "." + fmt)
