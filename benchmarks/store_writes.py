@@ -30,25 +30,29 @@ def main() -> None:
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     info = TableInfo("m", "r", "colqwen", 128, "fp", "float16")
-    results = {}
-    for mode in ("append", "locked_append", "merge_insert"):
-        with tempfile.TemporaryDirectory() as d:
-            t = Store(d).create_or_open("t", info)
+    modes = ("append", "locked_append", "merge_insert")
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as d:
+        tables = {}
+        for m in modes:  # one table per mode, same content
+            t = Store(d).create_or_open(m, info)
             for s in range(0, a.rows, 1000):
                 t.table.add(t._arrow(records(s, min(1000, a.rows - s), a.vectors, rng)))
             t.optimize()
-            times = []
-            for b in range(a.batches):
-                recs = records(a.rows + b * a.batch_size, a.batch_size, a.vectors, rng)
+            tables[m] = t
+        for b in range(a.batches):  # interleaved: machine load hits every mode alike
+            recs = records(a.rows + b * a.batch_size, a.batch_size, a.vectors, rng)
+            for m in modes:
+                t = tables[m]
                 t0 = time.perf_counter()
-                if mode == "append":
+                if m == "append":
                     t.table.add(t._arrow(recs))
-                elif mode == "locked_append":
+                elif m == "locked_append":
                     t.upsert(recs, known_new={r.path for r in recs})
                 else:
                     t.upsert(recs)
-                times.append(time.perf_counter() - t0)
-            results[mode] = statistics.median(times)
+                times[m].append(time.perf_counter() - t0)
+    results = {m: statistics.median(v) for m, v in times.items()}
     base = results["append"]
     for mode, s in results.items():
         print(f"{mode:14s} median {1000 * s:7.1f} ms per batch of {a.batch_size}  ({s / base:.2f}x append)")

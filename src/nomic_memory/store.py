@@ -323,6 +323,21 @@ class EmbeddingTable:
     def _lock(self):
         return self.store.lock(self.name) if self.store is not None else contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def _write_errors(self, what: str):
+        """A failed commit (disk full, read-only store, damaged table) as one StoreError line;
+        the commit is atomic, so nothing of the batch was written."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e, OSError) and e.strerror:
+                reason = e.strerror
+            raise StoreError(f"cannot {what} table {self.name!r} in the store at {self._where}: {reason[:200]} "
+                             "(the rows committed before are intact)") from None
+
     def refresh(self) -> None:
         """See the writes other processes committed since this table was opened."""
         try:
@@ -417,7 +432,7 @@ class EmbeddingTable:
         records, refused = self.validate(records)
         if not records:
             return refused
-        with self._lock():
+        with self._write_errors("write a batch to"), self._lock():
             self.refresh()
             if known_new is not None:
                 fresh = [r for r in records if r.path in known_new]
@@ -458,7 +473,7 @@ class EmbeddingTable:
         """Delete every row (all pages) of ``paths`` under ``root``; returns the rows deleted."""
         keys = [path_to_key(p) for p in paths]
         n = 0
-        with self._lock():
+        with self._write_errors("delete rows from"), self._lock():
             self.refresh()
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
