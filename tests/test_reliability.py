@@ -442,3 +442,51 @@ def test_maintain_compacts_and_cleans_up(tmp_path):
     assert _disk(store) < min(disk / 2, 1.2 * live), (disk, _disk(store))
     assert t.count() == 160
     assert not t.maintain(cleanup_older_than=dt.timedelta(0))  # nothing to do: cheap no-op
+
+
+def test_tables_made_before_checksums_still_work(tmp_path):
+    """A schema-1 table (no embedding_checksum column) opens, takes new rows, and checks clean."""
+    import pyarrow as pa
+
+    from nomic_memory.check import verify_table
+    from nomic_memory.store import META_KEY, schema_for
+
+    info = TableInfo("m", "r", "colqwen", 4, "fp", "float16")
+    new = schema_for(info)
+    meta = json.loads(new.metadata[META_KEY])
+    meta["schema_version"] = 1
+    old = pa.schema([f for f in new if f.name != "embedding_checksum"],
+                    metadata={META_KEY: json.dumps(meta).encode()})
+    store = Store(tmp_path / "s")
+    store.db.create_table("t", schema=old)
+    t = store.open_table("t")
+    assert (t.schema_version, t.has_checksums) == (1, False)
+    assert t.upsert([Record("/r", "a", "h", 1, 0.0, 1, 1, np.ones((2, 4)), "float32")]) == []
+    rep = verify_table(Store(tmp_path / "s").open_table("t"))
+    assert rep.ok and rep.rows_checked == 1 and not rep.checksummed
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from conftest import run_cli_many
+
+    f = tmp_path / "file-store"
+    f.write_text("x")
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    store = Store(tmp_path / "s")
+    t = store.create_or_open("t", TableInfo("m", "r", "biqwen", 4, "fp", "float32"))
+    t.upsert([Record("/r", "a", "h", 1, 0.0, 1, 1, np.ones(4), "float32")])
+    res = run_cli_many({
+        "check_file": ["check", "--store", f],
+        "export_file": ["export", "--store", f, "--out", tmp_path / "e.npz"],
+        "export_dir": ["export", "--store", tmp_path / "s", "--out", outdir],
+        "check_ok": ["check", "--store", tmp_path / "s"],
+    }, env=cli_env(tmp_path))
+    for name in ("check_file", "export_file", "export_dir"):
+        r = res[name]
+        assert r.returncode in (1, 2), str(r)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in r.stderr, str(r)
+    assert "is a file, not a store directory" in res["check_file"].stderr
+    assert "is a directory" in res["export_dir"].stderr
+    assert res["check_ok"].returncode == 0 and "No problems found" in res["check_ok"].stdout
