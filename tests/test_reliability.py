@@ -191,6 +191,8 @@ def test_discover_reports_non_regular_entries(tmp_path):
     assert "FIFO" in reasons["pipe.png"] and "socket" in reasons["sock.png"]
     assert reasons["broken.png"] == "broken symbolic link"
     assert "/proc" in reasons["pagemap.png"] and "device" in reasons["zero.jpg"]
+    with pytest.raises(ImageError, match="character device"):
+        read_file_bounded(root / "zero.jpg")
     assert "not followed" in reasons["linkdir"]
 
 
@@ -241,6 +243,10 @@ def test_hash_of_bytes_decoded(tmp_path):
     assert hash_bytes(data) == hash_file(p)[0]
     img = load_image(p, data=data)
     assert img.size == (120, 80)
+    from nomic_memory.images import load_image_hashed
+
+    img2, digest, size = load_image_hashed(p)
+    assert (digest, size) == (hash_bytes(data), len(data)) and img2.tobytes() == img.tobytes()
     # Decoding uses the bytes given, not the file (which may have changed since).
     p.write_bytes(b"garbage")
     assert load_image(p, data=data).size == (120, 80)
@@ -290,7 +296,9 @@ def test_dedupe_keeps_the_newest_row(tmp_path):
     assert t.dedupe() == 2
     rows = {r["path"]: r["content_hash"] for r in t.to_arrow(["path", "content_hash"]).to_pylist()}
     assert rows == {"p0": "new", "p1": "new", "p2": "old", "p3": "old", "p4": "old"}
-    assert t.duplicate_count() == 0 and t.dedupe() == 0
+    assert t.duplicate_count() == 0 and t.dedupe() == 0 and t.ensure_unique() == 0
+    t.table.add(t._arrow(newer))
+    assert t.ensure_unique() == 2 and t.count() == 5
 
 
 # ---------------------------------------------------------------- 6. checksums, NaN, check

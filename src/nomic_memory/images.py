@@ -71,6 +71,7 @@ __all__ = [
     "is_image_path",
     "jpeg_draft_scale",
     "load_image",
+    "load_image_hashed",
     "pad_extreme_aspect",
     "to_rgb",
 ]
@@ -94,8 +95,9 @@ MAX_FILE_BYTES = 2 * 1024**3
 DEFAULT_MAX_PADDED_PIXELS = 16 * 1024 * 1024
 
 #: Where no image lives: reading there hangs (/proc/self/pagemap is "regular"
-#: and effectively endless) or has side effects (devices).
-_REFUSED_PREFIXES = ("/proc/", "/sys/", "/dev/")
+#: and effectively endless) or has side effects.  (Devices anywhere, /dev
+#: included, are refused by their file type; /dev/shm holds regular files.)
+_REFUSED_PREFIXES = ("/proc/", "/sys/")
 
 #: Qwen2.5-VL works on 28 x 28 px patches (14 px ViT patches merged 2 x 2); an
 #: image thinner than one patch gets rounded to zero or upscaled wildly.
@@ -156,7 +158,7 @@ def discover(root: str | os.PathLike[str]) -> tuple[list[Path], list[tuple[str, 
     links to photos works); a symlinked *directory* is not followed (no loops,
     no walking out of the folder) and is reported as skipped.  Only regular
     files are returned: FIFOs, sockets, devices, broken links and links into
-    ``/proc``, ``/sys`` or ``/dev`` are reported as skipped, so a run can list
+    ``/proc`` or ``/sys`` are reported as skipped, so a run can list
     them instead of hanging on them.  Sub-directories that cannot be listed are
     reported too.
 
@@ -235,7 +237,7 @@ def open_regular(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES):
     The checks are made on the *opened* descriptor (``fstat``), so a file
     swapped for a FIFO or a device after discovery is still caught: the open
     itself uses ``O_NONBLOCK`` (opening a FIFO without a writer would block for
-    ever).  Paths resolving into ``/proc``, ``/sys`` or ``/dev`` are refused.
+    ever).  Paths resolving into ``/proc`` or ``/sys`` are refused.
 
     Returns ``(file object, size)``; raises :class:`ImageError` with the reason.
     """
@@ -569,6 +571,14 @@ def load_image(
         finally:
             if source is not None:
                 source.close()
+
+
+def load_image_hashed(path: str | os.PathLike[str], **kwargs) -> tuple[Image.Image, str, int]:
+    """Read ``path`` once (:func:`read_file_bounded`), decode those bytes (:func:`load_image`) and
+    hash the same bytes: ``(image, content hash, size)``.  A run that stores this hash with the
+    embedding can never record the hash of a version of the file it did not embed."""
+    data = read_file_bounded(path)
+    return load_image(path, data=data, **kwargs), hash_bytes(data), len(data)
 
 
 def _open_and_decode(

@@ -496,6 +496,16 @@ class EmbeddingTable:
         groups = t.group_by(["root", "path", "page"]).aggregate([])
         return t.num_rows - groups.num_rows
 
+    def ensure_unique(self) -> int:
+        """:meth:`dedupe` when :meth:`duplicate_count` finds any (the driver's call at the start of
+        a run: a read of the key columns when the table is healthy).  Returns rows removed."""
+        try:
+            return self.dedupe() if self.duplicate_count() else 0
+        except StoreError:
+            raise
+        except Exception as e:
+            raise damaged(self._where, f"table {self.name!r}", e) from None
+
     def dedupe(self) -> int:
         """Delete all but the newest row (by ``embedded_at``) of each key; returns rows deleted.
 
