@@ -474,6 +474,7 @@ def test_tables_made_before_checksums_still_work(tmp_path):
     assert rep.ok and rep.rows_checked == 1 and not rep.checksummed
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     from conftest import run_cli_many
 
