@@ -47,8 +47,9 @@ def _atomic_output(out: Path):
 def export_table(table: EmbeddingTable, fmt: str, out: str | Path, root: str | None = None) -> int:
     """Write ``table`` to ``out``; return the number of images exported.
 
-    npz: one float32 array per image, keyed by its relative path (``(n, 128)`` for ColNomic,
-    ``(dim,)`` for Nomic).  parquet: the table as stored, embeddings converted to float32 lists.
+    npz: one float32 array per image or page, keyed by its relative path (``report.pdf#3`` for
+    page 3 of a document; ``(n, 128)`` for ColNomic, ``(dim,)`` for Nomic).  parquet: the table as
+    stored (with its ``page`` column), embeddings converted to float32 lists.
     """
     out = Path(out)
     if fmt not in FORMATS:
@@ -62,15 +63,17 @@ def _export(table: EmbeddingTable, fmt: str, out: Path, root: str | None) -> int
     roots_seen: set[str] = set()
     if fmt == "npz":
         arrays: dict[str, np.ndarray] = {}
-        for batch in table.iter_batches(["root", "path", "embedding"]):
+        for batch in table.iter_batches(["root", "path", "page", "embedding"]):
             paths = batch.column("path").to_pylist()
             roots = batch.column("root").to_pylist()
+            pages = batch.column("page").to_pylist()
             emb = batch.column("embedding")
-            for i, (r, p) in enumerate(zip(roots, paths)):
+            for i, (r, p, pg) in enumerate(zip(roots, paths, pages)):
                 if root is not None and r != path_to_key(root):
                     continue
                 roots_seen.add(r)
-                arrays[p if len(roots_seen) <= 1 else f"{r}/{p}"] = _row(emb, i, info.kind, info.dim)
+                key = p if not pg else f"{p}#{pg}"  # a document's pages: report.pdf#3
+                arrays[key] = _row(emb, i, info.kind, info.dim)
         if len(roots_seen) > 1:
             raise UsageError("the store holds several embedded directories; pass --root to choose one")
         with open(out, "wb") as f:

@@ -55,6 +55,10 @@ class LocalExecutor:
         return ModelStamp.of(self.lm)
 
     @property
+    def fingerprints(self) -> frozenset[str]:
+        return self.lm.fingerprints if self.lm is not None else frozenset()
+
+    @property
     def notes(self) -> list[str]:
         """What loading the model had to say (a head initialised from the seed, merged adapters...)."""
         return list(self.lm.notes) if self.lm is not None else []

@@ -8,7 +8,6 @@ batch is known up front.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,20 +56,6 @@ class SourceFile:
     page_errors: list[tuple[int, str]] = field(default_factory=list)  # pages that cannot be sized
 
 
-def hash_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    """sha256 of the file's bytes, and how many there were."""
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            n += len(b)
-            h.update(b)
-    return h.hexdigest(), n
-
-
 def _os_reason(e: OSError) -> str:
     if isinstance(e, PermissionError):
         return "permission denied"
@@ -80,11 +65,12 @@ def _os_reason(e: OSError) -> str:
 def _image_geometry(path: Path) -> tuple[int, int]:
     """Width and height as the model will see them (EXIF orientation applied), from the header
     only; (0, 0) when the header cannot be read (decoding then names the precise reason)."""
-    from .images import oriented_size, register_plugins
+    from .images import open_regular, oriented_size, register_plugins
 
     register_plugins()
     try:
-        with Image.open(path) as im:
+        f, _ = open_regular(path)  # the same checks as every read: never a FIFO swapped in
+        with f, Image.open(f) as im:
             return oriented_size(im)
     except Exception:
         return 0, 0
@@ -115,14 +101,19 @@ def _pages(sf: SourceFile) -> bool:
 
 def scan_file(path: Path, root: Path) -> SourceFile:
     """Stat, hash and measure one file (never raises: a problem is recorded in ``error``)."""
+    from .images import ImageError, hash_file
+
     sf = SourceFile(path, path.relative_to(root).as_posix())
     try:
         st = path.stat()
-        sf.content_hash, _ = hash_file(path)
+        sf.content_hash, sf.size = hash_file(path)  # regular files only, bounded reads
+    except ImageError as e:
+        sf.error = e.reason
+        return sf
     except OSError as e:
         sf.error = _os_reason(e)
         return sf
-    sf.size, sf.mtime = st.st_size, st.st_mtime
+    sf.mtime = st.st_mtime
     if not _pages(sf):
         w, h = _image_geometry(path)
         sf.items = [Item(sf, 0, w, h)]
@@ -137,4 +128,4 @@ def scan_files(paths: list[Path], root: Path, threads: int = 8) -> list[SourceFi
         return list(ex.map(lambda p: scan_file(p, root), paths))
 
 
-__all__ = ["Item", "SourceFile", "hash_file", "scan_file", "scan_files"]
+__all__ = ["Item", "SourceFile", "scan_file", "scan_files"]

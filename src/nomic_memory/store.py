@@ -144,6 +144,10 @@ class Record:
     embedding: np.ndarray  # (n, dim) for colqwen, (dim,) for biqwen
     dtype: str  # compute dtype of the model that made it (the vectors are stored in the table's storage dtype)
     page: int = 0
+    # The model that made it (None: the table's): a row embedded by a model whose projection
+    # differs from the table's says so, and is re-embedded when that matters.
+    model_revision: str | None = None
+    proj_fingerprint: str | None = None
 
 
 def schema_for(info: TableInfo) -> pa.Schema:
@@ -357,9 +361,9 @@ class EmbeddingTable:
         return self.table.version
 
     def index(self, root: str | None = None) -> dict[str, dict]:
-        """``path -> {content_hash, model_revision, proj_fingerprint, root}`` (for one root, if
-        given).  Paths are given back as ``os.fsdecode`` gives them (see :func:`key_to_path`)."""
-        cols = ["root", "path", "content_hash", "model_revision", "proj_fingerprint"]
+        """``(path, page) -> {content_hash, model_revision, proj_fingerprint, root}`` (for one root,
+        if given).  Paths are given back as ``os.fsdecode`` gives them (see :func:`key_to_path`)."""
+        cols = ["root", "path", "page", "content_hash", "model_revision", "proj_fingerprint"]
         try:
             q = self.table.search().select(cols)
             if root is not None:
@@ -368,8 +372,10 @@ class EmbeddingTable:
         except Exception as e:
             raise damaged(self._where, f"table {self.name!r}", e) from None
         d = t.to_pydict()
-        return {key_to_path(p): {"content_hash": h, "model_revision": r, "proj_fingerprint": f, "root": key_to_path(ro)}
-                for ro, p, h, r, f in zip(d["root"], d["path"], d["content_hash"], d["model_revision"], d["proj_fingerprint"])}
+        return {(key_to_path(p), int(pg or 0)): {"content_hash": h, "model_revision": r, "proj_fingerprint": f,
+                                                 "root": key_to_path(ro)}
+                for ro, p, pg, h, r, f in zip(d["root"], d["path"], d["page"], d["content_hash"], d["model_revision"],
+                                              d["proj_fingerprint"])}
 
     def validate(self, records: list[Record]) -> tuple[list[Record], list[tuple[Record, str]]]:
         """Split ``records`` into writable ones and refused ones with the reason: vectors that
@@ -414,8 +420,11 @@ class EmbeddingTable:
             "content_hash": [r.content_hash for r in records], "size": [r.size for r in records],
             "mtime": [r.mtime for r in records], "width": [r.width for r in records],
             "height": [r.height for r in records], "n_vectors": nvec,
-            "model_id": [info.model_id] * len(records), "model_revision": [info.revision] * len(records),
-            "proj_fingerprint": [info.fingerprint] * len(records), "dtype": [r.dtype for r in records],
+            "model_id": [info.model_id] * len(records),
+            "model_revision": [r.model_revision or info.revision for r in records],
+            "proj_fingerprint": [info.fingerprint if r.proj_fingerprint is None else r.proj_fingerprint
+                                 for r in records],
+            "dtype": [r.dtype for r in records],
             "embedded_at": [now] * len(records),
             "embedding_checksum": [embedding_checksum(e) for e in embs],
         }
@@ -424,11 +433,11 @@ class EmbeddingTable:
         arrays.append(emb_arr.cast(schema.field("embedding").type))
         return pa.Table.from_arrays(arrays, schema=schema)
 
-    def upsert(self, records: list[Record], known_new: set[str] | None = None) -> list[tuple[Record, str]]:
+    def upsert(self, records: list[Record], known_new: set | None = None) -> list[tuple[Record, str]]:
         """Write one batch atomically, replacing rows with the same (root, path, page).
 
         Returns the records refused (:meth:`validate`) with the reason; the caller reports them
-        as failed files.  ``known_new``: paths the caller believes are not in the table (it read
+        as failed files.  ``known_new``: paths (or ``(path, page)`` keys) the caller believes are not in the table (it read
         the index at the start of the run).  Appending those costs O(batch) where
         ``merge_insert``'s key join scans the table; but another process may have written them
         since, so under the table's write lock the batch's keys are looked up again (a filtered
@@ -440,7 +449,7 @@ class EmbeddingTable:
         with self._write_errors("write a batch to"), self._lock():
             self.refresh()
             if known_new is not None:
-                fresh = [r for r in records if r.path in known_new]
+                fresh = [r for r in records if r.path in known_new or (r.path, r.page) in known_new]
                 if fresh:
                     present = self._existing_keys(fresh)
                     fresh = [r for r in fresh if (path_to_key(r.root), path_to_key(r.path), r.page) not in present]
@@ -484,6 +493,20 @@ class EmbeddingTable:
                 chunk = keys[i:i + 500]
                 before = self.count()
                 self.table.delete(f"root = {_sql_str(path_to_key(root))} AND path IN ({', '.join(_sql_str(p) for p in chunk)})")
+                n += before - self.count()
+        return n
+
+    def delete_keys(self, root: str, keys: Iterable[tuple[str, int]]) -> int:
+        """Delete the rows of single pages, ``(path, page)`` under ``root`` (e.g. the pages a
+        shrunk document no longer has); returns the rows deleted."""
+        keys = [(path_to_key(p), int(pg)) for p, pg in keys]
+        n = 0
+        with self._write_errors("delete rows from"), self._lock():
+            self.refresh()
+            for i in range(0, len(keys), 200):
+                cond = " OR ".join(f"(path = {_sql_str(p)} AND page = {pg})" for p, pg in keys[i:i + 200])
+                before = self.count()
+                self.table.delete(f"root = {_sql_str(path_to_key(root))} AND ({cond})")
                 n += before - self.count()
         return n
 

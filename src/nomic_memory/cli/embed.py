@@ -90,19 +90,22 @@ def embed(
 ) -> None:
     """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
     setup_logging(verbose)
-    from ..images import discover_images
+    from ..documents import is_input_path
+    from ..images import IMAGE_EXTENSIONS, discover_images
 
-    # Checked before torch is imported (seconds): a mistyped directory fails at once.
-    if not directory.exists():
+    # Checked before torch is imported (seconds): a mistyped directory fails at once.  With
+    # --prune, a folder that is now empty or gone is fine: its rows are what gets removed.
+    if not directory.exists() and not prune:
         raise fail(f"no such directory: {directory}")
-    if not directory.is_dir():
+    if directory.exists() and not directory.is_dir():
         raise fail(f"not a directory: {directory}")
     try:
-        n_images = len(discover_images(directory))
+        n_inputs = len(discover_images(directory, match=is_input_path)) if directory.exists() else 0
     except OSError as e:
         raise fail(str(e))
-    if n_images == 0:
-        raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
+    if n_inputs == 0 and not prune:
+        raise fail(f"no images or documents found under {directory} (looked for "
+                   f"{' '.join(IMAGE_EXTENSIONS)} .pdf)")
     from ..api import Embedder
     from ..backends import describe
     from ..errors import NomicMemoryError
