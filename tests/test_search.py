@@ -547,3 +547,71 @@ def test_cli_approx_prints_no_library_warnings(env, tmp_path):
     out = json.loads(r.stdout)  # nothing but the document on stdout
     assert len(out["results"][0]) == 3 and out["approx"]
     assert "WARN" not in r.stderr and "lance::" not in r.stderr, r.stderr
+
+
+def test_concurrent_searches_share_one_index(env):
+    """A server searches from several threads at once: same results as one at a time, and torch's
+    thread count is what it was once they are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    idx = Index.open(env["col_store"], backend="cpu", batch_rows=1, workers=2)
+    embs = idx.embed_queries(QUERIES)
+    want = [idx.search_embeddings([e], k=5)[0] for e in embs]
+    before = torch.get_num_threads()
+    jobs = [(i % len(embs), ["width = 168", None][i % 2]) for i in range(48)]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda j: idx.search_embeddings([embs[j[0]]], k=5, where=j[1])[0], jobs))
+    for (qi, where), hits in zip(jobs, got):
+        ref = want[qi] if where is None else [h for h in idx.search_embeddings([embs[qi]], k=N_IMAGES)[0]
+                                              if h.path in {"img00.png", "img03.png", "img06.png", "img09.png"}][:5]
+        assert [(h.path, h.id) for h in hits] == [(h.path, h.id) for h in ref]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in ref], rtol=1e-6)
+    ids = [h.id for h in want[0]]
+    with ThreadPoolExecutor(4) as ex:  # rows by id from several threads: one map, built once
+        rows = list(ex.map(idx.row, ids * 4))
+    assert [r["id"] for r in rows] == ids * 4
+    assert torch.get_num_threads() == before
+    with ThreadPoolExecutor(1) as ex:  # what a new thread (the next request) starts with
+        assert ex.submit(torch.get_num_threads).result() == before
+
+
+class _Gated:
+    """A real Lance dataset whose scan announces it has started, then waits for ``gate``."""
+
+    def __init__(self, ds):
+        import threading
+
+        self.ds, self.started, self.gate = ds, threading.Event(), threading.Event()
+
+    def to_batches(self, **kw):
+        for b in self.ds.to_batches(**kw):
+            self.started.set()
+            assert self.gate.wait(60)
+            yield b
+
+
+def test_overlapping_scans_restore_torch_threads(env):
+    """Scan B starts while scan A runs and ends after it: every thread started afterwards (a
+    server's next request, a model forward) still gets torch's full thread count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nomic_memory.scoring import default_workers, exact_scan
+
+    idx = Index.open(env["col_store"], backend="cpu")
+    q = idx.embed_queries(["hello"])
+    before = torch.get_num_threads()
+    a, b = _Gated(idx.table.table.to_lance()), _Gated(idx.table.table.to_lance())
+    with ThreadPoolExecutor(2) as ex:
+        fa = ex.submit(exact_scan, a, idx.info, q, 3, workers=2)
+        assert a.started.wait(60)
+        fb = ex.submit(exact_scan, b, idx.info, q, 3, workers=2)
+        assert b.started.wait(60)
+        assert default_workers() == before  # what a scan starting now would use
+        a.gate.set()
+        ra = fa.result(60)
+        b.gate.set()
+        rb = fb.result(60)
+    assert ra.results() == rb.results()
+    with ThreadPoolExecutor(1) as ex:
+        assert ex.submit(torch.get_num_threads).result() == before
+    assert torch.get_num_threads() == before
