@@ -36,7 +36,8 @@ PRERESIZE_FACTOR = 4.0
 @dataclass(frozen=True)
 class DecodeTask:
     """One input to decode: ``page`` 0 for an image file, 1..N for a page of a document;
-    ``content_hash``, when given, is what the planner saw: decoding other bytes is an error."""
+    ``content_hash``, when given, is what the planner saw: decoding other bytes is an error.
+    For a PDF page, ``width`` x ``height`` is the size to draw it at (the processor's target)."""
 
     path: Path
     page: int = 0
@@ -71,6 +72,8 @@ def decode_image(task: DecodeTask, image_processor) -> Image.Image:
     anything much larger than the target is resized once, on 8-bit pixels, to exactly the target:
     the processor then has no resize to do.  Below ``PRERESIZE_FACTOR`` the processor's own resize
     runs, which keeps results bit-identical to the model card's loop."""
+    if task.page:
+        return _decode_page(task, image_processor)
     path = task.path
     src_pixels = 0
     try:  # ask for a draft no smaller than what the model will see
@@ -88,6 +91,20 @@ def decode_image(task: DecodeTask, image_processor) -> Image.Image:
     th, tw = target_size(img.width, img.height, image_processor)
     if (img.width, img.height) != (tw, th) and (
             drafted or img.width * img.height > PRERESIZE_FACTOR * th * tw):
+        img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return img
+
+
+def _decode_page(task: DecodeTask, image_processor) -> Image.Image:
+    """A page of a document: PDF pages are drawn straight at their planned size; TIFF frames are
+    decoded like any image, then resized once to the processor's target."""
+    from .documents import is_document_path, render_page
+
+    if is_document_path(task.path):
+        return render_page(task.path, task.page, (task.width, task.height))
+    img = load_image(task.path, page=task.page)
+    th, tw = target_size(img.width, img.height, image_processor)
+    if img.width * img.height > PRERESIZE_FACTOR * th * tw:
         img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return img
 

@@ -30,6 +30,7 @@ import numpy as np
 from .batching import MAX_PADDING, make_batches, padding_overhead, visual_tokens
 from .errors import InputError, UsageError
 from .failures import FailureLog
+from .documents import is_input_path
 from .images import discover_images
 from .memory import MemoryReport
 from .scan import Item, SourceFile, scan_files
@@ -172,6 +173,9 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
             report.failed.append((f.rel, f.error))
             emit("failed", {"path": f.rel, "reason": f.error})
             continue
+        for page, reason in f.page_errors:
+            report.failed.append((f"{f.rel}#{page}", reason))
+            emit("failed", {"path": f"{f.rel}#{page}", "reason": reason})
         for it in f.items:
             known = failures.unchanged(f.rel, it.page, f.content_hash) if failures is not None else None
             if known is not None:
@@ -186,6 +190,8 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
             todo.append(it)
     emit("todo", {"count": len(todo), "skipped": report.skipped_unchanged})
     for it in todo:
+        if it.pdf:
+            it.width, it.height = pdf_render_size(it, image_processor)
         try:
             it.tokens = visual_tokens(it.width, it.height, image_processor) if it.width and it.height else 0
         except ValueError:  # extreme aspect ratio: padded on decode to the processor's limit
@@ -201,6 +207,18 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
     report.padding_overhead = padding_overhead(tokens, batches) if todo else 0.0
     emit("plan", {"batches": len(batches), "padding_overhead": report.padding_overhead})
     return RunPlan(root, files, todo, batches, existing)
+
+
+def pdf_render_size(it: Item, image_processor) -> tuple[int, int]:
+    """The pixel size a PDF page is drawn at: its shape, scaled so that the model's visual-token
+    budget (the processor's largest image) decides the pixels, not a DPI.  A page's size in
+    points is 72 dpi: an A4 page would get 640 of 768 tokens, and small text would be lost."""
+    from .documents import PageGeometry, render_size
+
+    budget = image_processor.size["longest_edge"]
+    w, h = float(it.width), float(it.height)
+    scale = max(1.0, (budget / (w * h)) ** 0.5)
+    return render_size(PageGeometry(it.page, w * scale, h * scale), image_processor)
 
 
 class StoreSink:
@@ -278,7 +296,7 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         raise UsageError("batch_size must be at least 1")
     importer = _import_store_in_background() if not isinstance(store, Store) else None
     root = Path(directory).expanduser().resolve()
-    paths = discover_images(root)
+    paths = discover_images(root, match=is_input_path)
     emit("discovered", {"count": len(paths), "directory": str(root)})
     files = scan_files(paths, root)
     if importer is not None:

@@ -27,6 +27,7 @@ class Item:
     width: int = 0
     height: int = 0
     tokens: int = 0
+    pdf: bool = False  # a PDF page: ``width``/``height`` become the size it is drawn at (plan)
 
     @property
     def path(self) -> Path:
@@ -53,6 +54,7 @@ class SourceFile:
     content_hash: str = ""
     error: str | None = None  # why the file cannot be read at all
     items: list[Item] = field(default_factory=list)
+    page_errors: list[tuple[int, str]] = field(default_factory=list)  # pages that cannot be sized
 
 
 def hash_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
@@ -78,13 +80,37 @@ def _os_reason(e: OSError) -> str:
 def _image_geometry(path: Path) -> tuple[int, int]:
     """Width and height as the model will see them (EXIF orientation applied), from the header
     only; (0, 0) when the header cannot be read (decoding then names the precise reason)."""
+    from .images import oriented_size, register_plugins
+
+    register_plugins()
     try:
         with Image.open(path) as im:
-            w, h = im.size
-            orient = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
-            return (h, w) if orient in (5, 6, 7, 8) else (w, h)
+            return oriented_size(im)
     except Exception:
         return 0, 0
+
+
+def _pages(sf: SourceFile) -> bool:
+    """The pages of a document (PDF, multi-page TIFF) as items; False when it is one image."""
+    from .documents import is_document_path, list_pages, may_have_pages
+    from .errors import InputError
+
+    if not may_have_pages(sf.path):
+        return False
+    try:
+        pages = list_pages(sf.path)
+    except InputError as e:
+        sf.error = e.reason
+        return True
+    if not pages:  # a single-frame TIFF: one image
+        return False
+    pdf = is_document_path(sf.path)
+    for g in pages:
+        if g.error:
+            sf.page_errors.append((g.page, g.error))
+        else:
+            sf.items.append(Item(sf, g.page, max(1, round(g.width)), max(1, round(g.height)), pdf=pdf))
+    return True
 
 
 def scan_file(path: Path, root: Path) -> SourceFile:
@@ -97,8 +123,9 @@ def scan_file(path: Path, root: Path) -> SourceFile:
         sf.error = _os_reason(e)
         return sf
     sf.size, sf.mtime = st.st_size, st.st_mtime
-    w, h = _image_geometry(path)
-    sf.items = [Item(sf, 0, w, h)]
+    if not _pages(sf):
+        w, h = _image_geometry(path)
+        sf.items = [Item(sf, 0, w, h)]
     return sf
 
 

@@ -12,6 +12,7 @@ import sys
 import typer
 
 from . import bench as _bench
+from . import check as _check
 from . import embed as _embed
 from . import search as _search
 from . import tools as _tools
@@ -25,6 +26,7 @@ app.command("export")(_tools.export)
 app.command("bench")(_bench.bench)
 app.command("plan")(_bench.plan)
 app.command("make-tiny-model")(_tools.make_tiny_model)
+app.command("check")(_check.check)
 
 
 def main() -> None:
