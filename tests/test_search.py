@@ -466,8 +466,17 @@ def test_row_ids_are_stable_and_rows_match_the_store(env, tmp_path):
 def test_index_reuses_an_embedders_model(env, monkeypatch):
     import nomic_memory.loading
 
+    from nomic_memory.api import Embedder
+
     own = Index.open(env["col_store"], backend="cpu")
     want = own.search_many(QUERIES + [env["images"][2]], k=N_IMAGES)
+    # an Embedder that loads on first use: not loaded by opening the Index, loaded once by the search
+    lazy = Embedder(str(env["col"]), backend="cpu", lazy=True)
+    idx = Index.open(env["col_store"], model=lazy)
+    assert not lazy.is_loaded
+    got = idx.search_many(QUERIES, k=N_IMAGES)
+    assert lazy.is_loaded and idx.model is lazy.loaded
+    assert [[h.path for h in g] for g in got] == [[h.path for h in w] for w in want[:len(QUERIES)]]
 
     def no_second_model(*a, **k):
         raise AssertionError("the Index loaded a model of its own")
