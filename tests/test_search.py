@@ -624,3 +624,27 @@ def test_overlapping_scans_restore_torch_threads(env):
     with ThreadPoolExecutor(1) as ex:
         assert ex.submit(torch.get_num_threads).result() == before
     assert torch.get_num_threads() == before
+
+
+def test_document_pages_have_their_own_ids_and_filter_by_page(env, tmp_path):
+    """A PDF's pages are rows (page 1..N) with their own ids; ``page`` filters them."""
+    from nomic_memory.search import row_id
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    first = Image.new("RGB", (200, 300), (200, 20, 20))
+    first.save(folder / "doc.pdf", save_all=True, resolution=72.0,
+               append_images=[Image.new("RGB", (300, 200), (20, 20, 200)), Image.new("RGB", (150, 150), (0, 160, 0))])
+    shutil.copy(env["images"][0], folder / "photo.png")
+    env["col_emb"].embed_directory(folder, store=tmp_path / "store", workers=0)
+    idx = Index.open(tmp_path / "store", model=env["col_emb"])
+    hits = idx.search("a green square", k=10)
+    root = str(folder.resolve())
+    assert sorted((h.path, h.page) for h in hits) == [("doc.pdf", 1), ("doc.pdf", 2), ("doc.pdf", 3), ("photo.png", 0)]
+    assert {h.id for h in hits} == {row_id(root, h.path, h.page) for h in hits} and len({h.id for h in hits}) == 4
+    later = idx.search("a green square", k=10, where="page >= 2")
+    assert [(h.path, h.page, h.score) for h in later] == [(h.path, h.page, h.score) for h in hits if h.page >= 2]
+    for h in hits:
+        row = idx.row(h.id)
+        assert (row["path"], row["page"]) == (h.path, h.page)
+        assert idx.row_embedding(h.id).shape == (row["n_vectors"], 128)
