@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import approx as _approx
-from .errors import ModelLoadError, ModelMismatchError, SearchError
+from .errors import ModelLoadError, ModelMismatchError, SearchError, UsageError
 from .scoring import ScanOptions, TopK
 from .store import EmbeddingTable, Store, TableInfo, default_store_path, embedding_to_numpy
 
@@ -48,6 +48,8 @@ def row_id(root: str, path: str, page: int = 0) -> str:
 
 @dataclass(frozen=True)
 class Hit:
+    """One result: its rank (1 = best) and exact score for the query, and the row it names."""
+
     rank: int
     score: float
     path: str  # relative to root
@@ -310,7 +312,7 @@ class Index:
         ``approx``: use the approximate index (``method`` pooled or lance; default whichever
         exists, pooled first), re-ranking the best ``rerank`` candidates exactly."""
         if k < 1:
-            raise ValueError("k must be at least 1")
+            raise UsageError("k must be at least 1")
         embs = self._query_arrays(embeddings)
         if not embs:
             return []
@@ -346,7 +348,7 @@ class Index:
         """Build (or rebuild) the approximate index (see :mod:`nomic_memory.approx`); returns its
         description."""
         if method not in _approx.APPROX_METHODS:
-            raise ValueError(f"unknown approximate index {method!r}; choose one of {', '.join(_approx.APPROX_METHODS)}")
+            raise UsageError(f"unknown approximate index {method!r}; choose one of {', '.join(_approx.APPROX_METHODS)}")
         if method == "lance":
             return _approx.build_lance_index(self.table, num_partitions=num_partitions, num_sub_vectors=num_sub_vectors)
         if self.info.kind != "colqwen":
