@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from . import bench as _bench
+from . import check as _check
 from . import embed as _embed
 from . import search as _search
 from . import store as _store
@@ -41,6 +42,7 @@ app.command("export")(_tools.export)
 app.command("bench")(_bench.bench)
 app.command("plan")(_bench.plan)
 app.command("make-tiny-model")(_tools.make_tiny_model)
+app.command("check")(_check.check)
 store_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.")
 store_app.command("list")(_store.list_tables)

@@ -181,27 +181,31 @@ def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
     return [f"Using model variant: {model_variant} ({VARIANTS[model_variant].repo_id})"]
 
 
-def precheck(directory: Path, model_name: str | None, revision: str | None) -> None:
-    """Checked before torch is imported (seconds): a mistyped directory or option fails at once."""
-    from ..images import discover_images
+def precheck(directory: Path, model_name: str | None, revision: str | None, prune: bool) -> None:
+    """Checked before torch is imported (seconds): a mistyped directory or option fails at once.
+    With --prune, a folder that is now empty or gone is fine: its rows are what gets removed."""
+    from ..documents import is_input_path
+    from ..images import IMAGE_EXTENSIONS, discover_images
 
     if revision is not None and model_name is not None and Path(model_name).expanduser().is_dir():
         raise fail(f"--revision {revision} names a hub revision, but --model-name {model_name} is a local "
                    "directory (it has no revisions): drop --revision, or pass a hub id", EXIT_USAGE)
-    if not directory.exists():
+    if not directory.exists() and not prune:
         raise fail(f"no such directory: {directory}")
-    if not directory.is_dir():
+    if directory.exists() and not directory.is_dir():
         raise fail(f"not a directory: {directory}")
     try:
-        n_images = len(discover_images(directory))
+        n_inputs = len(discover_images(directory, match=is_input_path)) if directory.exists() else 0
     except OSError as e:
         raise fail(str(e))
-    if n_images == 0:
-        raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
+    if n_inputs == 0 and not prune:
+        raise fail(f"no images or documents found under {directory} (looked for "
+                   f"{' '.join(IMAGE_EXTENSIONS)} .pdf)")
 
 
 def embed(
-    directory: Path = typer.Argument(..., metavar="DIRECTORY", help="Directory of images (searched recursively)."),
+    directory: Path = typer.Argument(..., metavar="DIRECTORY",
+                                     help="Directory of images and documents (searched recursively)."),
     model_variant: VariantChoice = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model."),
     model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAME",
                                              help="Hub id or local directory; overrides --model-variant."),
@@ -241,7 +245,7 @@ def embed(
     """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
     setup_logging(verbose)
     legacy = report_style is ReportStyle.legacy
-    precheck(directory, model_name, revision)
+    precheck(directory, model_name, revision, prune)
     if legacy:
         for line in legacy_header(model_variant.value, model_name):
             say(line, json_out)

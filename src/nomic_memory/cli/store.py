@@ -117,6 +117,8 @@ def forget(
     setup_logging(False)
     from ..store import StoreError
 
+    from ..store import key_to_path, path_to_key
+
     s = _open(store)
     key = str(Path(root).expanduser().resolve())  # rows record the absolute directory
     removed: dict[str, int] = {}
@@ -124,12 +126,12 @@ def forget(
         names = [table] if table else s.table_names()
         tables = [s.open_table(n) for n in names]
         for t in tables:
-            if key in t.roots():
+            if path_to_key(key) in t.roots():
                 removed[t.name] = t.delete_root(key)
     except StoreError as e:
         raise fail(str(e))
     if not removed:
-        known = sorted({r for t in tables for r in t.roots()})
+        known = sorted({key_to_path(r) for t in tables for r in t.roots()})
         raise fail(f"{'table ' + repr(table) if table else 'the store ' + str(s.path)} holds nothing embedded "
                    f"from {key} (embedded directories: {', '.join(known) or 'none'})")
     if json_out:
@@ -147,6 +149,8 @@ def compact(
     """Merge small fragments and delete old table versions (frees disk; run while nothing else uses
     the store)."""
     setup_logging(False)
+    import datetime as dt
+
     from ..store import StoreError
 
     s = _open(store)
@@ -155,7 +159,7 @@ def compact(
         for name in [table] if table else s.table_names():
             t = s.open_table(name)
             before, disk_before = t.stats(), s.disk_bytes(name)
-            t.compact()
+            t.optimize(cleanup_older_than=dt.timedelta(0))  # every version but the latest
             after, disk_after = t.stats(), s.disk_bytes(name)
             results.append({"table": name, "before": {**before, "disk_bytes": disk_before},
                             "after": {**after, "disk_bytes": disk_after}})
