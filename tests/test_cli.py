@@ -158,7 +158,7 @@ def test_no_such_directory_exit_1(runs, setup):
 
 def test_no_images_exit_1(runs, setup):
     line = _one_line_error(runs["no_images"])
-    assert "no images found" in line and str(setup["empty"]) in line
+    assert "no images or documents found" in line and str(setup["empty"]) in line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -387,3 +387,20 @@ def test_max_batch_tokens_below_one_image_is_refused(loaded):
     check_max_batch_tokens(most, ip)
     with pytest.raises(UsageError, match=rf"--max-batch-tokens {most - 1} is below the {most} visual tokens"):
         check_max_batch_tokens(most - 1, ip)
+
+
+def test_forgetting_a_folder_forgets_its_failures(tmp_path, loaded, messy_dir):
+    """``store forget`` (EmbeddingTable.delete_root) removes the folder's rows and the failures the
+    store remembers for it, so a folder recreated at the same path starts afresh."""
+    from nomic_memory.failures import FailureLog
+
+    s = Store(tmp_path / "s")
+    report = loaded["colqwen"].embed_directory(messy_dir, store=s, workers=0)
+    assert report.failed  # the bad files are remembered
+    t = s.open_table(report.table)
+    root = str(messy_dir.resolve())
+    assert FailureLog(s, t.name, root).load()
+    assert t.delete_root(root) == len(CLEAN_IMAGES)
+    assert t.count() == 0 and FailureLog(s, t.name, root).load() == {}
+    s.drop_table(t.name)
+    assert s.table_names() == []

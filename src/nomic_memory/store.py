@@ -689,10 +689,6 @@ class EmbeddingTable:
         except Exception as e:
             raise damaged(self._where, f"table {self.name!r}", e) from None
 
-
-def _naive(ts):
-    return ts.replace(tzinfo=None) if getattr(ts, "tzinfo", None) is not None else ts
-
     # ---- housekeeping (``nomic-memory store ...``)
     def roots(self) -> dict[str, int]:
         """``root -> rows``: the embedded directories this table holds (as stored: see
@@ -721,6 +717,10 @@ def _naive(ts):
         frag = frag if isinstance(frag, dict) else frag.__dict__
         return {"rows": self.count(), "fragments": frag.get("num_fragments"),
                 "versions": len(self.table.list_versions()), "data_bytes": st.get("total_bytes")}
+
+
+def _naive(ts):
+    return ts.replace(tzinfo=None) if getattr(ts, "tzinfo", None) is not None else ts
 
 
 def _sql_str(s: str) -> str:
