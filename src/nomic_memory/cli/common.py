@@ -123,7 +123,7 @@ def error_message(e: BaseException) -> str:
     from ..errors import ModelLoadError
 
     msg = str(e)
-    if isinstance(e, ModelLoadError) and "local model directory" in msg:
+    if isinstance(e, ModelLoadError) and "local model directory" in msg and "--model-name" not in msg:
         msg = msg.rstrip(".") + " (--model-name PATH)."
     return msg
 
