@@ -377,16 +377,22 @@ def test_load_model_draws_no_weight_loading_bar(tiny_models, capfd):
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is restored
 
 
-def test_max_batch_tokens_below_one_image_is_refused(loaded):
-    from nomic_memory.cli.embed import check_max_batch_tokens
+def test_max_batch_tokens_below_one_image_is_refused(loaded, tiny_colqwen, image_dir, tmp_path):
+    from nomic_memory import Embedder
+    from nomic_memory.batching import check_max_batch_tokens
     from nomic_memory.errors import UsageError
 
     ip = loaded["colqwen"].loaded.processor.image_processor
     most = ip.size["longest_edge"] // (ip.patch_size * ip.merge_size) ** 2
     check_max_batch_tokens(None, ip)
     check_max_batch_tokens(most, ip)
-    with pytest.raises(UsageError, match=rf"--max-batch-tokens {most - 1} is below the {most} visual tokens"):
+    with pytest.raises(UsageError, match=rf"--max-batch-tokens\) {most - 1} is below the {most} visual tokens"):
         check_max_batch_tokens(most - 1, ip)
+    # through the run: refused before any model is loaded, nothing written
+    emb = Embedder(str(tiny_colqwen), backend="cpu", lazy=True)
+    with pytest.raises(UsageError):
+        emb.embed_directory(image_dir, tmp_path / "s", max_batch_tokens=most - 1)
+    assert not emb.is_loaded
 
 
 def test_forgetting_a_folder_forgets_its_failures(tmp_path, loaded, messy_dir):

@@ -163,7 +163,7 @@ def repair(store: Store, table: EmbeddingTable, report: CheckReport, backend: st
     from .api import Embedder
 
     info = table.info
-    emb = Embedder(info.model_id, backend=backend, kind=info.kind, seed=info.seed)
+    emb = Embedder(info.model_id, backend=backend, kind=info.kind, seed=info.seed, lazy=True)
     for root in roots:
         rep = emb.embed_directory(key_to_path(root), store=store, table_name=table.name, on_event=on_event)
         out["reembedded"] += rep.embedded

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .batching import MAX_PADDING, make_batches, padding_overhead, visual_tokens
+from .batching import MAX_PADDING, check_max_batch_tokens, make_batches, padding_overhead, visual_tokens
 from .errors import InputError, UsageError
 from .failures import FailureLog
 from .documents import is_input_path
@@ -358,6 +358,7 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         stamp = _start(executor, report, emit)
         if stamp is not None:
             _warn_other_weights(table, stamp)
+    check_max_batch_tokens(max_batch_tokens, executor.processor().image_processor)
     opts = dict(revision=revision, prune=prune, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                 sort_by_tokens=sort_by_tokens, failures=failures)
     plan = plan_run(table, root, files, executor.processor().image_processor, report, emit,

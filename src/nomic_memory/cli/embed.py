@@ -151,27 +151,6 @@ class ConsoleProgress:
             self.bar = None
 
 
-def check_max_batch_tokens(value: int | None, image_processor) -> None:
-    """Refuse a ``--max-batch-tokens`` below the visual tokens of one full-size image.
-
-    A batch holds at least one image, so such a cap could not be honoured: every image at the
-    processor's pixel budget would make a batch over it (what the user sized the cap for, memory,
-    would not be respected).  The largest image the processor produces has
-    ``longest_edge / (patch_size * merge_size)**2`` visual tokens (768 for Nomic's models)."""
-    if value is None:
-        return
-    from ..errors import UsageError
-
-    unit = (image_processor.patch_size * image_processor.merge_size) ** 2
-    size = image_processor.size
-    max_pixels = size.get("longest_edge") if hasattr(size, "get") else size["longest_edge"]
-    most = max_pixels // unit
-    if value < most:
-        raise UsageError(f"--max-batch-tokens {value} is below the {most} visual tokens of one full-size image "
-                         f"for this model (images are resized to at most {max_pixels} pixels); a batch holds at "
-                         f"least one image: use --max-batch-tokens {most} or more")
-
-
 def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
     """What ``main.py`` prints before choosing the backend."""
     from ..variants import VARIANTS
