@@ -21,7 +21,7 @@ from . import embed as _embed
 from . import search as _search
 from . import store as _store
 from . import tools as _tools
-from .common import version_callback
+from .common import reports_errors, version_callback
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Embed folders of images and documents with Nomic's multimodal retrievers, "
@@ -36,19 +36,21 @@ def _app_options(
     """Embed folders of images and documents with Nomic's multimodal retrievers, store and search them."""
 
 
-app.command("embed")(_embed.embed)
-app.command("search")(_search.search)
-app.command("export")(_tools.export)
-app.command("bench")(_bench.bench)
-app.command("plan")(_bench.plan)
-app.command("make-tiny-model")(_tools.make_tiny_model)
-app.command("check")(_check.check)
+# Every command reports any NomicMemoryError it did not handle itself as one line (exit 1, or 2
+# for a usage error): the one exception root, caught in one place.
+app.command("embed")(reports_errors(_embed.embed))
+app.command("search")(reports_errors(_search.search))
+app.command("export")(reports_errors(_tools.export))
+app.command("bench")(reports_errors(_bench.bench))
+app.command("plan")(reports_errors(_bench.plan))
+app.command("make-tiny-model")(reports_errors(_tools.make_tiny_model))
+app.command("check")(reports_errors(_check.check))
 store_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.")
-store_app.command("list")(_store.list_tables)
-store_app.command("drop")(_store.drop)
-store_app.command("forget")(_store.forget)
-store_app.command("compact")(_store.compact)
+store_app.command("list")(reports_errors(_store.list_tables))
+store_app.command("drop")(reports_errors(_store.drop))
+store_app.command("forget")(reports_errors(_store.forget))
+store_app.command("compact")(reports_errors(_store.compact))
 app.add_typer(store_app, name="store")
 
 

@@ -128,6 +128,24 @@ def error_message(e: BaseException) -> str:
     return msg
 
 
+def reports_errors(command):
+    """Wrap a command so that a :class:`~nomic_memory.errors.NomicMemoryError` it lets through is
+    printed as one line with the right exit status, never a traceback (the signature is kept:
+    Typer reads the options from it)."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from ..errors import NomicMemoryError
+
+        try:
+            return command(*args, **kwargs)
+        except NomicMemoryError as e:
+            raise fail_on(e) from None
+
+    return run
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s",
                         stream=sys.stderr)
