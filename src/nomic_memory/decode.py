@@ -95,9 +95,15 @@ def decode_image(task: DecodeTask, image_processor) -> Image.Image:
     else:
         img = load_image(path, target_pixels=target)
     drafted = img.width * img.height < src_pixels  # pixels differ from a full decode anyway
+    return fit_to_target(img, image_processor, always=drafted)
+
+
+def fit_to_target(img: Image.Image, image_processor, always: bool = False) -> Image.Image:
+    """Resize once, on 8-bit pixels, to exactly the processor's target size when the image is
+    more than ``PRERESIZE_FACTOR`` times larger (or ``always``): the processor then has no resize
+    to do.  Smaller images are left to the processor's own resize, as the model card's loop does."""
     th, tw = target_size(img.width, img.height, image_processor)
-    if (img.width, img.height) != (tw, th) and (
-            drafted or img.width * img.height > PRERESIZE_FACTOR * th * tw):
+    if (img.width, img.height) != (tw, th) and (always or img.width * img.height > PRERESIZE_FACTOR * th * tw):
         img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return img
 
@@ -144,10 +150,7 @@ def _decode_page(task: DecodeTask, image_processor) -> Image.Image:
         img = load_image(task.path, page=task.page, data=data)
     else:
         img = load_image(task.path, page=task.page)
-    th, tw = target_size(img.width, img.height, image_processor)
-    if img.width * img.height > PRERESIZE_FACTOR * th * tw:
-        img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return img
+    return fit_to_target(img, image_processor)
 
 
 def decode_and_prepare(processor, source: DecodeTask | Path | Image.Image) -> Prepared:
@@ -155,12 +158,7 @@ def decode_and_prepare(processor, source: DecodeTask | Path | Image.Image) -> Pr
     if isinstance(source, Image.Image):
         from .images import pad_extreme_aspect, to_rgb
 
-        img = pad_extreme_aspect(to_rgb(source))
-        ip = processor.image_processor
-        th, tw = target_size(img.width, img.height, ip)
-        if img.width * img.height > PRERESIZE_FACTOR * th * tw:
-            img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        return prepare_image(processor, img)
+        return prepare_image(processor, fit_to_target(pad_extreme_aspect(to_rgb(source)), processor.image_processor))
     task = source if isinstance(source, DecodeTask) else DecodeTask(Path(source))
     return prepare_image(processor, decode_image(task, processor.image_processor))
 
