@@ -170,16 +170,25 @@ def _safe_target(w: int, h: int, ip) -> tuple[int, int]:
         return h, w
 
 
+def decode_task(processor, task: DecodeTask, lock=None) -> Prepared | InputError:
+    """Decode one input; a failure is returned as the input's :class:`InputError`, never raised.
+    ``lock``: held around the processor only (decoding pixels releases the GIL and runs in
+    parallel; a fast tokenizer shared by threads must not be entered twice at once)."""
+    try:
+        img = decode_image(task, processor.image_processor)
+        if lock is None:
+            return prepare_image(processor, img)
+        with lock:
+            return prepare_image(processor, img)
+    except InputError as e:
+        return e
+    except Exception as e:  # a processor failure on one input must not stop the run
+        return InputError(task.path, f"{type(e).__name__}: {e}", task.page or None)
+
+
 def decode_tasks(processor, tasks: list[DecodeTask]) -> list[Prepared | InputError]:
     """Decode several inputs; a failure is returned as the input's :class:`InputError`, never raised."""
-    out: list[Prepared | InputError] = []
-    for task in tasks:
-        try:
-            out.append(decode_and_prepare(processor, task))
-        except InputError as e:
-            out.append(e)
-        except Exception as e:  # a processor failure on one input must not stop the run
-            out.append(InputError(task.path, f"{type(e).__name__}: {e}", task.page or None))
+    out = [decode_task(processor, task) for task in tasks]
     trim_heap()
     return out
 
@@ -197,7 +206,12 @@ def _decode_worker_main(source: ProcessorSource, tasks, results) -> None:
 
 
 class Decoder:
-    """Decodes batches ahead of the model: in worker processes, or inline when workers=0.
+    """Decodes batches ahead of the model: in worker processes, in threads, or inline.
+
+    With ``threads`` > 1 and no worker processes, a pool of threads decodes the next ``prefetch``
+    batches while the model runs: JPEG/PNG decoding, PDF drawing and resizing release the GIL, so
+    on a CPU-only machine this uses every core without starting a process (which would import
+    torch, seconds of CPU that a short run never earns back).
 
     Workers and the main thread share one queue of per-image tasks: the workers prefetch the
     next batches while the model runs, and whenever the model would otherwise wait for its next
@@ -211,8 +225,9 @@ class Decoder:
     """
 
     def __init__(self, processor, source: ProcessorSource, workers: int, prefetch: int | None = None,
-                 start_after: float = 1.0, assist: bool = True, min_share: float = 0.25):
+                 start_after: float = 1.0, assist: bool = True, min_share: float = 0.25, threads: int = 0):
         self.processor = processor
+        self.threads = threads
         self.source = source
         self.min_share = min_share
         self.consumer_seconds = 0.0
@@ -247,6 +262,9 @@ class Decoder:
 
     def map(self, batches: list[list[DecodeTask]]):
         """Yield decoded batches in order, keeping up to ``prefetch`` batches in flight."""
+        if self.workers == 0 and self.threads > 1:
+            yield from self._map_threads(batches)
+            return
         tasks = [(bi, pos, p) for bi, b in enumerate(batches) for pos, p in enumerate(b)]
         done: list[list] = [[None] * len(b) for b in batches]
         missing = [len(b) for b in batches]
@@ -296,6 +314,32 @@ class Decoder:
             t = time.perf_counter()
             yield out
             self.consumer_seconds += time.perf_counter() - t
+
+    def _map_threads(self, batches: list[list[DecodeTask]]):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        lock = threading.Lock()
+        ex = ThreadPoolExecutor(self.threads, thread_name_prefix="nomic-memory-decode")
+        pending: dict[int, list] = {}
+
+        def submit(b: int) -> None:
+            pending[b] = [ex.submit(decode_task, self.processor, task, lock) for task in batches[b]]
+
+        try:
+            for b in range(min(self.prefetch, len(batches))):
+                submit(b)
+            for k in range(len(batches)):
+                t = time.perf_counter()
+                out = [f.result() for f in pending.pop(k)]
+                self.inline_seconds += time.perf_counter() - t  # time the consumer waited
+                if k + self.prefetch < len(batches):
+                    submit(k + self.prefetch)
+                self.inline_images += len(out)
+                trim_heap()
+                yield out
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
 
     def _drain(self, record, block: bool) -> None:
         try:

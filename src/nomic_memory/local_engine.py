@@ -71,8 +71,15 @@ class LocalExecutor:
     def run(self, plan: RunPlan) -> Iterator[BatchResult]:
         lm = self.lm
         stamp = ModelStamp.of(lm)
-        n_workers = default_workers(len(plan.todo), lm.backend.name) if self.workers is None else self.workers
         cpus = available_cpus()
+        # On the CPU backend, decoding runs in threads of this process unless worker processes
+        # are asked for: they would compete with the model for the same cores, and each would
+        # first spend seconds importing torch.
+        threads = cpus if lm.backend.name == "cpu" and self.workers is None else 0
+        if threads:
+            n_workers = 0
+        else:
+            n_workers = default_workers(len(plan.todo), lm.backend.name) if self.workers is None else self.workers
         if n_workers > cpus:
             # More decode processes than cores only compete with each other and the model
             # (64 workers on 2 cores measured 25x slower): one per core at most.
@@ -85,7 +92,7 @@ class LocalExecutor:
             cpus = available_cpus()
             tuner = ThreadTuner([threads0, max(1, cpus - n_workers), max(1, cpus // 2), 1])
             lm.thread_tuner = tuner  # encode asks it before each call
-        decoder = Decoder(lm.processor, self._source(), n_workers)
+        decoder = Decoder(lm.processor, self._source(), n_workers, threads=threads)
         encoder = BatchEncoder(lm)
         tracker = MemoryTracker(lm.backend.name, lm.backend.device).start()
         self._state = {"decoder": decoder, "encoder": encoder, "tracker": tracker, "tuner": tuner,
@@ -124,6 +131,7 @@ class LocalExecutor:
         self._close()
         report.model_threads = st["tuner"].best if st["tuner"] else 0
         report.decode_workers = st["workers"] if st["decoder"]._started else 0  # started lazily, if needed
+        report.decode_threads = st["decoder"].threads
         report.memory = st["memory"]
         report.oom_splits = st["encoder"].splits
         report.final_batch_cap = st["encoder"].cap or 0

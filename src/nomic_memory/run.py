@@ -80,7 +80,8 @@ class RunReport:
     memory: MemoryReport | None = None
     oom_splits: int = 0
     final_batch_cap: int = 0
-    decode_workers: int = 0
+    decode_workers: int = 0  # decode processes started
+    decode_threads: int = 0  # decode threads of this process (the CPU backend's default)
     model_threads: int = 0  # CPU: the intra-op thread count the run settled on
     model_loaded: bool = False  # False when there was nothing to embed
     # Ray runs: each model worker's own peak (``memory`` is then the largest of them).
@@ -98,7 +99,8 @@ class RunReport:
                 "embed_seconds": round(self.embed_seconds, 3),
                 "images_per_second": round(self.images_per_second, 3), "batches": self.batches,
                 "padding_overhead": round(self.padding_overhead, 4), "oom_splits": self.oom_splits,
-                "decode_workers": self.decode_workers, "model_threads": self.model_threads,
+                "decode_workers": self.decode_workers, "decode_threads": self.decode_threads,
+                "model_threads": self.model_threads,
                 "model_loaded": self.model_loaded,
                 "memory": self.memory.to_dict() if self.memory else None,
                 **({"worker_memory": {w: m.to_dict() for w, m in self.worker_memory.items()}}
