@@ -2,7 +2,7 @@
 
 import importlib
 
-for _mod in ("cli_search", "cli_bench"):
+for _mod in ("cli_search", "cli_bench", "cli_serve"):
     try:
         importlib.import_module(f"nomic_memory.{_mod}")
     except ModuleNotFoundError as e:  # not written yet

@@ -69,8 +69,19 @@ class Hit:
     def file(self) -> str:
         return os.path.join(self.root, self.path)
 
+    @property
+    def id(self) -> str:  # serve stand-in for helper `search`'s Hit.id
+        return row_id(self.root, self.path, self.page)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "file": self.file}
+        return {**asdict(self), "file": self.file, "id": self.id}
+
+
+def row_id(root: str, path: str, page: int = 0) -> str:
+    """serve stand-in (helper `search` owns the real one): a row's stable id."""
+    import hashlib
+
+    return hashlib.sha256(f"{root}\0{path}\0{int(page or 0)}".encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------ Arrow -> numpy (zero-copy)
@@ -506,7 +517,7 @@ class Index:
 
     def search_embeddings(self, embeddings: Sequence[np.ndarray], k: int = 10, *, approx: bool = False,
                           rerank: int | None = None, nprobes: int | None = None,
-                          method: str | None = None) -> list[list[Hit]]:
+                          method: str | None = None, where: str | None = None) -> list[list[Hit]]:
         """Search with precomputed query embeddings (float32 ``(tokens, dim)`` / ``(dim,)``).
 
         ``approx``: use the approximate index (``method`` pooled or lance; default whichever
@@ -524,7 +535,7 @@ class Index:
             return self._approx_search(embs, k, rerank=rerank, nprobes=nprobes, method=method)
         ds = self.table.table.to_lance()
         top = exact_scan(ds, self.info, embs, k, batch_rows=self.batch_rows, tile_vectors=self.tile_vectors,
-                         device=self._device(), workers=self.workers)
+                         device=self._device(), workers=self.workers, filter=where)
         return top.hits()
 
     # ---- approximate index
@@ -640,6 +651,28 @@ class Index:
             top.update(scorer.score_batch(sub), ids, _meta_getter(sub))
             out.append(top.hits()[0])
         return out
+
+
+    # ---- serve stand-ins for helper `search`'s row lookup (replace with theirs on merge)
+    def row(self, id: str) -> dict | None:
+        ds = self.table.table.to_lance()
+        cols = [c for c in ds.schema.names if c != "embedding"]
+        for b in ds.to_batches(columns=cols):
+            for r in b.to_pylist():
+                if row_id(r["root"], r["path"], r["page"] or 0) == id:
+                    return r
+        return None
+
+    def row_embedding(self, id: str) -> np.ndarray:
+        from .store import embedding_to_numpy, _sql_str
+
+        r = self.row(id)
+        if r is None:
+            raise SearchError(f"no row {id!r}")
+        ds = self.table.table.to_lance()
+        t = ds.to_table(columns=["embedding"], filter=f"root = {_sql_str(r['root'])} AND path = {_sql_str(r['path'])}"
+                        f" AND page = {int(r['page'] or 0)}")
+        return embedding_to_numpy(t.column("embedding")[0], self.info.kind, self.info.dim)
 
 
 def _pool_documents(x, offsets: np.ndarray, pool_factor: int, iters: int):
