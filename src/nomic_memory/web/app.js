@@ -164,7 +164,7 @@ async function openViewer(h) {
       toks.forEach((t, i) => {
         const o = document.createElement("option");
         o.value = String(i);
-        o.textContent = i + ": " + JSON.stringify(t);
+        o.textContent = i + ": " + (t.trim() ? t.replace(/ /g, "\u2423") : JSON.stringify(t));
         sel.appendChild(o);
       });
     } catch (e) { /* the max map still works */ }
@@ -196,9 +196,11 @@ async function showHeatmap() {
       url = await blobURL("/heatmap/" + h.id, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     }
     img.src = url;
+    $("legend").hidden = mode === "page";
     if (mode !== "page") note.textContent = "Brighter patches matched the query more closely (dot products with the page's stored patch vectors).";
   } catch (err) {
     note.textContent = err.message;
+    $("legend").hidden = true;
     if (err.status === 409) img.src = await blobURL("/thumb/" + h.id).catch(() => "");
   }
 }
