@@ -37,6 +37,7 @@ def serve(
     max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, help="Largest request body (uploads included), MB."),
     max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Largest uploaded image, pixels (judged before decoding)."),
     batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, help="How long a search waits for others to share its forward and scan."),
+    exact_batching: bool = typer.Option(False, "--exact-batching", help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve a store over HTTP: a search API and a search page showing why pages matched."""
@@ -56,7 +57,7 @@ def serve(
 
     cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []),
                       max_body_bytes=int(max_body_mb * (1 << 20)), max_image_pixels=max_image_pixels,
-                      batch_window_ms=batch_window_ms)
+                      batch_window_ms=batch_window_ms, exact_batching=exact_batching)
     try:
         idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
                          allow_mismatch=allow_mismatch, template=template)
