@@ -210,6 +210,32 @@ def test_mixed_lengths_and_filters_in_one_batch(env, exact):
             assert all(env["col_idx"].row(h.id)["width"] < 200 for h in want) and want
 
 
+def test_a_slow_client_blocks_no_one(env):
+    """A client that sends half a body and stalls holds only its own connection."""
+    import socket
+
+    host, port = env["col"].removeprefix("http://").split(":")
+    slow = socket.create_connection((host, int(port)))
+    try:
+        body = b'{"queries": ["blue sky"], "k": 3}'
+        slow.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\n\r\n" + body[:10])
+        t = time.perf_counter()
+        r = post(env["col"], "/search", {"queries": ["blue sky"], "k": 3})
+        assert r.status_code == 200 and time.perf_counter() - t < 20
+        slow.sendall(body[10:])  # the slow one still gets its answer
+        slow.settimeout(60)
+        reply = b""
+        while b'"results"' not in reply:
+            chunk = slow.recv(1 << 16)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200")
+    finally:
+        slow.close()
+
+
 # ------------------------------------------------------------------ embed (vLLM /pooling shape)
 def test_embed_matches_embedder(env):
     img = Image.open(env["pages"] / "page01.png")
