@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from conftest import cli_env, run_cli, start_cli
+from test_object_store import BUCKET, s3  # noqa: F401  (the moto S3 server fixture)
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -400,6 +401,35 @@ def test_oversized_uploads_are_413(env):
     r = post(env["col"], "/search", {"images": [base64.b64encode(buf.getvalue()).decode()]})
     assert r.status_code == 413 and "too large" in r.json()["error"]
     assert httpx.get(env["col"] + "/health").status_code == 200  # the server is fine
+
+
+def test_object_storage_store(s3, env, tiny_colqwen, tmp_path, monkeypatch):
+    """An s3:// store: search, heatmaps, and thumbnails cached locally (not in the bucket)."""
+    from nomic_memory.search import Index
+    from nomic_memory.server import create_app
+    from nomic_memory.service import SearchService
+    from nomic_memory.store import Store
+
+    _, options = s3
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    uri = f"s3://{BUCKET}/serve-store"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env["col_emb"].embed_directory(env["pages"], store=Store(uri, storage_options=options), workers=0)
+    running = Running(create_app(SearchService(Index.open(Store(uri, storage_options=options), backend="cpu"))))
+    try:
+        r = httpx.post(running.url + "/search", json={"queries": ["blue sky"], "k": 4}, timeout=120)
+        assert r.status_code == 200, r.text
+        hits = r.json()["results"][0]
+        assert_same_hits(hits, env["col_idx"].search("blue sky", k=4))  # same rows as the local store
+        r = httpx.get(running.url + f"/thumb/{hits[0]['id']}")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert len(list((tmp_path / "cache" / "nomic-memory" / "thumbs").rglob("*.jpg"))) == 1
+        r = httpx.get(running.url + f"/heatmap/{hits[0]['id']}", params={"q": "blue sky"})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert httpx.get(running.url + "/stats").json()["store"] == uri
+    finally:
+        running.stop()
 
 
 # ------------------------------------------------------------------ the CLI
