@@ -462,3 +462,27 @@ def test_cli_serves_with_token(env, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_document_pages_render(tmp_path):
+    """Thumbnails/heatmaps of document pages: page N of a PDF or a multi-page TIFF (1-based)."""
+    from reportlab.lib.pagesizes import A6
+    from reportlab.pdfgen import canvas
+
+    from nomic_memory.thumbs import PageUnavailable, load_page
+
+    c = canvas.Canvas(str(tmp_path / "doc.pdf"), pagesize=A6)
+    for i in range(2):
+        c.setFillColorRGB(i, 0, 1 - i)
+        c.rect(0, 0, A6[0], A6[1], fill=1)
+        c.showPage()
+    c.save()
+    frames = [Image.new("RGB", (60, 40), col) for col in ("red", "lime", "blue")]
+    frames[0].save(tmp_path / "scan.tif", save_all=True, append_images=frames[1:])
+    root = str(tmp_path)
+    p2 = load_page({"root": root, "path": "doc.pdf", "page": 2})
+    assert p2.getpixel((5, 5))[0] > 200 and p2.getpixel((5, 5))[2] < 50  # the second (red) page
+    assert load_page({"root": root, "path": "scan.tif", "page": 3}).getpixel((1, 1)) == (0, 0, 255)
+    for path, page in (("doc.pdf", 3), ("scan.tif", 4)):
+        with pytest.raises(PageUnavailable, match="no page"):
+            load_page({"root": root, "path": path, "page": page})

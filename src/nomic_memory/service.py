@@ -375,7 +375,7 @@ class SearchService:
             img = hm.colourise(grid, (w, h))
         else:
             try:
-                page = load_page(row, self.config.max_image_pixels * 4).resize((w, h), Image.Resampling.BICUBIC)
+                page = load_page(row, target_pixels=h * w).resize((w, h), Image.Resampling.BICUBIC)
             except PageUnavailable as e:
                 raise HTTPError(404, str(e)) from None
             img = hm.overlay(page, grid)

@@ -71,13 +71,14 @@ def _document_page(f: Path, page: int, max_pixels: int) -> Image.Image:
         return im.convert("RGB")
 
 
-def load_page(row: dict, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """The row's page as an RGB image (the first frame of a plain image file)."""
+def load_page(row: dict, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, target_pixels: int | None = None) -> Image.Image:
+    """The row's page as an RGB image (the first frame of a plain image file); ``target_pixels``
+    lets a large JPEG decode at a reduced scale (never below that many pixels)."""
     f = page_file(row)
     page = int(row.get("page") or 0)
     try:
         if page == 0:
-            return load_image(f, max_image_pixels=max_pixels)
+            return load_image(f, max_image_pixels=max_pixels, target_pixels=target_pixels)
         return _document_page(f, page, max_pixels)
     except PageUnavailable:
         raise
@@ -96,7 +97,7 @@ def thumbnail(store, table: str, row_id: str, row: dict, side: int = THUMB_SIDE)
         return cached.read_bytes()
     except OSError:
         pass
-    img = load_page(row)
+    img = load_page(row, target_pixels=4 * side * side)
     img.thumbnail((side, side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=85)
