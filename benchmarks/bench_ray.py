@@ -1,8 +1,8 @@
-"""Ray engine throughput: 1 vs N model actors on one machine (issue 5).
+"""Ray engine throughput: 1 vs N model actors on one machine.
 
 Builds the random ``medium`` ColQwen2.5 model (~90 MB, where the model's cost dominates Python and
 Ray overheads) and a folder of JPEGs, starts one local Ray cluster, then embeds the folder into a
-fresh store with ``embed_directory_ray`` for each actor count (and, as a reference, with the local
+fresh store with ``Embedder.embed_directory(engine="ray")`` for each actor count (and, as a reference, with the local
 pipeline), interleaving the configurations, ``--runs`` times each.  Reports medians of:
 
 * ``images/s``: what the run report says: images over the streaming phase's wall time, which for
@@ -25,18 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from nomic_memory.samples import make_sample_images
+
+
+# A page scan, a 4:3 photo and a square photo, repeated (nomic_memory.samples).
+SPECS = [("page", 1240, 1754, "jpg"), ("photo", 1024, 768, "jpg"), ("photo", 800, 800, "jpg")]
 
 
 def make_images(d: Path, n: int) -> None:
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        w, h = [(1240, 1754), (1024, 768), (800, 800)][i % 3]
-        base = np.linspace(0, 255, w, dtype=np.float32)[None, :, None] * np.ones((h, 1, 3), np.float32)
-        arr = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(d / f"img{i:03d}.jpg", quality=90)
+    make_sample_images(d, n, specs=SPECS)
 
 
 class Clock:
@@ -67,12 +64,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
 
-    from nomic_memory.ray_engine import embed_directory_ray  # before ray: opts out of the uv hook
+    import nomic_memory.ray_engine  # noqa: F401  (before ray: opts out of the uv hook)
     import ray
 
     from nomic_memory.backends import select_backend
     from nomic_memory.loading import load_model
-    from nomic_memory.pipeline import embed_directory
+    from nomic_memory import Embedder
     from nomic_memory.tiny import build_tiny_model
 
     cpu = select_backend("cpu")
@@ -90,11 +87,11 @@ def main() -> None:
                 store = td / f"store-{cfg}-{run}"
                 clock = Clock()
                 if cfg == "local":
-                    rep = embed_directory(lm, td / "imgs", store, batch_size=args.batch_size, on_event=clock)
+                    rep = Embedder.from_loaded(lm).embed_directory(td / "imgs", store, batch_size=args.batch_size, on_event=clock)
                 else:
-                    rep = embed_directory_ray(td / "imgs", store, model_name=str(model), backend=cpu,
-                                              batch_size=args.batch_size, workers=int(cfg.split("-")[1]),
-                                              on_event=clock)
+                    rep = Embedder(str(model), backend=cpu, lazy=True).embed_directory(
+                        td / "imgs", store, engine="ray", batch_size=args.batch_size,
+                        workers=int(cfg.split("-")[1]), on_event=clock)
                 assert rep.embedded == args.images and not rep.failed, rep.to_dict()
                 peaks = [m.peak_bytes for m in rep.worker_memory.values()] or [rep.memory.peak_bytes]
                 r = {"images_per_second": rep.images_per_second, "steady_images_per_second": clock.steady(),

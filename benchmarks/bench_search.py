@@ -1,4 +1,4 @@
-"""Search benchmark (issue 4): exact MaxSim over a large synthetic store, and the approximate index.
+"""Search benchmark: exact MaxSim over a large synthetic store, and the approximate index.
 
 A synthetic ColQwen table of ``--docs`` documents x ``--vectors`` random unit vectors (128-d,
 float16, ~3.8 GB for the defaults) is written once under ``--path`` (reused by later runs).
@@ -34,7 +34,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nomic_memory.search import Index, Scorer, exact_scan, multivector_matrix, recall_at_k  # noqa: E402
+from nomic_memory.approx import recall_at_k  # noqa: E402
+from nomic_memory.scoring import Scorer, default_workers, exact_scan, multivector_matrix  # noqa: E402
+from nomic_memory.search import Index, to_hits  # noqa: E402
 from nomic_memory.store import Store, TableInfo, schema_for  # noqa: E402
 
 DIM = 128
@@ -246,8 +248,6 @@ def main(argv=None) -> int:
     tile_one = Scorer(queries[:1], "colqwen", DIM).tile_vectors
     ds = idx.table.table.to_lance()
     exact_hits = None
-    from nomic_memory.search import default_workers
-
     workers = default_workers()
     res["scan_workers"] = workers
 
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
         res["paired_single"] = paired("single", queries, a.q_tokens, tile_one, a.docs, a.paired)
     if not a.skip_batched:
         res["batched"], top = measure("batched", queries, T_all, tile_all, min(total, 2_000_000), 1 << 20)
-        exact_hits = top.hits()
+        exact_hits = to_hits(top)
         top1 = sum(h[0].path == s_ for h, s_ in zip(exact_hits, sources)) / a.queries
         res["planted_top1_exact"] = top1
         print(f"planted source ranked first by exact search: {top1:.0%}", flush=True)
@@ -323,8 +323,8 @@ def main(argv=None) -> int:
     res["pooled_vectors"] = desc["pooled_vectors"]
     print(f"pooled index: {desc['pooled_vectors']} vectors (from {desc['vectors']}) in {res['pooled_build_s']:.1f} s", flush=True)
     if exact_hits is None:
-        exact_hits = exact_scan(ds, idx.info, queries, a.k).hits()
-    exact_random = exact_scan(ds, idx.info, random_q, a.k).hits()
+        exact_hits = to_hits(exact_scan(ds, idx.info, queries, a.k))
+    exact_random = to_hits(exact_scan(ds, idx.info, random_q, a.k))
     approx = {}
     for name, qs, ex in (("planted", queries, exact_hits), ("random", random_q, exact_random)):
         lat_b, lat_s, rec = [], [], []

@@ -56,13 +56,12 @@ def build_store(path: Path, model_dir: Path, docs: int, vectors: int, seed: int 
     """Write the synthetic table (once) and return its name."""
     from nomic_memory.loading import load_model
     from nomic_memory.backends import select_backend
-    from nomic_memory.pipeline import table_info
-    from nomic_memory.store import Record, Store
+    from nomic_memory.store import Record, Store, TableInfo
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lm = load_model(str(model_dir), None, backend=select_backend("cpu"), kind="colqwen")
-    info = table_info(lm, 0)
+    info = TableInfo(lm.model_id, lm.revision, lm.kind, lm.dim, lm.fingerprint, "float16", 0)
     store = Store(path)
     if lm.table_name in store.table_names() and store.open_table(lm.table_name).count() == docs:
         return lm.table_name

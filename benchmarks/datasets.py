@@ -17,43 +17,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+
+from nomic_memory.samples import page, photo, render  # noqa: F401  (the one generator)
 
 ROOT = Path("/tmp/nomic-memory-bench")
 RECIPE_VERSION = 1
-
-
-def photo(w: int, h: int, rng: np.random.Generator, noise: float = 5.0) -> Image.Image:
-    """Photo-like RGB image: smooth gradients + soft blobs + mild noise."""
-    field = (rng.random((6, 8, 3)) * 255).astype(np.uint8)
-    img = Image.fromarray(field).resize((w, h), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(6):
-        cx, cy, r = rng.integers(0, w), rng.integers(0, h), int(rng.integers(min(w, h) // 20, min(w, h) // 4))
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    img = img.filter(ImageFilter.GaussianBlur(radius=max(1, min(w, h) // 300)))
-    arr = np.asarray(img, dtype=np.int16)
-    # Noise at 1/2 resolution, upscaled: grain with some spatial correlation, as in real sensors.
-    n = rng.normal(0, noise, (h // 2 + 1, w // 2 + 1, 1)).astype(np.float32)
-    n = np.repeat(np.repeat(n, 2, axis=0), 2, axis=1)[:h, :w]
-    return Image.fromarray(np.clip(arr + n, 0, 255).astype(np.uint8))
-
-
-def page(w: int, h: int, rng: np.random.Generator) -> Image.Image:
-    """Page-scan-like image: off-white paper, lines of dark 'words', a margin, slight noise."""
-    img = Image.new("L", (w, h), 245)
-    draw = ImageDraw.Draw(img)
-    margin, line_h = w // 10, max(8, h // 70)
-    y = margin
-    while y < h - margin:
-        x = margin
-        while x < w - margin:
-            word = int(rng.integers(line_h, line_h * 5))
-            draw.rectangle((x, y, min(x + word, w - margin), y + int(line_h * 0.6)), fill=int(rng.integers(10, 60)))
-            x += word + line_h // 2
-        y += line_h + (line_h if rng.random() < 0.1 else 0)
-    arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 3, (h, w)).astype(np.int16)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).convert("RGB")
 
 
 def _ready(d: Path, recipe: dict) -> bool:
@@ -104,7 +72,7 @@ def mixed(n: int = 36, root: Path = ROOT) -> Path:
     rng = np.random.default_rng(7)
     for i in range(n):
         kind, w, h, fmt = MIXED_SPECS[i % len(MIXED_SPECS)]
-        img = page(w, h, rng) if kind == "page" else photo(w, h, rng, noise=3.0 if kind != "photo" else 5.0)
+        img = render(kind, w, h, rng)
         path = d / f"{i:03d}_{kind}.{fmt}"
         img.save(path, **({"quality": 90} if fmt == "jpg" else {"optimize": False}))
     _mark(d, recipe)

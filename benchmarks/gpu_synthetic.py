@@ -1,4 +1,4 @@
-"""GPU benchmark with synthetic weights (issue 3, benchmark 4): what colnomic-3b costs on a GPU.
+"""GPU benchmark with synthetic weights: what colnomic-3b costs on a GPU.
 
     uv run python benchmarks/gpu_synthetic.py [--variant colnomic-3b] [--batch-sizes 1,2,4,8,16,32]
                                               [--visual-tokens 768] [--reps 3] [--peak-tflops N]
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,10 +44,9 @@ def bf16_peak(name: str) -> float | None:
 
 
 def make_pages(d: Path, n: int) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
 
-    from datasets import page
+    from nomic_memory.samples import page
 
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -80,7 +78,8 @@ def main() -> None:
 
     from nomic_memory.backends import select_backend
     from nomic_memory.bench import SYNTHETIC_LABEL, build_synthetic_model
-    from nomic_memory.encode import collate_flat, forward_embeddings, prepare_image
+    from nomic_memory.collate import collate_flat, prepare_image
+    from nomic_memory.encode import forward_embeddings
     from nomic_memory.plan import Arch, forward_flops, plan_for_model
 
     cuda = torch.cuda.is_available() and not args.smoke
@@ -165,7 +164,7 @@ def main() -> None:
     pipeline = None
     if args.pipeline_pages:
         from nomic_memory.bench import _null_store
-        from nomic_memory.pipeline import embed_directory
+        from nomic_memory import Embedder
 
         with tempfile.TemporaryDirectory() as td:
             pages = make_pages(Path(td) / "pages", args.pipeline_pages)
@@ -174,7 +173,7 @@ def main() -> None:
                     Image.open(p).resize((124, 175)).save(p)
             bs = max(r["batch_size"] for r in rows if "error" not in r)
             t = time.perf_counter()
-            rep = embed_directory(lm, pages, _null_store(), batch_size=bs)
+            rep = Embedder.from_loaded(lm).embed_directory(pages, _null_store(), batch_size=bs)
             total = time.perf_counter() - t
             pipeline = {"pages": rep.embedded, "batch_size": bs, "seconds": total,
                         "pages_per_second": rep.embedded / total, "embed_pages_per_second": rep.images_per_second,

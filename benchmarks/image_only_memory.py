@@ -1,4 +1,4 @@
-"""--image-only memory saving, measured (issue 2).
+"""--image-only memory saving, measured.
 
 Builds a random model with Qwen2.5-VL-3B's text width and full 151,936-token vocabulary on a
 shallow stack (nomic_memory.tiny SIZES["vocab3b"]), then runs `nomic-memory embed` on the same
@@ -18,17 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from nomic_memory.samples import make_sample_images
+
+
+# A page scan, a 4:3 photo and a square photo, repeated (nomic_memory.samples).
+SPECS = [("page", 1240, 1754, "jpg"), ("photo", 1024, 768, "jpg"), ("photo", 800, 800, "jpg")]
 
 
 def make_images(d: Path, n: int) -> None:
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        w, h = [(1240, 1754), (1024, 768), (800, 800)][i % 3]
-        base = np.linspace(0, 255, w, dtype=np.float32)[None, :, None] * np.ones((h, 1, 3), np.float32)
-        arr = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(d / f"img{i:03d}.jpg", quality=90)
+    make_sample_images(d, n, specs=SPECS)
 
 
 def run_once(model: Path, images: Path, store: Path, batch_size: int, image_only: bool, dtype: str) -> dict:

@@ -110,7 +110,7 @@ def test_bad_files_run_stored_the_rest(runs, setup, loaded, messy_dir):
     for r in rows:
         got = embedding_to_numpy(r["embedding"], "colqwen", 128)
         assert r["n_vectors"] == got.shape[0]
-        np.testing.assert_allclose(got, ref[r["path"]].numpy(), atol=1e-4, rtol=0, err_msg=r["path"])
+        np.testing.assert_allclose(got, ref[r["path"]], atol=1e-4, rtol=0, err_msg=r["path"])
 
 
 def test_memory_report_line_format(runs):

@@ -83,7 +83,7 @@ def test_cli_embed_and_search_on_s3(s3, tiny_colqwen, image_dir, tmp_path):
 
     s = run_cli("search", "a red square", "--store", uri, "--backend", "cpu", "-k", "3", "--json", env=env)
     assert s.returncode == 0, s
-    hits = s.json()["results"]
+    hits = s.json()["results"][0]  # one list of hits per query
     assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
     assert {h["path"] for h in hits} <= set(CLEAN_IMAGES)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]

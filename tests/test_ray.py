@@ -76,11 +76,10 @@ def stored(store: Path) -> dict[str, np.ndarray]:
 
 
 def local_run(model: Path, folder: Path, store: Path, batch_size: int):
-    from nomic_memory.loading import load_model
-    from nomic_memory.pipeline import embed_directory
+    from nomic_memory import Embedder
 
-    lm = load_model(str(model), backend=CPU, seed=0)
-    return embed_directory(lm, folder, store, batch_size=batch_size, workers=0, seed=0)
+    emb = Embedder(str(model), backend=CPU, seed=0)
+    return emb.embed_directory(folder, store, batch_size=batch_size, workers=0)
 
 
 def assert_same(ray_store: Path, local_store: Path) -> None:
@@ -95,10 +94,11 @@ def assert_same(ray_store: Path, local_store: Path) -> None:
 
 
 def ray_run(model: Path, folder: Path, store: Path, **kw):
-    from nomic_memory.ray_engine import embed_directory_ray
+    """The public API's Ray engine (the model is never loaded on the driver)."""
+    from nomic_memory import Embedder
 
     kw.setdefault("batch_size", 3)
-    return embed_directory_ray(folder, store, model_name=str(model), backend=CPU, seed=0, **kw)
+    return Embedder(str(model), backend=CPU, seed=0, lazy=True).embed_directory(folder, store, engine="ray", **kw)
 
 
 @pytest.mark.ray
@@ -126,14 +126,14 @@ def test_same_embeddings_as_local_and_bad_files_skipped(cluster, models, tmp_pat
 
 
 @pytest.mark.ray
-def test_biqwen_survives_a_dead_worker(cluster, models, tmp_path):
+def test_biqwen_survives_a_dead_worker(cluster, models, tmp_path, monkeypatch):
     """The actor process dies on its first batch: Ray restarts it and retries the batch.
 
     Also runs the probe (which pins revision and fingerprint) as a remote task."""
     folder = make_folder(tmp_path / "imgs", 6)
     marker = tmp_path / "crashed"
-    rep = ray_run(models["biqwen"], folder, tmp_path / "ray", workers=1, _crash_marker=str(marker),
-                  probe="remote")  # the probe as a cluster task, as on a multi-node cluster
+    monkeypatch.setenv("NOMIC_MEMORY_RAY_CRASH_MARKER", str(marker))
+    rep = ray_run(models["biqwen"], folder, tmp_path / "ray", workers=1)
     assert marker.exists(), "the fault was not injected"
     assert rep.embedded == 6 and not rep.failed
     local_run(models["biqwen"], folder, tmp_path / "local", batch_size=3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -16,17 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from nomic_memory.cli import app
-from nomic_memory.search import (
-    Hit,
-    Index,
-    ModelMismatchError,
-    Scorer,
-    SearchError,
-    check_model,
-    fixed_size_list_matrix,
-    multivector_matrix,
-    recall_at_k,
-)
+from nomic_memory.approx import recall_at_k
+from nomic_memory.scoring import Scorer, fixed_size_list_matrix, multivector_matrix
+from nomic_memory.search import Hit, Index, ModelMismatchError, SearchError, check_model
 from nomic_memory.store import Record, Store, TableInfo
 
 N_IMAGES = 10
@@ -294,10 +287,11 @@ def test_cli_json_and_table(env, tmp_path):
     r = runner.invoke(app, args + ["--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert [h["rank"] for h in out["results"]] == [1, 2, 3]
-    assert set(out["results"][0]) >= {"rank", "score", "path", "root", "page", "file"}
+    assert [h["rank"] for h in out["results"][0]] == [1, 2, 3]
+    assert set(out["results"][0][0]) >= {"rank", "score", "path", "root", "page", "file", "id"}
     api = Index.open(env["col_store"], backend="cpu").search("a red bicycle", k=3)
-    assert [h["path"] for h in out["results"]] == [h.path for h in api]
+    assert [h["path"] for h in out["results"][0]] == [h.path for h in api]
+    assert [h["id"] for h in out["results"][0]] == [h.id for h in api]
     # image query, several queries in one scan
     img = env["images"][7]
     r = runner.invoke(app, ["search", "one", "two", "--image", str(img), "--store", str(env["col_store"]),
@@ -325,4 +319,231 @@ def test_cli_build_index_then_approx(env, tmp_path):
                             "--approx", "--rerank", "3", "-k", "2", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["approx"] and out["results"][0]["path"] == env["images"][1].name
+    assert out["approx"] and out["results"][0][0]["path"] == env["images"][1].name
+
+
+# ------------------------------------------------------------------ where filters
+def _widths(env) -> dict[str, int]:
+    return {p.name: Image.open(p).size[0] for p in env["images"]}
+
+
+# each predicate with the same test in Python, over the row columns a filter may use
+FILTERS = [
+    ("width = 168", lambda name, w: w == 168),
+    ("path LIKE 'img0%' AND width > 170", lambda name, w: name.startswith("img0") and w > 170),
+    ("path IN ('img01.png', 'img05.png') OR width < 200", lambda name, w: name in ("img01.png", "img05.png") or w < 200),
+    ("page = 0 AND size > 0 AND mtime > 0 AND height = 224 AND root LIKE '%imgs'", lambda name, w: True),
+    ("path = 'nothing.png'", lambda name, w: False),
+]
+
+
+def _filtered(full: list[Hit], keep, widths) -> list[tuple[str, float]]:
+    return [(h.path, h.score) for h in full if keep(h.path, widths[h.path])]
+
+
+def _assert_same(hits: list[Hit], want: list[tuple[str, float]]):
+    assert [h.path for h in hits] == [p for p, _ in want]
+    np.testing.assert_allclose([h.score for h in hits], [s for _, s in want], rtol=1e-6)
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+
+
+@pytest.mark.parametrize("which", ["col", "bi"])
+def test_where_equals_filtered_brute_force_ranking(env, which):
+    idx = Index.open(env[f"{which}_store"], backend="cpu", batch_rows=3)
+    embs = idx.embed_queries(QUERIES + [env["images"][3]])
+    full = idx.search_embeddings(embs, k=N_IMAGES)  # every row, ranked
+    widths = _widths(env)
+    for where, keep in FILTERS:
+        got = idx.search_embeddings(embs, k=N_IMAGES, where=where)
+        for g, f in zip(got, full):
+            _assert_same(g, _filtered(f, keep, widths))
+        head = idx.search_embeddings(embs, k=2, where=where)  # the filtered top 2
+        for g, f in zip(head, full):
+            _assert_same(g, _filtered(f, keep, widths)[:2])
+    # the text-query entry points take it too
+    a = idx.search(QUERIES[0], k=3, where="width = 168")
+    assert [h.path for h in a] == [h.path for h in idx.search_many([QUERIES[0]], k=3, where="width = 168")[0]]
+    assert all(widths[h.path] == 168 for h in a)
+
+
+@pytest.mark.parametrize("method", ["pooled", "lance"])
+def test_where_with_approximate_search(env, tmp_path, method):
+    store = tmp_path / "store"
+    shutil.copytree(env["col_store"], store)
+    idx = Index.open(store, backend="cpu")
+    idx.build_approx_index(method, **({"num_partitions": 2, "num_sub_vectors": 8} if method == "lance" else {}))
+    embs = idx.embed_queries(QUERIES + [env["images"][3]])
+    full = idx.search_embeddings(embs, k=N_IMAGES)
+    widths = _widths(env)
+    for where, keep in FILTERS:
+        # every candidate re-ranked: exactly the filtered exact ranking
+        got = idx.search_embeddings(embs, k=5, where=where, approx=True, rerank=N_IMAGES, method=method)
+        for g, f in zip(got, full):
+            _assert_same(g, _filtered(f, keep, widths)[:5])
+        # few candidates: they are drawn from the matching rows, and scored exactly
+        few = idx.search_embeddings(embs, k=2, where=where, approx=True, rerank=2, method=method)
+        n_match = sum(keep(n, w) for n, w in widths.items())
+        for g, f in zip(few, full):
+            exact = dict(_filtered(f, keep, widths))
+            assert {h.path for h in g} <= set(exact)
+            if method == "pooled":  # the pooled copy is scanned whole: always k candidates
+                assert len(g) == min(2, n_match)
+            np.testing.assert_allclose([h.score for h in g], [exact[h.path] for h in g], rtol=1e-6)
+
+
+def test_invalid_where_is_a_search_error(env):
+    idx = Index.open(env["col_store"], backend="cpu")
+    q = idx.embed_queries(["hello"])
+    cases = {
+        "content_hash = 'x'": "unknown column 'content_hash'",  # a real column, not a filter column
+        "embedding IS NULL": "unknown column 'embedding'",
+        "nosuch > 1 AND page = 0": "unknown column 'nosuch'",
+        '"model_id" = \'m\'': "unknown column 'model_id'",
+        "page >": "invalid where",
+        "page > 'abc'": "invalid where",
+        "path = 'unterminated": "invalid where",
+    }
+    for where, msg in cases.items():
+        for approx in (False, True):
+            with pytest.raises(SearchError, match=re.escape(msg)) as e:
+                idx.search_embeddings(q, where=where, approx=approx)
+            assert ".rs:" not in str(e.value) and "\n" not in str(e.value), str(e.value)
+            assert "path, root, page" in str(e.value) or "unknown column" not in msg
+    # names inside strings, function names, keywords and case are not columns
+    for where in ("path = 'content_hash'", "lower(path) LIKE '%img0%'", "PAGE = 0 and Width > 1", "page IS NOT NULL",
+                  "CAST(page AS BIGINT) < 1e3", "\"path\" <> 'it''s'", "  "):
+        idx.search_embeddings(q, where=where)
+
+
+# ------------------------------------------------------------------ row ids
+def test_row_ids_are_stable_and_rows_match_the_store(env, tmp_path):
+    import hashlib
+
+    from nomic_memory.search import row_id
+    from nomic_memory.store import embedding_to_numpy
+
+    store = tmp_path / "store"
+    shutil.copytree(env["col_store"], store)
+    idx = Index.open(store, backend="cpu")
+    hits = idx.search("a red bicycle", k=N_IMAGES)
+    root = str(env["base"] / "imgs")
+    for h in hits:
+        assert h.id == hashlib.sha256(f"{root}\0{h.path}\0{0}".encode()).hexdigest()[:16] == row_id(root, h.path, 0)
+        assert h.to_dict()["id"] == h.id
+    assert len({h.id for h in hits}) == N_IMAGES
+    again = Index.open(store, backend="cpu").search("a red bicycle", k=N_IMAGES)  # reopened from disk
+    assert [(h.path, h.id) for h in again] == [(h.path, h.id) for h in hits]
+
+    stored = Store(store, create=False).only_table().to_arrow().to_pylist()
+    assert len(stored) == N_IMAGES
+    reopened = Index.open(store)
+    for r in stored:
+        rid = row_id(r["root"], r["path"], r["page"])
+        row = reopened.row(rid)
+        for key in ("root", "path", "page", "width", "height", "n_vectors", "size", "mtime", "content_hash"):
+            assert row[key] == r[key], key
+        assert row["id"] == rid and row["file"] == str(Path(r["root"]) / r["path"])
+        json.dumps(row)  # JSON-ready
+        emb = reopened.row_embedding(rid)
+        assert emb.dtype == np.float32 and emb.shape == (r["n_vectors"], 128)
+        np.testing.assert_array_equal(emb, np.asarray(r["embedding"], dtype=np.float32))
+    assert reopened.row("0123456789abcdef") is None and reopened.row_embedding("0123456789abcdef") is None
+
+    # the id map follows the table: a new row is found, a deleted one is gone
+    src = stored[0]
+    new = Record(src["root"], "new.png", "h-new", 1, 1.0, 7, 9,
+                 embedding_to_numpy(np.asarray(src["embedding"]), "colqwen", 128)[:5], "float32")
+    reopened.table.upsert([new])
+    new_row = reopened.row(row_id(src["root"], "new.png", 0))
+    assert (new_row["width"], new_row["height"], new_row["n_vectors"]) == (7, 9, 5)
+    stored_dtype = np.float16 if reopened.info.storage_dtype == "float16" else np.float32
+    np.testing.assert_array_equal(reopened.row_embedding(new_row["id"]), new.embedding.astype(stored_dtype).astype(np.float32))
+    reopened.table.delete_paths(src["root"], [src["path"]])
+    assert reopened.row(row_id(src["root"], src["path"], src["page"])) is None
+
+
+# ------------------------------------------------------------------ a shared model
+def test_index_reuses_an_embedders_model(env, monkeypatch):
+    import nomic_memory.loading
+
+    own = Index.open(env["col_store"], backend="cpu")
+    want = own.search_many(QUERIES + [env["images"][2]], k=N_IMAGES)
+
+    def no_second_model(*a, **k):
+        raise AssertionError("the Index loaded a model of its own")
+
+    monkeypatch.setattr(nomic_memory.loading, "load_model", no_second_model)
+    for given in (env["col_emb"], env["col_emb"].loaded):
+        idx = Index.open(env["col_store"], model=given)
+        got = idx.search_many(QUERIES + [env["images"][2]], k=N_IMAGES)
+        assert idx.model is env["col_emb"].loaded
+        for g, w in zip(got, want):
+            assert [(h.path, h.score) for h in g] == [(h.path, h.score) for h in w]
+        e = idx.embed_queries("a red bicycle")  # a single query
+        assert len(e) == 1 and e[0].dtype == np.float32
+    # the checks apply to a given model too
+    with pytest.raises(ModelMismatchError, match="biqwen"):
+        Index.open(env["col_store"], model=env["bi_emb"]).search("hello")
+    with pytest.raises(TypeError):
+        Index.open(env["col_store"], model="not a model")
+
+
+def test_single_queries_are_not_split(env):
+    idx = Index.open(env["col_store"], backend="cpu")
+    img = env["images"][4]
+    for q in ("a red bicycle", img, Image.open(img)):
+        many = idx.search_many(q, k=3)
+        assert len(many) == 1 and [h.path for h in many[0]] == [h.path for h in idx.search(q, k=3)]
+    one = idx.embed_queries([img])[0]
+    assert len(idx.search_embeddings(one, k=2)) == 1  # one (tokens, dim) array is one query
+    assert idx.search_embeddings(one, k=1)[0][0].path == img.name
+
+
+# ------------------------------------------------------------------ CLI: filters, several queries, usage
+def test_cli_where_and_one_result_list_per_query(env):
+    runner = CliRunner()
+    base = ["--store", str(env["col_store"]), "--backend", "cpu"]
+    r = runner.invoke(app, ["search", "a red bicycle", "the cat sat on the mat", *base, "-k", "10", "--json",
+                            "--where", "width = 168"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)  # stdout is the one JSON document
+    assert out["where"] == "width = 168"
+    api = Index.open(env["col_store"], backend="cpu").search_many(["a red bicycle", "the cat sat on the mat"], k=10,
+                                                                  where="width = 168")
+    assert len(out["results"]) == 2
+    for i, hits in enumerate(api):
+        assert [h["path"] for h in out["results"][i]] == [h.path for h in hits]
+        assert [h["id"] for h in out["results"][i]] == [h.id for h in hits]
+        assert out["queries"][i]["results"] == out["results"][i]
+    assert len(api[0]) == 4 and {h.path for h in api[0]} == {"img00.png", "img03.png", "img06.png", "img09.png"}
+    assert [h.path for h in api[0]] != [h.path for h in api[1]]  # really one list per query
+    # the table: paths relative to their root, the root in its own column
+    r = runner.invoke(app, ["search", "a red bicycle", *base, "-k", "3", "--where", "width = 168"])
+    assert r.exit_code == 0 and "root" in r.stdout and "where width = 168" in r.stdout
+    assert api[0][0].path in r.stdout and api[0][0].file not in r.stdout
+    # refused, exit status 2, one line each
+    for args, msg in ((["--where", "content_hash = 'x'"], "unknown column 'content_hash'"),
+                      (["--where", "page >"], "invalid where"),
+                      (["--index-method", "lance"], "--approx or --build-index"),
+                      (["--template", "Query:"], "{}")):
+        r = runner.invoke(app, ["search", "x", *base, *args])
+        assert r.exit_code == 2, (args, r.output)
+        assert msg in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_cli_approx_prints_no_library_warnings(env, tmp_path):
+    """In a fresh process (Lance reads its log level once): build the Lance index, search with it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import cli_env, run_cli
+
+    store = tmp_path / "store"
+    shutil.copytree(env["col_store"], store)
+    r = run_cli("search", "a red bicycle", "--store", store, "--backend", "cpu", "--build-index", "--index-method",
+                "lance", "--approx", "--where", "width > 0", "-k", "3", "--json", env=cli_env(tmp_path))
+    assert r.returncode == 0, r
+    out = json.loads(r.stdout)  # nothing but the document on stdout
+    assert len(out["results"][0]) == 3 and out["approx"]
+    assert "WARN" not in r.stderr and "lance::" not in r.stderr, r.stderr

@@ -1,53 +1,184 @@
-"""The Python API the CLI is a thin shell over.
+"""The Python API the CLI, the Ray workers and the server use.
 
 >>> from nomic_memory import Embedder
->>> emb = Embedder("colnomic-3b")                      # or a hub id / local directory
->>> vectors = emb.embed_images(["page1.png", pil_image])
->>> report = emb.embed_directory("scans/", store="~/my-store")
+>>> emb = Embedder("colnomic-3b")                    # a variant, a hub id or a local directory
+>>> page = emb.embed_images("page1.png")             # one float32 array: (tokens, 128) or (dim,)
+>>> pages = emb.embed_images(["a.png", pil_image])   # a list, in input order
+>>> q = emb.embed_queries("quarterly revenue chart")
+>>> report = emb.embed_directory("scans/", store="~/my-store")   # resumable
+>>> hits = emb.index("~/my-store").search("invoice", k=5)        # the same model, loaded once
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Sequence
 
-import torch
+import numpy as np
 
 from .backends import Backend, select_backend
-from .loading import DEFAULT_SEED, LoadedModel, load_model
-from .pipeline import RunReport, embed_directory, embed_pil_images
+from .loading import DEFAULT_SEED, LoadedModel, ModelSpec, ResolvedModel
+from .run import ProgressCallback, RunReport
 from .store import Store, default_store_path
-from .variants import VARIANTS
 
 
 class Embedder:
-    """A loaded retriever.  ``model`` is a variant name, a hub id or a local directory."""
+    """A retriever: ``model`` is a variant name (``colnomic-3b``), a hub id or a local directory.
 
-    def __init__(self, model: str | None = None, *, backend: str | Backend = "auto", kind: str | None = None,
-                 image_only: bool = False, seed: int = DEFAULT_SEED, revision: str | None = None,
-                 max_visual_tokens: int | None = None):
-        self.backend = backend if isinstance(backend, Backend) else select_backend(backend)
-        variant, name = (model, None) if (model is None or model in VARIANTS) else (None, model)
+    The model is loaded on first use (``lazy=True``) or at once.  ``backend`` is ``auto``, ``cuda``,
+    ``mps``, ``cpu`` or a :class:`~nomic_memory.backends.Backend`; ``dtype`` overrides the
+    backend's (``bfloat16``, ``float16``, ``float32``)."""
+
+    def __init__(self, model: str | None = None, *, backend: str | Backend = "auto", dtype: str | None = None,
+                 kind: str | None = None, image_only: bool = False, seed: int = DEFAULT_SEED,
+                 revision: str | None = None, max_visual_tokens: int | None = None, lazy: bool = False):
+        self.backend = backend if isinstance(backend, Backend) else select_backend(backend, dtype=dtype)
+        self.spec = ModelSpec.of(model, kind=kind, revision=revision, seed=seed, image_only=image_only,
+                                 max_visual_tokens=max_visual_tokens)
         self.seed = seed
-        self.loaded: LoadedModel = load_model(name, variant, backend=self.backend, kind=kind,
-                                              image_only=image_only, seed=seed, revision=revision,
-                                              max_visual_tokens=max_visual_tokens)
+        self._resolved: ResolvedModel | None = None
+        self._loaded: LoadedModel | None = None
+        if not lazy:
+            self._loaded = self.spec.load(self.backend, self.resolved)
+
+    @classmethod
+    def from_loaded(cls, lm: LoadedModel) -> "Embedder":
+        """Wrap a model that is already loaded."""
+        self = cls.__new__(cls)
+        self.backend, self.seed = lm.backend, lm.seed
+        self.spec = ModelSpec(str(lm.source) if lm.source else lm.model_id, kind=lm.kind, seed=lm.seed,
+                              image_only=lm.image_only)
+        self._resolved = None
+        self._loaded = lm
+        return self
+
+    @property
+    def resolved(self) -> ResolvedModel:
+        """The model's files (found or downloaded), without loading weights."""
+        if self._resolved is None:
+            self._resolved = self.spec.resolve()
+        return self._resolved
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The loaded model (loads it on first use)."""
+        if self._loaded is None:
+            self._loaded = self.spec.load(self.backend, self.resolved)
+        return self._loaded
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
 
     @property
     def kind(self) -> str:
-        return self.loaded.kind
+        return self._loaded.kind if self._loaded is not None else self.resolved.kind
 
-    def embed_images(self, images: list, batch_size: int = 8) -> list[torch.Tensor]:
-        """Embeddings (float32, CPU) in input order: ``(n_tokens, 128)`` per image for ColNomic,
-        ``(dim,)`` for Nomic.  ``images`` are paths or PIL images."""
-        return [e.float() for e in embed_pil_images(self.loaded, list(images), batch_size)]
+    # ------------------------------------------------------------------ embedding
+    def embed_images(self, images, batch_size: int = 8, *, as_tensor: bool = False):
+        """Embeddings of images (and documents) in input order: float32, ``(n_tokens, 128)`` for
+        ColNomic, ``(dim,)`` for Nomic.
 
-    def embed_queries(self, texts: list[str], template: str | None = None) -> list[torch.Tensor]:
+        ``images``: one input or a list; an input is a path (``str``/``PathLike``) or a
+        ``PIL.Image``.  One input gives one array; a list gives a list.  ``as_tensor``: torch
+        tensors instead of numpy arrays."""
+        single = isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel")
+        items = [images] if single else list(images)
+        out = embed_inputs(self.loaded, items, batch_size)
+        if as_tensor:
+            import torch
+
+            out = [torch.from_numpy(e) for e in out]
+        return out[0] if single else out
+
+    def embed_queries(self, texts: str | Sequence[str], template: str | None = None, *, batch_size: int = 16,
+                      as_tensor: bool = False):
+        """Query embeddings as the model card makes them (``process_queries``); ``template``
+        formats each text first (``"Query: {}"``).  One text gives one array; a list gives a list."""
         from .encode import embed_queries
 
-        return [e.float() for e in embed_queries(self.loaded, list(texts), template=template)]
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        out = [e.float() for e in embed_queries(self.loaded, items, batch_size=batch_size, template=template)]
+        res = out if as_tensor else [e.numpy() for e in out]
+        return res[0] if single else res
 
-    def embed_directory(self, directory: str | Path, store: str | Path | Store | None = None,
-                        **kwargs) -> RunReport:
-        """Embed a directory into a store (resumable: unchanged files are skipped)."""
-        return embed_directory(self.loaded, directory, store if store is not None else default_store_path(),
-                               seed=self.seed, **kwargs)
+    # ------------------------------------------------------------------ folders and stores
+    def embed_directory(self, directory: str | Path, store: str | Path | Store | None = None, *,
+                        batch_size: int = 8, max_batch_tokens: int | None = None, workers: int | None = None,
+                        prune: bool = False, engine: str = "local", ray_address: str | None = None,
+                        gpus_per_worker: float = 1.0, on_event: ProgressCallback | None = None,
+                        sort_by_tokens: bool = True) -> RunReport:
+        """Embed every image (and document page) under ``directory`` into ``store`` (default: the
+        default store), resumably: unchanged inputs are skipped, changed ones re-embedded,
+        ``prune`` drops rows of files that are gone.  The model is loaded only if there is work.
+
+        ``engine="ray"`` runs the same batches on a Ray cluster (``ray_address``; ``workers``
+        model actors, ``gpus_per_worker`` each); locally ``workers`` is the number of decode
+        processes."""
+        from .run import run_embedding
+
+        store = store if store is not None else default_store_path()
+        if engine == "ray":
+            from .ray_engine import RayExecutor
+
+            executor = RayExecutor(self.spec, self.backend, self.resolved, workers=workers,
+                                   ray_address=ray_address, gpus_per_worker=gpus_per_worker)
+        elif engine == "local":
+            from .local_engine import LocalExecutor
+
+            executor = LocalExecutor(self._loaded, spec=self.spec, backend=self.backend,
+                                     resolved=self._resolved if self._loaded is None else None, workers=workers)
+        else:
+            from .errors import UsageError
+
+            raise UsageError(f"unknown engine {engine!r}; choose local or ray")
+        ident = self._identity()
+        try:
+            report = run_embedding(directory, store, executor, model_id=ident[0], revision=ident[1], seed=self.seed,
+                                   table_name=ident[2], prune=prune, batch_size=batch_size,
+                                   max_batch_tokens=max_batch_tokens, sort_by_tokens=sort_by_tokens,
+                                   on_event=on_event)
+        finally:
+            close = getattr(executor, "close", None)
+            if close is not None:
+                close()
+        if engine == "local" and self._loaded is None and executor.lm is not None:
+            self._loaded = executor.lm  # loaded for this run: keep it for the next call
+        return report
+
+    def _identity(self) -> tuple[str, str, str]:
+        if self._loaded is not None:
+            return self._loaded.model_id, self._loaded.revision, self._loaded.table_name
+        r = self.resolved
+        return r.model_id, r.revision, r.table_name
+
+    def index(self, store: str | Path | Store | None = None, table: str | None = None, **kwargs):
+        """An :class:`~nomic_memory.search.Index` over ``store`` that embeds queries with this
+        model (loaded once for both)."""
+        from .search import Index
+
+        return Index.open(store, table or self._identity()[2], model=self, **kwargs)
+
+
+def embed_inputs(lm: LoadedModel, inputs: list, batch_size: int = 8,
+                 max_batch_tokens: int | None = None) -> list[np.ndarray]:
+    """Embed in-memory images and image files (decoded here, batched by token count); float32
+    numpy arrays in input order."""
+    from .batching import make_batches
+    from .decode import decode_and_prepare
+    from .encode import BatchEncoder
+
+    prepared = [decode_and_prepare(lm.processor, Path(im) if isinstance(im, (str, os.PathLike)) else im)
+                for im in inputs]
+    tokens = [int(p.image_grid_thw.prod()) for p in prepared]
+    encoder = BatchEncoder(lm)
+    out: list[np.ndarray | None] = [None] * len(inputs)
+    for b in make_batches(tokens, batch_size, max_batch_tokens):
+        for i, e in zip(b, encoder([prepared[i] for i in b])):
+            out[i] = e.float().numpy()
+    return out  # type: ignore[return-value]
+
+
+__all__ = ["Embedder", "embed_inputs"]

@@ -32,6 +32,9 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .errors import BenchSetupError, NomicMemoryError
+from .samples import make_sample_images  # noqa: F401  (bench's sample folder; re-exported)
+
 SYNTHETIC_LABEL = "synthetic random weights: for memory/throughput only"
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -146,39 +149,6 @@ def build_synthetic_model(variant: str, backend, *, image_only: bool = False, la
     return lm
 
 
-def make_sample_images(directory: str | Path, n: int = 24, seed: int = 0) -> Path:
-    """A small mixed folder (page scans, photos, screenshots, phone snaps, icons) for when
-    ``bench`` is given no directory."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    specs = [("page", 1240, 1754), ("photo", 2000, 1500), ("screen", 1280, 720), ("snap", 640, 480),
-             ("photo", 1500, 2000), ("icon", 96, 96)]
-    for i in range(n):
-        kind, w, h = specs[i % len(specs)]
-        if kind == "page":
-            img = Image.new("L", (w, h), 245)
-            draw = ImageDraw.Draw(img)
-            for y in range(h // 10, h - h // 10, h // 60):
-                x = w // 10
-                while x < w - w // 10:
-                    word = int(rng.integers(20, 90))
-                    draw.rectangle((x, y, min(x + word, w - w // 10), y + h // 110), fill=30)
-                    x += word + 12
-            img = img.convert("RGB")
-        else:
-            field_ = (rng.random((6, 8, 3)) * 255).astype(np.uint8)
-            img = Image.fromarray(field_).resize((w, h), Image.Resampling.BICUBIC)
-            arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 4, (h, w, 1)).astype(np.int16)
-            img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-        fmt = "png" if kind in ("page", "icon", "screen") else "jpg"
-        img.save(d / f"{i:03d}_{kind}.{fmt}", **({"quality": 90} if fmt == "jpg" else {}))
-    return d
-
-
 class _NullTable:
     """Stands in for a store table when embeddings must not be kept (synthetic weights)."""
 
@@ -207,6 +177,9 @@ def _null_store():
         def __init__(self):  # no database is opened
             self.path = Path("(discarded: synthetic weights)")
 
+        def table_names(self) -> list[str]:
+            return []
+
         def create_or_open(self, name, info):
             return _NullTable(name, info)
 
@@ -232,9 +205,8 @@ def planned_batches(lm, directory: str | Path, batch_size: int) -> list[list[int
     (from image headers, as the pipeline computes them)."""
     from PIL import Image
 
-    from .encode import make_batches, visual_tokens
+    from .batching import MAX_PADDING, make_batches, visual_tokens
     from .images import discover_images
-    from .pipeline import MAX_PADDING
 
     ip = lm.processor.image_processor
     tokens = []
@@ -254,24 +226,28 @@ def measure(cfg: BenchConfig) -> dict:
 
     from .backends import select_backend
     from .loading import load_model
-    from .memory import MemoryTracker
-    from .pipeline import embed_directory
+    from .api import Embedder
     from .plan import Arch, forward_flops, plan_for_model
 
-    backend = select_backend(cfg.backend, dtype=cfg.dtype)
     t_load = time.perf_counter()
-    if cfg.synthetic:
-        lm = build_synthetic_model(cfg.variant or "colnomic-7b", backend, image_only=cfg.image_only,
-                                   layers=cfg.synthetic_layers, vision_depth=cfg.synthetic_vision_depth,
-                                   visual_tokens=cfg.visual_tokens or 768, seed=cfg.seed, kind=cfg.kind)
-        store = _null_store()
-    else:
-        lm = load_model(cfg.model_name, cfg.variant if cfg.model_name is None else None, backend=backend,
-                        kind=cfg.kind, image_only=cfg.image_only, seed=cfg.seed,
-                        max_visual_tokens=cfg.visual_tokens)
-        import lancedb  # noqa: F401  (an import is start-up cost, not throughput)
+    try:  # a backend or model that cannot be set up fails every batch size alike
+        backend = select_backend(cfg.backend, dtype=cfg.dtype)
+        if cfg.synthetic:
+            lm = build_synthetic_model(cfg.variant or "colnomic-7b", backend, image_only=cfg.image_only,
+                                       layers=cfg.synthetic_layers, vision_depth=cfg.synthetic_vision_depth,
+                                       visual_tokens=cfg.visual_tokens or 768, seed=cfg.seed, kind=cfg.kind)
+            store = _null_store()
+        else:
+            lm = load_model(cfg.model_name, cfg.variant if cfg.model_name is None else None, backend=backend,
+                            kind=cfg.kind, image_only=cfg.image_only, seed=cfg.seed,
+                            max_visual_tokens=cfg.visual_tokens)
+            import lancedb  # noqa: F401  (an import is start-up cost, not throughput)
 
-        store = None
+            store = None
+    except Exception as e:
+        if _is_oom(e):  # the weights alone do not fit: this batch size says nothing more
+            raise
+        raise BenchSetupError(f"{cfg.model_label} on backend {cfg.backend}: {_one_line(e)}") from e
     load_seconds = time.perf_counter() - t_load
     batches = planned_batches(lm, cfg.directory, cfg.batch_size)
     plans = [plan_for_model(lm, batch_size=len(b), token_counts=b) for b in batches]
@@ -283,8 +259,9 @@ def measure(cfg: BenchConfig) -> dict:
     model_bytes = _device_bytes(backend)
     with tempfile.TemporaryDirectory(prefix="nomic-memory-bench-") as td:
         t0 = time.perf_counter()
-        report = embed_directory(lm, cfg.directory, store if store is not None else Path(td) / "store",
-                                 batch_size=cfg.batch_size, workers=cfg.workers)
+        report = Embedder.from_loaded(lm).embed_directory(
+            cfg.directory, store if store is not None else Path(td) / "store", batch_size=cfg.batch_size,
+            workers=cfg.workers)
         total = time.perf_counter() - t0
     mem = report.memory
     peak = mem.peak_bytes if mem else 0
@@ -333,7 +310,7 @@ def measure_isolated(cfg: BenchConfig, timeout: float | None = None) -> dict:
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {**asdict(cfg), "model": cfg.model_label, "mode": cfg.mode,
+        return {**asdict(cfg), "model": cfg.model_label, "mode": cfg.mode, "error_kind": "crash",
                 "error": f"exit {proc.returncode}: " + " | ".join(tail)}
     return json.loads(lines[-1])
 
@@ -374,22 +351,42 @@ class BenchRow:
 def run_bench(configs: list[BenchConfig], runs: int = 3, isolate: bool = True,
               on_result=None, timeout: float | None = None) -> list[dict]:
     """Measure every configuration ``runs`` times, interleaved (run 1 of all, then run 2 ...), so
-    a machine whose speed drifts affects every configuration alike; return the medians."""
+    a machine whose speed drifts affects every configuration alike; return the medians.
+
+    Raises :class:`BenchSetupError` at the first configuration whose backend or model cannot be
+    set up (every other would fail alike); an out-of-memory error is recorded and the sweep goes on."""
     rows = [BenchRow(c) for c in configs]
     for r in range(runs):
         for row in rows:
             res = measure_isolated(row.config, timeout) if isolate else _measure_caught(row.config)
+            if res.get("error_kind") == "setup":
+                raise BenchSetupError(res["error"])
             row.runs.append(res)
             if on_result:
                 on_result(r, res)
     return [row.summary() for row in rows]
 
 
+def _one_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}" if not isinstance(e, NomicMemoryError) else first[:300]
+
+
+def _is_oom(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
 def _measure_caught(cfg: BenchConfig) -> dict:
+    """``measure``, with a failure turned into a result: ``error_kind`` is ``setup`` (the backend
+    or model cannot be set up: fatal for the sweep), ``oom`` or ``error`` (this configuration
+    only: recorded, the sweep goes on)."""
     try:
         return measure(cfg)
+    except BenchSetupError as e:
+        kind, msg = "setup", str(e)
     except Exception as e:  # one failing configuration must not lose the others
-        return {**asdict(cfg), "model": cfg.model_label, "mode": cfg.mode, "error": f"{type(e).__name__}: {e}"}
+        kind, msg = ("oom" if _is_oom(e) else "error"), _one_line(e)
+    return {**asdict(cfg), "model": cfg.model_label, "mode": cfg.mode, "error": msg, "error_kind": kind}
 
 
 TABLE_COLUMNS = ["Model", "Backend", "Batch size", "Mode", "Peak memory", "Above model (MB)",

@@ -1,4 +1,5 @@
-"""Turning preprocessed inputs into embeddings: collation, the lean forward, queries.
+"""Turning collated inputs into embeddings: the lean forward (documents and queries), and
+out-of-memory resilience around it.
 
 The lean forward computes exactly what colpali-engine's ``ColQwen2_5.forward`` /
 ``BiQwen2_5.forward`` compute, minus two costs that only matter at scale: it does not ask the
@@ -7,7 +8,7 @@ hidden`` alive until the forward returns), and for ColQwen it projects only the 
 mask keeps rather than the padded rectangle.
 
 Its memory stays flat as the batch grows: the vision tower runs the batch's images in chunks of at
-most ``plan.chunk_limits`` patches (each image's patches only attend within that image, so
+most ``chunks.chunk_limits`` patches (each image's patches only attend within that image, so
 chunking by whole images changes nothing), the tower's last hidden state is not kept, and the pixel
 patches are released before the language model runs.  ``plan.plan_memory`` models exactly this.
 """
@@ -16,18 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import sys
+import logging
 import types
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
 
+from .collate import Prepared, collate_flat
 from .loading import LoadedModel
-from .plan import chunk_limits
+from .memory import trim_heap
+from .chunks import chunk_limits
 
-# Overrides of plan.chunk_limits (None: by backend); tests force them down to exercise chunking.
+log = logging.getLogger("nomic_memory")
+
+# Overrides of chunks.chunk_limits (None: by backend); tests force them down to exercise chunking.
 VISION_CHUNK_PATCHES: int | None = None
 LM_CHUNK_TOKENS: int | None = None
 MLP_CHUNK_TOKENS: int | None = None
@@ -36,58 +40,6 @@ MLP_CHUNK_TOKENS: int | None = None
 def _limits(device_type: str) -> tuple[int, int, int]:
     v, lm_, m = chunk_limits(device_type)
     return (VISION_CHUNK_PATCHES or v, LM_CHUNK_TOKENS or lm_, MLP_CHUNK_TOKENS or m)
-
-DOC_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
-
-
-@dataclass
-class Prepared:
-    """One image's processor output, unpadded (what a decode worker hands back)."""
-
-    input_ids: torch.Tensor  # (L,)
-    mm_token_type_ids: torch.Tensor | None  # (L,)
-    pixel_values: torch.Tensor  # (P, C)
-    image_grid_thw: torch.Tensor  # (3,)
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.input_ids.shape[0])
-
-
-def prepare_image(processor, image) -> Prepared:
-    """Run the model card's ``process_images`` on one image and strip the batch dimension."""
-    b = processor.process_images([image])
-    mask = b["attention_mask"][0].bool()
-    mm = b.get("mm_token_type_ids")
-    n = int(b["image_grid_thw"][0].prod())
-    return Prepared(b["input_ids"][0][mask].clone(), None if mm is None else mm[0][mask].clone(),
-                    b["pixel_values"][0][:n].clone(), b["image_grid_thw"][0].clone())
-
-
-def collate(items: list[Prepared], pad_token_id: int, pin_memory: bool = False) -> dict[str, torch.Tensor]:
-    """Left-pad a batch exactly as ``process_images`` pads it (the models expect left padding)."""
-    L = max(it.seq_len for it in items)
-    P = max(it.pixel_values.shape[0] for it in items)
-    B = len(items)
-    ids = torch.full((B, L), pad_token_id, dtype=items[0].input_ids.dtype)
-    mask = torch.zeros((B, L), dtype=torch.long)
-    has_mm = items[0].mm_token_type_ids is not None
-    mm = torch.zeros((B, L), dtype=torch.long) if has_mm else None
-    pv = torch.zeros((B, P, items[0].pixel_values.shape[1]), dtype=items[0].pixel_values.dtype)
-    for i, it in enumerate(items):
-        n = it.seq_len
-        ids[i, L - n:] = it.input_ids
-        mask[i, L - n:] = 1
-        if has_mm:
-            mm[i, L - n:] = it.mm_token_type_ids
-        pv[i, : it.pixel_values.shape[0]] = it.pixel_values
-    out = {"input_ids": ids, "attention_mask": mask, "pixel_values": pv,
-           "image_grid_thw": torch.stack([it.image_grid_thw for it in items])}
-    if has_mm:
-        out["mm_token_type_ids"] = mm
-    if pin_memory:
-        out = {k: v.pin_memory() for k, v in out.items()}
-    return out
 
 
 def to_device(batch: dict, lm: LoadedModel) -> dict:
@@ -101,34 +53,6 @@ def to_device(batch: dict, lm: LoadedModel) -> dict:
         if k == "pixel_values":
             v = v.to(lm.backend.dtype)
         out[k] = v
-    return out
-
-
-def collate_flat(items: list[Prepared], pad_token_id: int, pin_memory: bool = False,
-                 share: bool = False) -> dict[str, torch.Tensor]:
-    """Like :func:`collate`, but with the images' patches concatenated, ``(sum P_i, C)``, which is
-    what the vision tower consumes: no padded ``(B, P_max, C)`` copy is ever made.  With
-    ``share``, each item's ``pixel_values`` becomes a view into that tensor (same values), so the
-    batch holds one copy of its pixels instead of two."""
-    out = collate([Prepared(it.input_ids, it.mm_token_type_ids, it.pixel_values[:0], it.image_grid_thw)
-                   for it in items], pad_token_id)
-    sizes = [it.pixel_values.shape[0] for it in items]
-    first = items[0].pixel_values
-    flat = torch.empty((sum(sizes), first.shape[1]), dtype=first.dtype, pin_memory=pin_memory)
-    start = 0
-    for it, n in zip(items, sizes):
-        flat[start:start + n].copy_(it.pixel_values)
-        if share:  # the item's own copy is released now, not after the whole batch was copied
-            it.pixel_values = flat[start:start + n]
-            if flat.device.type == "cpu" and not pin_memory:
-                # ... and handed back to the OS: otherwise every item's copy (14 MB per page at
-                # 768 tokens) stays in malloc's heap next to the flat batch, which measured
-                # +250 MB of peak at batch 32 on the medium model.
-                trim_heap()
-        start += n
-    if pin_memory:
-        out = {k: v.pin_memory() for k, v in out.items()}
-    out["pixel_values"] = flat
     return out
 
 
@@ -182,7 +106,7 @@ def _patch_embed_matmul(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def _chunked_mlp(self, x: torch.Tensor) -> torch.Tensor:
-    """A decoder layer's gated MLP on at most ``plan.chunk_limits`` tokens at a time: each token's
+    """A decoder layer's gated MLP on at most ``chunks.chunk_limits`` tokens at a time: each token's
     output depends on that token only, and the three ``tokens x intermediate`` tensors are the
     largest in the layer (1.6 GB for 32 pages on the 3B model in bf16)."""
     rows = x.reshape(-1, x.shape[-1])
@@ -224,7 +148,7 @@ def _fast_vision(model) -> None:
 def _image_features(model, pixel_values: torch.Tensor, grid: torch.Tensor,
                     chunk_patches: int | None = -1, tuner_owner=None) -> list[torch.Tensor]:
     """The vision tower's merged features, run on whole images in chunks of at most
-    ``chunk_patches`` patches (default: ``plan.chunk_limits``; at least one image per chunk;
+    ``chunk_patches`` patches (default: ``chunks.chunk_limits``; at least one image per chunk;
     ``None``: all at once)."""
     if chunk_patches == -1:
         chunk_patches = _limits(pixel_values.device.type)[0]
@@ -276,35 +200,6 @@ def _backbone(lm: LoadedModel, inputs: dict) -> torch.Tensor:
     return out.last_hidden_state
 
 
-_MALLOC_TRIM = None
-
-
-def trim_heap() -> None:
-    """Hand memory that was freed back to the operating system (glibc's ``malloc_trim``).
-
-    Decoding a 30 MB page and resizing it, or a forward's temporaries, leave freed blocks in
-    malloc's arenas (glibc raises its mmap threshold after each large free, so later buffers of
-    up to 32 MB come from the heap); the process's resident size would keep counting them.
-    Called on the CPU backend once per batch (after decoding it, after its forward) and once per
-    item while collating (each item's pixel copy, the largest freed blocks): each call costs the
-    page faults of re-touching what it gave back, which measured 10 % of the medium model's
-    forward time when it also ran after every row group of the language model and every decoded
-    image, for no lower peak (freed heap blocks are reused within the batch anyway).  A no-op where glibc is
-    not the allocator."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        _MALLOC_TRIM = False
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):
-                pass
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
 def _tuned(owner, kind: str, work: int):
     """The thread tuner the pipeline attached (``lm.thread_tuner``, CPU runs), or nothing."""
     tuner = owner.thread_tuner if owner is not None else None
@@ -326,7 +221,7 @@ def _row_groups(lengths: list[int], budget: int) -> list[tuple[int, int]]:
 
 def _backbone_groups(lm: LoadedModel, inputs: dict):
     """The language model's last hidden states for a batch of documents (one image per row), in
-    groups of rows of at most ``plan.chunk_limits`` tokens: yields ``(first_row, end_row, hidden,
+    groups of rows of at most ``chunks.chunk_limits`` tokens: yields ``(first_row, end_row, hidden,
     mask)``, each group trimmed to its own longest row (the batch is left-padded; the columns only
     padding occupies are dropped).  The vision tower runs first, on the whole batch (in chunks of
     patches), and its input pixels are released before any text layer runs."""
@@ -386,107 +281,48 @@ def forward_embeddings(lm: LoadedModel, inputs: dict) -> list[torch.Tensor]:
     return _embed_hidden(lm, hidden, mask)
 
 
-def visual_tokens(width: int, height: int, image_processor) -> int:
-    """Visual tokens the processor will produce for an image of this size (known before decoding)."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-    h, w = target_size(width, height, image_processor)
-    merge = image_processor.merge_size
-    patch = image_processor.patch_size
-    _ = smart_resize
-    return (h // patch // merge) * (w // patch // merge)
-
-
-def target_size(width: int, height: int, image_processor) -> tuple[int, int]:
-    """(height, width) the processor resizes an image to."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-    size = image_processor.size
-    min_px = size.get("shortest_edge") if hasattr(size, "get") else size["shortest_edge"]
-    max_px = size.get("longest_edge") if hasattr(size, "get") else size["longest_edge"]
-    factor = image_processor.patch_size * image_processor.merge_size
-    return smart_resize(height, width, factor=factor, min_pixels=min_px, max_pixels=max_px)
-
-
-def make_batches(token_counts: list[int], batch_size: int, max_batch_tokens: int | None = None,
-                 sort: bool = True, max_padding: float | None = None) -> list[list[int]]:
-    """Group item indices into batches of similar token counts.
-
-    Sorting by length and cutting greedily keeps padding near zero (padding is compute and
-    memory spent on nothing); each batch holds at most ``batch_size`` items and, when given, at
-    most ``max_batch_tokens`` padded tokens (``len(batch) * longest``).
-
-    With ``max_padding`` (a fraction, e.g. 0.05) the sorted items are instead cut where no batch
-    pads more than that fraction of its tokens, with as few batches as that allows (and, among
-    those, the least padding): a folder of icons, phone snaps and page scans then never pads an
-    icon to a page's 768 tokens just because the batch had room.
-    """
-    order = sorted(range(len(token_counts)), key=lambda i: (token_counts[i], i)) if sort else list(range(len(token_counts)))
-    if sort and max_padding is not None:
-        return _batches_within_padding(order, token_counts, batch_size, max_batch_tokens, max_padding)
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    longest = 0
-    for i in order:
-        n = token_counts[i]
-        new_longest = max(longest, n)
-        if cur and (len(cur) >= batch_size or (max_batch_tokens and new_longest * (len(cur) + 1) > max_batch_tokens)):
-            batches.append(cur)
-            cur, new_longest = [], n
-        cur.append(i)
-        longest = new_longest
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def _batches_within_padding(order: list[int], counts: list[int], batch_size: int,
-                            max_batch_tokens: int | None, max_padding: float) -> list[list[int]]:
-    """Optimal cut of the sorted ``order`` into contiguous batches (dynamic programming over the
-    prefix length): fewest batches such that every batch has at most ``max_padding`` padding,
-    ``batch_size`` items and ``max_batch_tokens`` padded tokens; ties broken by least padding."""
-    t = [counts[i] for i in order]
-    n = len(t)
-    prefix = [0] * (n + 1)
-    for k, v in enumerate(t):
-        prefix[k + 1] = prefix[k] + v
-    INF = (float("inf"), float("inf"))
-    best: list[tuple[float, float]] = [INF] * (n + 1)
-    cut = [0] * (n + 1)
-    best[0] = (0, 0)
-    for j in range(1, n + 1):
-        longest = t[j - 1]  # sorted: the batch's last item is its longest
-        for i in range(j - 1, max(-1, j - 1 - batch_size), -1):
-            size = j - i
-            padded = size * longest
-            if size > 1:
-                if max_batch_tokens and padded > max_batch_tokens:
-                    break
-                if padded and (padded - (prefix[j] - prefix[i])) > max_padding * padded:
-                    break  # adding smaller items only pads more
-            cand = (best[i][0] + 1, best[i][1] + padded - (prefix[j] - prefix[i]))
-            if cand < best[j]:
-                best[j], cut[j] = cand, i
-    batches: list[list[int]] = []
-    j = n
-    while j > 0:
-        i = cut[j]
-        batches.append(order[i:j])
-        j = i
-    return batches[::-1]
-
-
-def padding_overhead(token_counts: list[int], batches: list[list[int]]) -> float:
-    """Fraction of processed tokens that are padding."""
-    real = sum(token_counts[i] for b in batches for i in b)
-    padded = sum(len(b) * max(token_counts[i] for i in b) for b in batches)
-    return 0.0 if padded == 0 else (padded - real) / padded
-
-
 def is_oom(e: BaseException) -> bool:
     if isinstance(e, torch.OutOfMemoryError):
         return True
     return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+class BatchEncoder:
+    """Runs the forward; on out-of-memory splits the batch, retries, and remembers the cap."""
+
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
+        self.cap: int | None = None
+        self.splits = 0
+        self.pin = lm.backend.name == "cuda"
+
+    def __call__(self, items: list[Prepared]) -> list[torch.Tensor]:
+        if self.cap is not None and len(items) > self.cap:
+            out: list[torch.Tensor] = []
+            for i in range(0, len(items), self.cap):
+                out.extend(self(items[i:i + self.cap]))
+            return out
+        try:
+            out = forward_embeddings(self.lm, collate_flat(items, self.lm.processor.tokenizer.pad_token_id, self.pin,
+                                                           share=True))
+            if self.lm.backend.name == "cpu":
+                trim_heap()
+            return out
+        except Exception as e:
+            if not is_oom(e) or len(items) == 1:
+                raise
+            self._free()
+            self.splits += 1
+            half = max(1, len(items) // 2)
+            self.cap = half if self.cap is None else min(self.cap, half)
+            log.warning("out of memory on a batch of %d images: retrying in batches of %d", len(items), half)
+            return self(items[:half]) + self(items[half:])
+
+    def _free(self) -> None:
+        if self.lm.backend.name == "cuda":
+            torch.cuda.empty_cache()
+        elif self.lm.backend.name == "mps":
+            torch.mps.empty_cache()
 
 
 @torch.inference_mode()

@@ -35,6 +35,11 @@ class ModelKindError(ModelLoadError, ValueError):
     """The kind of a model (ColQwen or BiQwen) could not be determined from its files."""
 
 
+class BenchSetupError(NomicMemoryError):
+    """A benchmark configuration whose backend or model cannot be set up: every other batch size
+    would fail the same way, so the sweep stops (an out-of-memory at one batch size does not)."""
+
+
 class StoreError(NomicMemoryError):
     """The store cannot be opened, read or written as asked."""
 

@@ -4,7 +4,7 @@ A ColNomic (ColQwen) row stores one vector per token of the document sequence: t
 prompt's text tokens and, in between, one ``<|image_pad|>`` token per 28 x 28-pixel patch of the
 processed image (14-pixel patches merged 2 x 2), in row-major order over that merged grid.  The
 processed image's size is known from the row's stored width and height alone
-(:func:`nomic_memory.encode.target_size`), so the map needs no re-embedding and no GPU: it is the
+(:func:`nomic_memory.batching.target_size`), so the map needs no re-embedding and no GPU: it is the
 float32 dot products of the query's token vectors with the page's visual-token vectors, reshaped
 onto the patch grid.  The score itself is ``sum_i max_j <q_i, d_j>``; the map shows, per patch,
 ``max_i <q_i, d_j>`` (which patch answers the query best) or one query token's row.
@@ -39,7 +39,7 @@ class Layout:
 
 @functools.lru_cache(maxsize=256)
 def _layout_cached(processor_key: int, processor, height: int, width: int) -> Layout:
-    from .encode import prepare_image
+    from .collate import prepare_image
 
     ip = processor.image_processor
     # a blank image of exactly the processed size: the processor leaves it unresized, and the
@@ -58,7 +58,7 @@ def _layout_cached(processor_key: int, processor, height: int, width: int) -> La
 
 def layout(processor, width: int, height: int) -> Layout:
     """The visual-token layout of a page stored with this (original) width and height."""
-    from .encode import target_size
+    from .batching import target_size
 
     try:
         h, w = target_size(int(width), int(height), processor.image_processor)

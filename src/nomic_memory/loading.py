@@ -9,7 +9,6 @@ revision is pinned (hub commit, or a digest of a local directory's files).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import struct
 import warnings
@@ -53,14 +52,14 @@ class LoadedModel:
     image_only: bool = False
     notes: list[str] = field(default_factory=list)
     image_only_saved_bytes: int = 0
-    # CPU runs: the pipeline's ThreadTuner while a run is in progress (encode asks it per call).
+    table_name: str = ""  # the store table its embeddings go to (loading.table_name_for)
+    seed: int = DEFAULT_SEED
+    # CPU runs: the run's ThreadTuner while a run is in progress (encode asks it per call).
     thread_tuner: object | None = None
 
-    @property
-    def table_name(self) -> str:
-        base = self.model_id.rstrip("/").rsplit("/", 1)[-1]
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
-        return f"{safe}-{hashlib.sha256(self.model_id.encode()).hexdigest()[:8]}"
+    def __post_init__(self) -> None:
+        if not self.table_name:
+            self.table_name = table_name_for(self.model_id, self.kind)
 
 
 class CompactEmbedding(nn.Module):
@@ -159,28 +158,109 @@ def document_prompt_ids(processor) -> list[int]:
     return list(ids) + [tok.pad_token_id, processor.image_token_id]
 
 
+def table_name_for(model_id: str, kind: str, natural_kind: str | None = None) -> str:
+    """The store table of a model: its name plus a digest of its id (and of the kind, when the
+    kind was forced to other than what the model's files say: those embeddings are another
+    model's and must not share its table)."""
+    base = model_id.rstrip("/").rsplit("/", 1)[-1]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
+    key = model_id if natural_kind in (None, kind) else f"{model_id}#{kind}"
+    return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's files are and what they are, known without loading any weight."""
+
+    model_id: str  # hub id, or the absolute local directory
+    source: Path  # local directory holding the files
+    revision: str  # hub commit, or a digest of a local directory's files
+    kind: str  # colqwen | biqwen
+    natural_kind: str | None  # the kind its files declare (None: undeclared)
+
+    @property
+    def table_name(self) -> str:
+        return table_name_for(self.model_id, self.kind, self.natural_kind)
+
+    @property
+    def local(self) -> bool:
+        return Path(self.model_id) == self.source
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load, and how: a variant name, hub id or local directory, plus the options that
+    change the weights (kind, revision, seed) or what is kept of them (image-only, token cap).
+
+    A spec is cheap: :meth:`resolve` finds the files (downloading them from the hub if needed)
+    without loading a weight, :meth:`load_processor` loads only the processor, :meth:`load`
+    the model.  A run plans with the processor and loads the model only when there is work."""
+
+    name: str | None = None  # hub id or local directory (None: ``variant``)
+    variant: str | None = None
+    kind: str | None = None
+    revision: str | None = None
+    seed: int = DEFAULT_SEED
+    image_only: bool = False
+    max_visual_tokens: int | None = None
+    local_files_only: bool = False
+
+    @classmethod
+    def of(cls, model: str | None = None, **kw) -> "ModelSpec":
+        """``model`` is a variant name, a hub id or a local directory (None: the default variant)."""
+        if model is None or model in VARIANTS:
+            return cls(None, model or DEFAULT_VARIANT, **kw)
+        return cls(model, None, **kw)
+
+    def resolve(self) -> ResolvedModel:
+        if self.variant is not None and self.variant not in VARIANTS:
+            raise ModelLoadError(f"unknown model variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.kind is not None and self.kind not in KINDS:
+            raise ModelLoadError(f"unknown model kind {self.kind!r}; choose colqwen or biqwen")
+        model_id, path, rev, kind_hint = resolve_model(self.name, self.variant, self.revision, self.local_files_only)
+        natural = kind_hint
+        if natural is None:
+            try:
+                natural = detect_kind_from_files(path)
+            except ValueError:
+                natural = kind_from_name(model_id)
+        kind = self.kind or natural
+        if kind is None:  # undetectable and not given: the detection's own message says what to do
+            detect_kind_from_files(path)
+        return ResolvedModel(model_id, path, rev, kind, natural)
+
+    def load_processor(self, resolved: ResolvedModel | None = None):
+        from .decode import ProcessorSource
+
+        r = resolved or self.resolve()
+        try:
+            return ProcessorSource(str(r.source), r.kind, self.max_visual_tokens).load()
+        except OSError as e:
+            raise ModelLoadError(f"Could not load the processor of '{r.model_id}' from {r.source}: "
+                                 f"{str(e).splitlines()[0]}") from None
+
+    def load(self, backend: Backend, resolved: ResolvedModel | None = None) -> "LoadedModel":
+        return _load(self, resolved or self.resolve(), backend)
+
+
 def load_model(model_name: str | None = None, variant: str | None = None, *, backend: Backend,
                kind: str | None = None, image_only: bool = False, seed: int = DEFAULT_SEED,
                revision: str | None = None, local_files_only: bool = False,
                max_visual_tokens: int | None = None) -> LoadedModel:
     """Load a ColQwen2.5/BiQwen2.5 retriever and its processor onto ``backend``."""
-    if variant is not None and variant not in VARIANTS:
-        raise ModelLoadError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    model_id, path, rev, kind_hint = resolve_model(model_name, variant, revision, local_files_only)
-    if kind is not None and kind not in KINDS:
-        raise ModelLoadError(f"unknown model kind {kind!r}; choose colqwen or biqwen")
-    if kind is None:
-        kind = kind_hint
-    if kind is None:
-        try:
-            kind = detect_kind_from_files(path)
-        except ValueError as e:
-            kind = kind_from_name(model_id)
-            if kind is None:
-                raise ModelLoadError(str(e)) from None
+    spec = ModelSpec(model_name, variant if model_name is None else None, kind, revision, seed, image_only,
+                     max_visual_tokens, local_files_only)
+    if model_name is None and variant is None:
+        spec = ModelSpec.of(None, kind=kind, revision=revision, seed=seed, image_only=image_only,
+                            max_visual_tokens=max_visual_tokens, local_files_only=local_files_only)
+    return spec.load(backend)
+
+
+def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedModel:
     # Imported only now: it takes seconds, and a bad model name should fail at once.
     from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
 
+    kind, path, model_id, seed = resolved.kind, resolved.source, resolved.model_id, spec.seed
     model_cls, proc_cls = (ColQwen2_5, ColQwen2_5_Processor) if kind == "colqwen" else (BiQwen2_5, BiQwen2_5_Processor)
     kwargs: dict = dict(dtype=backend.dtype, attn_implementation=backend.attn_implementation,
                         output_loading_info=True)
@@ -193,8 +273,8 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
             warnings.simplefilter("ignore")
             model, info = model_cls.from_pretrained(str(path), **kwargs)
         proc_kwargs = {}
-        if max_visual_tokens:
-            proc_kwargs["max_num_visual_tokens"] = max_visual_tokens
+        if spec.max_visual_tokens:
+            proc_kwargs["max_num_visual_tokens"] = spec.max_visual_tokens
         processor = proc_cls.from_pretrained(str(path), **proc_kwargs)
     except ModelLoadError:
         raise
@@ -217,9 +297,10 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
     model.requires_grad_(False)
     fingerprint = projection_fingerprint(model)
     dim = 128 if kind == "colqwen" else model.config.text_config.hidden_size
-    lm = LoadedModel(model=model, processor=processor, kind=kind, model_id=model_id, revision=rev,
-                     fingerprint=fingerprint, backend=backend, dim=dim, source=path, notes=notes)
-    if image_only:
+    lm = LoadedModel(model=model, processor=processor, kind=kind, model_id=model_id, revision=resolved.revision,
+                     fingerprint=fingerprint, backend=backend, dim=dim, source=path, notes=notes,
+                     table_name=resolved.table_name, seed=seed)
+    if spec.image_only:
         make_image_only(lm)
     return lm
 
@@ -270,11 +351,5 @@ def make_image_only(lm: LoadedModel) -> int:
     return saved
 
 
-def describe_model(lm: LoadedModel) -> dict:
-    return {"model_id": lm.model_id, "revision": lm.revision, "kind": lm.kind, "dim": lm.dim,
-            "fingerprint": lm.fingerprint, "dtype": lm.backend.dtype_name, "image_only": lm.image_only}
-
-
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "make_image_only", "CompactEmbedding",
-           "projection_fingerprint", "BIQWEN_KEY_MAPPING", "resolve_model", "describe_model"]
-_ = json
+__all__ = ["LoadedModel", "ModelLoadError", "ModelSpec", "ResolvedModel", "load_model", "make_image_only",
+           "CompactEmbedding", "projection_fingerprint", "BIQWEN_KEY_MAPPING", "resolve_model", "table_name_for"]

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import sys
 import threading
@@ -22,7 +21,7 @@ import torch
 MB = 1024 * 1024
 
 
-def _read_status_kb(key: str) -> int | None:
+def read_status_kb(key: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -34,7 +33,7 @@ def _read_status_kb(key: str) -> int | None:
 
 
 def current_rss_bytes() -> int:
-    kb = _read_status_kb("VmRSS")
+    kb = read_status_kb("VmRSS")
     if kb is not None:
         return kb * 1024
     import psutil
@@ -43,7 +42,7 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    kb = _read_status_kb("VmHWM")
+    kb = read_status_kb("VmHWM")
     if kb is not None:
         return kb * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -162,11 +161,34 @@ class MemoryTracker:
         self.stop()
 
 
-def process_peak_report(backend: str, device: torch.device | None = None) -> MemoryReport:
-    """Peak since the process started (or the last reset)."""
-    return MemoryTracker(backend, device).report()
+_MALLOC_TRIM = None
+
+
+def trim_heap() -> None:
+    """Hand memory that was freed back to the operating system (glibc's ``malloc_trim``).
+
+    Decoding a 30 MB page and resizing it, or a forward's temporaries, leave freed blocks in
+    malloc's arenas (glibc raises its mmap threshold after each large free, so later buffers of
+    up to 32 MB come from the heap); the process's resident size would keep counting them.
+    Called on the CPU backend once per batch (after decoding it, after its forward) and once per
+    item while collating (each item's pixel copy, the largest freed blocks): each call costs the
+    page faults of re-touching what it gave back, which measured 10 % of the medium model's
+    forward time when it also ran after every row group of the language model and every decoded
+    image, for no lower peak (freed heap blocks are reused within the batch anyway).  A no-op where glibc is
+    not the allocator."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
 
 
 __all__ = ["MemoryReport", "MemoryTracker", "peak_rss_bytes", "current_rss_bytes", "reset_peak_rss",
-           "process_peak_report", "MB"]
-_ = os
+           "read_status_kb", "trim_heap", "MB"]

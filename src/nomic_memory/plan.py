@@ -24,6 +24,12 @@ phases of nomic-memory's lean forward (encode.forward_embeddings):
   on at most ``MLP`` tokens), whichever is larger.
 * **output**: the final norm, the kept rows and the 128-d projection (ColQwen) or the pooled rows.
 
+The same phases model colpali-engine's forward (``forward="colpali"``: all hidden states kept,
+the padded float32 batch, no chunking) and, with ``forward="colpali-dense-mask"``, that forward on
+transformers <= 4.53, whose vision tower builds a dense ``N x N`` mask over all ``N`` patches of
+the batch in every block (sdpa, eager): the term that made the original measurements grow with the
+square of the batch (BENCHMARKS.md compares the plan with them).
+
 Weights are ``parameters x bytes`` (minus the text-embedding table in image-only mode, which keeps
 only the document prompt's rows). The figures are the tensors' bytes, i.e. what CUDA reports as
 *allocated*; the CUDA context (~0.3-0.5 GB) and allocator caching (*reserved*) come on top, and on
@@ -33,29 +39,16 @@ CPU the process's RSS adds the Python runtime, libraries and malloc slack (bench
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 
+from .chunks import CHUNKS, chunk_limits
 from .variants import VARIANTS
 
 GB = 1024**3
 MB = 1024**2
 
-# The lean forward's working-set bounds (encode.py): the vision tower runs a batch's images in
-# chunks of at most VISION patches (whole images; at least one image per chunk), the language
-# model runs groups of rows of at most LM tokens (whole rows), each decoder layer's MLP at most
-# MLP tokens at a time.  On accelerators the chunks are large (big matrix products keep the GPU
-# busy); on the CPU one page at a time is both the fastest (the working set stays in cache: a
-# batch of 8 pages through the medium model's text layers took 1.9 s in one call and 1.65 s as
-# 8 calls on the development machine) and the smallest.
-CHUNKS = {"cpu": (4096, 1024, 1024), "default": (8192, 8192, 4096)}
 
-
-def chunk_limits(backend: str) -> tuple[int, int, int]:
-    """``(vision patches, language-model tokens, MLP tokens)`` per call on ``backend``."""
-    return CHUNKS.get(backend, CHUNKS["default"])
-
-
-VISION_CHUNK_PATCHES, LM_CHUNK_TOKENS, MLP_CHUNK_TOKENS = CHUNKS["default"]
 
 # ---------------------------------------------------------------- the shipped architectures
 # config.json of Qwen/Qwen2.5-VL-3B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct (the bases of Nomic's
@@ -98,6 +91,60 @@ VARIANT_ARCHITECTURE = {name: ("qwen2.5-vl-7b" if "7b" in name else "qwen2.5-vl-
 QWEN_PROMPT_TOKENS = 11
 
 BACKEND_DTYPE_BYTES = {"cuda": 2, "mps": 2, "cpu": 4}
+
+# The forwards the planner models: nomic-memory's; colpali-engine's with the installed
+# transformers (the vision tower attends image by image); colpali-engine's with transformers
+# <= 4.53, whose vision tower masks one attention over all the batch's patches (sdpa, eager).
+FORWARDS = {
+    "lean": "nomic-memory's lean forward",
+    "colpali": "colpali-engine's forward (all hidden states kept, padded batch)",
+    "colpali-dense-mask": "colpali-engine's forward on transformers <= 4.53 (dense N x N vision masks)",
+}
+
+
+# Qwen2-VL's image processor: sides become multiples of 28 (a 2x2 group of 14-pixel patches is one
+# visual token), the area is scaled down under max_pixels (= max visual tokens x 784) or up over
+# min_pixels (its default 56 x 56).
+TOKEN_PIXELS = 28 * 28
+MIN_PIXELS = 56 * 56
+
+
+def resized_size(width: int, height: int, max_visual_tokens: int, min_pixels: int = MIN_PIXELS,
+                 factor: int = 28) -> tuple[int, int]:
+    """``(width, height)`` an image is resized to by Qwen2-VL's processor under a cap of
+    ``max_visual_tokens``: transformers' ``smart_resize`` (tests check it is the same), written out
+    so that ``plan`` never imports transformers, hence torch."""
+    max_pixels = max_visual_tokens * TOKEN_PIXELS
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return w_bar, h_bar
+
+
+def image_tokens(width: int, height: int, max_visual_tokens: int) -> int:
+    """Visual tokens of a ``width x height`` image under a cap of ``max_visual_tokens``."""
+    w, h = resized_size(width, height, max_visual_tokens)
+    return w * h // TOKEN_PIXELS
+
+
+def guess_backend() -> tuple[str, str]:
+    """``(backend, why)``: what ``embed --backend auto`` would pick on this machine, guessed
+    without importing torch (the planner stays instant): CUDA where an NVIDIA driver is
+    installed, MPS on Apple silicon, the CPU otherwise."""
+    import platform
+    import shutil
+    from pathlib import Path
+
+    if Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi"):
+        return "cuda", "auto: an NVIDIA driver is installed"
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return "mps", "auto: Apple silicon"
+    return "cpu", "auto: no NVIDIA driver, not Apple silicon"
 
 
 def architecture_config(variant_or_arch: str, *, layers: int | None = None,
@@ -254,6 +301,7 @@ class MemoryPlan:
     weights: list[Component] = field(default_factory=list)
     components: dict[str, list[Component]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
 
     @property
     def peak_phase(self) -> str:
@@ -275,6 +323,7 @@ class MemoryPlan:
         out = [f"Memory plan: {self.arch} ({self.kind}), {self.backend} {dt}, batch {self.batch_size} x "
                f"{self.visual_tokens} visual tokens (sequence {self.seq_len}), "
                f"{'image-only' if self.image_only else 'full'} mode, {self.attn} attention, {self.forward} forward",
+               *(f"Assumes: {a}" for a in self.assumptions),
                f"Parameters: {self.params:,}",
                f"Weights:                         {fmt(self.weights_bytes)}"]
         for c in self.weights:
@@ -289,172 +338,258 @@ class MemoryPlan:
         return out
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """What every phase of the plan needs to know about one batch."""
+
+    tokens: tuple[int, ...]  # visual tokens of each image
+    prompt: int  # non-image tokens of the document prompt
+    b: int  # bytes per element of the model's dtype
+    backend: str
+    attn: str
+    forward: str
+    chunks: tuple[int, int, int]  # (vision patches, LM tokens, MLP tokens) per call of the lean forward
+    ppt: int  # patches per visual token
+
+    @property
+    def B(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def T_max(self) -> int:
+        return max(self.tokens)
+
+    @property
+    def T_tot(self) -> int:
+        return sum(self.tokens)
+
+    @property
+    def L(self) -> int:  # padded row length
+        return self.T_max + self.prompt
+
+    @property
+    def padded(self) -> bool:
+        return any(t != self.T_max for t in self.tokens)
+
+    @property
+    def Np(self) -> int:  # patches of the whole batch
+        return self.T_tot * self.ppt
+
+    @property
+    def lean(self) -> bool:
+        return self.forward == "lean"
+
+    @property
+    def dense_mask(self) -> bool:
+        return self.forward == "colpali-dense-mask"
+
+    @property
+    def eager(self) -> bool:
+        return self.attn == "eager"
+
+    @property
+    def flash(self) -> bool:
+        return self.attn.startswith("flash")
+
+
+F32 = 4
+
+
+def _weights(arch: Arch, kind: str, b: int, image_only: bool, kept: int) -> list[Component]:
+    """The parameters in the model's dtype; image-only mode keeps only the prompt's embedding rows."""
+    weights: list[Component] = []
+    for name, n in arch.param_breakdown(kind).items():
+        if name == "text embedding table" and image_only:
+            weights.append(Component(name, kept * arch.hidden * b + arch.vocab * 8,
+                                     f"image-only: {kept} of {arch.vocab:,} rows kept (+ int64 lookup)"))
+        else:
+            weights.append(Component(name, n * b, f"{n:,} params"))
+    return weights
+
+
+def _inputs(arch: Arch, s: _Batch) -> tuple[int, int, str]:
+    """``(bytes during the vision tower, bytes still alive in the language model, detail)``."""
+    pix = s.Np * arch.patch_dim * s.b  # the concatenated patches the vision tower reads
+    # On the CPU the decoded items (float32 processor output) are memory too; they stay referenced
+    # by the caller for the whole batch.
+    host = s.Np * arch.patch_dim * F32 if s.backend == "cpu" else 0
+    if s.lean:
+        # The lean forward frees the device patches once the vision tower is done.
+        return pix + host, host, "concatenated patches" + (" + decoded items (host)" if host else "")
+    # colpali-engine: the processor's padded (B, P_max, C) float32 batch, its float32
+    # concatenation and the model-dtype copy the vision tower reads, all referenced until the
+    # forward returns (the caller's batch, colpali-engine's kwargs, get_image_features).
+    padded_pix = s.B * s.T_max * s.ppt * arch.patch_dim * F32
+    cat = s.Np * arch.patch_dim * F32
+    return (pix + cat + padded_pix + host, pix + cat + padded_pix + host,
+            "float32 padded batch + concatenation + model-dtype copy" + (" + decoded items (host)" if host else ""))
+
+
+def _vision_patches_at_once(s: _Batch) -> int:
+    """Patches the vision tower holds at once: the lean forward runs whole images in chunks of at
+    most ``chunks[0]`` patches, in batch order (as encode._image_features); colpali-engine all."""
+    if not (s.lean and s.chunks[0]):
+        return s.Np
+    cur = Nv = 0
+    for t in s.tokens:
+        p = t * s.ppt
+        if cur and cur + p > s.chunks[0]:
+            Nv, cur = max(Nv, cur), 0
+        cur += p
+    return max(Nv, cur)
+
+
+def _vision_phase(arch: Arch, s: _Batch, inputs: tuple[int, int, str]) -> tuple[int, list[Component]]:
+    """Peak bytes of the vision tower (a block's working set or the patch merger) and its parts."""
+    b, C, H, ppt = s.b, arch.v_hidden, arch.hidden, s.ppt
+    inputs_bytes, _, inputs_detail = inputs
+    Nv = _vision_patches_at_once(s)
+    P_img = s.T_max * ppt
+    hd_v = C // arch.v_heads
+    v_stream = 2 * Nv * C * b  # residual stream + the block's output
+    v_pos = 2 * Nv * hd_v * F32 * 2  # rotary cos/sin, and their window-permuted copies
+    # norm, qkv, float32 rotary temporaries, windows gathered by length (q, k, v), outputs
+    v_attn = Nv * C * b + 3 * Nv * C * b + 4 * Nv * C * F32 + (3 * Nv * C * b if s.lean else 0) + 2 * Nv * C * b
+    v_scores = 0
+    if s.eager:
+        win = (arch.window // arch.patch) ** 2
+        v_scores = max(arch.v_heads * P_img * P_img * (F32 + b) if arch.v_full_blocks else 0,
+                       arch.v_heads * win * win * (F32 + b))
+    if s.dense_mask and not s.flash:
+        # transformers <= 4.53 (sdpa and eager): every vision block builds a (1, 1, N, N) additive
+        # mask over all N patches of the batch, so this phase grows with the batch's square.  Two
+        # are alive at the peak: the previous block's while the next is built, and the mask and
+        # sdpa's aligned copy of it (a 32-page batch asked for a 47 GiB copy in the original run).
+        v_attn += 2 * s.Np * s.Np * b
+        if s.eager:  # and eager's scores cover the whole batch too
+            v_scores = arch.v_heads * s.Np * s.Np * (F32 + b)
+    v_mlp = Nv * C * b + 3 * Nv * arch.v_intermediate * b
+    v_block = max(v_attn + v_scores, v_mlp)
+    merged = Nv // ppt
+    v_merger = Nv * C * F32 + 2 * merged * C * ppt * b + merged * H * b
+    features = s.Np // ppt * H * b
+    if v_attn + v_scores >= v_mlp:
+        block_detail = "attention: norm, qkv, float32 rotary, output" + (
+            f", 2 dense {s.Np:,}^2 masks {2 * s.Np * s.Np * b / MB:.0f} MB" if s.dense_mask and not s.flash else "") + (
+            f", eager scores {v_scores / MB:.0f} MB" if s.eager else "")
+    else:
+        block_detail = f"MLP: 3 x {Nv:,} x {arch.v_intermediate}"
+    vision = [Component("inputs", inputs_bytes, inputs_detail),
+              Component("residual stream", v_stream, f"{Nv:,} patches x {C} (x2)"),
+              Component("rotary tables", v_pos, "float32 cos/sin"),
+              Component("block working set", v_block, block_detail),
+              Component("features so far", features, f"{s.T_tot:,} tokens x {H} (earlier chunks)")]
+    merger_peak = inputs_bytes + Nv * C * b + v_merger + features
+    if s.lean and s.chunks[0] and Nv < s.Np:
+        vision[1].detail += f"; chunked: {Nv:,} of {s.Np:,} patches at a time"
+    return max(sum(c.bytes for c in vision), merger_peak), vision
+
+
+def _language_phase(arch: Arch, s: _Batch, inputs: tuple[int, int, str]) -> tuple[int, list[Component], int]:
+    """Peak bytes of the language model (what stays alive + one decoder layer's working set), its
+    parts, and the rows it runs at once."""
+    b, H, L, B = s.b, arch.hidden, s.L, s.B
+    _, lm_inputs, inputs_detail = inputs
+    hd = arch.head_dim
+    if s.lean:
+        # Rows run in groups of at most chunks[1] tokens, each trimmed to its longest row
+        # (encode._backbone_groups); the MLP runs on at most chunks[2] tokens at a time.
+        Bg = max(1, min(B, s.chunks[1] // L))
+        Tg = sum(sorted(s.tokens)[-Bg:])
+        mlp_rows = min(Bg * L, s.chunks[2])
+    else:
+        Bg, Tg, mlp_rows = B, s.T_tot, B * L
+    BL = Bg * L
+    group = f"{Bg} x {L}" + (f" (groups of {Bg} of the {B} rows)" if Bg < B else "")
+    keep = [Component("input embeddings", BL * H * b, f"{group} x {H}")]
+    if s.lean:
+        keep.append(Component("image features", (s.T_tot + Tg) * H * b, "all images' + this group's concatenation"))
+    else:
+        keep.append(Component("image features", 2 * s.T_tot * H * b, "merger output + its concatenation"))
+        keep.append(Component("vision last hidden state", s.Np * arch.v_hidden * b, "kept by the stock forward"))
+        keep.append(Component("all hidden states", arch.layers * BL * H * b,
+                              f"{arch.layers + 1} layers x {B} x {L} x {H} (output_hidden_states=True)"))
+    keep.append(Component("rotary tables", 2 * BL * hd * b + 3 * BL * 8, "cos/sin + 3-D position ids"))
+    masked = (s.padded and not s.flash) or s.eager  # flash-attention unpads instead of masking
+    if masked:
+        keep.append(Component("attention mask", Bg * L * L * (b if s.eager else 1), f"{Bg} x {L} x {L}"))
+    # normed input, q, k, v, rotary temporaries (2), attention output, o_proj; sdpa runs GQA
+    # natively only without a mask, otherwise k/v are expanded to all heads
+    l_attn = BL * H * b * 5 + 2 * BL * arch.kv_dim * b + (2 * BL * H * b if masked else 0)
+    l_scores = Bg * arch.heads * L * L * (F32 + b) if s.eager else 0
+    l_mlp = BL * H * b * 2 + 3 * mlp_rows * arch.intermediate * b  # normed input + output, gate/up/product
+    if l_attn + l_scores >= l_mlp:
+        layer_detail = ("attention: norm, q/k/v, rotary" + (", k/v expanded to all heads" if masked else "")
+                        + (f", eager scores {l_scores / MB:.0f} MB" if s.eager else ""))
+    else:
+        layer_detail = f"MLP: 3 x {mlp_rows:,} x {arch.intermediate}"
+    lm = [*([Component("inputs", lm_inputs, "decoded items (host)" if s.lean else inputs_detail)] if lm_inputs else []),
+          *keep,
+          Component("residual stream", 2 * BL * H * b, f"{group} x {H} (x2)"),
+          Component("layer working set", max(l_attn + l_scores, l_mlp), layer_detail)]
+    return sum(c.bytes for c in lm), lm, Bg
+
+
+def _output_phase(arch: Arch, s: _Batch, kind: str, lm: list[Component], Bg: int) -> tuple[int, list[Component]]:
+    """Peak bytes after the last layer: the kept state, the final hidden state and the embeddings."""
+    b, H = s.b, arch.hidden
+    BL = Bg * s.L
+    kept_state = sum(c.bytes for c in lm[:-2])  # all but the residual stream and a layer's working set
+    out = [Component("inputs + kept state", kept_state, ""), Component("final hidden", BL * H * b, "")]
+    if kind == "colqwen":
+        proj_rows = sum(sorted(t + s.prompt for t in s.tokens)[-Bg:]) if s.lean else s.B * s.L
+        out.append(Component("projected rows", proj_rows * (H + 3 * 128) * b,
+                             "kept rows, 128-d projection, normalised" if s.lean else "padded rectangle"))
+    else:
+        out.append(Component("pooled", 2 * Bg * H * b, ""))
+    return sum(c.bytes for c in out), out
+
+
 def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: str = "colqwen",
                 backend: str = "cuda", dtype_bytes: int | None = None, image_only: bool = False,
                 attn: str = "sdpa", prompt_tokens: int = QWEN_PROMPT_TOKENS, kept_rows: int | None = None,
                 token_counts: list[int] | None = None, forward: str = "lean",
-                chunks: tuple[int, int, int] | None = None) -> MemoryPlan:
+                chunks: tuple[int, int, int] | None = None, image_note: str = "") -> MemoryPlan:
     """Predict peak memory (bytes of tensors) for one batch; see the module docstring.
 
     ``token_counts`` gives each image's visual tokens (default: ``batch_size`` images of
     ``visual_tokens``); ``attn`` is ``sdpa``, ``flash_attention_2`` or ``eager``; ``forward`` is
     ``lean`` (nomic-memory) or ``colpali`` (colpali-engine's forward, which keeps every layer's
-    hidden states, the vision tower's last hidden state and projects the padded rectangle)."""
+    hidden states, the vision tower's last hidden state and projects the padded rectangle) or
+    ``colpali-dense-mask`` (the same on transformers <= 4.53: dense vision masks over the whole
+    batch).  ``image_note`` says where the token counts come from (printed with the assumptions)."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    if forward not in ("lean", "colpali"):
-        raise ValueError("forward must be 'lean' or 'colpali'")
+    if forward not in FORWARDS:
+        raise ValueError(f"forward must be one of {', '.join(FORWARDS)}")
     b = dtype_bytes or BACKEND_DTYPE_BYTES.get(backend, 2)
-    f32 = 4
-    tokens = list(token_counts) if token_counts else [int(visual_tokens)] * batch_size
-    B = len(tokens)
-    T_max, T_tot = max(tokens), sum(tokens)
-    L = T_max + prompt_tokens
-    rows = sum(t + prompt_tokens for t in tokens)  # real (unpadded) rows
-    padded = any(t != T_max for t in tokens)
-    ppt = arch.patches_per_token
-    Np = T_tot * ppt
-    H, I, C, Iv = arch.hidden, arch.intermediate, arch.v_hidden, arch.v_intermediate
-    eager = attn == "eager"
-    lean = forward == "lean"
-    vision_chunk_patches, lm_chunk_tokens, mlp_chunk_tokens = chunks or chunk_limits(backend)
-
-    # ---- weights
-    pb = arch.param_breakdown(kind)
-    params = sum(pb.values())
+    tokens = tuple(token_counts) if token_counts else (int(visual_tokens),) * batch_size
+    s = _Batch(tokens, prompt_tokens, b, backend, attn, forward, chunks or chunk_limits(backend),
+               arch.patches_per_token)
     kept = kept_rows if kept_rows is not None else prompt_tokens + 1  # distinct prompt ids + padding
-    weights: list[Component] = []
-    for name, n in pb.items():
-        if name == "text embedding table" and image_only:
-            weights.append(Component(name, kept * H * b + arch.vocab * 8,
-                                     f"image-only: {kept} of {arch.vocab:,} rows kept (+ int64 lookup)"))
-        else:
-            weights.append(Component(name, n * b, f"{n:,} params"))
+    weights = _weights(arch, kind, b, image_only, kept)
     weights_bytes = sum(c.bytes for c in weights)
-
-    comps: dict[str, list[Component]] = {}
-    # ---- inputs
-    pix = Np * arch.patch_dim * b  # the concatenated patches the vision tower reads
-    # On the CPU the decoded items (float32 processor output) are memory too; they stay referenced
-    # by the caller for the whole batch.
-    host = Np * arch.patch_dim * f32 if backend == "cpu" else 0
-    if lean:
-        # The lean forward frees the device patches once the vision tower is done.
-        inputs_bytes, lm_inputs = pix + host, host
-        inputs_detail = "concatenated patches" + (" + decoded items (host)" if host else "")
-    else:
-        # colpali-engine: the processor's padded (B, P_max, C) batch and its concatenation, both
-        # referenced until the forward returns.
-        padded_pix = B * T_max * ppt * arch.patch_dim * b
-        inputs_bytes = lm_inputs = pix + padded_pix + host
-        inputs_detail = "padded batch + concatenation" + (" + decoded items (host)" if host else "")
-
-    # ---- vision tower
-    if lean and vision_chunk_patches:
-        cur = Nv = 0
-        for t in tokens:  # whole images per chunk, in batch order (as encode._image_features)
-            p = t * ppt
-            if cur and cur + p > vision_chunk_patches:
-                Nv, cur = max(Nv, cur), 0
-            cur += p
-        Nv = max(Nv, cur)
-    else:
-        Nv = Np
-    P_img = T_max * ppt
-    hd_v = C // arch.v_heads
-    v_stream = 2 * Nv * C * b  # residual stream + the block's output
-    v_pos = 2 * Nv * hd_v * f32 * 2  # rotary cos/sin, and their window-permuted copies
-    # norm, qkv, float32 rotary temporaries, windows gathered by length (q, k, v), outputs
-    v_attn = Nv * C * b + 3 * Nv * C * b + 4 * Nv * C * f32 + (3 * Nv * C * b if lean else 0) + 2 * Nv * C * b
-    v_scores = 0
-    if eager:
-        win = (arch.window // arch.patch) ** 2
-        v_scores = max(arch.v_heads * P_img * P_img * (f32 + b) if arch.v_full_blocks else 0,
-                       arch.v_heads * win * win * (f32 + b))
-    v_mlp = Nv * C * b + 3 * Nv * Iv * b
-    v_block = max(v_attn + v_scores, v_mlp)
-    merged = Nv // ppt
-    v_merger = Nv * C * f32 + 2 * merged * C * ppt * b + merged * H * b
-    vision = [Component("inputs", inputs_bytes, inputs_detail),
-              Component("residual stream", v_stream, f"{Nv:,} patches x {C} (x2)"),
-              Component("rotary tables", v_pos, "float32 cos/sin"),
-              Component("block working set", v_block,
-                        ("attention: norm, qkv, float32 rotary, output" + (f", eager scores {v_scores / MB:.0f} MB" if eager else ""))
-                        if v_attn + v_scores >= v_mlp else f"MLP: 3 x {Nv:,} x {Iv}"),
-              Component("features so far", Np // ppt * H * b, f"{T_tot:,} tokens x {H} (earlier chunks)"),
-              ]
-    vision_bytes = sum(c.bytes for c in vision)
-    merger_peak = inputs_bytes + Nv * C * b + v_merger + Np // ppt * H * b
-    vision_bytes = max(vision_bytes, merger_peak)
-    if lean and vision_chunk_patches and Nv < Np:
-        vision[1].detail += f"; chunked: {Nv:,} of {Np:,} patches at a time"
-    comps["vision tower"] = vision
-
-    # ---- language model
-    hd = arch.head_dim
-    if lean:
-        # Rows run in groups of at most LM_CHUNK_TOKENS tokens, each trimmed to its longest row
-        # (encode._backbone_groups); the MLP runs on at most MLP_CHUNK_TOKENS tokens at a time.
-        Bg = max(1, min(B, lm_chunk_tokens // L))
-        Tg = sum(sorted(tokens)[-Bg:])
-        mlp_rows = min(Bg * L, mlp_chunk_tokens)
-    else:
-        Bg, Tg, mlp_rows = B, T_tot, B * L
-    BL = Bg * L
-    group = f"{Bg} x {L}" + (f" (groups of {Bg} of the {B} rows)" if Bg < B else "")
-    keep = [Component("input embeddings", BL * H * b, f"{group} x {H}")]
-    if lean:
-        keep.append(Component("image features", (T_tot + Tg) * H * b, "all images' + this group's concatenation"))
-    else:
-        keep.append(Component("image features", 2 * T_tot * H * b, "merger output + its concatenation"))
-        keep.append(Component("vision last hidden state", Np * C * b, "kept by the stock forward"))
-        keep.append(Component("all hidden states", arch.layers * BL * H * b,
-                              f"{arch.layers + 1} layers x {B} x {L} x {H} (output_hidden_states=True)"))
-    keep.append(Component("rotary tables", 2 * BL * hd * b + 3 * BL * 8, "cos/sin + 3-D position ids"))
-    flash = attn.startswith("flash")
-    if (padded and not flash) or eager:  # flash-attention unpads instead of masking
-        keep.append(Component("attention mask", Bg * L * L * (b if eager else 1), f"{Bg} x {L} x {L}"))
-    gqa_expand = (padded and not flash) or eager  # sdpa runs GQA natively only without a mask
-    # normed input, q, k, v, rotary temporaries (2), attention output, o_proj
-    l_attn = BL * H * b * 5 + 2 * BL * arch.kv_dim * b
-    if gqa_expand:
-        l_attn += 2 * BL * H * b
-    l_scores = Bg * arch.heads * L * L * (f32 + b) if eager else 0
-    l_mlp = BL * H * b * 2 + 3 * mlp_rows * I * b  # normed input + output, gate/up/product
-    l_block = max(l_attn + l_scores, l_mlp)
-    lm = [*([Component("inputs", lm_inputs, "decoded items (host)" if lean else inputs_detail)] if lm_inputs else []),
-          *keep,
-          Component("residual stream", 2 * BL * H * b, f"{group} x {H} (x2)"),
-          Component("layer working set", l_block,
-                    ("attention: norm, q/k/v, rotary" + (", k/v expanded to all heads" if gqa_expand else "")
-                     + (f", eager scores {l_scores / MB:.0f} MB" if eager else ""))
-                    if l_attn + l_scores >= l_mlp else f"MLP: 3 x {mlp_rows:,} x {I}")]
-    lm_bytes = sum(c.bytes for c in lm)
-    comps["language model"] = lm
-
-    # ---- output
-    kept_state = sum(c.bytes for c in lm[:-2])
-    if kind == "colqwen":
-        proj_rows = sum(sorted(t + prompt_tokens for t in tokens)[-Bg:]) if lean else B * L
-        out = [Component("inputs + kept state", kept_state, ""),
-               Component("final hidden", BL * H * b, ""),
-               Component("projected rows", proj_rows * (H + 3 * 128) * b,
-                         "kept rows, 128-d projection, normalised" if lean else "padded rectangle")]
-    else:
-        out = [Component("inputs + kept state", kept_state, ""),
-               Component("final hidden", BL * H * b, ""), Component("pooled", 2 * Bg * H * b, "")]
-    out_bytes = sum(c.bytes for c in out)
-    comps["output"] = out
-
+    inputs = _inputs(arch, s)
+    vision_bytes, vision = _vision_phase(arch, s, inputs)
+    lm_bytes, lm, Bg = _language_phase(arch, s, inputs)
+    out_bytes, out = _output_phase(arch, s, kind, lm, Bg)
+    comps = {"vision tower": vision, "language model": lm, "output": out}
     phases = {"vision tower": vision_bytes, "language model": lm_bytes, "output": out_bytes}
     act = max(phases.values())
+    counts = (f"{s.T_max} visual tokens per image" if not s.padded else
+              f"{s.B} images of {min(tokens)}-{s.T_max} visual tokens, padded to {s.T_max}")
+    assumptions = [counts + (f" ({image_note})" if image_note else "") + f", + {prompt_tokens} prompt tokens",
+                   f"{attn} attention, {FORWARDS[forward]}",
+                   f"{b}-byte weights and activations; the tensors' bytes"
+                   + (" (what torch.cuda.max_memory_allocated reports)" if backend == "cuda" else "")]
     notes = []
     if backend == "cuda":
         notes.append("CUDA context (~0.3-0.5 GB) and allocator caching (reserved > allocated) come on top")
     if backend == "cpu":
         notes.append("CPU RSS adds the runtime, libraries, decode buffers and malloc slack; bench measures it")
-    return MemoryPlan(arch.name, kind, backend, b, B, T_max, L, image_only, attn, forward, params,
-                      weights_bytes, act, weights_bytes + act, phases, weights, comps, notes)
+    return MemoryPlan(arch.name, kind, backend, b, s.B, s.T_max, s.L, image_only, attn, forward,
+                      arch.params(kind), weights_bytes, act, weights_bytes + act, phases, weights, comps, notes,
+                      assumptions)
 
 
 def forward_flops(arch: Arch, visual_tokens: int = 768, prompt_tokens: int = QWEN_PROMPT_TOKENS) -> float:
@@ -503,5 +638,4 @@ def plan_for_model(lm, *, batch_size: int, visual_tokens: int | None = None,
 
 
 __all__ = ["ARCHITECTURES", "VARIANT_ARCHITECTURE", "Arch", "MemoryPlan", "Component", "architecture_config",
-           "qwen_config", "plan_memory", "plan_for_variant", "plan_for_model", "VISION_CHUNK_PATCHES",
-           "LM_CHUNK_TOKENS", "MLP_CHUNK_TOKENS", "CHUNKS", "chunk_limits", "forward_flops"]
+           "qwen_config", "plan_memory", "FORWARDS", "image_tokens", "resized_size", "guess_backend", "plan_for_variant", "plan_for_model", "CHUNKS", "chunk_limits", "forward_flops"]

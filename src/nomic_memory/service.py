@@ -235,8 +235,8 @@ class SearchService:
         ``config.exact_batching`` groups queries of equal length instead (texts by token count,
         images by size) so every embedding is bit-identical to the single-query one, at one
         forward per distinct length (~10x slower embedding for varied short queries on a CPU)."""
+        from .api import embed_inputs
         from .encode import embed_queries
-        from .pipeline import embed_pil_images
 
         out: list = [None] * len(queries)
         texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
@@ -253,11 +253,12 @@ class SearchService:
         for (kind, _), members in groups.items():
             items = [queries[i] for i in members]
             if kind == "text":
-                embs = embed_queries(self.lm, items, batch_size=len(items), template=self.index.template)
+                embs = [e.float().numpy() for e in
+                        embed_queries(self.lm, items, batch_size=len(items), template=self.index.template)]
             else:
-                embs = embed_pil_images(self.lm, items, batch_size=len(items))
+                embs = embed_inputs(self.lm, items, batch_size=len(items))
             for i, e in zip(members, embs):
-                out[i] = e.float().numpy()
+                out[i] = np.asarray(e, dtype=np.float32)
             self.counters["forwards"] += 1
         self.counters["embed_seconds"] += time.perf_counter() - t0
         return out

@@ -138,10 +138,15 @@ class Store:
         except Exception as e:  # a malformed URI, an unknown scheme, missing credentials
             raise StoreError(f"cannot open the store at {self.path}: {e}") from None
 
-    def table_names(self) -> list[str]:
+    def all_table_names(self) -> list[str]:
+        """Every table, including nomic-memory's own bookkeeping (names starting with ``_``)."""
         res = self.db.list_tables()
         names = getattr(res, "tables", res)
         return sorted(n for n in names)
+
+    def table_names(self) -> list[str]:
+        """The embedding tables (one per model)."""
+        return [n for n in self.all_table_names() if not n.startswith("_")]
 
     def open_table(self, name: str) -> "EmbeddingTable":
         if name not in self.table_names():

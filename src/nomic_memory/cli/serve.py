@@ -1,4 +1,4 @@
-"""``nomic-memory serve``: the resident search service (registered on the main CLI app)."""
+"""``nomic-memory serve``: the resident search service."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli import EXIT_FATAL, EXIT_USAGE, BackendChoice, _setup_logging, app, fail
+from .common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
 
 
 def is_loopback(host: str) -> bool:
@@ -20,7 +20,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@app.command()
 def serve(
     store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
     table: Optional[str] = typer.Option(None, "--table", help="Table (model) to serve, if the store has several."),
@@ -41,7 +40,7 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve a store over HTTP: a search API and a search page showing why pages matched."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if token is not None and not token.strip():
         raise fail("--token is empty", EXIT_USAGE)
     if token and no_auth:
@@ -49,11 +48,11 @@ def serve(
     if not is_loopback(host) and not token and not no_auth:
         raise fail(f"--host {host} is reachable from other machines: protect it with --token TOKEN "
                    "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open", EXIT_USAGE)
-    from .errors import NomicMemoryError
-    from .search import Index
-    from .server import create_app
-    from .service import SearchService, ServeConfig
-    from .store import default_store_path
+    from ..errors import NomicMemoryError
+    from ..search import Index
+    from ..server import create_app
+    from ..service import SearchService, ServeConfig
+    from ..store import default_store_path
 
     cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []),
                       max_body_bytes=int(max_body_mb * (1 << 20)), max_image_pixels=max_image_pixels,

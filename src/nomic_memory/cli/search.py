@@ -1,0 +1,137 @@
+"""``nomic-memory search``: query a store by text or by image (registered on the main CLI app)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import NomicMemoryError
+from .common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
+
+
+def search(
+    query: Optional[List[str]] = typer.Argument(None, help="Text query (several: one scan answers them all)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results per query."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
+    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to search, if the store has several."),
+    image: Optional[List[Path]] = typer.Option(None, "--image", help="Search by this image (repeatable)."),
+    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
+    where: Optional[str] = typer.Option(None, "--where", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
+    approx: bool = typer.Option(False, "--approx", help="Use the approximate index (build it with --build-index)."),
+    build_index: bool = typer.Option(False, "--build-index", help="Build (or rebuild) the approximate index first."),
+    index_method: Optional[str] = typer.Option(None, "--index-method", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
+    pool_factor: int = typer.Option(4, "--pool-factor", min=1, help="pooled index: vectors per pooled vector."),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
+    backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Search the store: rank stored images against a text query or a query image."""
+    if not verbose:
+        # LanceDB and Lance log their own warnings (index training, deprecations) from Rust,
+        # read once at import: --json promises nothing but the document, and a user nothing
+        # they cannot act on.  LANCE_LOG / LANCEDB_LOG set by the user still win.
+        os.environ.setdefault("LANCE_LOG", "error")
+        os.environ.setdefault("LANCEDB_LOG", "error")
+    setup_logging(verbose)
+    from ..approx import APPROX_METHODS
+    from ..search import Index, check_where
+    from ..store import default_store_path
+
+    texts = list(query or [])
+    images = list(image or [])
+    if not texts and not images and not build_index:
+        raise fail("give a text query, --image FILE, or --build-index", EXIT_USAGE)
+    if index_method is not None and index_method not in APPROX_METHODS:
+        raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)
+    if index_method is not None and not (approx or build_index):
+        raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
+    if template is not None and "{}" not in template:
+        raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
+    for p in images:
+        if not p.is_file():
+            raise fail(f"no such image file: {p}")
+    store_path = store or default_store_path()
+    try:
+        idx = Index.open(store_path, table, backend=backend.value, model_name=model_name,
+                         allow_mismatch=allow_mismatch, template=template)
+    except NomicMemoryError as e:
+        raise fail_on(e)
+    try:  # a bad filter is refused before the model loads
+        where = check_where(idx.table.table.to_lance(), where)
+    except NomicMemoryError as e:
+        raise fail(str(e), EXIT_USAGE)
+    try:
+        if build_index:
+            _build_index(idx, index_method or "pooled", pool_factor, json_out and not texts and not images)
+            if not texts and not images:
+                raise typer.Exit(EXIT_OK)
+        queries: list = texts + images
+        tl = time.perf_counter()
+        _ = idx.model  # load (and check) the query model
+        t0 = time.perf_counter()
+        embs = idx.embed_queries(queries)
+        t1 = time.perf_counter()
+        results = idx.search_embeddings(embs, k, approx=approx, rerank=rerank, method=index_method, where=where)
+        t2 = time.perf_counter()
+    except NomicMemoryError as e:
+        raise fail_on(e)
+    timing = {"load_seconds": round(t0 - tl, 4), "embed_seconds": round(t1 - t0, 4), "search_seconds": round(t2 - t1, 4)}
+    if json_out:
+        _print_json(idx, queries, results, k=k, approx=approx, where=where, timing=timing)
+    else:
+        _print_tables(idx, queries, results, approx=approx, where=where, timing=timing)
+    raise typer.Exit(EXIT_OK)
+
+
+def _build_index(idx, method: str, pool_factor: int, print_json: bool) -> None:
+    typer.echo(f"Building the {method} index of table {idx.table.name} ...", err=True)
+    desc = idx.build_approx_index(method, pool_factor=pool_factor)
+    typer.echo(f"Built the {method} index in {desc['seconds']:.2f} s", err=True)
+    if print_json:
+        typer.echo(json.dumps({"index": desc}))
+
+
+def _kind(query) -> str:
+    return "text" if isinstance(query, str) else "image"
+
+
+def _print_json(idx, queries: list, results: list, *, k: int, approx: bool, where, timing: dict) -> None:
+    """One JSON document: ``queries`` (each query with its own results) and ``results`` (one
+    list of hits per query, in query order)."""
+    per_query = [[h.to_dict() for h in hits] for hits in results]
+    out = {"store": str(idx.store.path), "table": idx.table.name, "model": idx.info.model_id,
+           "kind": idx.info.kind, "k": k, "approx": approx, "where": where, **timing, "warnings": idx.warnings,
+           "results": per_query,
+           "queries": [{"query": str(q), "kind": _kind(q), "results": r} for q, r in zip(queries, per_query)]}
+    typer.echo(json.dumps(out))
+
+
+def _print_tables(idx, queries: list, results: list, *, approx: bool, where, timing: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for q, hits in zip(queries, results):
+        t = Table(title=f"{'query' if isinstance(q, str) else 'image'}: {q}", title_justify="left")
+        t.add_column("rank", justify="right")
+        t.add_column("score", justify="right")
+        t.add_column("path", overflow="fold")
+        t.add_column("page", justify="right")
+        t.add_column("root", overflow="fold", style="dim")
+        for h in hits:
+            t.add_row(str(h.rank), f"{h.score:.4f}", h.path, str(h.page), h.root)
+        console.print(t)
+    n = len(queries)
+    mode = "approximate" if approx else "exact"
+    console.print(f"{mode} search of {idx.table.name} ({idx.info.kind})" + (f" where {where}" if where else "")
+                  + f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
+                  f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s",
+                  style="dim", markup=False, highlight=False)
