@@ -231,7 +231,10 @@ def _pooling_inputs(data: dict, cfg: ServeConfig) -> list:
 
 # ------------------------------------------------------------------ the app
 def create_app(service: SearchService, config: ServeConfig | None = None):
-    """The FastAPI app over a loaded ``service`` (started and stopped with the app's lifespan)."""
+    """The FastAPI app over a loaded ``service`` (started and stopped with the app's lifespan).
+
+    Long, but flat: each route is a short closure over ``service`` and ``cfg``, and reading them
+    in one place shows the whole API surface (every route's auth, limits and errors)."""
     from contextlib import asynccontextmanager
 
     cfg = config or service.config
