@@ -11,8 +11,10 @@ each sending ``--per-client`` text queries one after another (k=10).  Measured, 
   scan), on ``--cli-samples`` of the queries: queries/s = 1 / median wall time;
 * (b) the floor: ``Index.search_many`` in this process on the same queries (one embedding pass,
   one scan), queries/s = queries / wall time;
-* a soak: the same clients looping for ``--soak-seconds``; the server's RSS sampled every few
-  seconds, growth from the first to the last sample after a warm-up.
+* a soak: the same clients looping for ``--soak-seconds``; the server's RSS sampled every 5 s;
+  growth = median of the last third of the samples over the median of the first third (after a
+  30 s warm-up): single samples swing by several percent with each batch's working set.
+  ``--runs 0`` runs only the soak.
 
     uv run python benchmarks/bench_serve.py --runs 3 --soak-seconds 180
     uv run python benchmarks/bench_serve.py --docs 2000 --runs 1 --soak-seconds 20   # quick
@@ -176,7 +178,8 @@ def main() -> None:
         ps = psutil.Process(proc.pid)
         asyncio.run(load(url, qs[: args.clients], args.clients, 1))  # warm-up
         idx = Index.open(store, backend="cpu")
-        _ = idx.model
+        if args.runs:
+            _ = idx.model
         for r in range(args.runs):
             s = asyncio.run(load(url, qs, args.clients, args.per_client))
             t = time.perf_counter()
@@ -188,7 +191,7 @@ def main() -> None:
             print(f"run {r + 1}: server {s['qps']:.1f} q/s (p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms, "
                   f"{s['failures']} failed); search_many {floor:.1f} q/s", file=sys.stderr)
         res["counters"] = json.loads(__import__("httpx").get(url + "/stats").text)["counters"]
-        cli = cli_per_query(store, qs[: args.cli_samples])
+        cli = cli_per_query(store, qs[: args.cli_samples]) if args.runs else []
         res["cli_seconds"] = cli
         # soak: RSS every 5 s while the clients loop
         rss = []
@@ -206,19 +209,25 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(60)
-    med = lambda xs: statistics.median(xs)  # noqa: E731
-    server_qps = med([s["qps"] for s in res["server"]])
-    floor_qps = med(res["floor"])
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     warm = [b for s, b in res["soak"]["rss_mb"] if s >= min(30.0, args.soak_seconds / 3)] or [b for _, b in res["soak"]["rss_mb"]]
+    third = max(1, len(warm) // 3)
     res["summary"] = {
-        "server_qps": round(server_qps, 2), "server_p50_ms": round(med([s["p50_ms"] for s in res["server"]]), 1),
-        "server_p95_ms": round(med([s["p95_ms"] for s in res["server"]]), 1),
         "failures": sum(s["failures"] for s in res["server"]) + res["soak"]["failures"],
-        "floor_qps": round(floor_qps, 2), "server_vs_floor": round(server_qps / floor_qps, 3),
-        "cli_qps": round(1 / med(cli), 4), "server_vs_cli": round(server_qps * med(cli), 1),
         "soak_seconds": args.soak_seconds, "soak_queries": res["soak"]["queries"],
-        "rss_first_mb": warm[0], "rss_last_mb": warm[-1], "rss_growth": round(warm[-1] / warm[0] - 1, 4),
+        "soak_qps": round(res["soak"]["qps"], 2),
+        "rss_first_third_mb": med(warm[:third]), "rss_last_third_mb": med(warm[-third:]),
+        "rss_min_mb": min(warm), "rss_max_mb": max(warm),
+        "rss_growth": round(med(warm[-third:]) / med(warm[:third]) - 1, 4),
     }
+    if res["server"]:
+        server_qps, floor_qps = med([s["qps"] for s in res["server"]]), med(res["floor"])
+        res["summary"].update({
+            "server_qps": round(server_qps, 2), "server_p50_ms": round(med([s["p50_ms"] for s in res["server"]]), 1),
+            "server_p95_ms": round(med([s["p95_ms"] for s in res["server"]]), 1),
+            "floor_qps": round(floor_qps, 2), "server_vs_floor": round(server_qps / floor_qps, 3),
+            "server_vs_floor_paired": round(med([s["qps"] / f for s, f in zip(res["server"], res["floor"])]), 3),
+            "cli_qps": round(1 / med(cli), 4), "server_vs_cli": round(server_qps * med(cli), 1)})
     print(json.dumps(res["summary"], indent=1))
     out = args.path / "bench_serve.json"
     out.write_text(json.dumps(res, indent=1))
