@@ -1,6 +1,6 @@
 """The command line, run as a real subprocess: exit statuses, messages, export round-trips.
 
-Exit statuses (cli.py's docstring, the README): 0 all embedded, 3 some files skipped (each named
+Exit statuses (cli/common.py's docstring, the README): 0 all embedded, 3 some files skipped (each named
 with its reason; the rest stored), 1 fatal (no such directory, no images, model not loadable,
 unavailable backend), 2 usage error.
 
@@ -92,11 +92,12 @@ def test_bad_files_exit_3_named_with_reason(runs):
     for path, reason in BAD_FILES.items():
         assert re.search(rf"^Skipped {re.escape(path)}: {re.escape(reason)}", r.stderr, re.M), str(r)
     assert "Skipped strip.png" not in r.stderr  # the 1x600 strip is embedded, not refused
-    report = r.json()
+    report = json.loads(r.stdout)  # --json: stdout is the JSON document and nothing else
     assert report["embedded"] == len(CLEAN_IMAGES)
     assert {f["path"] for f in report["failed"]} == set(BAD_FILES)
-    assert f"Embedded {len(CLEAN_IMAGES)} images" in r.stdout
-    assert "Using backend: cpu" in r.stdout and "Using dtype: torch.float32" in r.stdout
+    # the human report goes to stderr under --json
+    assert f"Embedded {len(CLEAN_IMAGES)} images" in r.stderr
+    assert "Using backend: cpu" in r.stderr and "Using dtype: torch.float32" in r.stderr
 
 
 def test_bad_files_run_stored_the_rest(runs, setup, loaded, messy_dir):
@@ -115,8 +116,8 @@ def test_bad_files_run_stored_the_rest(runs, setup, loaded, messy_dir):
 
 def test_memory_report_line_format(runs):
     r = runs["messy"]
-    assert MEMORY_LINE.search(r.stdout), r.stdout
-    report = r.json()
+    assert MEMORY_LINE.search(r.stderr), r.stderr  # --json: human lines on stderr
+    report = json.loads(r.stdout)
     assert report["memory"]["backend"] == "cpu" and report["memory"]["peak_bytes"] > 0
 
 
@@ -145,6 +146,7 @@ def test_model_not_loadable_is_one_sentence(runs):
     r = runs["no_model"]
     line = _one_line_error(r)
     assert NO_MODEL in line and "does not exist" in line, line
+    assert line.endswith("(--model-name PATH)."), line  # the CLI names the flag; the library does not
     assert re.search(r"^Auto-detected backend: (cpu|cuda|mps)$", r.stdout, re.M), r.stdout
     assert re.search(r"^Using dtype: torch\.(float32|bfloat16|float16)$", r.stdout, re.M), r.stdout
 
@@ -156,7 +158,7 @@ def test_no_such_directory_exit_1(runs, setup):
 
 def test_no_images_exit_1(runs, setup):
     line = _one_line_error(runs["no_images"])
-    assert "no images found" in line and str(setup["empty"]) in line
+    assert "no images or documents found" in line and str(setup["empty"]) in line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

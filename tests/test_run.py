@@ -67,3 +67,46 @@ def test_prune_on_a_folder_now_empty(tiny_colqwen, image_dir, tmp_path):
     rep = Embedder(str(tiny_colqwen), backend="cpu", lazy=True).embed_directory(folder, store, prune=True)
     assert rep.pruned == 10 and not rep.model_loaded
     assert Store(store).only_table().count() == 0
+
+
+def test_too_many_decode_workers_are_capped(tiny_colqwen, image_dir, tmp_path, caplog):
+    import logging
+
+    from nomic_memory.threads import available_cpus
+
+    emb = Embedder(str(tiny_colqwen), backend="cpu")
+    with caplog.at_level(logging.WARNING, logger="nomic_memory"):
+        rep = emb.embed_directory(image_dir, tmp_path / "store", workers=64)
+    assert rep.embedded == 10 and rep.decode_workers <= available_cpus()
+    assert any("more than the" in r.getMessage() and "CPU cores" in r.getMessage() for r in caplog.records)
+
+
+def test_file_replaced_between_listing_and_decoding(tiny_colqwen, image_dir, tmp_path):
+    """The stored hash is the hash of the bytes decoded: a file rewritten after the run hashed it
+    is reported, not stored under its old hash, and the next run embeds its new content."""
+    import hashlib
+
+    from nomic_memory.store import embedding_to_numpy
+
+    folder = copy_tree(image_dir, tmp_path / "photos")
+    store = tmp_path / "store"
+    target = folder / "sub/f_photo.jpg"
+
+    def swap(kind, data):
+        if kind == "plan":  # listed and hashed; nothing decoded yet
+            make_image(target, 400, 300, seed=1234)
+
+    emb = Embedder(str(tiny_colqwen), backend="cpu")
+    rep = emb.embed_directory(folder, store, workers=0, on_event=swap)
+    reasons = dict(rep.failed)
+    assert "changed while the run was in progress" in reasons["sub/f_photo.jpg"] and rep.embedded == 9
+    assert "sub/f_photo.jpg" not in {r["path"] for r in Store(store).only_table().to_arrow(["path"]).to_pylist()}
+
+    rep2 = emb.embed_directory(folder, store, workers=0)
+    assert rep2.embedded == 1 and not rep2.failed  # not remembered as a bad file: it was fine
+    row = [r for r in Store(store).only_table().to_arrow(["path", "content_hash", "embedding"]).to_pylist()
+           if r["path"] == "sub/f_photo.jpg"][0]
+    assert row["content_hash"] == hashlib.sha256(target.read_bytes()).hexdigest()
+    want = emb.embed_images(target)
+    np_ = embedding_to_numpy(row["embedding"], "colqwen", 128)
+    assert abs(np_ - want).max() < 1e-4

@@ -466,8 +466,17 @@ def test_row_ids_are_stable_and_rows_match_the_store(env, tmp_path):
 def test_index_reuses_an_embedders_model(env, monkeypatch):
     import nomic_memory.loading
 
+    from nomic_memory.api import Embedder
+
     own = Index.open(env["col_store"], backend="cpu")
     want = own.search_many(QUERIES + [env["images"][2]], k=N_IMAGES)
+    # an Embedder that loads on first use: not loaded by opening the Index, loaded once by the search
+    lazy = Embedder(str(env["col"]), backend="cpu", lazy=True)
+    idx = Index.open(env["col_store"], model=lazy)
+    assert not lazy.is_loaded
+    got = idx.search_many(QUERIES, k=N_IMAGES)
+    assert lazy.is_loaded and idx.model is lazy.loaded
+    assert [[h.path for h in g] for g in got] == [[h.path for h in w] for w in want[:len(QUERIES)]]
 
     def no_second_model(*a, **k):
         raise AssertionError("the Index loaded a model of its own")
@@ -547,3 +556,95 @@ def test_cli_approx_prints_no_library_warnings(env, tmp_path):
     out = json.loads(r.stdout)  # nothing but the document on stdout
     assert len(out["results"][0]) == 3 and out["approx"]
     assert "WARN" not in r.stderr and "lance::" not in r.stderr, r.stderr
+
+
+def test_concurrent_searches_share_one_index(env):
+    """A server searches from several threads at once: same results as one at a time, and torch's
+    thread count is what it was once they are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    idx = Index.open(env["col_store"], backend="cpu", batch_rows=1, workers=2)
+    embs = idx.embed_queries(QUERIES)
+    want = [idx.search_embeddings([e], k=5)[0] for e in embs]
+    before = torch.get_num_threads()
+    jobs = [(i % len(embs), ["width = 168", None][i % 2]) for i in range(48)]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda j: idx.search_embeddings([embs[j[0]]], k=5, where=j[1])[0], jobs))
+    for (qi, where), hits in zip(jobs, got):
+        ref = want[qi] if where is None else [h for h in idx.search_embeddings([embs[qi]], k=N_IMAGES)[0]
+                                              if h.path in {"img00.png", "img03.png", "img06.png", "img09.png"}][:5]
+        assert [(h.path, h.id) for h in hits] == [(h.path, h.id) for h in ref]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in ref], rtol=1e-6)
+    ids = [h.id for h in want[0]]
+    with ThreadPoolExecutor(4) as ex:  # rows by id from several threads: one map, built once
+        rows = list(ex.map(idx.row, ids * 4))
+    assert [r["id"] for r in rows] == ids * 4
+    assert torch.get_num_threads() == before
+    with ThreadPoolExecutor(1) as ex:  # what a new thread (the next request) starts with
+        assert ex.submit(torch.get_num_threads).result() == before
+
+
+class _Gated:
+    """A real Lance dataset whose scan announces it has started, then waits for ``gate``."""
+
+    def __init__(self, ds):
+        import threading
+
+        self.ds, self.started, self.gate = ds, threading.Event(), threading.Event()
+
+    def to_batches(self, **kw):
+        for b in self.ds.to_batches(**kw):
+            self.started.set()
+            assert self.gate.wait(60)
+            yield b
+
+
+def test_overlapping_scans_restore_torch_threads(env):
+    """Scan B starts while scan A runs and ends after it: every thread started afterwards (a
+    server's next request, a model forward) still gets torch's full thread count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nomic_memory.scoring import default_workers, exact_scan
+
+    idx = Index.open(env["col_store"], backend="cpu")
+    q = idx.embed_queries(["hello"])
+    before = torch.get_num_threads()
+    a, b = _Gated(idx.table.table.to_lance()), _Gated(idx.table.table.to_lance())
+    with ThreadPoolExecutor(2) as ex:
+        fa = ex.submit(exact_scan, a, idx.info, q, 3, workers=2)
+        assert a.started.wait(60)
+        fb = ex.submit(exact_scan, b, idx.info, q, 3, workers=2)
+        assert b.started.wait(60)
+        assert default_workers() == before  # what a scan starting now would use
+        a.gate.set()
+        ra = fa.result(60)
+        b.gate.set()
+        rb = fb.result(60)
+    assert ra.results() == rb.results()
+    with ThreadPoolExecutor(1) as ex:
+        assert ex.submit(torch.get_num_threads).result() == before
+    assert torch.get_num_threads() == before
+
+
+def test_document_pages_have_their_own_ids_and_filter_by_page(env, tmp_path):
+    """A PDF's pages are rows (page 1..N) with their own ids; ``page`` filters them."""
+    from nomic_memory.search import row_id
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    first = Image.new("RGB", (200, 300), (200, 20, 20))
+    first.save(folder / "doc.pdf", save_all=True, resolution=72.0,
+               append_images=[Image.new("RGB", (300, 200), (20, 20, 200)), Image.new("RGB", (150, 150), (0, 160, 0))])
+    shutil.copy(env["images"][0], folder / "photo.png")
+    env["col_emb"].embed_directory(folder, store=tmp_path / "store", workers=0)
+    idx = Index.open(tmp_path / "store", model=env["col_emb"])
+    hits = idx.search("a green square", k=10)
+    root = str(folder.resolve())
+    assert sorted((h.path, h.page) for h in hits) == [("doc.pdf", 1), ("doc.pdf", 2), ("doc.pdf", 3), ("photo.png", 0)]
+    assert {h.id for h in hits} == {row_id(root, h.path, h.page) for h in hits} and len({h.id for h in hits}) == 4
+    later = idx.search("a green square", k=10, where="page >= 2")
+    assert [(h.path, h.page, h.score) for h in later] == [(h.path, h.page, h.score) for h in hits if h.page >= 2]
+    for h in hits:
+        row = idx.row(h.id)
+        assert (row["path"], row["page"]) == (h.path, h.page)
+        assert idx.row_embedding(h.id).shape == (row["n_vectors"], 128)

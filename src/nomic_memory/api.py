@@ -81,15 +81,23 @@ class Embedder:
         ColNomic, ``(dim,)`` for Nomic.
 
         ``images``: one input or a list; an input is a path (``str``/``PathLike``) or a
-        ``PIL.Image``.  One input gives one array; a list gives a list.  ``as_tensor``: torch
-        tensors instead of numpy arrays."""
+        ``PIL.Image``.  One input gives one array; a list gives a list.  A document (a PDF, a
+        multi-page TIFF) gives the list of its pages' embeddings, in page order, drawn as
+        ``embed_directory`` draws them.  ``as_tensor``: torch tensors instead of numpy arrays."""
         single = isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel")
         items = [images] if single else list(images)
-        out = embed_inputs(self.loaded, items, batch_size)
+        lm = self.loaded
+        groups = [_document_pages(x, lm.processor.image_processor) for x in items]
+        flat = embed_inputs(lm, _flatten(items, groups), batch_size)
         if as_tensor:
             import torch
 
-            out = [torch.from_numpy(e) for e in out]
+            flat = [torch.from_numpy(e) for e in flat]
+        out, i = [], 0
+        for g in groups:  # a document's entry: the list of its pages' embeddings, in page order
+            n = 1 if g is None else len(g)
+            out.append(flat[i] if g is None else flat[i:i + n])
+            i += n
         return out[0] if single else out
 
     def embed_queries(self, texts: str | Sequence[str], template: str | None = None, *, batch_size: int = 16,
@@ -109,14 +117,14 @@ class Embedder:
                         batch_size: int = 8, max_batch_tokens: int | None = None, workers: int | None = None,
                         prune: bool = False, engine: str = "local", ray_address: str | None = None,
                         gpus_per_worker: float = 1.0, on_event: ProgressCallback | None = None,
-                        sort_by_tokens: bool = True) -> RunReport:
+                        sort_by_tokens: bool = True, table_name: str | None = None) -> RunReport:
         """Embed every image (and document page) under ``directory`` into ``store`` (default: the
         default store), resumably: unchanged inputs are skipped, changed ones re-embedded,
         ``prune`` drops rows of files that are gone.  The model is loaded only if there is work.
 
         ``engine="ray"`` runs the same batches on a Ray cluster (``ray_address``; ``workers``
         model actors, ``gpus_per_worker`` each); locally ``workers`` is the number of decode
-        processes."""
+        processes.  ``table_name``: the store table to fill (default: the model's own)."""
         from .run import run_embedding
 
         store = store if store is not None else default_store_path()
@@ -137,7 +145,7 @@ class Embedder:
         ident = self._identity()
         try:
             report = run_embedding(directory, store, executor, model_id=ident[0], revision=ident[1], seed=self.seed,
-                                   table_name=ident[2], prune=prune, batch_size=batch_size,
+                                   table_name=table_name or ident[2], prune=prune, batch_size=batch_size,
                                    max_batch_tokens=max_batch_tokens, sort_by_tokens=sort_by_tokens,
                                    on_event=on_event)
         finally:
@@ -162,6 +170,38 @@ class Embedder:
         return Index.open(store, table or self._identity()[2], model=self, **kwargs)
 
 
+def _document_pages(x, image_processor) -> list | None:
+    """The decode tasks of a document's pages (None for anything that is one image)."""
+    if not isinstance(x, (str, os.PathLike)):
+        return None
+    from .decode import DecodeTask
+    from .documents import list_pages, may_have_pages
+    from .run import pdf_render_size
+    from .scan import Item, SourceFile
+
+    path = Path(x)
+    if not may_have_pages(path):
+        return None
+    pages = list_pages(path)  # an unreadable document raises its InputError
+    if not pages:
+        return None
+    tasks = []
+    for g in pages:
+        if g.error:
+            from .documents import DocumentError
+
+            raise DocumentError(path, g.error, page=g.page)
+        it = Item(SourceFile(path, path.name), g.page, max(1, round(g.width)), max(1, round(g.height)),
+                  pdf=path.suffix.lower() == ".pdf")
+        w, h = pdf_render_size(it, image_processor) if it.pdf else (0, 0)
+        tasks.append(DecodeTask(path, g.page, None, w, h))
+    return tasks
+
+
+def _flatten(items: list, groups: list) -> list:
+    return [s for x, g in zip(items, groups) for s in (g if g is not None else [x])]
+
+
 def embed_inputs(lm: LoadedModel, inputs: list, batch_size: int = 8,
                  max_batch_tokens: int | None = None) -> list[np.ndarray]:
     """Embed in-memory images and image files (decoded here, batched by token count); float32
@@ -171,7 +211,7 @@ def embed_inputs(lm: LoadedModel, inputs: list, batch_size: int = 8,
     from .encode import BatchEncoder
 
     prepared = [decode_and_prepare(lm.processor, Path(im) if isinstance(im, (str, os.PathLike)) else im)
-                for im in inputs]
+                for im in inputs]  # paths, PIL images, or DecodeTasks (pages of documents)
     tokens = [int(p.image_grid_thw.prod()) for p in prepared]
     encoder = BatchEncoder(lm)
     out: list[np.ndarray | None] = [None] * len(inputs)

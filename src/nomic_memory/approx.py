@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .errors import SearchError
+from .errors import SearchError, UsageError
 from .scoring import META_COLUMNS, ScanOptions, TopK, meta_getter, multivector_matrix
 from .store import EmbeddingTable, Store, TableInfo
 
@@ -74,7 +74,7 @@ def approx_info(store: Store, table: EmbeddingTable) -> dict | None:
 def resolve_method(store: Store, table: EmbeddingTable, method: str | None) -> str:
     """The index a search uses: ``method``, or whichever exists (pooled first); refused if absent."""
     if method is not None and method not in APPROX_METHODS:
-        raise ValueError(f"unknown approximate index {method!r}; choose one of {', '.join(APPROX_METHODS)}")
+        raise UsageError(f"unknown approximate index {method!r}; choose one of {', '.join(APPROX_METHODS)}")
     has_pooled = (store.local or method == "pooled") and pooled_index_path(store, table).exists()
     has_lance = method != "pooled" and lance_vector_index(table) is not None
     if method is None:
@@ -173,7 +173,7 @@ def build_pooled_index(table: EmbeddingTable, path: Path, *, pool_factor: int = 
     import lance
 
     if pool_factor < 1:
-        raise ValueError("pool_factor must be at least 1")
+        raise UsageError("pool_factor must be at least 1")
     if table.info.kind != "colqwen":
         raise SearchError("the pooled index is for ColQwen (multi-vector) tables; a BiQwen table holds one "
                           "vector per image already: use method 'lance' (or exact search)")

@@ -30,6 +30,27 @@ def target_size(width: int, height: int, image_processor) -> tuple[int, int]:
     return smart_resize(height, width, factor=factor, min_pixels=min_px, max_pixels=max_px)
 
 
+def check_max_batch_tokens(value: int | None, image_processor) -> None:
+    """Refuse a ``--max-batch-tokens`` below the visual tokens of one full-size image.
+
+    A batch holds at least one image, so such a cap could not be honoured: every image at the
+    processor's pixel budget would make a batch over it (what the user sized the cap for, memory,
+    would not be respected).  The largest image the processor produces has
+    ``longest_edge / (patch_size * merge_size)**2`` visual tokens (768 for Nomic's models)."""
+    if value is None:
+        return
+    from .errors import UsageError
+
+    unit = (image_processor.patch_size * image_processor.merge_size) ** 2
+    size = image_processor.size
+    max_pixels = size.get("longest_edge") if hasattr(size, "get") else size["longest_edge"]
+    most = max_pixels // unit
+    if value < most:
+        raise UsageError(f"max_batch_tokens (--max-batch-tokens) {value} is below the {most} visual tokens of "
+                         f"one full-size image for this model (images are resized to at most {max_pixels} "
+                         f"pixels); a batch holds at least one image: use {most} or more")
+
+
 def make_batches(token_counts: list[int], batch_size: int, max_batch_tokens: int | None = None,
                  sort: bool = True, max_padding: float | None = None) -> list[list[int]]:
     """Group item indices into batches of similar token counts.

@@ -158,14 +158,20 @@ class _NullTable:
     def index(self, root=None) -> dict:
         return {}
 
-    def upsert(self, records, known_new=None) -> None:
-        pass
+    def upsert(self, records, known_new=None) -> list:
+        return []  # nothing refused, nothing kept
 
     def delete_paths(self, root, paths) -> int:
         return 0
 
-    def optimize(self) -> None:
-        pass
+    def delete_keys(self, root, keys) -> int:
+        return 0
+
+    def ensure_unique(self) -> int:
+        return 0
+
+    def maintain(self) -> bool:
+        return False
 
 
 def _null_store():

@@ -45,7 +45,7 @@ class LoadedModel:
     kind: str  # colqwen | biqwen
     model_id: str
     revision: str
-    fingerprint: str  # digest of custom_text_proj ("" for biqwen)
+    fingerprint: str  # digest of custom_text_proj ("" for biqwen), dtype-independent
     backend: Backend
     dim: int
     source: Path  # local directory the weights came from
@@ -56,6 +56,9 @@ class LoadedModel:
     seed: int = DEFAULT_SEED
     # CPU runs: the run's ThreadTuner while a run is in progress (encode asks it per call).
     thread_tuner: object | None = None
+    # Fingerprints rows made by this model may record (fingerprint_variants): older versions
+    # wrote the exact float32 digest.
+    fingerprints: frozenset = frozenset()
 
     def __post_init__(self) -> None:
         if not self.table_name:
@@ -126,30 +129,83 @@ def resolve_model(model_name: str | None, variant: str | None, revision: str | N
     if _looks_like_path(model_name):  # a hub id is ``name`` or ``namespace/name``
         what = "is a file, not a model directory" if Path(model_name).expanduser().exists() else "does not exist"
         raise ModelLoadError(f"model directory '{model_name}' {what}; pass a local model directory "
-                             "or a Hugging Face hub id (namespace/name) with --model-name.")
+                             "or a Hugging Face hub id (namespace/name).")
     v = variant_for_repo(model_name)
     try:
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(model_name, revision=revision, local_files_only=local_files_only))
     except Exception as e:  # network, auth, missing repo: one sentence, not a traceback
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # The first whole sentence(s) of the library's message, never cut mid-sentence: the rest
+        # is advice for the library's own API (``local_files_only=False``), not for our user.
+        import re
+
+        text = str(e).strip().splitlines()[0].strip() if str(e).strip() else type(e).__name__
+        sentences = re.split(r"(?<=[.!?])\s+", text)
+        reason = sentences[0]
+        for more in sentences[1:]:
+            if len(reason) + 1 + len(more) > 200:
+                break
+            reason += " " + more
         raise ModelLoadError(
             f"Could not get model '{model_name}' from the Hugging Face hub ({type(e).__name__}: "
-            f"{reason[:160]}); if this machine is offline, pass a local model directory with "
-            "--model-name PATH.") from None
+            f"{reason.rstrip('.')}); if this machine is offline, pass a local model directory "
+            "instead.") from None
     return model_name, path, path.name, v.kind if v else None
 
 
-def projection_fingerprint(model: nn.Module) -> str:
-    proj = getattr(model, "custom_text_proj", None)
-    if proj is None:
-        return ""
+def _proj_digest(proj: nn.Module, round_to: torch.dtype | None) -> str:
     h = hashlib.sha256()
     for t in (proj.weight, proj.bias):
         if t is not None:
-            h.update(t.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+            t = t.detach()
+            if round_to is not None:
+                t = t.to(round_to)
+            h.update(t.to(torch.float32).cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def projection_fingerprint(model: nn.Module) -> str:
+    """Identity of the query-side projection (``custom_text_proj``), the same whatever dtype the
+    model computes in: the weights are hashed rounded to bfloat16.  A checkpoint loaded in
+    float32 and in bfloat16 (and a projection randomly initialised from the same seed in either)
+    gives the same fingerprint, so a store filled on a GPU in bf16 and topped up on a CPU in fp32
+    is one model's table, not two.  ("" for BiQwen, which has no such projection.)"""
+    proj = getattr(model, "custom_text_proj", None)
+    if proj is None:
+        return ""
+    return _proj_digest(proj, torch.bfloat16)
+
+
+def fingerprint_variants(model: nn.Module) -> frozenset[str]:
+    """Every fingerprint a table made with this model's projection may record: the current one
+    (:func:`projection_fingerprint`), and what earlier versions wrote (the exact float32 values,
+    or the values rounded to float16).  Search checks a table against this set; a run treats rows
+    recording any of them as made by this model."""
+    proj = getattr(model, "custom_text_proj", None)
+    if proj is None:
+        return frozenset({""})
+    return frozenset({_proj_digest(proj, torch.bfloat16), _proj_digest(proj, None),
+                      _proj_digest(proj, torch.float16)})
+
+
+#: Weight files that are Python pickles: loading one runs arbitrary code from the file.
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_format(path: Path) -> None:
+    """Refuse a model directory whose weights are only pickles (``pytorch_model.bin``, ...),
+    before anything is loaded: unpickling a file can run any code it contains."""
+    if not path.is_dir():
+        return
+    names = [p.name for p in path.iterdir() if p.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith(PICKLE_WEIGHT_SUFFIXES))
+    if pickles:
+        raise ModelLoadError(f"only safetensors weights are loaded (found {', '.join(pickles[:3])} in {path}, "
+                             "which are Python pickles that can run code when loaded); convert the "
+                             "checkpoint to safetensors first")
 
 
 def document_prompt_ids(processor) -> list[int]:
@@ -257,6 +313,7 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
 
 
 def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedModel:
+    check_weight_format(resolved.source)
     # Imported only now: it takes seconds, and a bad model name should fail at once.
     from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
 
@@ -269,9 +326,19 @@ def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedM
     notes: list[str] = []
     torch.manual_seed(seed)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, info = model_cls.from_pretrained(str(path), **kwargs)
+        # transformers draws a "Loading weights" progress bar on stderr: noise in a library call
+        # (and once per Ray actor); our callers report loading themselves.
+        from transformers.utils import logging as hf_logging
+
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model, info = model_cls.from_pretrained(str(path), **kwargs)
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         proc_kwargs = {}
         if spec.max_visual_tokens:
             proc_kwargs["max_num_visual_tokens"] = spec.max_visual_tokens
@@ -280,7 +347,7 @@ def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedM
         raise
     except OSError as e:
         raise ModelLoadError(f"Could not load model '{model_id}' from {path}: {str(e).splitlines()[0]}; "
-                             "if this machine is offline, pass a local model directory with --model-name PATH.") from None
+                             "if this machine is offline, pass a local model directory instead.") from None
     missing = [k for k in (info.get("missing_keys") or []) if "custom_text_proj" in k]
     if missing:
         notes.append(f"custom_text_proj was not in the checkpoint: initialised from seed {seed}")
@@ -299,7 +366,7 @@ def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedM
     dim = 128 if kind == "colqwen" else model.config.text_config.hidden_size
     lm = LoadedModel(model=model, processor=processor, kind=kind, model_id=model_id, revision=resolved.revision,
                      fingerprint=fingerprint, backend=backend, dim=dim, source=path, notes=notes,
-                     table_name=resolved.table_name, seed=seed)
+                     table_name=resolved.table_name, seed=seed, fingerprints=fingerprint_variants(model))
     if spec.image_only:
         make_image_only(lm)
     return lm
@@ -352,4 +419,5 @@ def make_image_only(lm: LoadedModel) -> int:
 
 
 __all__ = ["LoadedModel", "ModelLoadError", "ModelSpec", "ResolvedModel", "load_model", "make_image_only",
-           "CompactEmbedding", "projection_fingerprint", "BIQWEN_KEY_MAPPING", "resolve_model", "table_name_for"]
+           "CompactEmbedding", "projection_fingerprint", "fingerprint_variants", "check_weight_format",
+           "BIQWEN_KEY_MAPPING", "resolve_model", "table_name_for"]

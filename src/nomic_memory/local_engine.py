@@ -55,6 +55,10 @@ class LocalExecutor:
         return ModelStamp.of(self.lm)
 
     @property
+    def fingerprints(self) -> frozenset[str]:
+        return self.lm.fingerprints if self.lm is not None else frozenset()
+
+    @property
     def notes(self) -> list[str]:
         """What loading the model had to say (a head initialised from the seed, merged adapters...)."""
         return list(self.lm.notes) if self.lm is not None else []
@@ -68,6 +72,13 @@ class LocalExecutor:
         lm = self.lm
         stamp = ModelStamp.of(lm)
         n_workers = default_workers(len(plan.todo), lm.backend.name) if self.workers is None else self.workers
+        cpus = available_cpus()
+        if n_workers > cpus:
+            # More decode processes than cores only compete with each other and the model
+            # (64 workers on 2 cores measured 25x slower): one per core at most.
+            log.warning("--workers %d is more than the %d CPU cores available: using %d decode workers",
+                        n_workers, cpus, cpus)
+            n_workers = cpus
         threads0 = torch.get_num_threads()
         tuner = None
         if lm.backend.name == "cpu":

@@ -309,6 +309,10 @@ def _placement(backend: Backend, cluster: dict, workers: int | None, gpus_per_wo
     free = cpus - CPU_DECODE_CPUS
     if free <= 0:
         raise RayEngineError(f"the Ray cluster has {cpus:g} CPUs: not enough for a CPU model worker")
+    if n > max(1, int(free)):
+        log.warning("%d CPU model workers asked for, but the cluster has %g CPUs: using %d", n, cpus,
+                    max(1, int(free)))
+        n = max(1, int(free))
     actor_cpus = min(max(1.0, cpus // n), free / n)
     # Whole CPUs only: torch's OpenMP threads spin-wait at every barrier, so one thread more than
     # the cores left free by decoding makes the forward much slower, not faster.

@@ -27,10 +27,11 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .batching import MAX_PADDING, make_batches, padding_overhead, visual_tokens
+from .batching import MAX_PADDING, check_max_batch_tokens, make_batches, padding_overhead, visual_tokens
 from .errors import InputError, UsageError
 from .failures import FailureLog
-from .images import discover_images
+from .documents import is_input_path
+from .images import discover
 from .memory import MemoryReport
 from .scan import Item, SourceFile, scan_files
 
@@ -143,49 +144,79 @@ class Executor(Protocol):
     def finish(self, report: RunReport) -> None: ...
 
 
-def _row_key(path: str, page: int = 0):
-    return path if not page else (path, page)
+def _fail(report: RunReport, emit, label: str, reason: str, **extra) -> None:
+    from .store import path_to_key
+
+    label = path_to_key(label)  # printable even when the file name is not valid UTF-8
+    report.failed.append((label, reason))
+    emit("failed", {"path": label, "reason": reason, **extra})
 
 
 def plan_run(table, root: Path, files: list[SourceFile], image_processor, report: RunReport, emit, *,
-             stamp: ModelStamp | None, revision: str, prune: bool, batch_size: int,
+             fingerprints: frozenset[str] | None, revision: str, prune: bool, batch_size: int,
              max_batch_tokens: int | None, sort_by_tokens: bool = True, failures=None) -> RunPlan:
-    """The listing every engine shares: prune rows of vanished files, report unreadable ones, skip
-    inputs stored unchanged (same content hash, model revision and projection fingerprint; with
-    ``stamp`` None only hash and revision are known, so nothing of another projection can be
-    told apart: callers pass None only when no stored row can have the right projection), count
-    visual tokens, cut batches.  Inputs that failed before and whose file has not changed since
-    (``failures``, a :class:`~nomic_memory.failures.FailureLog`) are reported, not retried.
+    """The listing every engine shares: prune rows of vanished files (and of pages a changed
+    document no longer has), report unreadable inputs, skip inputs stored unchanged (same content
+    hash and model revision, and a projection fingerprint in ``fingerprints``; None when no stored
+    row can be known to have the right projection), count visual tokens, cut batches.  Inputs that
+    failed before and whose file has not changed since (``failures``) are reported, not retried.
     ``report`` and ``emit`` are updated."""
     existing = table.index(str(root)) if table is not None else {}
-    if prune:
-        present = {f.rel for f in files}
-        gone = [p for p in existing if (p if isinstance(p, str) else p[0]) not in present]
-        if gone:
-            report.pruned = table.delete_paths(str(root), gone)
-            emit("pruned", {"count": report.pruned})
-        if failures is not None:
-            failures.forget([k for k in failures.known if k[0] not in present])
+    _prune(table, root, files, existing, report, emit, prune, failures)
     todo: list[Item] = []
     for f in files:
         if f.error:
-            report.failed.append((f.rel, f.error))
-            emit("failed", {"path": f.rel, "reason": f.error})
+            _fail(report, emit, f.rel, f.error)
             continue
+        for page, reason in f.page_errors:
+            _fail(report, emit, f"{f.rel}#{page}", reason)
         for it in f.items:
             known = failures.unchanged(f.rel, it.page, f.content_hash) if failures is not None else None
             if known is not None:
-                report.failed.append((it.label, f"{known} (failed before; the file has not changed since)"))
-                emit("failed", {"path": it.label, "reason": known, "known": True})
-                continue
-            old = existing.get(_row_key(f.rel, it.page))
-            if old and old["content_hash"] == f.content_hash and old["model_revision"] == revision \
-                    and stamp is not None and old["proj_fingerprint"] == stamp.fingerprint:
+                _fail(report, emit, it.label, f"{known} (failed before; the file has not changed since)", known=True)
+            elif _unchanged(existing.get((f.rel, it.page)), f, revision, fingerprints):
                 report.skipped_unchanged += 1
-                continue
-            todo.append(it)
+            else:
+                todo.append(it)
     emit("todo", {"count": len(todo), "skipped": report.skipped_unchanged})
+    batches = _cut_batches(todo, image_processor, report, batch_size, max_batch_tokens, sort_by_tokens)
+    emit("plan", {"batches": len(batches), "padding_overhead": report.padding_overhead})
+    return RunPlan(root, files, todo, batches, existing)
+
+
+def _unchanged(old: dict | None, f: SourceFile, revision: str, fingerprints: frozenset[str] | None) -> bool:
+    return bool(old and old["content_hash"] == f.content_hash and old["model_revision"] == revision
+                and fingerprints is not None and old["proj_fingerprint"] in fingerprints)
+
+
+def _prune(table, root: Path, files: list[SourceFile], existing: dict, report: RunReport, emit, prune: bool,
+           failures) -> None:
+    """Rows of files that are gone (with ``prune``), and rows of pages a document no longer has
+    (always: its new content is what the store must hold)."""
+    if table is None:
+        return
+    present = {f.rel: f for f in files}
+    n = 0
+    if prune:
+        gone = sorted({p for p, _ in existing if p not in present})
+        if gone:
+            n += table.delete_paths(str(root), gone)
+        if failures is not None:
+            failures.forget([k for k in failures.known if k[0] not in present])
+    stale = [(p, pg) for p, pg in existing if p in present and not present[p].error
+             and pg not in {it.page for it in present[p].items} | {pg_ for pg_, _ in present[p].page_errors}]
+    if stale:
+        n += table.delete_keys(str(root), stale)
+    if n:
+        report.pruned = n
+        emit("pruned", {"count": n})
+
+
+def _cut_batches(todo: list[Item], image_processor, report: RunReport, batch_size: int,
+                 max_batch_tokens: int | None, sort_by_tokens: bool) -> list[list[int]]:
     for it in todo:
+        if it.pdf:
+            it.width, it.height = pdf_render_size(it, image_processor)
         try:
             it.tokens = visual_tokens(it.width, it.height, image_processor) if it.width and it.height else 0
         except ValueError:  # extreme aspect ratio: padded on decode to the processor's limit
@@ -199,8 +230,19 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
         batches.reverse()
     report.batches = len(batches)
     report.padding_overhead = padding_overhead(tokens, batches) if todo else 0.0
-    emit("plan", {"batches": len(batches), "padding_overhead": report.padding_overhead})
-    return RunPlan(root, files, todo, batches, existing)
+    return batches
+
+
+def pdf_render_size(it: Item, image_processor) -> tuple[int, int]:
+    """The pixel size a PDF page is drawn at: its shape, scaled so that the model's visual-token
+    budget (the processor's largest image) decides the pixels, not a DPI.  A page's size in
+    points is 72 dpi: an A4 page would get 640 of 768 tokens, and small text would be lost."""
+    from .documents import PageGeometry, render_size
+
+    budget = image_processor.size["longest_edge"]
+    w, h = float(it.width), float(it.height)
+    scale = max(1.0, (budget / (w * h)) ** 0.5)
+    return render_size(PageGeometry(it.page, w * scale, h * scale), image_processor)
 
 
 class StoreSink:
@@ -221,24 +263,29 @@ class StoreSink:
         bad: list[tuple[str, int, str, str]] = []
         for it, out in zip(items, result.outputs):
             if isinstance(out, InputError):
-                report.failed.append((it.label, out.reason))
-                emit("failed", {"path": it.label, "reason": out.reason})
+                _fail(report, emit, it.label, out.reason)
                 bad.append((it.rel, it.page, it.file.content_hash, out.reason))
             else:
                 good.append((it, out))
+        if good:
+            if self.table is None:
+                self.table = self.store.create_or_open(self.table_name, result.stamp.table_info())
+            stamp, root = result.stamp, str(plan.root)
+            records = [Record(root, it.rel, it.file.content_hash, it.file.size, it.file.mtime, it.width, it.height,
+                              e, stamp.dtype, page=it.page, model_revision=stamp.revision,
+                              proj_fingerprint=stamp.fingerprint) for it, e in good]
+            refused = self.table.upsert(records, known_new={(it.rel, it.page) for it, _ in good
+                                                            if (it.rel, it.page) not in plan.existing})
+            refused_ids = {id(r) for r, _ in refused}
+            for r, reason in refused:  # e.g. a NaN embedding: never stored
+                label = r.path if not r.page else f"{r.path}#{r.page}"
+                _fail(report, emit, label, reason)
+                bad.append((r.path, r.page, r.content_hash, reason))
+            report.embedded += len(records) - len(refused)
+            good = [(it, e) for (it, e), r in zip(good, records) if id(r) not in refused_ids]
         if self.failures is not None:
             self.failures.record(bad)
             self.failures.forget([(it.rel, it.page) for it, _ in good])
-        if not good:
-            return
-        if self.table is None:
-            self.table = self.store.create_or_open(self.table_name, result.stamp.table_info())
-        root = str(plan.root)
-        records = [Record(root, it.rel, it.file.content_hash, it.file.size, it.file.mtime, it.width, it.height,
-                          e, result.stamp.dtype, page=it.page) for it, e in good]
-        self.table.upsert(records, known_new={it.rel for it, _ in good
-                                              if _row_key(it.rel, it.page) not in plan.existing})
-        report.embedded += len(records)
 
 
 def _warn_other_weights(table, stamp: ModelStamp) -> None:
@@ -278,7 +325,12 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         raise UsageError("batch_size must be at least 1")
     importer = _import_store_in_background() if not isinstance(store, Store) else None
     root = Path(directory).expanduser().resolve()
-    paths = discover_images(root)
+    try:
+        paths, skipped = discover(root, match=is_input_path)
+    except FileNotFoundError:
+        if not prune:
+            raise
+        paths, skipped = [], []  # a folder that is gone: --prune forgets what the store held of it
     emit("discovered", {"count": len(paths), "directory": str(root)})
     files = scan_files(paths, root)
     if importer is not None:
@@ -286,6 +338,12 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
     store = store if isinstance(store, Store) else Store(store)
     table = store.open_table(table_name) if table_name in store.table_names() else None
     report = RunReport(str(root), str(store.path), table_name, discovered=len(paths))
+    for rel, reason in skipped:  # FIFOs, devices, broken links...: reported, never read
+        _fail(report, emit, rel, reason)
+    if table is not None:
+        fixed = table.ensure_unique()  # a store written by racing runs of older versions
+        if fixed:
+            log.warning("removed %d duplicate rows from table %s", fixed, table.name)
     failures = FailureLog(store, table_name, str(root))
     failures.load()
 
@@ -300,15 +358,19 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         stamp = _start(executor, report, emit)
         if stamp is not None:
             _warn_other_weights(table, stamp)
+    check_max_batch_tokens(max_batch_tokens, executor.processor().image_processor)
     opts = dict(revision=revision, prune=prune, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                 sort_by_tokens=sort_by_tokens, failures=failures)
-    plan = plan_run(table, root, files, executor.processor().image_processor, report, emit, stamp=stamp or expected, **opts)
+    plan = plan_run(table, root, files, executor.processor().image_processor, report, emit,
+                    fingerprints=_fingerprints(executor, stamp or expected), **opts)
     if plan.todo and stamp is None:
         stamp = _start(executor, report, emit)
-        if stamp is not None and expected is not None and stamp.fingerprint != expected.fingerprint:
+        fps = _fingerprints(executor, stamp)
+        if stamp is not None and expected is not None and expected.fingerprint not in fps:
             _warn_other_weights(table, stamp)  # its rows are not this model's: plan them again
             report = RunReport(str(root), str(store.path), table_name, discovered=len(paths), model_loaded=True)
-            plan = plan_run(table, root, files, executor.processor().image_processor, report, emit, stamp=stamp, **opts)
+            plan = plan_run(table, root, files, executor.processor().image_processor, report, emit,
+                            fingerprints=fps, **opts)
     sink = StoreSink(store, table_name, table, failures)
     t_embed = time.perf_counter()
     try:
@@ -319,11 +381,20 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         if report.model_loaded:
             executor.finish(report)
         report.final_batch_cap = report.final_batch_cap or batch_size
-        if report.embedded and sink.table is not None:
-            sink.table.optimize()
+        if sink.table is not None:
+            sink.table.maintain()  # compact small fragments, drop old versions: cheap when clean
         report.seconds = time.perf_counter() - t0
     emit("done", report.to_dict())
     return report
+
+
+def _fingerprints(executor, stamp: ModelStamp | None) -> frozenset[str] | None:
+    """The projection fingerprints rows may carry and still be this model's (the same weights
+    fingerprinted in another dtype by earlier versions count too)."""
+    if stamp is None:
+        return None
+    variants = getattr(executor, "fingerprints", None) or frozenset()
+    return frozenset({stamp.fingerprint, *variants})
 
 
 def _start(executor: Executor, report: RunReport, emit) -> ModelStamp | None:

@@ -8,7 +8,6 @@ batch is known up front.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ class Item:
     width: int = 0
     height: int = 0
     tokens: int = 0
+    pdf: bool = False  # a PDF page: ``width``/``height`` become the size it is drawn at (plan)
 
     @property
     def path(self) -> Path:
@@ -53,20 +53,7 @@ class SourceFile:
     content_hash: str = ""
     error: str | None = None  # why the file cannot be read at all
     items: list[Item] = field(default_factory=list)
-
-
-def hash_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    """sha256 of the file's bytes, and how many there were."""
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            n += len(b)
-            h.update(b)
-    return h.hexdigest(), n
+    page_errors: list[tuple[int, str]] = field(default_factory=list)  # pages that cannot be sized
 
 
 def _os_reason(e: OSError) -> str:
@@ -78,27 +65,58 @@ def _os_reason(e: OSError) -> str:
 def _image_geometry(path: Path) -> tuple[int, int]:
     """Width and height as the model will see them (EXIF orientation applied), from the header
     only; (0, 0) when the header cannot be read (decoding then names the precise reason)."""
+    from .images import open_regular, oriented_size, register_plugins
+
+    register_plugins()
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            orient = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
-            return (h, w) if orient in (5, 6, 7, 8) else (w, h)
+        f, _ = open_regular(path)  # the same checks as every read: never a FIFO swapped in
+        with f, Image.open(f) as im:
+            return oriented_size(im)
     except Exception:
         return 0, 0
 
 
+def _pages(sf: SourceFile) -> bool:
+    """The pages of a document (PDF, multi-page TIFF) as items; False when it is one image."""
+    from .documents import is_document_path, list_pages, may_have_pages
+    from .errors import InputError
+
+    if not may_have_pages(sf.path):
+        return False
+    try:
+        pages = list_pages(sf.path)
+    except InputError as e:
+        sf.error = e.reason
+        return True
+    if not pages:  # a single-frame TIFF: one image
+        return False
+    pdf = is_document_path(sf.path)
+    for g in pages:
+        if g.error:
+            sf.page_errors.append((g.page, g.error))
+        else:
+            sf.items.append(Item(sf, g.page, max(1, round(g.width)), max(1, round(g.height)), pdf=pdf))
+    return True
+
+
 def scan_file(path: Path, root: Path) -> SourceFile:
     """Stat, hash and measure one file (never raises: a problem is recorded in ``error``)."""
+    from .images import ImageError, hash_file
+
     sf = SourceFile(path, path.relative_to(root).as_posix())
     try:
         st = path.stat()
-        sf.content_hash, _ = hash_file(path)
+        sf.content_hash, sf.size = hash_file(path)  # regular files only, bounded reads
+    except ImageError as e:
+        sf.error = e.reason
+        return sf
     except OSError as e:
         sf.error = _os_reason(e)
         return sf
-    sf.size, sf.mtime = st.st_size, st.st_mtime
-    w, h = _image_geometry(path)
-    sf.items = [Item(sf, 0, w, h)]
+    sf.mtime = st.st_mtime
+    if not _pages(sf):
+        w, h = _image_geometry(path)
+        sf.items = [Item(sf, 0, w, h)]
     return sf
 
 
@@ -110,4 +128,4 @@ def scan_files(paths: list[Path], root: Path, threads: int = 8) -> list[SourceFi
         return list(ex.map(lambda p: scan_file(p, root), paths))
 
 
-__all__ = ["Item", "SourceFile", "hash_file", "scan_file", "scan_files"]
+__all__ = ["Item", "SourceFile", "scan_file", "scan_files"]

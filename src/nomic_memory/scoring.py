@@ -17,6 +17,8 @@ queries shares one scan.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -233,10 +235,40 @@ def meta_getter(batch) -> Callable[[np.ndarray], list[tuple]]:
 
 
 def default_workers() -> int:
-    """Scan threads: torch's intra-op thread count (honours ``OMP_NUM_THREADS``/``set_num_threads``)."""
+    """Scan threads: torch's intra-op thread count (honours ``OMP_NUM_THREADS``/``set_num_threads``),
+    as it was before any scan in progress set it to 1."""
     import torch
 
-    return max(1, torch.get_num_threads())
+    with _threads_lock:
+        n = _threads_saved if _threads_users else torch.get_num_threads()
+    return max(1, n)
+
+
+# CPU scans run torch single-threaded (their parallelism is across batches) and torch's thread
+# count is one per process: concurrent scans (a server's threads) share one "set to 1" and the
+# last to finish restores the count the first one found.
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
+
+
+@contextlib.contextmanager
+def _torch_single_threaded():
+    global _threads_users, _threads_saved
+    import torch
+
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 
@@ -253,8 +285,6 @@ def exact_scan(ds, info: TableInfo, queries: Sequence[np.ndarray], k: int, *, ba
     ``ds`` itself (the pooled copy of a table filtered on the table's columns).  Positions in the
     result are positions in the scanned stream.
     """
-    import contextlib
-
     first = Scorer(queries, info.kind, info.dim, device=device, tile_vectors=tile_vectors)
     top = TopK(first.nq, k)
     cols = (META_COLUMNS if column_meta else []) + ["embedding"]
@@ -292,11 +322,8 @@ def _scored_batches(batches, first: Scorer, queries, info: TableInfo, workers: i
     descheduled thread (a busy, shared machine) stalls every matmul, which measured 4-18x slower
     here.  A GPU scores batch by batch (its own parallelism is inside each matmul).
     """
-    import threading
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
-
-    import torch
 
     if first.device.type != "cpu":
         for batch in batches:
@@ -312,9 +339,7 @@ def _scored_batches(batches, first: Scorer, queries, info: TableInfo, workers: i
                                        tile_vectors=first.tile_vectors)
         return sc.score_batch(batch)
 
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _torch_single_threaded():
         if workers == 1:
             for batch in batches:
                 yield batch, first.score_batch(batch)
@@ -329,8 +354,6 @@ def _scored_batches(batches, first: Scorer, queries, info: TableInfo, workers: i
             while pending:
                 b, f = pending.popleft()
                 yield b, f.result()
-    finally:
-        torch.set_num_threads(prev)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import approx as _approx
-from .errors import ModelLoadError, ModelMismatchError, SearchError
+from .errors import ModelLoadError, ModelMismatchError, SearchError, UsageError
 from .scoring import ScanOptions, TopK
 from .store import EmbeddingTable, Store, TableInfo, default_store_path, embedding_to_numpy
 
@@ -48,6 +48,8 @@ def row_id(root: str, path: str, page: int = 0) -> str:
 
 @dataclass(frozen=True)
 class Hit:
+    """One result: its rank (1 = best) and exact score for the query, and the row it names."""
+
     rank: int
     score: float
     path: str  # relative to root
@@ -108,26 +110,6 @@ def check_where(ds, where: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------ model checks
-def _fingerprints(model) -> set[str]:
-    """The projection fingerprint, plus what it would be had the weights been rounded to a 16-bit
-    dtype (a table embedded in bf16 from a float32 checkpoint is the same model)."""
-    import torch
-
-    from .loading import projection_fingerprint
-
-    out = {projection_fingerprint(model)}
-    proj = getattr(model, "custom_text_proj", None)
-    if proj is None:
-        return out
-    for dt in (torch.bfloat16, torch.float16):
-        h = hashlib.sha256()
-        for t in (proj.weight, proj.bias):
-            if t is not None:
-                h.update(t.detach().to(dt).to(torch.float32).cpu().contiguous().numpy().tobytes())
-        out.add(h.hexdigest()[:16])
-    return out
-
-
 def check_model(lm, info: TableInfo) -> list[str]:
     """Why ``lm`` would give wrong scores on a table made with ``info`` (empty: compatible)."""
     problems = []
@@ -137,10 +119,17 @@ def check_model(lm, info: TableInfo) -> list[str]:
         problems.append(f"the table holds {info.dim}-d embeddings but the model makes {lm.dim}-d ones")
     if lm.revision != info.revision:
         problems.append(f"model revision {lm.revision} differs from the table's {info.revision}")
-    if info.fingerprint and info.fingerprint not in _fingerprints(lm.model):
+    if info.fingerprint and info.fingerprint not in _fingerprints(lm):
         problems.append(f"projection fingerprint {lm.fingerprint} differs from the table's {info.fingerprint}"
                         f" (a different custom_text_proj: another seed, checkpoint or dtype)")
     return problems
+
+
+def _fingerprints(lm) -> frozenset[str]:
+    """Every fingerprint a table made with ``lm``'s projection may record (whatever the dtype)."""
+    from .loading import fingerprint_variants
+
+    return getattr(lm, "fingerprints", None) or fingerprint_variants(lm.model)
 
 
 def _as_loaded_model(model):
@@ -152,6 +141,14 @@ def _as_loaded_model(model):
     if not isinstance(lm, LoadedModel):
         raise TypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), not {type(model).__name__}")
     return lm
+
+
+def _holds_model(model) -> bool:
+    """``model`` is a ``LoadedModel`` or has a ``loaded`` attribute (without reading it, which
+    would load an Embedder's model)."""
+    from .loading import LoadedModel
+
+    return isinstance(model, LoadedModel) or hasattr(type(model), "loaded") or "loaded" in getattr(model, "__dict__", {})
 
 
 def _query_list(queries) -> list:
@@ -193,7 +190,10 @@ class Index:
         self.batch_rows = batch_rows
         self.tile_vectors = tile_vectors
         self.workers = workers
-        self._given = _as_loaded_model(model) if model is not None else None
+        if model is not None and not _holds_model(model):
+            raise TypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), "
+                            f"not {type(model).__name__}")
+        self._given = model  # an Embedder may load its model lazily: resolved on first use
         self._lm = None
         self._model_lock = threading.Lock()
         self._rows_lock = threading.Lock()
@@ -215,7 +215,7 @@ class Index:
         if self._lm is None:
             with self._model_lock:
                 if self._lm is None:
-                    lm = self._given if self._given is not None else self._load_model()
+                    lm = _as_loaded_model(self._given) if self._given is not None else self._load_model()
                     self._check_model(lm)
                     self._lm = lm
         return self._lm
@@ -312,7 +312,7 @@ class Index:
         ``approx``: use the approximate index (``method`` pooled or lance; default whichever
         exists, pooled first), re-ranking the best ``rerank`` candidates exactly."""
         if k < 1:
-            raise ValueError("k must be at least 1")
+            raise UsageError("k must be at least 1")
         embs = self._query_arrays(embeddings)
         if not embs:
             return []
@@ -348,7 +348,7 @@ class Index:
         """Build (or rebuild) the approximate index (see :mod:`nomic_memory.approx`); returns its
         description."""
         if method not in _approx.APPROX_METHODS:
-            raise ValueError(f"unknown approximate index {method!r}; choose one of {', '.join(_approx.APPROX_METHODS)}")
+            raise UsageError(f"unknown approximate index {method!r}; choose one of {', '.join(_approx.APPROX_METHODS)}")
         if method == "lance":
             return _approx.build_lance_index(self.table, num_partitions=num_partitions, num_sub_vectors=num_sub_vectors)
         if self.info.kind != "colqwen":

@@ -75,7 +75,7 @@ def bench(
     out_dir: Path = typer.Option(Path("bench_out"), "--out-dir", help="Where bench.json and bench.png go."),
     in_process: bool = typer.Option(False, "--in-process", help="Measure in this process (faster; CPU peaks then carry over between configurations)."),
     json_out: bool = typer.Option(False, "--json", help="Also print the JSON results on stdout."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
     """Sweep batch sizes (x modes, models, backends): peak memory, time, images/s, and the plan."""
     setup_logging(verbose)

@@ -54,6 +54,57 @@ class DtypeChoice(str, Enum):
     float32 = "float32"
 
 
+class SizeChoice(str, Enum):
+    tiny = "tiny"
+    medium = "medium"
+
+
+class ExportFormat(str, Enum):
+    npz = "npz"
+    parquet = "parquet"
+
+
+# The same option means the same everywhere: one declaration per shared option.
+STORE_HELP = "Store directory or object-storage URI (s3://...). Default: $NOMIC_MEMORY_STORE, else ~/.local/share/nomic-memory/store."
+
+
+def store_option(help: str = STORE_HELP):
+    return typer.Option(None, "--store", metavar="PATH", help=help)
+
+
+def json_option(help: str = "Print one JSON document on stdout and nothing else (human lines go to stderr)."):
+    return typer.Option(False, "--json", help=help)
+
+
+def resolve_store(store: str | None):
+    """``--store``, else the default store (``$NOMIC_MEMORY_STORE`` or the XDG data directory)."""
+    from ..store import default_store_path
+
+    return store or default_store_path()
+
+
+def plural(n: int, word: str, plural_form: str | None = None) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {word if n == 1 else (plural_form or word + 's')}"
+
+
+def say(msg: str = "", json_out: bool = False) -> None:
+    """A human line: on stdout, or on stderr when stdout carries the ``--json`` document."""
+    typer.echo(msg, err=json_out)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("nomic-memory")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            v = "unknown"
+        typer.echo(f"nomic-memory {v}")
+        raise typer.Exit(EXIT_OK)
+
+
 def fail(msg: str, code: int = EXIT_FATAL) -> typer.Exit:
     """Print ``Error: msg`` on stderr; the caller raises the returned ``typer.Exit``."""
     typer.echo(f"Error: {msg}", err=True)
@@ -64,7 +115,35 @@ def fail_on(e: BaseException) -> typer.Exit:
     """The one-line report of a :class:`~nomic_memory.errors.NomicMemoryError` (usage errors exit 2)."""
     from ..errors import UsageError
 
-    return fail(str(e), EXIT_USAGE if isinstance(e, UsageError) else EXIT_FATAL)
+    return fail(error_message(e), EXIT_USAGE if isinstance(e, UsageError) else EXIT_FATAL)
+
+
+def error_message(e: BaseException) -> str:
+    """The library's message, plus the flag that does what it advises (the library names none)."""
+    from ..errors import ModelLoadError
+
+    msg = str(e)
+    if isinstance(e, ModelLoadError) and "local model directory" in msg and "--model-name" not in msg:
+        msg = msg.rstrip(".") + " (--model-name PATH)."
+    return msg
+
+
+def reports_errors(command):
+    """Wrap a command so that a :class:`~nomic_memory.errors.NomicMemoryError` it lets through is
+    printed as one line with the right exit status, never a traceback (the signature is kept:
+    Typer reads the options from it)."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from ..errors import NomicMemoryError
+
+        try:
+            return command(*args, **kwargs)
+        except NomicMemoryError as e:
+            raise fail_on(e) from None
+
+    return run
 
 
 def setup_logging(verbose: bool) -> None:

@@ -4,61 +4,146 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import (EXIT_OK, EXIT_PARTIAL, BackendChoice, DtypeChoice, EngineChoice, KindChoice, VariantChoice,
-                     fail, fail_on, setup_logging)
+from .common import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendChoice, DtypeChoice, EngineChoice, KindChoice,
+                     VariantChoice, fail, fail_on, plural, say, setup_logging, store_option)
+
+RULE = "=" * 50
+
+
+class ReportStyle(str, Enum):
+    """``default``: ``nomic-memory embed``'s terse report.  ``legacy``: the line-by-line report
+    ``main.py`` has always printed (model variant, image-only mode, one line per batch, a closing
+    block), which scripts may parse."""
+
+    default = "default"
+    legacy = "legacy"
 
 
 class ConsoleProgress:
-    """A rich progress bar on a terminal; the original per-batch lines otherwise."""
+    """Turns a run's progress events into the lines of the report (and a progress bar).
 
-    def __init__(self, enabled: bool | None = None):
-        self.tty = sys.stdout.isatty() if enabled is None else enabled
-        self.model = ""
+    Events (``kind``, ``data``): ``discovered``, ``todo``, ``plan``, ``model_loading`` /
+    ``model_loaded`` (only when the model is loaded: a run with nothing to do never loads it; it
+    loads after the plan, or before it when the table holds another model's rows), ``batch``,
+    ``failed``, ``pruned``, ``done``.  Human lines go to stdout, or to stderr under ``--json``
+    (stdout then carries the JSON report alone); skipped files always go to stderr.
+
+    The bar (a terminal only) starts once the plan is printed and the model is loaded, so no line
+    is ever glued onto it, and lines printed while it runs go through its console.  The legacy
+    report keeps ``main.py``'s order (model lines, then ``Found N images``): its discovery lines
+    wait for the model lines, or for the plan when there is nothing to embed."""
+
+    def __init__(self, enabled: bool | None = None, *, style: ReportStyle = ReportStyle.default,
+                 json_out: bool = False, directory: str | Path | None = None, batch_size: int | None = None,
+                 model: str = ""):
+        stream = sys.stderr if json_out else sys.stdout
+        if enabled is None:  # the legacy report prints its per-batch lines unless asked for a bar
+            enabled = stream.isatty() and style is ReportStyle.default
+        self.tty = enabled
+        self.style = style
+        self.json_out = json_out
+        self.directory = directory
+        self.batch_size = batch_size
+        self.model = model
+        self.todo = 0
+        self.planned = self.loaded = False
+        self.held: list[str] | None = [] if style is ReportStyle.legacy else None
         self.bar = None
         self.task = None
 
-    def __call__(self, kind: str, data: dict) -> None:
-        if kind == "failed":
-            msg = f"Skipped {data['path']}: {data['reason']}"
-            if self.bar is not None:
-                self.bar.console.print(msg, style="yellow")
-            else:
-                typer.echo(msg, err=True)
-        elif kind == "todo":
-            typer.echo(f"Found {data['count'] + data['skipped']} images to consider: {data['count']} to embed, "
-                       f"{data['skipped']} unchanged (skipped)")
-            if self.tty and data["count"]:
-                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                           TimeElapsedColumn, TimeRemainingColumn)
+    def line(self, msg: str, err: bool = False, style: str | None = None) -> None:
+        if self.bar is not None:
+            self.bar.console.print(msg, style=style, markup=False, highlight=False)
+        else:
+            typer.echo(msg, err=err or self.json_out)
 
-                self.bar = Progress(TextColumn("Embedding"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                    TextColumn("ETA"), TimeRemainingColumn())
-                self.bar.start()
-                self.task = self.bar.add_task("embed", total=data["count"], rate="")
+    def _report(self, msg: str) -> None:
+        """A legacy discovery line: held until the model lines are out (see the class docstring)."""
+        if self.held is not None:
+            self.held.append(msg)
+        else:
+            self.line(msg)
+
+    def _release(self) -> None:
+        held, self.held = self.held or [], None
+        for msg in held:
+            self.line(msg)
+
+    def __call__(self, kind: str, data: dict) -> None:
+        legacy = self.style is ReportStyle.legacy
+        if kind == "failed":
+            self.line(f"Skipped {data['path']}: {data['reason']}", err=True, style="yellow")
         elif kind == "model_loading":
-            typer.echo(f"Loading model: {self.model}")
+            self.line(f"Loading model: {data.get('model_id') or self.model}")
         elif kind == "model_loaded":
-            if "model_id" in data:
-                typer.echo(f"Model: {data['model_id']} ({data['kind']}, {data['dim']}-d, revision {data['revision']})")
-            for note in data.get("notes", []):
-                typer.echo(note)
+            self.loaded = True
+            if legacy:
+                self.line("Model loaded successfully")
+            if data.get("model_id"):
+                self.line(f"Model: {data['model_id']} ({data.get('kind')}, {data.get('dim')}-d, "
+                          f"revision {data.get('revision')})")
+            for note in data.get("notes") or ():
+                self.line(note)
+            self._release()
+            if self.planned:
+                self._start_bar()
+        elif kind == "discovered":
+            if legacy:
+                self._report(f"Found {plural(data['count'], 'image')} in {self.directory or data.get('directory')}")
+        elif kind == "pruned":
+            self._report(f"Removed {plural(data['count'], 'row')} of files that no longer exist")
+        elif kind == "todo":
+            self.todo = data["count"]
+            if legacy:
+                if data["skipped"]:
+                    self._report(f"Skipping {plural(data['skipped'], 'unchanged image')} (already in the store)")
+                self._report(f"Processing {plural(data['count'], 'image')} with batch size {self.batch_size}")
+            else:
+                total = data["count"] + data["skipped"]
+                self.line(f"Found {plural(total, 'image')} to consider: {data['count']} to embed, "
+                          f"{data['skipped']} unchanged (skipped)")
         elif kind == "plan":
-            typer.echo(f"{data['batches']} batches, padding overhead {100 * data['padding_overhead']:.1f}% of tokens")
+            self.planned = True
+            if not legacy and data["batches"]:
+                self.line(f"{plural(data['batches'], 'batch', 'batches')}, padding overhead "
+                          f"{100 * data['padding_overhead']:.1f}% of tokens")
+            if not data["batches"]:
+                self._release()  # nothing to embed: the model will not load
+            if self.loaded:
+                self._start_bar()
         elif kind == "batch":
+            self._release()
+            self._start_bar()
             rate = data["embedded"] / data["elapsed"] if data["elapsed"] > 0 else 0.0
             if self.bar is not None:
                 self.bar.update(self.task, advance=data["images"], rate=f"{rate:.2f} img/s")
+            elif legacy:
+                self.line(f"Processing batch {data['index']}/{data['total']} ({plural(data['images'], 'image')})")
             else:
-                typer.echo(f"Processed batch {data['index']}/{data['total']} ({data['images']} images, "
-                           f"{rate:.2f} images/s)")
+                self.line(f"Processed batch {data['index']}/{data['total']} ({plural(data['images'], 'image')}, "
+                          f"{rate:.2f} images/s)")
         elif kind == "done":
+            self._release()
             self.close()
+
+    def _start_bar(self) -> None:
+        if not self.tty or self.bar is not None or not self.todo:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("Embedding"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=self.json_out))
+        self.bar.start()
+        self.task = self.bar.add_task("embed", total=self.todo, rate="")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -66,49 +151,90 @@ class ConsoleProgress:
             self.bar = None
 
 
+def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
+    """What ``main.py`` prints before choosing the backend."""
+    from ..variants import VARIANTS
+
+    if model_name:
+        return [f"Using model: {model_name}"]
+    return [f"Using model variant: {model_variant} ({VARIANTS[model_variant].repo_id})"]
+
+
+def precheck(directory: Path, model_name: str | None, revision: str | None, prune: bool) -> None:
+    """Checked before torch is imported (seconds): a mistyped directory or option fails at once.
+    With --prune, a folder that is now empty or gone is fine: its rows are what gets removed."""
+    from ..documents import is_input_path
+    from ..images import IMAGE_EXTENSIONS, discover_images
+
+    if revision is not None and model_name is not None and Path(model_name).expanduser().is_dir():
+        raise fail(f"--revision {revision} names a hub revision, but --model-name {model_name} is a local "
+                   "directory (it has no revisions): drop --revision, or pass a hub id", EXIT_USAGE)
+    if not directory.exists() and not prune:
+        raise fail(f"no such directory: {directory}")
+    if directory.exists() and not directory.is_dir():
+        raise fail(f"not a directory: {directory}")
+    try:
+        n_inputs = len(discover_images(directory, match=is_input_path)) if directory.exists() else 0
+    except OSError as e:
+        raise fail(str(e))
+    if n_inputs == 0 and not prune:
+        raise fail(f"no images or documents found under {directory} (looked for "
+                   f"{' '.join(IMAGE_EXTENSIONS)} .pdf)")
+
+
 def embed(
-    directory: Path = typer.Argument(..., help="Directory of images (searched recursively)."),
+    directory: Path = typer.Argument(..., metavar="DIRECTORY",
+                                     help="Directory of images and documents (searched recursively)."),
     model_variant: VariantChoice = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Hub id or local directory; overrides --model-variant."),
-    model_kind: Optional[KindChoice] = typer.Option(None, "--model-kind", help="Force the model kind of a custom model."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch (at most)."),
-    max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", min=1, help="Cap on padded tokens per batch."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAME",
+                                             help="Hub id or local directory; overrides --model-variant."),
+    model_kind: Optional[KindChoice] = typer.Option(None, "--model-kind",
+                                                    help="Force the model kind of a custom model."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, metavar="N", help="Images per batch (at most)."),
+    max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", min=1, metavar="N",
+                                                   help="Cap on padded visual tokens per batch."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU."),
-    image_only: bool = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory)."),
-    dtype: DtypeChoice = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU."),
-    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
+    image_only: bool = typer.Option(False, "--image-only",
+                                    help="Keep only what image embedding needs (saves memory)."),
+    dtype: DtypeChoice = typer.Option("auto", "--dtype",
+                                      help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU."),
+    store: Optional[str] = store_option(),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode worker processes (0: inline). With --engine ray: model actors."),
-    seed: int = typer.Option(0, "--seed", help="RNG seed set before loading (fixes any randomly initialised head)."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N",
+                                          help="Decode worker processes (0: inline). With --engine ray: "
+                                               "model actors."),
+    seed: int = typer.Option(0, "--seed", metavar="N",
+                             help="RNG seed set before loading (fixes any randomly initialised head)."),
+    revision: Optional[str] = typer.Option(None, "--revision", metavar="REV",
+                                           help="Hub revision (branch, tag or commit) of a hub model."),
     engine: EngineChoice = typer.Option("local", "--engine", help="local, or ray for a Ray cluster."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (auto, ray://host:10001); default starts a local cluster."),
-    gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPUs per Ray model actor (CUDA only)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS",
+                                              help="Ray cluster (auto, HOST:6379, ray://HOST:10001); default: "
+                                                   "a running one, else a local one started for the run."),
+    gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", metavar="G",
+                                          help="GPUs per Ray model actor (CUDA only)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final report as one JSON document on "
+                                                        "stdout (every other line goes to stderr)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bar (default: on a terminal)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
+    report_style: ReportStyle = typer.Option("default", "--report-style", hidden=True,
+                                             help="legacy: main.py's report."),
 ) -> None:
     """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
     setup_logging(verbose)
-    from ..images import discover_images
-
-    # Checked before torch is imported (seconds): a mistyped directory fails at once.
-    if not directory.exists():
-        raise fail(f"no such directory: {directory}")
-    if not directory.is_dir():
-        raise fail(f"not a directory: {directory}")
-    try:
-        n_images = len(discover_images(directory))
-    except OSError as e:
-        raise fail(str(e))
-    if n_images == 0:
-        raise fail(f"no images found under {directory} (looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
+    legacy = report_style is ReportStyle.legacy
+    precheck(directory, model_name, revision, prune)
+    if legacy:
+        for line in legacy_header(model_variant.value, model_name):
+            say(line, json_out)
     from ..api import Embedder
     from ..backends import describe
     from ..errors import NomicMemoryError
     from ..store import Store, default_store_path
 
-    ui = ConsoleProgress(progress)
+    ui = ConsoleProgress(progress, style=report_style, json_out=json_out, directory=directory,
+                         batch_size=batch_size)
     try:
         emb = Embedder(model_name or model_variant.value, backend=backend.value, dtype=dtype.value,
                        kind=model_kind.value if model_kind else None, image_only=image_only, seed=seed,
@@ -116,8 +242,7 @@ def embed(
         # Before any model work: a wrong --store must not cost a model load (opening a local
         # store creates its directory, so after the backend check, which writes nothing).
         store_obj = Store(store or default_store_path())
-        for line in describe(emb.backend):
-            typer.echo(line)
+        report_backend(emb.backend, describe(emb.backend), json_out, legacy, image_only)
         if engine == EngineChoice.ray:
             try:
                 import nomic_memory.ray_engine  # noqa: F401
@@ -133,23 +258,56 @@ def embed(
     finally:
         ui.close()
     saved = emb.loaded.image_only_saved_bytes if emb.is_loaded else 0
-    _final_report(report, json_out, saved)
+    _final_report(report, json_out, saved, style=report_style, backend=emb.backend.name)
     raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
 
 
-def _final_report(report, json_out: bool, image_only_saved: int = 0) -> None:
-    typer.echo(f"Embedded {report.embedded} images in {report.embed_seconds:.2f} s "
-               f"({report.images_per_second:.2f} images/s); {report.skipped_unchanged} unchanged, "
-               f"{len(report.failed)} skipped with errors" + (f", {report.pruned} pruned" if report.pruned else ""))
+def report_backend(be, described: list[str], json_out: bool, legacy: bool, image_only: bool) -> None:
+    """The backend lines: ``Auto-detected backend: cpu`` (when auto) and always ``Using backend: cpu``,
+    dtype and attention; ``Image-only mode: ...`` in the legacy report."""
+    for line in described:
+        say(line, json_out)
+        if line.startswith("Auto-detected backend:"):
+            say(f"Using backend: {be.name}", json_out)
+    if legacy:
+        say(f"Image-only mode: {image_only}", json_out)
+
+
+def _final_report(report, json_out: bool, image_only_saved: int = 0, *,
+                  style: ReportStyle = ReportStyle.default, backend: str | None = None) -> None:
+    """The closing lines (stderr under ``--json``), then the JSON document alone on stdout."""
+    def out(msg: str) -> None:
+        say(msg, json_out)
+
+    rate = f"{report.images_per_second:.2f} images/s"
+    if style is ReportStyle.legacy:
+        out(RULE)
+        out("Processing complete!")
+        out(f"Backend: {backend or (report.memory.backend if report.memory else 'unknown')}")
+        out(f"Total images processed: {report.embedded}")
+        out(f"Total batches: {report.batches}")
+        if report.skipped_unchanged:
+            out(f"Unchanged images skipped: {report.skipped_unchanged}")
+        if report.failed:
+            out(f"Files skipped with errors: {len(report.failed)}")
+        if report.pruned:
+            out(f"Rows removed (files gone): {report.pruned}")
+        out(f"Embedding time: {report.embed_seconds:.2f} s ({rate})")
+    else:
+        out(f"Embedded {plural(report.embedded, 'image')} in {report.embed_seconds:.2f} s ({rate}); "
+            f"{report.skipped_unchanged} unchanged, {len(report.failed)} skipped with errors"
+            + (f", {report.pruned} pruned" if report.pruned else ""))
     if report.memory is not None:
         for line in report.memory.lines():
-            typer.echo(line)
+            out(line)
     if image_only_saved:
-        typer.echo(f"Image-only mode saved {image_only_saved / 2**20:.2f} MB of text-embedding weights")
+        out(f"Image-only mode saved {image_only_saved / 2**20:.2f} MB of text-embedding weights")
     if report.failed:
         typer.echo(f"Skipped files ({len(report.failed)}):", err=True)
         for p, r in report.failed:
             typer.echo(f"  {p}: {r}", err=True)
-    typer.echo(f"Store: {report.store} (table {report.table})")
+    out(f"Store: {report.store} (table {report.table})")
+    if style is ReportStyle.legacy:
+        out(RULE)
     if json_out:
         typer.echo(json.dumps(report.to_dict()))

@@ -31,7 +31,7 @@ def search(
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
     """Search the store: rank stored images against a text query or a query image."""
     if not verbose:

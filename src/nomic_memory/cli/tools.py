@@ -2,44 +2,56 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import EXIT_USAGE, KindChoice, fail, setup_logging
+from .common import ExportFormat, KindChoice, SizeChoice, fail, json_option, resolve_store, say, setup_logging, store_option
 
 
 def export(
-    store: str = typer.Option(..., "--store", help="Store directory or object-storage URI."),
-    format: str = typer.Option("npz", "--format", help="npz or parquet."),
-    out: Path = typer.Option(..., "--out", help="Output file."),
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to export, if the store has several."),
-    root: Optional[str] = typer.Option(None, "--root", help="Only the images embedded from this directory."),
+    store: Optional[str] = store_option(),
+    format: ExportFormat = typer.Option("npz", "--format", help="npz (key = relative path, float32 array) or "
+                                                                "parquet (the table, float32 embeddings)."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="Output file."),
+    table: Optional[str] = typer.Option(None, "--table", metavar="NAME",
+                                        help="Table (model) to export, if the store has several."),
+    root: Optional[str] = typer.Option(None, "--root", metavar="DIR",
+                                       help="Only the images embedded from this directory."),
+    json_out: bool = json_option(),
 ) -> None:
     """Export embeddings: npz (key = relative path, value = float32 array) or parquet."""
     setup_logging(False)
-    from ..export import FORMATS, export_store
+    from ..export import export_store
     from ..store import StoreError
 
-    if format not in FORMATS:
-        raise fail(f"unknown format {format!r}; choose npz or parquet", EXIT_USAGE)
+    location = resolve_store(store)
     try:
-        n = export_store(store, format, out, table, str(Path(root).resolve()) if root else None)
+        n = export_store(location, format.value, out, table, str(Path(root).expanduser().resolve()) if root else None)
     except (StoreError, ValueError) as e:
         raise fail(str(e))
-    typer.echo(f"Exported {n} images to {out}")
+    if json_out:
+        typer.echo(json.dumps({"exported": n, "out": str(out), "format": format.value, "store": str(location),
+                               "table": table}))
+    else:
+        say(f"Exported {n} {'image' if n == 1 else 'images'} to {out}")
 
 
 def make_tiny_model(
-    out: Path = typer.Argument(..., help="Directory to write the model to."),
-    kind: KindChoice = typer.Option("colqwen", "--kind"),
-    size: str = typer.Option("tiny", "--size", help="tiny or medium"),
-    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Argument(..., metavar="DIR", help="Directory to write the model to."),
+    kind: KindChoice = typer.Option("colqwen", "--kind", help="colqwen (multi-vector) or biqwen (one vector)."),
+    size: SizeChoice = typer.Option("tiny", "--size", help="tiny (a few hundred kB) or medium."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="RNG seed of the random weights."),
+    json_out: bool = json_option(),
 ) -> None:
     """Write a small random-weight ColQwen2.5/BiQwen2.5 model (offline demos and tests)."""
     setup_logging(False)
     from ..tiny import build_tiny_model
 
-    build_tiny_model(out, kind.value, size, seed)
-    typer.echo(f"Wrote random {size} {kind.value} model to {out} (random weights: for testing only)")
+    build_tiny_model(out, kind.value, size.value, seed)
+    if json_out:
+        typer.echo(json.dumps({"path": str(out), "kind": kind.value, "size": size.value, "seed": seed}))
+    else:
+        say(f"Wrote random {size.value} {kind.value} model to {out} (random weights: for testing only)")

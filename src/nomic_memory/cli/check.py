@@ -1,0 +1,67 @@
+"""``nomic-memory check``: verify a store table row by row; ``--repair`` re-embeds what is damaged."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from .common import EXIT_FATAL, EXIT_OK, BackendChoice, fail_on, resolve_store, setup_logging, store_option
+
+
+def check(
+    store: Optional[str] = store_option(),
+    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to check, if the store has several."),
+    repair: bool = typer.Option(False, "--repair", help="Delete bad rows and re-embed their files with the table's model."),
+    backend: BackendChoice = typer.Option("auto", "--backend", help="Device for re-embedding (--repair)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (nothing else on stdout)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
+) -> None:
+    """Verify every row (checksum, NaN, vector count, readable data files). Exit 0: clean; 1: problems."""
+    setup_logging(verbose)
+    from ..check import repair as do_repair
+    from ..check import verify_table
+    from ..errors import NomicMemoryError
+    from ..store import Store
+
+    try:
+        st = Store(resolve_store(store), create=False)
+        t = st.open_table(table) if table else st.only_table()
+        report = verify_table(t)
+    except NomicMemoryError as e:
+        raise fail_on(e)
+    out = report.to_dict()
+    if not json_out:
+        typer.echo(f"Checked {report.rows_checked} rows of table {t.name}"
+                   + ("" if report.checksummed else " (made before checksums: NaN and vector counts only)"))
+        if report.duplicates:
+            typer.echo(f"{report.duplicates} duplicate rows (same file stored twice)")
+        for b in report.bad:
+            where = f"{b.root}/{b.path}" if b.path is not None else f"fragment {b.fragment}"
+            typer.echo(f"Bad row: {where}{f' (page {b.page})' if b.page else ''}: {b.reason}")
+        files = report.files()
+        if files:
+            typer.echo("Files to re-embed:")
+            for root, paths in sorted(files.items()):
+                for p in sorted(paths):
+                    typer.echo(f"  {root}/{p}")
+    if repair and not report.ok:
+        try:
+            fixed = do_repair(st, t, report, backend=backend.value)
+        except NomicMemoryError as e:
+            raise fail_on(e)
+        out["repair"] = {**fixed, "failed": [{"path": p, "reason": r} for p, r in fixed["failed"]]}
+        after = verify_table(st.open_table(t.name))
+        out["after_repair"] = after.to_dict()
+        if not json_out:
+            typer.echo(f"Repaired: deleted {fixed['deleted']} rows, re-embedded {fixed['reembedded']} files"
+                       + (f", {len(fixed['failed'])} could not be embedded" if fixed["failed"] else ""))
+        if json_out:
+            typer.echo(json.dumps(out))
+        raise typer.Exit(EXIT_OK if after.ok else EXIT_FATAL)
+    if json_out:
+        typer.echo(json.dumps(out))
+    elif report.ok:
+        typer.echo("No problems found.")
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FATAL)
