@@ -403,7 +403,8 @@ def test_oversized_uploads_are_413(env):
     assert httpx.get(env["col"] + "/health").status_code == 200  # the server is fine
 
 
-def test_object_storage_store(s3, env, tiny_colqwen, tmp_path, monkeypatch):
+def test_object_storage_store(s3, env,  # noqa: F811  (the fixture)
+                                tiny_colqwen, tmp_path, monkeypatch):
     """An s3:// store: search, heatmaps, and thumbnails cached locally (not in the bucket)."""
     from nomic_memory.search import Index
     from nomic_memory.server import create_app
@@ -480,9 +481,12 @@ def test_document_pages_render(tmp_path):
     frames = [Image.new("RGB", (60, 40), col) for col in ("red", "lime", "blue")]
     frames[0].save(tmp_path / "scan.tif", save_all=True, append_images=frames[1:])
     root = str(tmp_path)
-    p2 = load_page({"root": root, "path": "doc.pdf", "page": 2})
+    w, h = (round(v) for v in A6)
+    p2 = load_page({"root": root, "path": "doc.pdf", "page": 2, "width": w, "height": h})
+    assert max(p2.size) == 1024 and abs(p2.width / p2.height - w / h) < 0.01
+    assert load_page({"root": root, "path": "doc.pdf", "page": 2, "width": w, "height": h}, (112, 168)).size == (112, 168)
     assert p2.getpixel((5, 5))[0] > 200 and p2.getpixel((5, 5))[2] < 50  # the second (red) page
     assert load_page({"root": root, "path": "scan.tif", "page": 3}).getpixel((1, 1)) == (0, 0, 255)
     for path, page in (("doc.pdf", 3), ("scan.tif", 4)):
-        with pytest.raises(PageUnavailable, match="no page"):
-            load_page({"root": root, "path": path, "page": page})
+        with pytest.raises(PageUnavailable):
+            load_page({"root": root, "path": path, "page": page, "width": w, "height": h})

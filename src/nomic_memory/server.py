@@ -23,7 +23,6 @@ no build step.  Swagger's ``/docs`` would load its JS from a CDN, so it is off; 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import secrets
 import time
@@ -372,7 +371,6 @@ def create_app(service: SearchService, config: ServeConfig | None = None):
         """The tokens of a text query, one per query vector (labels for per-token heatmaps)."""
         return {"tokens": await asyncio.to_thread(service.query_tokens, q)}
 
-    _ = base64
     return app
 
 

@@ -33,7 +33,6 @@ import io
 import logging
 import os
 import re
-import secrets
 import tempfile
 import threading
 import time
@@ -45,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NomicMemoryError, SearchError
+from .errors import NomicMemoryError
 
 log = logging.getLogger("nomic_memory.server")
 
@@ -350,8 +349,6 @@ class SearchService:
 
     def heatmap(self, row_id: str, qemb: np.ndarray, query_token: int | None, mode: str):
         """``(png bytes | None, json)`` of one row's heatmap (runs on a worker thread)."""
-        from PIL import Image
-
         from . import heatmap as hm
         from .thumbs import PageUnavailable, load_page
 
@@ -376,7 +373,7 @@ class SearchService:
             img = hm.colourise(grid, (w, h))
         else:
             try:
-                page = load_page(row, target_pixels=h * w).resize((w, h), Image.Resampling.BICUBIC)
+                page = load_page(row, (w, h))
             except PageUnavailable as e:
                 raise HTTPError(404, str(e)) from None
             img = hm.overlay(page, grid)

@@ -46,42 +46,37 @@ def page_file(row: dict) -> Path:
     return f
 
 
-def _document_page(f: Path, page: int, max_pixels: int) -> Image.Image:
-    """Page ``page`` (1-based) of a PDF or multi-page TIFF, as RGB."""
-    if f.suffix.lower() == ".pdf":
-        import pypdfium2 as pdfium
-
-        pdf = pdfium.PdfDocument(str(f))
-        try:
-            if not 1 <= page <= len(pdf):
-                raise PageUnavailable(f"{f} has no page {page}")
-            p = pdf[page - 1]
-            w, h = p.get_size()  # points
-            scale = min(2.0, (max_pixels / max(w * h, 1)) ** 0.5)
-            return p.render(scale=scale).to_pil().convert("RGB")
-        finally:
-            pdf.close()
-    with Image.open(f) as im:
-        if im.width * im.height > max_pixels:
-            raise PageUnavailable(f"{f}: image too large")
-        try:
-            im.seek(page - 1)
-        except EOFError:
-            raise PageUnavailable(f"{f} has no page {page}") from None
-        return im.convert("RGB")
+def _fit(width: int, height: int, side: int) -> tuple[int, int]:
+    """(w, h) of a ``width`` x ``height`` page scaled to fit a ``side`` x ``side`` box."""
+    w, h = max(1, int(width or side)), max(1, int(height or side))
+    scale = side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def load_page(row: dict, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, target_pixels: int | None = None) -> Image.Image:
-    """The row's page as an RGB image (the first frame of a plain image file); ``target_pixels``
-    lets a large JPEG decode at a reduced scale (never below that many pixels)."""
+def load_page(row: dict, size: tuple[int, int] | None = None, *, side: int = 1024,
+              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """The row's page as RGB, through the same readers as embedding (:mod:`.images`,
+    :mod:`.documents`): a plain image file (page 0), a TIFF frame or a PDF page (1-based).
+
+    ``size`` = (w, h): exactly that size (a PDF page is drawn straight at it; a large JPEG is
+    draft-decoded no smaller).  Without it, images keep their own size and PDF pages are drawn to
+    fit ``side`` (their stored width and height give the aspect ratio)."""
+    from .documents import is_document_path
+    from .documents import load_page as document_page
+
     f = page_file(row)
     page = int(row.get("page") or 0)
     try:
+        if is_document_path(f):
+            return document_page(f, page, size or _fit(row.get("width"), row.get("height"), side),
+                                 max_pixels=max_pixels)
         if page == 0:
-            return load_image(f, max_image_pixels=max_pixels, target_pixels=target_pixels)
-        return _document_page(f, page, max_pixels)
-    except PageUnavailable:
-        raise
+            img = load_image(f, max_image_pixels=max_pixels, target_pixels=size[0] * size[1] if size else None)
+        else:
+            img = document_page(f, page, None, max_pixels=max_pixels)
+        if size is not None and img.size != tuple(size):
+            img = img.resize(tuple(size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        return img
     except NomicMemoryError as e:
         raise PageUnavailable(str(e)) from None
     except Exception as e:  # a file that changed since it was embedded
@@ -97,7 +92,7 @@ def thumbnail(store, table: str, row_id: str, row: dict, side: int = THUMB_SIDE)
         return cached.read_bytes()
     except OSError:
         pass
-    img = load_page(row, target_pixels=4 * side * side)
+    img = load_page(row, side=side)
     img.thumbnail((side, side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=85)

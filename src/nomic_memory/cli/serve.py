@@ -90,5 +90,3 @@ def _announce(server, idx, host: str) -> None:
 
     threading.Thread(target=wait, daemon=True).start()
 
-
-_ = EXIT_USAGE
