@@ -490,3 +490,41 @@ def test_document_pages_render(tmp_path):
     for path, page in (("doc.pdf", 3), ("scan.tif", 4)):
         with pytest.raises(PageUnavailable):
             load_page({"root": root, "path": path, "page": page, "width": w, "height": h})
+
+
+def test_pdf_pages_thumbnails_and_heatmaps(env, tmp_path):
+    """Rows of a PDF's pages (page 1..N): thumbnails drawn from the PDF, heatmaps at each page's
+    processed size (portrait and landscape pages have transposed grids)."""
+    from reportlab.lib.pagesizes import A6, landscape
+    from reportlab.pdfgen import canvas
+
+    from nomic_memory.search import Index
+    from nomic_memory.server import create_app
+    from nomic_memory.service import SearchService
+
+    (tmp_path / "docs").mkdir()
+    c = canvas.Canvas(str(tmp_path / "docs" / "report.pdf"), pagesize=A6)
+    for i in range(2):
+        c.setPageSize(A6 if i == 0 else landscape(A6))
+        c.drawString(20, 100, f"page {i + 1}: invoice total")
+        c.showPage()
+    c.save()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env["col_emb"].embed_directory(tmp_path / "docs", store=tmp_path / "store", workers=0)
+    running = Running(create_app(SearchService(Index.open(tmp_path / "store", backend="cpu"))))
+    try:
+        hits = httpx.post(running.url + "/search", json={"queries": ["invoice"], "k": 5}, timeout=120).json()["results"][0]
+        assert sorted(h["page"] for h in hits) == [1, 2]
+        grids = {}
+        for h in hits:
+            r = httpx.get(running.url + f"/heatmap/{h['id']}", params={"q": "invoice", "mode": "json"})
+            assert r.status_code == 200, r.text
+            grids[h["page"]] = tuple(r.json()["grid_size"])
+            png = httpx.get(running.url + f"/heatmap/{h['id']}", params={"q": "invoice"})
+            assert Image.open(io.BytesIO(png.content)).size == tuple(r.json()["size"])
+            thumb = Image.open(io.BytesIO(httpx.get(running.url + f"/thumb/{h['id']}").content))
+            assert (thumb.width < thumb.height) == (h["page"] == 1)  # portrait page 1, landscape page 2
+        assert grids[1] == grids[2][::-1]
+    finally:
+        running.stop()
