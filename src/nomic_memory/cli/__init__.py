@@ -19,6 +19,7 @@ from . import bench as _bench
 from . import check as _check
 from . import embed as _embed
 from . import search as _search
+from . import serve as _serve
 from . import store as _store
 from . import tools as _tools
 from .common import reports_errors, version_callback
@@ -40,6 +41,7 @@ def _app_options(
 # for a usage error): the one exception root, caught in one place.
 app.command("embed")(reports_errors(_embed.embed))
 app.command("search")(reports_errors(_search.search))
+app.command("serve")(reports_errors(_serve.serve))
 app.command("export")(reports_errors(_tools.export))
 app.command("bench")(reports_errors(_bench.bench))
 app.command("plan")(reports_errors(_bench.plan))

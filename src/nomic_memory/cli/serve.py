@@ -1,0 +1,92 @@
+"""``nomic-memory serve``: the resident search service."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import List, Optional
+
+import typer
+
+from .common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host`` (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
+    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to serve, if the store has several."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token or --no-auth."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to bind (0: any free port)."),
+    backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN",
+                                        help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."),
+    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
+    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."),
+    max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, help="Largest request body (uploads included), MB."),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Largest uploaded image, pixels (judged before decoding)."),
+    batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, help="How long a search waits for others to share its forward and scan."),
+    exact_batching: bool = typer.Option(False, "--exact-batching", help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve a store over HTTP: a search API and a search page showing why pages matched."""
+    setup_logging(verbose)
+    if token is not None and not token.strip():
+        raise fail("--token is empty", EXIT_USAGE)
+    if token and no_auth:
+        raise fail("--token and --no-auth contradict each other", EXIT_USAGE)
+    if not is_loopback(host) and not token and not no_auth:
+        raise fail(f"--host {host} is reachable from other machines: protect it with --token TOKEN "
+                   "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open", EXIT_USAGE)
+    from ..errors import NomicMemoryError
+    from ..search import Index
+    from ..server import create_app
+    from ..service import SearchService, ServeConfig
+    from ..store import default_store_path
+
+    cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []),
+                      max_body_bytes=int(max_body_mb * (1 << 20)), max_image_pixels=max_image_pixels,
+                      batch_window_ms=batch_window_ms, exact_batching=exact_batching)
+    try:
+        idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
+                         allow_mismatch=allow_mismatch, template=template)
+        service = SearchService(idx, cfg)  # loads and checks the model now
+    except NomicMemoryError as e:
+        raise fail(str(e), EXIT_FATAL)
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(service, cfg), host=host, port=port, log_level="warning",
+                                           access_log=verbose, timeout_keep_alive=30))
+    _announce(server, idx, host)
+    server.run()
+
+
+def _announce(server, idx, host: str) -> None:
+    """Print the URL once uvicorn is listening (port 0 resolves to the real port then)."""
+    import sys
+    import threading
+    import time
+
+    def wait():
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        for s in getattr(server, "servers", []) or []:
+            for sock in s.sockets:
+                addr = sock.getsockname()
+                shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+                print(f"Serving table {idx.table.name} ({idx.info.kind}, {idx.table.count()} rows) at "
+                      f"http://{shown}:{addr[1]}/", file=sys.stderr, flush=True)
+                return
+
+    threading.Thread(target=wait, daemon=True).start()
+
