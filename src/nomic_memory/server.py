@@ -39,7 +39,7 @@ from .service import WEB_DIR, HTTPError, SearchService, ServeConfig, b64_image, 
 
 log = logging.getLogger("nomic_memory.server")
 
-OPEN_PATHS = ("/", "/health", "/favicon.ico")  # and /static/*: the page itself holds no data
+OPEN_PATHS = ("/", "/health", "/favicon.ico", "/docs")  # and /static/*, /docs-assets/*: pages hold no data
 
 SEARCH_SCHEMA = {
     "type": "object",
@@ -108,7 +108,8 @@ class BearerAuth:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             p = scope.get("path", "")
-            open_path = p in OPEN_PATHS or p.startswith("/static/") or scope.get("method") == "OPTIONS"
+            open_path = (p in OPEN_PATHS or p.startswith(("/static/", "/docs-assets/"))
+                         or scope.get("method") == "OPTIONS")
             got = dict(scope.get("headers", [])).get(b"authorization", b"")
             if not open_path and not secrets.compare_digest(got, self.expected):
                 resp = JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer ...)"},
@@ -286,6 +287,16 @@ def create_app(service: SearchService, config: ServeConfig | None = None):
     @app.get("/", include_in_schema=False)
     async def index_page():
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    # ---- OpenAPI docs: Swagger UI from the swagger-ui-bundle package (FastAPI's default page
+    # loads it from a CDN, which an offline machine cannot reach)
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page():
+        return FileResponse(WEB_DIR / "docs.html", media_type="text/html")
 
     # ---- API
     @app.get("/health")
