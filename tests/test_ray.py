@@ -174,7 +174,7 @@ def test_cli_engine_ray(cluster, models, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     rep = json.loads(out.stdout.strip().splitlines()[-1])
     assert rep["embedded"] == 4 and rep["failed"] == [] and len(rep["worker_memory"]) == 1
-    assert "Embedded 4 images" in out.stdout
+    assert "Embedded 4 images" in out.stderr  # --json: stdout is the JSON document alone
     local_run(models["colqwen"], folder, tmp_path / "local", batch_size=2)
     assert_same(tmp_path / "store", tmp_path / "local")
 
