@@ -172,7 +172,7 @@ def test_cli_engine_ray(cluster, models, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "RAY_ADDRESS": ""})
     assert out.returncode == 0, out.stdout + out.stderr
-    rep = json.loads(out.stdout.strip().splitlines()[-1])
+    rep = json.loads(out.stdout)  # one JSON document, nothing else
     assert rep["embedded"] == 4 and rep["failed"] == [] and len(rep["worker_memory"]) == 1
     assert "Embedded 4 images" in out.stderr  # --json: stdout is the JSON document alone
     local_run(models["colqwen"], folder, tmp_path / "local", batch_size=2)
