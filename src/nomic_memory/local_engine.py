@@ -16,7 +16,6 @@ import torch
 
 from .backends import Backend
 from .decode import DecodeTask, Decoder, ProcessorSource, default_workers
-from .encode import BatchEncoder
 from .errors import InputError
 from .loading import LoadedModel, ModelSpec, ResolvedModel
 from .memory import MemoryTracker
@@ -92,6 +91,8 @@ class LocalExecutor:
             cpus = available_cpus()
             tuner = ThreadTuner([threads0, max(1, cpus - n_workers), max(1, cpus // 2), 1])
             lm.thread_tuner = tuner  # encode asks it before each call
+        from .encode import BatchEncoder  # transformers' model code: only once there is work
+
         decoder = Decoder(lm.processor, self._source(), n_workers, threads=threads)
         encoder = BatchEncoder(lm)
         tracker = MemoryTracker(lm.backend.name, lm.backend.device).start()

@@ -162,7 +162,8 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
     hash and model revision, and a projection fingerprint in ``fingerprints``; None when no stored
     row can be known to have the right projection), count visual tokens, cut batches.  Inputs that
     failed before and whose file has not changed since (``failures``) are reported, not retried.
-    ``report`` and ``emit`` are updated."""
+    ``image_processor``: the processor's image processor, or a callable returning it (called only
+    when something is left to embed).  ``report`` and ``emit`` are updated."""
     existing = table.index(str(root)) if table is not None else {}
     _prune(table, root, files, existing, report, emit, prune, failures)
     todo: list[Item] = []
@@ -181,6 +182,8 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
             else:
                 todo.append(it)
     emit("todo", {"count": len(todo), "skipped": report.skipped_unchanged})
+    if todo and callable(image_processor):
+        image_processor = image_processor()
     batches = _cut_batches(todo, image_processor, report, batch_size, max_batch_tokens, sort_by_tokens)
     emit("plan", {"batches": len(batches), "padding_overhead": report.padding_overhead})
     return RunPlan(root, files, todo, batches, existing)
@@ -360,10 +363,13 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         stamp = _start(executor, report, emit)
         if stamp is not None:
             _warn_other_weights(table, stamp)
-    check_max_batch_tokens(max_batch_tokens, executor.processor().image_processor)
+    if max_batch_tokens is not None:
+        check_max_batch_tokens(max_batch_tokens, executor.processor().image_processor)
     opts = dict(revision=revision, prune=prune, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                 sort_by_tokens=sort_by_tokens, failures=failures)
-    plan = plan_run(table, root, files, executor.processor().image_processor, report, emit,
+    # The processor (transformers: seconds to import) only when something is left to embed.
+    image_processor = lambda: executor.processor().image_processor  # noqa: E731
+    plan = plan_run(table, root, files, image_processor, report, emit,
                     fingerprints=_fingerprints(executor, stamp or expected), **opts)
     if plan.todo and stamp is None:
         stamp = _start(executor, report, emit)
@@ -371,7 +377,9 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         if stamp is not None and expected is not None and expected.fingerprint not in fps:
             _warn_other_weights(table, stamp)  # its rows are not this model's: plan them again
             report = RunReport(str(root), str(store.path), table_name, discovered=len(paths), model_loaded=True)
-            plan = plan_run(table, root, files, executor.processor().image_processor, report, emit,
+            # The processor (transformers: seconds to import) only when something is left to embed.
+    image_processor = lambda: executor.processor().image_processor  # noqa: E731
+    plan = plan_run(table, root, files, image_processor, report, emit,
                             fingerprints=fps, **opts)
     sink = StoreSink(store, table_name, table, failures)
     t_embed = time.perf_counter()
