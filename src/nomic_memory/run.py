@@ -377,10 +377,7 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         if stamp is not None and expected is not None and expected.fingerprint not in fps:
             _warn_other_weights(table, stamp)  # its rows are not this model's: plan them again
             report = RunReport(str(root), str(store.path), table_name, discovered=len(paths), model_loaded=True)
-            # The processor (transformers: seconds to import) only when something is left to embed.
-    image_processor = lambda: executor.processor().image_processor  # noqa: E731
-    plan = plan_run(table, root, files, image_processor, report, emit,
-                            fingerprints=fps, **opts)
+            plan = plan_run(table, root, files, image_processor, report, emit, fingerprints=fps, **opts)
     sink = StoreSink(store, table_name, table, failures)
     t_embed = time.perf_counter()
     try:
