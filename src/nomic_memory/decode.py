@@ -233,7 +233,10 @@ class Decoder:
         self.consumer_seconds = 0.0
         self.assist = assist  # the main thread decodes when the model would otherwise wait
         self.workers = workers
-        self.prefetch = prefetch or max(2, 2 * workers)  # batches in flight, at most
+        # Batches in flight, at most.  Threads decode the next batch while the model runs this
+        # one (one ahead is enough to overlap, and each decoded page holds ~14 MB of float32
+        # patches at 768 tokens); worker processes keep more queued ahead.
+        self.prefetch = prefetch or (1 if workers == 0 and threads > 1 else max(2, 2 * workers))
         self.start_after = start_after
         self.inline_images = 0  # decoded by the main thread (statistics)
         self.worker_images = 0
