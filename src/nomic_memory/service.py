@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NomicMemoryError
+from .memory import trim_heap
 
 log = logging.getLogger("nomic_memory.server")
 
@@ -309,6 +310,10 @@ class SearchService:
                 continue
             for ji in members:
                 results[ji] = err
+        # A scan's float32 tiles and score buffers are freed in the scan threads' malloc arenas;
+        # hand them back to the OS after each batch, or a resident server's RSS creeps up with
+        # fragmentation over hours (a 10-minute soak grew 6 % without this).
+        trim_heap()
         return results
 
     # ---- rows, query embeddings, heatmaps
