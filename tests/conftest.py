@@ -240,3 +240,37 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+def kill_when_rows(proc, store: Path, lo: int, hi: int, timeout: float = 240):
+    """Start a thread that SIGKILLs ``proc`` as soon as the store's only table holds between
+    ``lo`` and ``hi - 1`` rows (some batches committed, not all); returns ``(thread, seen)``,
+    ``seen`` getting the row count at the kill."""
+    import signal
+    import threading
+    import time
+
+    from nomic_memory import Store
+
+    seen: list[int] = []
+
+    def count() -> int:
+        try:
+            s = Store(store, create=False)
+            return s.only_table().count() if s.table_names() else 0
+        except Exception:  # no store yet, or the table is being created right now
+            return 0
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            n = count()
+            if lo <= n < hi:
+                os.kill(proc.pid, signal.SIGKILL)
+                seen.append(n)
+                return
+            time.sleep(0.005)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t, seen

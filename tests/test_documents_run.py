@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import cli_env, finish, make_image, run_cli, start_cli
+from conftest import cli_env, finish, kill_when_rows, make_image, run_cli, start_cli
 from PIL import Image
 
 from nomic_memory import Embedder, Store
@@ -165,23 +163,7 @@ def test_kill9_mid_document_then_resume(tiny_colqwen, tmp_path):
     args = ["embed", d, "--model-name", tiny_colqwen, "--backend", "cpu", "--store", store, "--batch-size", "2",
             "--workers", "0", "--no-progress"]
     proc = start_cli(*args, env=env)
-    seen = []
-
-    def kill_mid_run() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                k = Store(store).only_table().count() if store.exists() else 0
-            except Exception:
-                k = 0
-            if n // 4 <= k < n:
-                os.kill(proc.pid, signal.SIGKILL)
-                seen.append(k)
-                return
-            time.sleep(0.01)
-
-    w = threading.Thread(target=kill_mid_run, daemon=True)
-    w.start()
+    w, seen = kill_when_rows(proc, store, n // 4, n)
     w.join()
     res = finish(proc)
     assert res.returncode == -signal.SIGKILL, (seen, str(res))

@@ -9,12 +9,10 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import threading
-import time
 
 import numpy as np
 import pytest
-from conftest import CLEAN_IMAGES, cli_env, copy_tree, finish, make_image, start_cli
+from conftest import CLEAN_IMAGES, cli_env, copy_tree, finish, kill_when_rows, make_image, start_cli
 
 from nomic_memory.store import Store, embedding_to_numpy
 
@@ -195,34 +193,13 @@ def kill_dir(tmp_path_factory):
     return root
 
 
-def _count(store) -> int:
-    try:
-        s = Store(store)
-        return s.only_table().count() if s.table_names() else 0
-    except Exception:  # the table is being created right now
-        return 0
-
-
 def test_kill9_then_resume(loaded, tiny_colqwen, kill_dir, tmp_path):
     store = tmp_path / "store"
     env = cli_env(tmp_path)
     args = [kill_dir, "--model-name", tiny_colqwen, "--backend", "cpu", "--store", store,
             "--batch-size", "2", "--workers", "0", "--no-progress"]
     proc = start_cli(*args, legacy=True, env=env)  # the original `python main.py DIR ...` entry
-    seen = []
-
-    def kill_mid_run() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            n = _count(store)
-            if N_KILL // 4 <= n < N_KILL:  # several batches committed, not all
-                os.kill(proc.pid, signal.SIGKILL)
-                seen.append(n)
-                return
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=kill_mid_run, daemon=True)
-    watcher.start()
+    watcher, seen = kill_when_rows(proc, store, N_KILL // 4, N_KILL)  # several batches committed, not all
     # While the subprocess imports torch, make the reference: a clean, uninterrupted run.
     clean = loaded["colqwen"].embed_directory(kill_dir, store=tmp_path / "clean", workers=0, batch_size=4)
     assert clean.embedded == N_KILL
