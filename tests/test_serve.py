@@ -534,3 +534,39 @@ def test_pdf_pages_thumbnails_and_heatmaps(env, tmp_path):
         assert grids[1] == grids[2][::-1]
     finally:
         running.stop()
+
+
+def test_a_running_server_sees_rows_embedded_meanwhile(tiny_colqwen, tmp_path):
+    """`embed` runs committing to the store while the server runs: their rows are searchable
+    within the refresh interval, without restarting the server."""
+    import shutil
+
+    from nomic_memory import Embedder
+    from nomic_memory.search import Index
+    from nomic_memory.server import create_app
+    from nomic_memory.service import SearchService, ServeConfig
+
+    pages = tmp_path / "pages"
+    make_pages(pages)
+    first = sorted(p for p in pages.rglob("*.png"))
+    later = tmp_path / "later"
+    later.mkdir()
+    for p in first[2:]:
+        shutil.move(str(p), later / p.name)
+    store = tmp_path / "store"
+    emb = Embedder(str(tiny_colqwen), backend="cpu")
+    emb.embed_directory(pages, store, workers=0)
+    server = Running(create_app(SearchService(Index.open(store, backend="cpu", model=emb),
+                                              ServeConfig(refresh_seconds=0.2))))
+    try:
+        before = post(server.url, "/search", {"queries": ["page"], "k": 100}).json()["results"][0]
+        assert len(before) == 3  # two pages and sub/wide.jpg
+        for p in later.iterdir():  # another "run" adds rows to the same store
+            shutil.move(str(p), pages / p.name)
+        added = Embedder(str(tiny_colqwen), backend="cpu").embed_directory(pages, store, workers=0)
+        assert added.embedded == len(first) - 2
+        time.sleep(0.3)
+        after = post(server.url, "/search", {"queries": ["page"], "k": 100}).json()["results"][0]
+        assert {h["path"] for h in after} == {p.name for p in first} | {"sub/wide.jpg"}
+    finally:
+        server.stop()

@@ -68,6 +68,7 @@ class ServeConfig:
     batch_window_ms: float = 5.0  # how long the batcher waits for company
     max_batch_queries: int = 512  # per batch
     exact_batching: bool = False  # one forward per query length: bit-identical to Index.search
+    refresh_seconds: float = 5.0  # how often a batch first looks for rows other processes committed
 
 
 class HTTPError(NomicMemoryError):
@@ -163,6 +164,7 @@ class SearchService:
         self.rows = LRU(4096)
         self.query_cache = LRU(256)
         self.started = time.time()
+        self._refreshed = time.monotonic()
         self.counters = {"requests": 0, "queries": 0, "batches": 0, "forwards": 0, "scans": 0,
                          "max_batch_requests": 0, "max_batch_queries": 0,
                          "embed_seconds": 0.0, "scan_seconds": 0.0}
@@ -271,8 +273,23 @@ class SearchService:
         b = self.lm.processor.process_queries(texts)
         return [int(n) for n in b["attention_mask"].sum(dim=1)]
 
+    def _refresh(self) -> None:
+        """A resident server must see what `embed` runs commit to the store meanwhile: at most every
+        ``refresh_seconds``, move the table to its latest version (one manifest read)."""
+        now = time.monotonic()
+        if now - self._refreshed < self.config.refresh_seconds:
+            return
+        self._refreshed = now
+        table = self.index.table
+        before = table.version()
+        table.refresh()
+        if table.version() != before:
+            with self.rows.lock:
+                self.rows.clear()  # row metadata may have changed with the rows
+
     def _run_batch(self, jobs: list[_Job]) -> list:
         """Embed every job's queries at once, then one scan per distinct filter."""
+        self._refresh()
         flat = [q for j in jobs for q in j.queries]
         embs = self._embed(flat)
         c = self.counters
