@@ -63,9 +63,7 @@ def docs_dir(tmp_path) -> Path:
 def test_pages_are_rows_and_match_colpali_engine(tiny_colqwen, docs_dir, tmp_path):
     from colpali_engine.models import ColQwen2_5, ColQwen2_5_Processor
 
-    from nomic_memory.documents import render_page
-    from nomic_memory.run import pdf_render_size
-    from nomic_memory.scan import Item, SourceFile
+    from nomic_memory.documents import PageGeometry, render_page, render_size
 
     emb = Embedder(str(tiny_colqwen), backend="cpu")
     rep = emb.embed_directory(docs_dir, tmp_path / "store", workers=0, batch_size=2)
@@ -81,8 +79,7 @@ def test_pages_are_rows_and_match_colpali_engine(tiny_colqwen, docs_dir, tmp_pat
     ref_model = ColQwen2_5.from_pretrained(str(tiny_colqwen), dtype=torch.float32).eval()
     ip = emb.loaded.processor.image_processor
     for page in (1, 3):
-        it = Item(SourceFile(docs_dir / "report.pdf", "report.pdf"), page, 595, 842, pdf=True)
-        size = pdf_render_size(it, ip)
+        size = render_size(PageGeometry(page, 595, 842), ip)
         png = tmp_path / f"page{page}.png"
         render_page(docs_dir / "report.pdf", page, size).save(png)
         batch = proc.process_images([Image.open(png).convert("RGB")])

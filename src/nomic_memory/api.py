@@ -175,9 +175,7 @@ def _document_pages(x, image_processor) -> list | None:
     if not isinstance(x, (str, os.PathLike)):
         return None
     from .decode import DecodeTask
-    from .documents import list_pages, may_have_pages
-    from .run import pdf_render_size
-    from .scan import Item, SourceFile
+    from .documents import DocumentError, PageGeometry, is_document_path, list_pages, may_have_pages, render_size
 
     path = Path(x)
     if not may_have_pages(path):
@@ -188,12 +186,10 @@ def _document_pages(x, image_processor) -> list | None:
     tasks = []
     for g in pages:
         if g.error:
-            from .documents import DocumentError
-
             raise DocumentError(path, g.error, page=g.page)
-        it = Item(SourceFile(path, path.name), g.page, max(1, round(g.width)), max(1, round(g.height)),
-                  pdf=path.suffix.lower() == ".pdf")
-        w, h = pdf_render_size(it, image_processor) if it.pdf else (0, 0)
+        # the page size rounded as the scan rounds it: the same drawing as embed_directory's
+        g = PageGeometry(g.page, max(1, round(g.width)), max(1, round(g.height)))
+        w, h = render_size(g, image_processor) if is_document_path(path) else (0, 0)
         tasks.append(DecodeTask(path, g.page, None, w, h))
     return tasks
 

@@ -294,9 +294,11 @@ def _padded(width: float, height: float) -> tuple[float, float]:
 def render_size(geometry: PageGeometry, image_processor) -> tuple[int, int]:
     """(width, height) in pixels to render this page at: what the processor keeps of it.
 
-    The processor's ``smart_resize`` target of the page's 72-dpi size (after padding pages
-    thinner than 1:180 with white, as images are), so the processor itself has nothing left
-    to resize.  The visual tokens are ``batching.visual_tokens(*render_size(...), ip)``.
+    The page's shape (after padding pages thinner than 1:180 with white, as images are) scaled
+    so that the model's visual-token budget decides the pixels, not a DPI: a page's size in
+    points is 72 dpi, at which an A4 page would get 640 of 768 tokens and small text would be
+    lost; then the processor's ``smart_resize`` target, so the processor itself has nothing
+    left to resize.  The visual tokens are ``batching.visual_tokens(*render_size(...), ip)``.
 
     Raises:
         ValueError: the geometry has an ``error`` or no area (check ``geometry.error`` first).
@@ -306,6 +308,10 @@ def render_size(geometry: PageGeometry, image_processor) -> tuple[int, int]:
     if geometry.error or not (geometry.width > 0 and geometry.height > 0):
         raise ValueError(f"page {geometry.page} has no usable size: {geometry.error or 'zero area'}")
     cw, ch = _padded(geometry.width, geometry.height)
+    size = image_processor.size
+    budget = size.get("longest_edge") if hasattr(size, "get") else size["longest_edge"]
+    scale = max(1.0, (budget / (cw * ch)) ** 0.5)
+    cw, ch = cw * scale, ch * scale
     # Whole pixels for smart_resize, which rounds to its 28 px grid anyway.
     th, tw = target_size(max(1, round(cw)), max(1, round(ch)), image_processor)
     return tw, th

@@ -220,8 +220,10 @@ def _prune(table, root: Path, files: list[SourceFile], existing: dict, report: R
 def _cut_batches(todo: list[Item], image_processor, report: RunReport, batch_size: int,
                  max_batch_tokens: int | None, sort_by_tokens: bool) -> list[list[int]]:
     for it in todo:
-        if it.pdf:
-            it.width, it.height = pdf_render_size(it, image_processor)
+        if it.pdf:  # drawn straight at the size the processor keeps
+            from .documents import PageGeometry, render_size
+
+            it.width, it.height = render_size(PageGeometry(it.page, it.width, it.height), image_processor)
         try:
             it.tokens = visual_tokens(it.width, it.height, image_processor) if it.width and it.height else 0
         except ValueError:  # extreme aspect ratio: padded on decode to the processor's limit
@@ -236,18 +238,6 @@ def _cut_batches(todo: list[Item], image_processor, report: RunReport, batch_siz
     report.batches = len(batches)
     report.padding_overhead = padding_overhead(tokens, batches) if todo else 0.0
     return batches
-
-
-def pdf_render_size(it: Item, image_processor) -> tuple[int, int]:
-    """The pixel size a PDF page is drawn at: its shape, scaled so that the model's visual-token
-    budget (the processor's largest image) decides the pixels, not a DPI.  A page's size in
-    points is 72 dpi: an A4 page would get 640 of 768 tokens, and small text would be lost."""
-    from .documents import PageGeometry, render_size
-
-    budget = image_processor.size["longest_edge"]
-    w, h = float(it.width), float(it.height)
-    scale = max(1.0, (budget / (w * h)) ** 0.5)
-    return render_size(PageGeometry(it.page, w * scale, h * scale), image_processor)
 
 
 class StoreSink:
