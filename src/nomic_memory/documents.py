@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .errors import InputError
-from .images import DEFAULT_MAX_IMAGE_PIXELS, load_image, oriented_size, register_plugins
+from .images import DEFAULT_MAX_IMAGE_PIXELS, load_image, oriented_size, os_error_reason, register_plugins
 
 __all__ = [
     "DOCUMENT_EXTENSIONS",
@@ -137,12 +137,8 @@ def _file_key(path: str | os.PathLike[str]) -> tuple:
     real = os.path.realpath(os.fspath(path))
     try:
         st = os.stat(real)
-    except FileNotFoundError:
-        raise DocumentError(path, "file not found") from None
-    except PermissionError:
-        raise DocumentError(path, "permission denied") from None
     except OSError as exc:
-        raise DocumentError(path, f"cannot read file: {exc.strerror or exc}") from None
+        raise DocumentError(path, os_error_reason(exc)) from None
     if not os.path.isfile(real):
         raise DocumentError(path, "not a regular file")
     if st.st_size == 0:

@@ -265,6 +265,18 @@ def _not_regular_reason(path: Path) -> str | None:
 # --------------------------------------------------------------------------
 
 
+def os_error_reason(exc: OSError) -> str:
+    """The reason, for the user, that a file could not be opened or read (one wording everywhere:
+    the scan, image decoding, documents)."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not an image file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot read file: {exc.strerror or exc}"
+
+
 def open_regular(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES):
     """Open ``path`` for reading if, and only if, it is a regular file of sane size.
 
@@ -281,14 +293,8 @@ def open_regular(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES):
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory, not an image file") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied") from None
     except OSError as exc:
-        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
+        raise ImageError(path, os_error_reason(exc)) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

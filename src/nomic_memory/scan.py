@@ -56,12 +56,6 @@ class SourceFile:
     page_errors: list[tuple[int, str]] = field(default_factory=list)  # pages that cannot be sized
 
 
-def _os_reason(e: OSError) -> str:
-    if isinstance(e, PermissionError):
-        return "permission denied"
-    return e.strerror or str(e)
-
-
 def _image_geometry(path: Path) -> tuple[int, int]:
     """Width and height as the model will see them (EXIF orientation applied), from the header
     only; (0, 0) when the header cannot be read (decoding then names the precise reason)."""
@@ -101,7 +95,7 @@ def _pages(sf: SourceFile) -> bool:
 
 def scan_file(path: Path, root: Path) -> SourceFile:
     """Stat, hash and measure one file (never raises: a problem is recorded in ``error``)."""
-    from .images import ImageError, hash_file
+    from .images import ImageError, hash_file, os_error_reason
 
     sf = SourceFile(path, path.relative_to(root).as_posix())
     try:
@@ -111,7 +105,7 @@ def scan_file(path: Path, root: Path) -> SourceFile:
         sf.error = e.reason
         return sf
     except OSError as e:
-        sf.error = _os_reason(e)
+        sf.error = os_error_reason(e)
         return sf
     sf.mtime = st.st_mtime
     if not _pages(sf):
