@@ -48,9 +48,11 @@ def _kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.n
     c = x[rng.choice(len(x), size=k, replace=False)].copy()
     for _ in range(iters):
         a = _argmax_dot(x, c)
-        sums = np.zeros_like(c)
-        np.add.at(sums, a, x)
+        order = np.argsort(a, kind="stable")
         counts = np.bincount(a, minlength=k)
+        sums = np.zeros_like(c)
+        nz = np.flatnonzero(counts)
+        sums[nz] = np.add.reduceat(x[order], np.concatenate([[0], np.cumsum(counts)[:-1]])[nz], axis=0)
         empty = counts == 0
         if empty.any():
             sums[empty] = x[rng.choice(len(x), size=int(empty.sum()), replace=False)]
@@ -72,17 +74,19 @@ def train_codebook(sample: np.ndarray, s: Settings, seed: int = 0) -> tuple[np.n
     x = np.ascontiguousarray(sample, dtype=np.float32)
     if len(x) > s.train_vectors:
         x = x[rng.choice(len(x), size=s.train_vectors, replace=False)]
+    # a small table gets fewer fine centroids (about 8 sample vectors each)
+    n_fine = int(min(s.fine, max(1, len(x) // (8 * s.coarse))))
     coarse = _kmeans(x, s.coarse, s.iters, rng)
     if len(coarse) < s.coarse:  # tiny tables: pad so that codes keep their layout
         coarse = np.concatenate([coarse, np.repeat(coarse[:1], s.coarse - len(coarse), axis=0)])
     a = _argmax_dot(x, coarse)
-    fine = np.empty((s.coarse, s.fine, x.shape[1]), np.float32)
+    fine = np.empty((s.coarse, n_fine, x.shape[1]), np.float32)
     for c in range(s.coarse):
         members = x[a == c]
         if len(members) == 0:
             fine[c] = coarse[c]
             continue
-        f = _kmeans(members, s.fine, s.iters, rng)
+        f = _kmeans(members, n_fine, s.iters, rng)
         fine[c, :len(f)] = f
         fine[c, len(f):] = f[0]  # duplicates of a real centroid: never preferred, always valid
     return coarse, fine.reshape(-1, x.shape[1])

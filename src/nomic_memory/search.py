@@ -22,13 +22,15 @@ import os
 import re
 import threading
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from . import approx as _approx
+from . import firststage as _fs
+from . import liveindex as _live
 from .errors import ModelLoadError, ModelMismatchError, SearchError, UsageError
 from .scoring import ScanOptions, TopK
 from .store import EmbeddingTable, Store, TableInfo, default_store_path, embedding_to_numpy
@@ -55,6 +57,9 @@ class Hit:
     path: str  # relative to root
     root: str  # the directory that was embedded
     page: int = 0
+    #: how the candidates were found: "index" (first-stage index, re-ranked exactly) or "exact"
+    #: (every row scored); the score is exact either way
+    via: str = field(default="exact", compare=False)
 
     @property
     def file(self) -> str:
@@ -69,9 +74,9 @@ class Hit:
         return {**asdict(self), "id": self.id, "file": self.file}
 
 
-def to_hits(top: TopK) -> list[list[Hit]]:
+def to_hits(top: TopK, via: str = "exact") -> list[list[Hit]]:
     """Hits of a scan made with row metadata (``column_meta``), one list per query."""
-    return [[Hit(i + 1, score, *meta) for i, (score, meta) in enumerate(rows)] for rows in top.results()]
+    return [[Hit(i + 1, score, *meta, via=via) for i, (score, meta) in enumerate(rows)] for rows in top.results()]
 
 
 # ------------------------------------------------------------------ where
@@ -160,6 +165,27 @@ def _query_list(queries) -> list:
     return list(queries)
 
 
+def _vector_candidates(st, q: np.ndarray, depth: int, allowed: np.ndarray | None) -> np.ndarray:
+    """Entries of a single-vector index nearest ``q`` (usearch HNSW, inner product), restricted
+    to ``allowed``: searched deeper in proportion to how few entries are allowed, and when
+    fewer than ``depth`` are, those entries themselves (all of them are then re-ranked)."""
+    n_ok = st.n if allowed is None else int(np.count_nonzero(allowed))
+    if n_ok <= depth or n_ok * 20 < st.n:
+        return np.arange(st.n) if allowed is None else np.flatnonzero(allowed)
+    count = min(st.n, int(depth * st.n / n_ok) + depth)
+    m = st.vectors.search(np.asarray(q, dtype=np.float32).reshape(-1), count, exact=False)
+    keys = np.asarray(m.keys, dtype=np.uint64)
+    order = getattr(st, "_key_order", None)
+    if order is None:
+        order = st._key_order = np.argsort(np.asarray(st.keys), kind="stable")
+    sk = np.asarray(st.keys)[order]
+    pos = np.clip(np.searchsorted(sk, keys), 0, len(sk) - 1)
+    ents = order[pos[sk[pos] == keys]]
+    if allowed is not None:
+        ents = ents[allowed[ents]]
+    return ents[:depth]
+
+
 # ------------------------------------------------------------------ the index
 class Index:
     """A searchable view of one store table.
@@ -178,8 +204,16 @@ class Index:
     def __init__(self, store: Store, table: EmbeddingTable, *, backend: str = "auto",
                  model_name: str | None = None, model=None, allow_mismatch: bool = False,
                  template: str | None = None, device: str | None = None, batch_rows: int | None = None,
-                 tile_vectors: int | None = None, workers: int | None = None):
+                 tile_vectors: int | None = None, workers: int | None = None, index_min_rows: int | None = None,
+                 index_wait: bool = False):
         self.store = store
+        # the first-stage index is used from this many rows on (None: liveindex.min_rows());
+        # index_wait: a search waits for another process's index update instead of scoring
+        # the rows that update covers exactly
+        self.index_min_rows = index_min_rows
+        self.index_wait = index_wait
+        self._live_index: _live.LiveIndex | None = None
+        self.last_via: str | None = None  # how the last search found its candidates
         self.table = table
         self.info: TableInfo = table.info
         self.backend_name = backend
@@ -288,29 +322,35 @@ class Index:
         return out  # type: ignore[return-value]
 
     # ---- search
-    def search(self, query, k: int = 10, *, approx: bool = False, where: str | None = None, **kw) -> list[Hit]:
+    def search(self, query, k: int = 10, *, exact: bool = False, approx: bool = False, where: str | None = None,
+               **kw) -> list[Hit]:
         """The ``k`` best images for one query: a text ``str``, a ``PIL.Image`` or a path
-        (``pathlib.Path``) to an image; ``where``: only rows matching this SQL predicate."""
-        return self.search_many([query], k, approx=approx, where=where, **kw)[0]
+        (``pathlib.Path``) to an image; ``where``: only rows matching this SQL predicate;
+        ``exact``: score every row (never the first-stage index)."""
+        return self.search_many([query], k, exact=exact, approx=approx, where=where, **kw)[0]
 
-    def search_many(self, queries, k: int = 10, *, approx: bool = False, where: str | None = None,
-                    **kw) -> list[list[Hit]]:
+    def search_many(self, queries, k: int = 10, *, exact: bool = False, approx: bool = False,
+                    where: str | None = None, **kw) -> list[list[Hit]]:
         """Several queries sharing one scan of the table (one list of hits per query)."""
         queries = _query_list(queries)
         if not queries:
             return []
-        return self.search_embeddings(self.embed_queries(queries), k, approx=approx, where=where, **kw)
+        return self.search_embeddings(self.embed_queries(queries), k, exact=exact, approx=approx, where=where, **kw)
 
-    def search_embeddings(self, embeddings, k: int = 10, *, approx: bool = False, where: str | None = None,
-                          rerank: int | None = None, nprobes: int | None = None,
+    def search_embeddings(self, embeddings, k: int = 10, *, exact: bool = False, approx: bool = False,
+                          where: str | None = None, rerank: int | None = None, nprobes: int | None = None,
                           method: str | None = None) -> list[list[Hit]]:
         """Search with precomputed query embeddings (float32 ``(tokens, dim)`` / ``(dim,)``; one
         such array is one query).
 
+        From :func:`index_min_rows` rows on, candidates come from the table's first-stage index
+        (kept current automatically, :mod:`nomic_memory.liveindex`) and the best ``rerank``
+        (default 100) of them are scored exactly; below it, and with ``exact=True``, every row is
+        scored.  Scores are exact either way; each hit's ``via`` (and :attr:`last_via`) says
+        which was used.
         ``where``: a SQL predicate over :data:`WHERE_COLUMNS` (Lance/DataFusion syntax, e.g.
         ``"page > 2 AND path LIKE 'reports/%'"``); the results are the best rows that match it.
-        ``approx``: use the approximate index (``method`` pooled or lance; default whichever
-        exists, pooled first), re-ranking the best ``rerank`` candidates exactly."""
+        ``approx``: the older hand-built approximate index (``method`` pooled or lance)."""
         if k < 1:
             raise UsageError("k must be at least 1")
         embs = self._query_arrays(embeddings)
@@ -319,8 +359,56 @@ class Index:
         ds = self.table.table.to_lance()
         where = check_where(ds, where)
         if approx:
+            self.last_via = "approx"
             return self._approx_search(ds, embs, k, rerank=rerank, nprobes=nprobes, method=method, where=where)
+        if not exact and self.uses_index(ds):
+            try:
+                hits = self._index_search(ds, embs, k, where, rerank)
+                self.last_via = "index"
+                return hits
+            except _live.IndexUnusable as e:  # e.g. an index directory that cannot be written
+                log.warning("first-stage index not used: %s", e)
+        self.last_via = "exact"
         return to_hits(self._scan().scan(ds, self.info, embs, k, filter=where))
+
+    # ---- first-stage index
+    def min_rows(self) -> int:
+        """Rows from which a search uses the first-stage index."""
+        return _live.min_rows() if self.index_min_rows is None else self.index_min_rows
+
+    def uses_index(self, ds=None) -> bool:
+        """Whether a search (not ``exact``) of the table as it is now goes through the index."""
+        ds = ds if ds is not None else self.table.table.to_lance()
+        return self.store.local and ds.count_rows() >= self.min_rows()
+
+    def live_index(self) -> _live.LiveIndex:
+        if self._live_index is None:
+            self._live_index = _live.LiveIndex(self.store, self.table)
+        return self._live_index
+
+    def _index_search(self, ds, embs: list[np.ndarray], k: int, where: str | None, rerank: int | None):
+        view = self.live_index().view(ds, wait=self.index_wait)
+        depth = max(k, rerank if rerank is not None else _fs.Settings().depth)
+        allowed, tail = view.alive, view.tail
+        if where:
+            match = _approx.matching_row_ids(ds, where).astype(np.uint64)
+            inside = np.isin(view.rowids, match)
+            allowed = inside if allowed is None else allowed & inside
+            tail = tail[np.isin(tail, match)]
+        cands = [np.union1d(view.rowids[ents], tail).astype(np.int64).tolist()
+                 for ents in self._candidates(view, embs, depth, allowed)]
+        tops = _approx.rerank(ds, self.info, embs, k, cands, self._scan(), rowids=True)
+        return [to_hits(top, via="index")[0] for top in tops]
+
+    def _candidates(self, view: _live.View, embs: list[np.ndarray], depth: int, allowed) -> list[np.ndarray]:
+        """Each query's candidate entries (indices into ``view``'s entries)."""
+        st = view.state
+        if st.n == 0:
+            return [np.zeros(0, np.int64) for _ in embs]
+        if st.codes is not None:
+            s = _fs.Settings(**st.meta["settings"])
+            return [st.codes.candidates(q.reshape(-1, self.info.dim), s, allowed, depth) for q in embs]
+        return [_vector_candidates(st, q, depth, allowed) for q in embs]
 
     def _query_arrays(self, embeddings) -> list[np.ndarray]:
         single_ndim = 2 if self.info.kind == "colqwen" else 1
