@@ -451,5 +451,59 @@ def describe(store: Store, table: EmbeddingTable) -> dict:
             "kind": "centroid codes" if st.codes is not None else "usearch hnsw i8"}
 
 
-__all__ = ["DEFAULT_MIN_ROWS", "INDEX_DIR", "IndexUnusable", "LiveIndex", "State", "View", "describe", "key_u64",
+# ------------------------------------------------------------------ check and repair
+def verify(store: Store, table: EmbeddingTable) -> dict:
+    """Coverage of the index of ``table``: every row indexed once, no entry without a row, the
+    arrays consistent.  ``{"state", "problems": [...], ...}``; an index that is only behind the
+    table (caught up by the next search) is not a problem."""
+    if not store.local:
+        return {"state": "none (remote store)", "problems": []}
+    li = LiveIndex(store, table)
+    try:
+        st = li.load()
+    except IndexUnusable as e:
+        return {"state": "damaged", "problems": [str(e)]}
+    if st is None:
+        return {"state": "none", "problems": []}
+    problems = _internal_problems(st)
+    ds = table.table.to_lance()
+    keys, sums, rowids = table_rows(ds)
+    if st.version == ds.version:
+        keep, new = _match(st, keys, sums)
+        orphans = st.n - len(keep)
+        if len(new):
+            problems.append(f"{len(new)} rows of the table are not in the index")
+        if orphans:
+            problems.append(f"{orphans} index entries have no row in the table")
+        if len(keep) and not np.array_equal(np.asarray(st.rowids)[keep[:, 0]], rowids[keep[:, 1]]):
+            problems.append("index entries point at the wrong rows")
+        state = "current"
+    else:
+        keep, new = _match(st, keys, sums)
+        state = f"behind: {len(new)} rows to index, {st.n - len(keep)} entries to drop (done by the next search)"
+    return {"state": state, "entries": st.n, "rows": len(keys), "problems": problems}
+
+
+def _internal_problems(st: State) -> list[str]:
+    out = []
+    keys = np.asarray(st.keys)
+    if len(np.unique(keys)) != len(keys):
+        out.append(f"{len(keys) - len(np.unique(keys))} rows are indexed more than once")
+    if st.codes is not None:
+        c = st.codes
+        if len(c.codes) and int(np.max(c.codes)) >= len(c.centroids):
+            out.append("codes out of range")
+        counts = np.bincount(np.asarray(c.codes).astype(np.int64), minlength=len(c.centroids))
+        if not np.array_equal(np.diff(np.asarray(c.inv_offsets)), counts):
+            out.append("inverted lists do not match the codes")
+    return out
+
+
+def repair(store: Store, table: EmbeddingTable) -> dict:
+    """Rebuild the index (what ``check --repair`` does when :func:`verify` found problems)."""
+    st = LiveIndex(store, table).rebuild()
+    return {"rebuilt": True, "entries": st.n, "version": st.version}
+
+
+__all__ = ["DEFAULT_MIN_ROWS", "INDEX_DIR", "IndexUnusable", "LiveIndex", "State", "View", "describe", "key_u64", "repair", "verify",
            "min_rows", "table_rows"]

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NomicMemoryError
+from .liveindex import describe
 from .memory import trim_heap
 
 log = logging.getLogger("nomic_memory.server")
@@ -412,6 +413,8 @@ class SearchService:
                 "uptime_seconds": round(time.time() - self.started, 3),
                 "counters": {k: round(v, 4) if isinstance(v, float) else v for k, v in self.counters.items()},
                 "exact_batching": self.config.exact_batching,
+                "index": {**describe(self.index.store, self.index.table), "used": self.index.uses_index(),
+                          "last_search": self.index.last_via},
                 "warnings": list(self.index.warnings)}
 
 

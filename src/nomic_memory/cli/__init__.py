@@ -18,6 +18,7 @@ import typer
 from . import bench as _bench
 from . import check as _check
 from . import embed as _embed
+from . import index as _index
 from . import search as _search
 from . import serve as _serve
 from . import store as _store
@@ -54,6 +55,11 @@ store_app.command("drop")(reports_errors(_store.drop))
 store_app.command("forget")(reports_errors(_store.forget))
 store_app.command("compact")(reports_errors(_store.compact))
 app.add_typer(store_app, name="store")
+index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="The search index beside each table (kept current by every search).")
+index_app.command("rebuild")(reports_errors(_index.rebuild))
+index_app.command("status")(reports_errors(_index.status))
+app.add_typer(index_app, name="index")
 
 
 def main() -> None:

@@ -23,15 +23,20 @@ def check(
     from ..check import repair as do_repair
     from ..check import verify_table
     from ..errors import NomicMemoryError
+    from ..liveindex import repair as repair_index
+    from ..liveindex import verify as verify_index
     from ..store import Store
 
     try:
         st = Store(resolve_store(store), create=False)
         t = st.open_table(table) if table else st.only_table()
         report = verify_table(t)
+        index = verify_index(st, t)
     except NomicMemoryError as e:
         raise fail_on(e)
     out = report.to_dict()
+    out["index"] = index
+    ok = report.ok and not index["problems"]
     if not json_out:
         typer.echo(f"Checked {report.rows_checked} rows of table {t.name}"
                    + ("" if report.checksummed else " (made before checksums: NaN and vector counts only)"))
@@ -40,28 +45,38 @@ def check(
         for b in report.bad:
             where = f"{b.root}/{b.path}" if b.path is not None else f"fragment {b.fragment}"
             typer.echo(f"Bad row: {where}{f' (page {b.page})' if b.page else ''}: {b.reason}")
+        typer.echo(f"Search index: {index['state']}")
+        for p in index["problems"]:
+            typer.echo(f"Index problem: {p}")
         files = report.files()
         if files:
             typer.echo("Files to re-embed:")
             for root, paths in sorted(files.items()):
                 for p in sorted(paths):
                     typer.echo(f"  {root}/{p}")
-    if repair and not report.ok:
+    if repair and not ok:
         try:
-            fixed = do_repair(st, t, report, backend=backend.value)
+            fixed = (do_repair(st, t, report, backend=backend.value) if not report.ok
+                     else {"deleted": 0, "reembedded": 0, "failed": []})
+            if index["problems"] or not report.ok:  # rows deleted or re-embedded: the index follows
+                out["index_repair"] = repair_index(st, t) if index["problems"] else None
         except NomicMemoryError as e:
             raise fail_on(e)
         out["repair"] = {**fixed, "failed": [{"path": p, "reason": r} for p, r in fixed["failed"]]}
-        after = verify_table(st.open_table(t.name))
-        out["after_repair"] = after.to_dict()
+        t = st.open_table(t.name)
+        after = verify_table(t)
+        after_index = verify_index(st, t)
+        out["after_repair"] = {**after.to_dict(), "index": after_index}
         if not json_out:
             typer.echo(f"Repaired: deleted {fixed['deleted']} rows, re-embedded {fixed['reembedded']} files"
                        + (f", {len(fixed['failed'])} could not be embedded" if fixed["failed"] else ""))
         if json_out:
             typer.echo(json.dumps(out))
-        raise typer.Exit(EXIT_OK if after.ok else EXIT_FATAL)
+        if not json_out and out.get("index_repair"):
+            typer.echo(f"Rebuilt the search index ({out['index_repair']['entries']} rows)")
+        raise typer.Exit(EXIT_OK if after.ok and not after_index["problems"] else EXIT_FATAL)
     if json_out:
         typer.echo(json.dumps(out))
-    elif report.ok:
+    elif ok:
         typer.echo("No problems found.")
-    raise typer.Exit(EXIT_OK if report.ok else EXIT_FATAL)
+    raise typer.Exit(EXIT_OK if ok else EXIT_FATAL)

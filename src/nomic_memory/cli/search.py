@@ -23,11 +23,12 @@ def search(
     image: Optional[List[Path]] = typer.Option(None, "--image", help="Search by this image (repeatable)."),
     template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
     where: Optional[str] = typer.Option(None, "--where", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
-    approx: bool = typer.Option(False, "--approx", help="Use the approximate index (build it with --build-index)."),
-    build_index: bool = typer.Option(False, "--build-index", help="Build (or rebuild) the approximate index first."),
+    exact: bool = typer.Option(False, "--exact", help="Score every row (do not use the search index, which large tables use by themselves)."),
+    approx: bool = typer.Option(False, "--approx", help="Deprecated: the older hand-built approximate index (build it with --build-index); the search index needs neither."),
+    build_index: bool = typer.Option(False, "--build-index", help="Deprecated: build (or rebuild) the older approximate index first."),
     index_method: Optional[str] = typer.Option(None, "--index-method", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
     pool_factor: int = typer.Option(4, "--pool-factor", min=1, help="pooled index: vectors per pooled vector."),
-    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="Candidates of the index re-ranked exactly (default 100; --approx: max(10k, 100))."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
@@ -53,6 +54,8 @@ def search(
         raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)
     if index_method is not None and not (approx or build_index):
         raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
+    if exact and approx:
+        raise fail("--exact and --approx exclude each other", EXIT_USAGE)
     if template is not None and "{}" not in template:
         raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
     for p in images:
@@ -79,11 +82,12 @@ def search(
         t0 = time.perf_counter()
         embs = idx.embed_queries(queries)
         t1 = time.perf_counter()
-        results = idx.search_embeddings(embs, k, approx=approx, rerank=rerank, method=index_method, where=where)
+        results = idx.search_embeddings(embs, k, exact=exact, approx=approx, rerank=rerank, method=index_method,
+                                        where=where)
         t2 = time.perf_counter()
     except NomicMemoryError as e:
         raise fail_on(e)
-    timing = {"load_seconds": round(t0 - tl, 4), "embed_seconds": round(t1 - t0, 4), "search_seconds": round(t2 - t1, 4)}
+    timing = {"via": idx.last_via, "load_seconds": round(t0 - tl, 4), "embed_seconds": round(t1 - t0, 4), "search_seconds": round(t2 - t1, 4)}
     if json_out:
         _print_json(idx, queries, results, k=k, approx=approx, where=where, timing=timing)
     else:
@@ -130,7 +134,7 @@ def _print_tables(idx, queries: list, results: list, *, approx: bool, where, tim
             t.add_row(str(h.rank), f"{h.score:.4f}", h.path, str(h.page), h.root)
         console.print(t)
     n = len(queries)
-    mode = "approximate" if approx else "exact"
+    mode = {"approx": "approximate", "index": "indexed (candidates re-ranked exactly)"}.get(timing["via"], "exact")
     console.print(f"{mode} search of {idx.table.name} ({idx.info.kind})" + (f" where {where}" if where else "")
                   + f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
                   f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s",

@@ -41,7 +41,10 @@ def list_tables(
 ) -> None:
     """List the store's tables: model, kind, dimension, rows, embedded folders, size, dtype."""
     setup_logging(False)
+    from ..liveindex import describe
     from ..store import StoreError
+
+    from .index import index_line
 
     s = _open(store)
     tables = []
@@ -55,7 +58,7 @@ def list_tables(
             info = t.info
             tables.append({"table": name, "model_id": info.model_id, "revision": info.revision, "kind": info.kind,
                            "dim": info.dim, "dtype": info.storage_dtype, "rows": t.count(), "roots": t.roots(),
-                           "disk_bytes": s.disk_bytes(name)})
+                           "disk_bytes": s.disk_bytes(name), "index": describe(s, t)})
     except StoreError as e:
         raise fail(str(e))
     if json_out:
@@ -71,6 +74,7 @@ def list_tables(
         say(f"  kind:   {t['kind']}, {t['dim']}-d, stored as {t['dtype']}")
         say(f"  rows:   {t['rows']}")
         say(f"  size:   {_size(t['disk_bytes'])} on disk")
+        say(f"  index:  {index_line(t['index'])}")
         say(f"  roots:  {len(t['roots'])}")
         for root, n in t["roots"].items():
             say(f"    {root}  ({plural(n, 'row')})")
