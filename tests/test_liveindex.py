@@ -1,0 +1,318 @@
+"""The live first-stage index: real LanceDB stores, real index files, real processes killed."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, cli_env, run_cli
+from nomic_memory import firststage as fs
+from nomic_memory import liveindex
+from nomic_memory.search import Index
+from nomic_memory.store import Record, Store, TableInfo
+
+DIM = 128
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _page(p: int, salt: int = 0) -> np.ndarray:
+    """Page ``p``: 30-50 vectors around a few of 40 shared centers plus its own, float32."""
+    centers = _unit(np.random.default_rng(12345).standard_normal((40, DIM)))
+    rng = np.random.default_rng([p, salt])
+    n = int(rng.integers(30, 51))
+    words = np.concatenate([centers[rng.choice(40, 6, replace=False)], _unit(rng.standard_normal((3, DIM)))])
+    x = words[rng.integers(0, len(words), n)] + 0.4 * _unit(rng.standard_normal((n, DIM)))
+    return _unit(x).astype(np.float32)
+
+
+def _query(p: int) -> np.ndarray:
+    x = _page(p)
+    rng = np.random.default_rng([p, 99])
+    return _unit(x[rng.choice(len(x), 8, replace=False)] + 0.6 * _unit(rng.standard_normal((8, DIM)))).astype(np.float32)
+
+
+def _rec(p: int, salt: int = 0, kind: str = "colqwen") -> Record:
+    e = _page(p, salt)
+    if kind != "colqwen":
+        e = _unit(e.mean(0))
+    return Record("/data", f"p{p:04d}.png", f"h{p}-{salt}", 1, 0.0, 10, 10, e, "float32", page=p % 3)
+
+
+def _make(tmp_path: Path, n: int = 120, kind: str = "colqwen", name: str = "store"):
+    st = Store(tmp_path / name)
+    info = TableInfo("synthetic", "r1", kind, DIM, "", "float16", 0)
+    t = st.create_or_open("syn", info)
+    for a in range(0, n, 40):
+        t.upsert([_rec(p, kind=kind) for p in range(a, min(a + 40, n))])
+    return st, t
+
+
+def _paths(hits):
+    return [[h.path for h in hs] for hs in hits]
+
+
+def _assert_same(got, want):
+    assert _paths(got) == _paths(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose([h.score for h in g], [h.score for h in w], rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return _make(tmp_path)
+
+
+# ------------------------------------------------------------------ the first stage itself
+def test_reverse_assignment_equals_maximum_at():
+    rng = np.random.default_rng(0)
+    x = _unit(rng.standard_normal((3000, DIM))).astype(np.float32)
+    offs = np.arange(0, 3001, 30)
+    s = fs.Settings(coarse=8, fine=8, probe=5)
+    coarse, cents = fs.train_codebook(x, s)
+    ix, _ = fs.build_code_index(coarse, cents, [(x, offs)])
+    q = _unit(rng.standard_normal((6, DIM))).astype(np.float32)
+    got = ix._probe_scores(q @ ix.centroids.T, s.probe)
+    sims = q @ ix.centroids.T
+    ref = np.zeros((6, ix.n), np.float32)
+    for t in range(6):
+        best = np.argsort(-sims[t])[:s.probe]
+        ref[t] = sims[t, best[-1]]
+        for c in best:
+            ents = ix.inv_entries[ix.inv_offsets[c]:ix.inv_offsets[c + 1]]
+            np.maximum.at(ref[t], ents, sims[t, c])
+    np.testing.assert_allclose(got, ref.sum(0), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ search through the index
+def test_index_equals_exact_when_depth_covers_the_store(store):
+    st, t = store
+    qs = [_query(p) for p in (3, 50, 111)]
+    idx = Index(st, t, index_min_rows=0)
+    got = idx.search_embeddings(qs, 10, rerank=1000)
+    assert idx.last_via == "index" and {h.via for hs in got for h in hs} == {"index"}
+    want = idx.search_embeddings(qs, 10, exact=True)
+    assert idx.last_via == "exact" and want[0][0].via == "exact"
+    _assert_same(got, want)
+    # default depth on this small store: the planted page is first, scores exact
+    assert [hs[0].path for hs in idx.search_embeddings(qs, 5)] == ["p0003.png", "p0050.png", "p0111.png"]
+    # below the threshold a search is exact
+    small = Index(st, t, index_min_rows=10_000)
+    small.search_embeddings(qs, 5)
+    assert small.last_via == "exact"
+
+
+def test_add_replace_delete_are_seen_by_the_next_search(store):
+    st, t = store
+    idx = Index(st, t, index_min_rows=0)
+    qs = [_query(p) for p in (3, 50, 111, 130)]
+    idx.search_embeddings(qs, 5)  # builds the index
+    built = idx.live_index().load()
+    assert built.n == 120 and built.version == t.version()
+    t.upsert([_rec(p) for p in range(120, 140)])  # new rows
+    t.upsert([_rec(50, salt=7)])  # page 50's vectors replaced (same key)
+    t.delete_paths("/data", ["p0003.png"])
+    got = idx.search_embeddings(qs, 10, rerank=1000)
+    _assert_same(got, idx.search_embeddings(qs, 10, exact=True))
+    assert "p0003.png" not in {h.path for hs in got for h in hs}
+    assert got[3][0].path == "p0130.png"
+    st2 = idx.live_index().load()
+    assert st2.n == 139 and st2.version == t.version()
+    rep = liveindex.verify(st, t)
+    assert rep["state"] == "current" and rep["problems"] == []
+
+
+def test_where_restricts_the_candidates(store):
+    st, t = store
+    idx = Index(st, t, index_min_rows=0)
+    qs = [_query(p) for p in (3, 50)]
+    where = "page = 1 AND path < 'p0100.png'"
+    got = idx.search_embeddings(qs, 5, where=where, rerank=5)
+    want = idx.search_embeddings(qs, 5, where=where, exact=True)
+    for g in got:
+        assert len(g) == 5
+        assert all(h.page == 1 and h.path < "p0100.png" for h in g)
+    _assert_same(idx.search_embeddings(qs, 5, where=where, rerank=1000), want)
+
+
+def test_stale_index_with_the_lock_held_scores_new_rows_as_a_tail(store):
+    st, t = store
+    idx = Index(st, t, index_min_rows=0)
+    qs = [_query(p) for p in (3, 125)]
+    idx.search_embeddings(qs, 5)
+    t.upsert([_rec(p) for p in range(120, 130)])
+    t.delete_paths("/data", ["p0003.png"])
+    li = idx.live_index()
+    fd = os.open(li.base / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another process updating the index
+    try:
+        view = li.view(t.table.to_lance(), wait=False)
+        assert len(view.tail) == 10 and int((~view.alive).sum()) == 1
+        got = idx.search_embeddings(qs, 10, rerank=1000)
+        assert li.load().version != t.version()  # nothing written while locked
+    finally:
+        os.close(fd)
+    _assert_same(got, idx.search_embeddings(qs, 10, exact=True))
+    assert got[1][0].path == "p0125.png" and "p0003.png" not in _paths(got)[0]
+
+
+def test_half_written_or_damaged_index_is_never_wrong(store):
+    st, t = store
+    idx = Index(st, t, index_min_rows=0)
+    qs = [_query(p) for p in (3, 50)]
+    want = idx.search_embeddings(qs, 10, exact=True)
+    idx.search_embeddings(qs, 10)
+    base = idx.live_index().base
+    gen = base / (base / "CURRENT").read_text()
+    (base / ".tmp-gen-00000001-dead").mkdir()  # a writer killed mid-way
+    (base / ".tmp-gen-00000001-dead" / "codes.npy").write_bytes(b"\x93NUMPY garbage")
+    codes = gen / "codes.npy"
+    codes.write_bytes(codes.read_bytes()[: codes.stat().st_size // 2])  # a damaged file
+    fresh = Index(st, t, index_min_rows=0)
+    assert liveindex.verify(st, t)["problems"]  # check sees it
+    _assert_same(fresh.search_embeddings(qs, 10, rerank=1000), want)  # the search rebuilds it
+    assert liveindex.verify(st, t)["problems"] == []
+    (base / "CURRENT").write_text("gen-99999999-missing")  # names a generation that is gone
+    _assert_same(Index(st, t, index_min_rows=0).search_embeddings(qs, 10, rerank=1000), want)
+    assert not (base / ".tmp-gen-00000001-dead").exists()
+    assert liveindex.repair(st, t)["entries"] == 120
+
+
+def test_single_vector_table_has_a_vector_index(tmp_path):
+    st, t = _make(tmp_path, 300, kind="biqwen")
+    idx = Index(st, t, index_min_rows=0)
+    qs = [_unit(_page(p).mean(0)).astype(np.float32) for p in (5, 77, 250)]
+    got = idx.search_embeddings(qs, 10, rerank=300)
+    assert idx.last_via == "index" and liveindex.describe(st, t)["kind"] == "usearch hnsw i8"
+    _assert_same(got, idx.search_embeddings(qs, 10, exact=True))
+    assert [hs[0].path for hs in idx.search_embeddings(qs, 3, rerank=20)] == ["p0005.png", "p0077.png", "p0250.png"]
+    t.delete_paths("/data", ["p0005.png"])
+    t.upsert([_rec(77, salt=3, kind="biqwen"), _rec(400, kind="biqwen")])
+    got = idx.search_embeddings(qs, 10, rerank=400)
+    _assert_same(got, idx.search_embeddings(qs, 10, exact=True))
+    assert "p0005.png" not in _paths(got)[0]
+    where = "page = 2"
+    _assert_same(idx.search_embeddings(qs, 5, where=where, rerank=400),
+                 idx.search_embeddings(qs, 5, where=where, exact=True))
+    assert liveindex.verify(st, t)["problems"] == []
+
+
+def test_searches_in_threads_while_rows_are_committed(store):
+    st, t = store
+    idx = Index(st, t, index_min_rows=0)
+    qs = [_query(p) for p in (3, 50, 150)]
+    idx.search_embeddings(qs, 5)
+    errors, seen = [], []
+    done = threading.Event()
+
+    def searcher():
+        while not done.is_set():
+            try:
+                hits = idx.search_embeddings(qs, 5)
+                seen.append(hits[2][0].path)
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for a in range(120, 200, 10):  # commits, as an embed run makes them
+        t.upsert([_rec(p) for p in range(a, a + 10)])
+        t.delete_paths("/data", [f"p{a - 100:04d}.png"])
+    done.set()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:3]
+    assert seen  # searches ran during the commits
+    _assert_same(idx.search_embeddings(qs, 10, rerank=1000), idx.search_embeddings(qs, 10, exact=True))
+    assert liveindex.verify(st, t)["problems"] == []
+
+
+# ------------------------------------------------------------------ kill -9 and the CLI
+UPDATER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[2])
+    from test_liveindex import _rec
+    from nomic_memory.store import Store
+    from nomic_memory.liveindex import LiveIndex
+    st = Store(sys.argv[1], create=False)
+    t = st.open_table("syn")
+    li = LiveIndex(st, t)
+    p = 1000
+    print("ready", flush=True)
+    while True:
+        t.upsert([_rec(q) for q in range(p, p + 5)])
+        t.delete_paths("/data", [f"p{p - 900:04d}.png"])
+        li.view(t.table.to_lance())
+        p += 5
+""")
+
+
+@pytest.mark.slow
+def test_kill9_during_index_updates_then_search_and_check(tmp_path):
+    st, t = _make(tmp_path, 200)
+    Index(st, t, index_min_rows=0).search_embeddings([_query(1)], 5)
+    script = tmp_path / "updater.py"
+    script.write_text(UPDATER)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "store"), str(REPO / "tests")],
+                                stdout=subprocess.PIPE, env=cli_env())
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(float(rng.uniform(0.5, 3.0)))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        st = Store(tmp_path / "store", create=False)
+        t = st.open_table("syn")
+        rep = liveindex.verify(st, t)
+        assert rep["problems"] == [], rep
+        idx = Index(st, t, index_min_rows=0)
+        qs = [_query(p) for p in (5, 150)]
+        _assert_same(idx.search_embeddings(qs, 10, rerank=10_000), idx.search_embeddings(qs, 10, exact=True))
+    r = run_cli("check", "--store", str(tmp_path / "store"), "--json")
+    assert r.returncode == 0, r
+    assert r.json()["index"]["state"] == "current" and r.json()["index"]["problems"] == []
+
+
+@pytest.mark.slow
+def test_cli_search_says_which_it_used_and_index_commands(loaded, image_dir, tiny_colqwen, tmp_path):
+    store = tmp_path / "store"
+    loaded["colqwen"].embed_directory(image_dir, store=store, workers=0)
+    env = {**cli_env(), "NOMIC_MEMORY_INDEX_MIN_ROWS": "0"}
+    base = ["--store", str(store), "--model-name", str(tiny_colqwen), "--backend", "cpu", "--json"]
+    r = run_cli("search", "a red bicycle", *base, env=env)
+    assert r.returncode == 0, r
+    indexed = r.json()
+    assert indexed["via"] == "index" and {h["via"] for h in indexed["results"][0]} == {"index"}
+    r = run_cli("search", "a red bicycle", *base, "--exact", env=env)
+    exact = r.json()
+    assert exact["via"] == "exact"
+    assert [h["path"] for h in indexed["results"][0]] == [h["path"] for h in exact["results"][0]]
+    r = run_cli("search", "a red bicycle", "--store", str(store), "--model-name", str(tiny_colqwen), env=env)
+    assert "indexed (candidates re-ranked exactly)" in r.stdout, r
+    r = run_cli("index", "status", "--store", str(store), "--json")
+    assert r.json()["tables"][0]["state"] == "current", r
+    r = run_cli("store", "list", "--store", str(store), "--json")
+    table = r.json()["tables"][0]
+    assert table["index"]["rows"] == table["rows"] > 0
+    shutil.rmtree(store / liveindex.INDEX_DIR)
+    r = run_cli("check", "--store", str(store), "--json")
+    assert r.returncode == 0 and r.json()["index"]["state"] == "none", r
+    r = run_cli("index", "rebuild", "--store", str(store), "--json")
+    assert r.returncode == 0 and r.json()["tables"][0]["entries"] > 0, r
+    r = run_cli("search", "x", "--exact", "--approx", "--store", str(store))
+    assert r.returncode == 2 and "exclude" in r.stderr, r
