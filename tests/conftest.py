@@ -1,6 +1,6 @@
 """Shared fixtures: tiny random-weight models built offline, and folders of real image files.
 
-Everything here is built once per session: the models with ``nomic_memory.tiny.build_tiny_model``
+Everything here is built once per session: the models with ``nomic_memory.model.tiny.build_tiny_model``
 (the same ColQwen2_5/BiQwen2_5 classes as the hub models, a few hundred kB), the images with
 Pillow.  The image fixtures are read-only by convention; a test that modifies files copies them
 first (``copy_tree``).
@@ -104,14 +104,14 @@ def add_bad_files(root: Path) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_colqwen(tmp_path_factory) -> Path:
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-colqwen", "colqwen")
 
 
 @pytest.fixture(scope="session")
 def tiny_biqwen(tmp_path_factory) -> Path:
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-biqwen", "biqwen")
 

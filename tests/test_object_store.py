@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import CLEAN_IMAGES, cli_env, run_cli
 
-from nomic_memory.store import Store, embedding_to_numpy
+from nomic_memory.store.table import Store, embedding_to_numpy
 
 BUCKET = "nomic-memory-test"
 

@@ -8,15 +8,15 @@ __all__ = ["Embedder", "Index", "Store", "default_store_path", "__version__"]
 def __getattr__(name: str):
     # Lazy: importing torch/transformers takes seconds; `nomic-memory --help` and export need neither.
     if name == "Embedder":
-        from .api import Embedder
+        from nomic_memory.api import Embedder
 
         return Embedder
     if name == "Index":
-        from .search import Index
+        from nomic_memory.search.index import Index
 
         return Index
     if name in ("Store", "default_store_path"):
-        from . import store
+        from nomic_memory.store import table
 
-        return getattr(store, name)
+        return getattr(table, name)
     raise AttributeError(name)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import EXIT_FATAL, EXIT_OK, BackendChoice, fail_on, resolve_store, setup_logging, store_option
+from nomic_memory.cli.common import EXIT_FATAL, EXIT_OK, BackendChoice, fail_on, resolve_store, setup_logging, store_option
 
 
 def check(
@@ -20,10 +20,10 @@ def check(
 ) -> None:
     """Verify every row (checksum, NaN, vector count, readable data files). Exit 0: clean; 1: problems."""
     setup_logging(verbose)
-    from ..check import repair as do_repair
-    from ..check import verify_table
-    from ..errors import NomicMemoryError
-    from ..store import Store
+    from nomic_memory.api import repair as do_repair
+    from nomic_memory.store.check import verify_table
+    from nomic_memory.errors import NomicMemoryError
+    from nomic_memory.store.table import Store
 
     try:
         st = Store(resolve_store(store), create=False)
