@@ -5,7 +5,6 @@ is now empty."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from conftest import add_bad_files, copy_tree, make_image
 

@@ -15,14 +15,17 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
+import torch
 
 from nomic_memory.model.backends import Backend, select_backend
-from nomic_memory.model.embed import document_pages, embed_inputs, flatten
 from nomic_memory.model.loading import DEFAULT_SEED, LoadedModel, ModelSpec, ResolvedModel
 from nomic_memory.run.driver import ProgressCallback, RunReport
 from nomic_memory.store.check import CheckReport, delete_bad_rows
 from nomic_memory.store.table import EmbeddingTable, Store, default_store_path, key_to_path
+from nomic_memory.run.driver import run_embedding
+from nomic_memory.run.local_engine import LocalExecutor
+from nomic_memory.errors import UsageError
+from nomic_memory.search.index import Index
 
 
 class Embedder:
@@ -88,12 +91,13 @@ class Embedder:
         ``embed_directory`` draws them.  ``as_tensor``: torch tensors instead of numpy arrays."""
         single = isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel")
         items = [images] if single else list(images)
+        # late: model.embed imports transformers' model code (seconds); a rerun with nothing to do never needs it
+        from nomic_memory.model.embed import document_pages, embed_inputs, flatten
+
         lm = self.loaded
         groups = [document_pages(x, lm.processor.image_processor) for x in items]
         flat = embed_inputs(lm, flatten(items, groups), batch_size)
         if as_tensor:
-            import torch
-
             flat = [torch.from_numpy(e) for e in flat]
         out, i = [], 0
         for g in groups:  # a document's entry: the list of its pages' embeddings, in page order
@@ -106,7 +110,7 @@ class Embedder:
                       as_tensor: bool = False):
         """Query embeddings as the model card makes them (``process_queries``); ``template``
         formats each text first (``"Query: {}"``).  One text gives one array; a list gives a list."""
-        from nomic_memory.model.encode import embed_queries
+        from nomic_memory.model.encode import embed_queries  # late: transformers' model code (seconds)
 
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
@@ -127,22 +131,17 @@ class Embedder:
         ``engine="ray"`` runs the same batches on a Ray cluster (``ray_address``; ``workers``
         model actors, ``gpus_per_worker`` each); locally ``workers`` is the number of decode
         processes.  ``table_name``: the store table to fill (default: the model's own)."""
-        from nomic_memory.run.driver import run_embedding
 
         store = store if store is not None else default_store_path()
         if engine == "ray":
-            from nomic_memory.run.ray_engine import RayExecutor
+            from nomic_memory.run.ray_engine import RayExecutor  # late: ray is an optional extra
 
             executor = RayExecutor(self.spec, self.backend, self.resolved, workers=workers,
                                    ray_address=ray_address, gpus_per_worker=gpus_per_worker)
         elif engine == "local":
-            from nomic_memory.run.local_engine import LocalExecutor
-
             executor = LocalExecutor(self._loaded, spec=self.spec, backend=self.backend,
                                      resolved=self._resolved if self._loaded is None else None, workers=workers)
         else:
-            from nomic_memory.errors import UsageError
-
             raise UsageError(f"unknown engine {engine!r}; choose local or ray")
         ident = self._identity()
         try:
@@ -167,7 +166,6 @@ class Embedder:
     def index(self, store: str | Path | Store | None = None, table: str | None = None, **kwargs):
         """An :class:`~nomic_memory.search.index.Index` over ``store`` that embeds queries with this
         model (loaded once for both)."""
-        from nomic_memory.search.index import Index
 
         return Index.open(store, table or self._identity()[2], model=self, **kwargs)
 

@@ -41,9 +41,9 @@ def search(
         os.environ.setdefault("LANCE_LOG", "error")
         os.environ.setdefault("LANCEDB_LOG", "error")
     setup_logging(verbose)
-    from nomic_memory.search.approx import APPROX_METHODS
-    from nomic_memory.search.index import Index, check_where
-    from nomic_memory.store.table import default_store_path
+    from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
+    from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
+    from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     texts = list(query or [])
     images = list(image or [])

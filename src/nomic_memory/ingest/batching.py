@@ -6,6 +6,7 @@ image's size), so a run plans every batch up front: images of similar token coun
 """
 
 from __future__ import annotations
+from nomic_memory.errors import UsageError
 
 # Batches are cut so that none pads more than this fraction of its tokens (make_batches).
 MAX_PADDING = 0.05
@@ -39,7 +40,6 @@ def check_max_batch_tokens(value: int | None, image_processor) -> None:
     ``longest_edge / (patch_size * merge_size)**2`` visual tokens (768 for Nomic's models)."""
     if value is None:
         return
-    from nomic_memory.errors import UsageError
 
     unit = (image_processor.patch_size * image_processor.merge_size) ** 2
     size = image_processor.size

@@ -18,6 +18,7 @@ from PIL import Image
 from nomic_memory.ingest.batching import target_size
 from nomic_memory.errors import InputError
 from nomic_memory.ingest.images import hash_bytes, hash_file, load_image, load_image_hashed, read_file_bounded
+from nomic_memory.ingest.documents import is_document_path, render_page
 
 log = logging.getLogger("nomic_memory")
 
@@ -113,7 +114,6 @@ def _verify_document(task: DecodeTask) -> None:
 def _decode_page(task: DecodeTask, image_processor) -> Image.Image:
     """A page of a document: PDF pages are drawn straight at their planned size; TIFF frames are
     decoded like any image, then resized once to the processor's target."""
-    from nomic_memory.ingest.documents import is_document_path, render_page
 
     if is_document_path(task.path):
         _verify_document(task)

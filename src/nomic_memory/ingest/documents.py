@@ -3,7 +3,6 @@
 A document is embedded page by page: page ``0`` is a plain image file (one row), pages
 ``1..N`` are the pages of a PDF or of a TIFF with more than one frame.  The run driver needs
 two things from this module, at two different moments:
-
 * **before anything is drawn** (scan/plan): :func:`list_pages` gives every page's size, read
   with PDFium's page-size API (no page content is parsed, nothing is rasterised) or from each
   TIFF frame's header, so visual tokens can be counted and batches planned for a 2,000-page
@@ -42,6 +41,9 @@ from PIL import Image
 
 from nomic_memory.errors import InputError
 from nomic_memory.ingest.images import DEFAULT_MAX_IMAGE_PIXELS, load_image, oriented_size, os_error_reason, register_plugins
+from nomic_memory.ingest.images import is_image_path
+from nomic_memory.ingest.images import ImageError
+from nomic_memory.ingest.batching import target_size
 
 __all__ = [
     "DOCUMENT_EXTENSIONS",
@@ -111,7 +113,6 @@ def is_document_path(path: str | os.PathLike[str]) -> bool:
 
 def is_input_path(path: str | os.PathLike[str]) -> bool:
     """True for anything embeddable by name: an image or a document (for ``discover_images``)."""
-    from nomic_memory.ingest.images import is_image_path
 
     return is_image_path(path) or is_document_path(path)
 
@@ -256,8 +257,6 @@ def _list_pdf_pages(path) -> list[PageGeometry]:
 
 
 def _list_image_frames(path) -> list[PageGeometry]:
-    from nomic_memory.ingest.images import ImageError
-
     register_plugins()
     try:
         with Image.open(path) as im:
@@ -298,7 +297,6 @@ def render_size(geometry: PageGeometry, image_processor) -> tuple[int, int]:
     Raises:
         ValueError: the geometry has an ``error`` or no area (check ``geometry.error`` first).
     """
-    from nomic_memory.ingest.batching import target_size
 
     if geometry.error or not (geometry.width > 0 and geometry.height > 0):
         raise ValueError(f"page {geometry.page} has no usable size: {geometry.error or 'zero area'}")

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+from nomic_memory.ingest.images import open_regular, oriented_size, register_plugins
+from nomic_memory.ingest.documents import is_document_path, list_pages, may_have_pages
+from nomic_memory.errors import InputError
+from nomic_memory.ingest.images import ImageError, hash_file, os_error_reason
 
 
 @dataclass
@@ -59,7 +63,6 @@ class SourceFile:
 def _image_geometry(path: Path) -> tuple[int, int]:
     """Width and height as the model will see them (EXIF orientation applied), from the header
     only; (0, 0) when the header cannot be read (decoding then names the precise reason)."""
-    from nomic_memory.ingest.images import open_regular, oriented_size, register_plugins
 
     register_plugins()
     try:
@@ -72,8 +75,6 @@ def _image_geometry(path: Path) -> tuple[int, int]:
 
 def _pages(sf: SourceFile) -> bool:
     """The pages of a document (PDF, multi-page TIFF) as items; False when it is one image."""
-    from nomic_memory.ingest.documents import is_document_path, list_pages, may_have_pages
-    from nomic_memory.errors import InputError
 
     if not may_have_pages(sf.path):
         return False
@@ -95,7 +96,6 @@ def _pages(sf: SourceFile) -> bool:
 
 def scan_file(path: Path, root: Path) -> SourceFile:
     """Stat, hash and measure one file (never raises: a problem is recorded in ``error``)."""
-    from nomic_memory.ingest.images import ImageError, hash_file, os_error_reason
 
     sf = SourceFile(path, path.relative_to(root).as_posix())
     try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from nomic_memory.model.loading import BIQWEN_KEY_MAPPING
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -167,7 +168,6 @@ def build_tiny_adapter(out_dir: str | Path, base_dir: str | Path, kind: str = "c
 
     from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
 
-    from nomic_memory.model.loading import BIQWEN_KEY_MAPPING
 
     out = Path(out_dir)
     torch.manual_seed(seed)

@@ -34,6 +34,18 @@ from pathlib import Path
 
 from nomic_memory.errors import BenchSetupError, NomicMemoryError
 from nomic_memory.ingest.samples import make_sample_images  # noqa: F401  (bench's sample folder; re-exported)
+from nomic_memory.model.loading import LoadedModel, make_image_only
+from nomic_memory.perf.plan import architecture_config, qwen_config
+from nomic_memory.model.tiny import SPECIAL_TOKENS, TinySize, build_processor
+from nomic_memory.model.variants import VARIANTS
+from nomic_memory.store.table import Store
+from nomic_memory.memory import current_rss_bytes
+from nomic_memory.ingest.batching import MAX_PADDING, make_batches, visual_tokens
+from nomic_memory.ingest.images import discover_images
+from nomic_memory.model.backends import select_backend
+from nomic_memory.model.loading import load_model
+from nomic_memory.api import Embedder
+from nomic_memory.perf.plan import Arch, forward_flops, plan_for_model
 
 SYNTHETIC_LABEL = "synthetic random weights: for memory/throughput only"
 MB = 1024 * 1024
@@ -95,10 +107,6 @@ def build_synthetic_model(variant: str, backend, *, image_only: bool = False, la
     import torch
     from colpali_engine.models import BiQwen2_5, ColQwen2_5
 
-    from nomic_memory.model.loading import LoadedModel, make_image_only
-    from nomic_memory.perf.plan import architecture_config, qwen_config
-    from nomic_memory.model.tiny import SPECIAL_TOKENS, TinySize, build_processor
-    from nomic_memory.model.variants import VARIANTS
 
     v = VARIANTS.get(variant)
     kind = kind or (v.kind if v else "colqwen")
@@ -175,8 +183,6 @@ class _NullTable:
 
 
 def _null_store():
-    from nomic_memory.store.table import Store
-
     class NullStore(Store):
         """Discards every embedding: used for synthetic weights, whose output is meaningless."""
 
@@ -196,7 +202,6 @@ def _null_store():
 def _device_bytes(backend) -> int:
     import torch
 
-    from nomic_memory.memory import current_rss_bytes
 
     if backend.name == "cuda":
         torch.cuda.synchronize(backend.device)
@@ -211,8 +216,6 @@ def planned_batches(lm, directory: str | Path, batch_size: int) -> list[list[int
     (from image headers, as the pipeline computes them)."""
     from PIL import Image
 
-    from nomic_memory.ingest.batching import MAX_PADDING, make_batches, visual_tokens
-    from nomic_memory.ingest.images import discover_images
 
     ip = lm.processor.image_processor
     tokens = []
@@ -230,10 +233,6 @@ def measure(cfg: BenchConfig) -> dict:
     """Measure one configuration in this process (see the module docstring)."""
     import torch
 
-    from nomic_memory.model.backends import select_backend
-    from nomic_memory.model.loading import load_model
-    from nomic_memory.api import Embedder
-    from nomic_memory.perf.plan import Arch, forward_flops, plan_for_model
 
     t_load = time.perf_counter()
     try:  # a backend or model that cannot be set up fails every batch size alike

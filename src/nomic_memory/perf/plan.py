@@ -624,8 +624,7 @@ def plan_for_variant(variant: str, *, batch_size: int, visual_tokens: int = 768,
 def plan_for_model(lm, *, batch_size: int, visual_tokens: int | None = None,
                    token_counts: list[int] | None = None, forward: str = "lean") -> MemoryPlan:
     """Plan for a loaded model (``loading.LoadedModel``): its own config, tokenizer and backend."""
-    from nomic_memory.model.loading import document_prompt_ids
-
+    from nomic_memory.model.loading import document_prompt_ids  # late: torch (a second); planning from a config needs none
     proc = lm.processor
     prompt = len(proc.tokenizer(proc.visual_prompt_prefix, add_special_tokens=True)["input_ids"]) - 1
     kept = len(set(document_prompt_ids(proc)))

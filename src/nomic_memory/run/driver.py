@@ -2,7 +2,6 @@
 
 One driver serves every engine (clip-retrieval's reader -> mapper -> writer, with the mapper
 swappable):
-
 * **plan** (:func:`plan_run`): list the folder, hash every file, skip what the store already holds
   unchanged, count each input's visual tokens from its size, cut batches.  It needs the processor
   (for token counts), never the model.
@@ -34,6 +33,12 @@ from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import discover
 from nomic_memory.memory import MemoryReport
 from nomic_memory.ingest.listing import Item, SourceFile, scan_files
+from nomic_memory.store.table import path_to_key
+from nomic_memory.ingest.documents import PageGeometry, render_size
+from nomic_memory.store.table import Store
+from nomic_memory.errors import EngineError
+from nomic_memory.store.table import TableInfo
+from nomic_memory.store.table import Record
 
 log = logging.getLogger("nomic_memory")
 
@@ -57,8 +62,6 @@ class ModelStamp:
         return cls(lm.model_id, lm.revision, lm.kind, lm.dim, lm.fingerprint, lm.backend.dtype_name, lm.seed)
 
     def table_info(self):
-        from nomic_memory.store.table import TableInfo
-
         storage = "float32" if self.dtype == "float32" else "float16"
         return TableInfo(self.model_id, self.revision, self.kind, self.dim, self.fingerprint, storage, self.seed)
 
@@ -147,8 +150,6 @@ class Executor(Protocol):
 
 
 def _fail(report: RunReport, emit, label: str, reason: str, **extra) -> None:
-    from nomic_memory.store.table import path_to_key
-
     label = path_to_key(label)  # printable even when the file name is not valid UTF-8
     report.failed.append((label, reason))
     emit("failed", {"path": label, "reason": reason, **extra})
@@ -221,7 +222,6 @@ def _cut_batches(todo: list[Item], image_processor, report: RunReport, batch_siz
                  max_batch_tokens: int | None, sort_by_tokens: bool) -> list[list[int]]:
     for it in todo:
         if it.pdf:  # drawn straight at the size the processor keeps
-            from nomic_memory.ingest.documents import PageGeometry, render_size
 
             it.width, it.height = render_size(PageGeometry(it.page, it.width, it.height), image_processor)
         try:
@@ -251,8 +251,6 @@ class StoreSink:
         self.failures = failures
 
     def write(self, plan: RunPlan, result: BatchResult, report: RunReport, emit) -> None:
-        from nomic_memory.store.table import Record
-
         items = plan.batch_items(result.index)
         good: list[tuple[Item, np.ndarray]] = []
         bad: list[tuple[str, int, str, str]] = []
@@ -312,7 +310,6 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
 
     ``model_id``/``revision``/``seed``/``table_name`` say which model the executor runs (known
     without loading it: :meth:`~nomic_memory.model.loading.ModelSpec.resolve`)."""
-    from nomic_memory.store.table import Store
 
     t0 = time.perf_counter()
     emit = on_event or (lambda kind, data: None)
@@ -413,8 +410,6 @@ def _execute(executor: Executor, plan: RunPlan, sink: StoreSink, report: RunRepo
         if fingerprint is None:
             fingerprint = result.stamp.fingerprint
         elif result.stamp.fingerprint != fingerprint:
-            from nomic_memory.errors import EngineError
-
             raise EngineError(f"model workers loaded different projections ({fingerprint} and "
                               f"{result.stamp.fingerprint}): are all nodes on the same model files and "
                               "library versions?")

@@ -3,7 +3,6 @@
 The driver (:func:`nomic_memory.run.driver.run_embedding`) lists, hashes, skips unchanged inputs and
 plans the batches exactly as for a local run, and commits each batch to the store as it comes
 back; this executor only maps the planned batches to embeddings on the cluster::
-
     Ray Data  from_items(planned batches) -> decode (CPU tasks) -> embed (actor pool, one model each)
 
 * **Same batches, same embeddings.**  One dataset row is one planned batch (the model stage takes
@@ -62,6 +61,8 @@ from nomic_memory.model.loading import LoadedModel, ModelSpec, ResolvedModel
 from nomic_memory.logs import quiet_libraries
 from nomic_memory.memory import MemoryReport, read_status_kb
 from nomic_memory.run.driver import BatchResult, ModelStamp, RunPlan, RunReport
+from nomic_memory.memory import MemoryTracker
+from nomic_memory.model.collate import Prepared
 
 log = logging.getLogger("nomic_memory")
 
@@ -200,9 +201,7 @@ class EmbedWorker:
                  crash_marker: str | None = None):
         import torch
 
-        from nomic_memory.model.encode import BatchEncoder
-        from nomic_memory.memory import MemoryTracker
-
+        from nomic_memory.model.encode import BatchEncoder  # late: transformers' model code, on the actor only (the driver loads no model)
         quiet_libraries()
         if backend_name == "cpu" and threads:
             torch.set_num_threads(max(1, min(threads, os.cpu_count() or threads)))
@@ -229,7 +228,6 @@ class EmbedWorker:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from nomic_memory.model.collate import Prepared
 
         if self.crash_marker and not os.path.exists(self.crash_marker):
             # Test hook: die like a lost node or an OOM-killed process would, once.

@@ -127,16 +127,14 @@ def check_model(lm, info: TableInfo) -> list[str]:
 
 def _fingerprints(lm) -> frozenset[str]:
     """Every fingerprint a table made with ``lm``'s projection may record (whatever the dtype)."""
-    from nomic_memory.model.loading import fingerprint_variants
-
+    from nomic_memory.model.loading import fingerprint_variants  # late: torch (a second); a search by embeddings needs none
     return getattr(lm, "fingerprints", None) or fingerprint_variants(lm.model)
 
 
 def _as_loaded_model(model):
     """A ``LoadedModel`` from ``model``: one itself, or an object holding one as ``.loaded``
     (an :class:`~nomic_memory.api.Embedder`)."""
-    from nomic_memory.model.loading import LoadedModel
-
+    from nomic_memory.model.loading import LoadedModel  # late: torch, as above
     lm = getattr(model, "loaded", model)
     if not isinstance(lm, LoadedModel):
         raise TypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), not {type(model).__name__}")
@@ -146,8 +144,7 @@ def _as_loaded_model(model):
 def _holds_model(model) -> bool:
     """``model`` is a ``LoadedModel`` or has a ``loaded`` attribute (without reading it, which
     would load an Embedder's model)."""
-    from nomic_memory.model.loading import LoadedModel
-
+    from nomic_memory.model.loading import LoadedModel  # late: torch, as above
     return isinstance(model, LoadedModel) or hasattr(type(model), "loaded") or "loaded" in getattr(model, "__dict__", {})
 
 
@@ -221,9 +218,8 @@ class Index:
         return self._lm
 
     def _load_model(self):
-        from nomic_memory.model.backends import select_backend
-        from nomic_memory.model.loading import load_model
-
+        from nomic_memory.model.backends import select_backend  # late: torch, as above
+        from nomic_memory.model.loading import load_model  # late: torch, as above
         info = self.info
         name = self.model_name or info.model_id
         pin = None
@@ -271,9 +267,8 @@ class Index:
         """float32 numpy query embeddings: text with ``process_queries`` (and the template),
         images (PIL images or ``os.PathLike`` paths) with the document path.  A single query is
         taken as a list of one."""
-        from nomic_memory.model.encode import embed_queries
-        from nomic_memory.model.embed import embed_inputs
-
+        from nomic_memory.model.encode import embed_queries  # late: transformers' model code (seconds)
+        from nomic_memory.model.embed import embed_inputs  # late: transformers' model code (seconds)
         queries = _query_list(queries)
         lm = self.model
         out: list[np.ndarray | None] = [None] * len(queries)

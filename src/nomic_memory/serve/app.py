@@ -1,7 +1,6 @@
 """``nomic-memory serve``: the HTTP API and the search page over a :class:`~.service.SearchService`.
 
 :func:`create_app` builds the FastAPI app; the CLI (``cli_serve``) runs it under uvicorn.  Routes:
-
 =====================  ======================================================================
 ``POST /search``       ``{"queries": [...], "images": [base64...], "k": 10, "where": "..."}``
                        (or multipart: ``queries``, ``k``, ``where`` fields and ``images`` files)
@@ -36,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.serve.service import WEB_DIR, HTTPError, SearchService, ServeConfig, b64_image, decode_image_bytes, hit_json
+from nomic_memory.serve.thumbs import PageUnavailable, thumbnail
 
 log = logging.getLogger("nomic_memory.serve.app")
 
@@ -332,8 +332,6 @@ def create_app(service: SearchService, config: ServeConfig | None = None):
 
     @app.get("/thumb/{row_id}", responses={200: {"content": {"image/jpeg": {}}}})
     async def thumb(row_id: str):
-        from nomic_memory.serve.thumbs import PageUnavailable, thumbnail
-
         row = await asyncio.to_thread(service.row, row_id)
         try:
             data = await asyncio.to_thread(thumbnail, service.index.store, service.index.table.name, row_id, row)

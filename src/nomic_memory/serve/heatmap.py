@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 
 from nomic_memory.errors import SearchError
+from nomic_memory.model.collate import prepare_image
+from nomic_memory.ingest.batching import target_size
 
 
 class HeatmapUnavailable(SearchError):
@@ -39,8 +41,6 @@ class Layout:
 
 @functools.lru_cache(maxsize=256)
 def _layout_cached(processor_key: int, processor, height: int, width: int) -> Layout:
-    from nomic_memory.model.collate import prepare_image
-
     ip = processor.image_processor
     # a blank image of exactly the processed size: the processor leaves it unresized, and the
     # prompt around the image tokens depends only on the grid
@@ -58,7 +58,6 @@ def _layout_cached(processor_key: int, processor, height: int, width: int) -> La
 
 def layout(processor, width: int, height: int) -> Layout:
     """The visual-token layout of a page stored with this (original) width and height."""
-    from nomic_memory.ingest.batching import target_size
 
     try:
         h, w = target_size(int(width), int(height), processor.image_processor)

@@ -1,7 +1,6 @@
 """The search service behind ``nomic-memory serve`` (the HTTP routes are in :mod:`.server`).
 
 The model is loaded once; requests are answered over HTTP (FastAPI on uvicorn):
-
 * ``POST /search``: text and image queries -> the same hits, order and float32 scores as
   :meth:`nomic_memory.search.index.Index.search`;
 * ``POST /embed``: embeddings in the request/response shape of vLLM's ``/pooling`` endpoint;
@@ -46,6 +45,9 @@ import numpy as np
 
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.memory import trim_heap
+from nomic_memory.ingest.images import ImageError, load_image
+from nomic_memory.serve import heatmap as hm
+from nomic_memory.serve.thumbs import PageUnavailable, load_page
 
 log = logging.getLogger("nomic_memory.serve.app")
 
@@ -108,7 +110,6 @@ class LRU(OrderedDict):
 def decode_image_bytes(data: bytes, max_pixels: int, name: str = "upload"):
     """An uploaded image -> RGB PIL image, through the same safe decoder as the pipeline
     (pixel limit judged from the header before decoding: decompression bombs are refused)."""
-    from nomic_memory.ingest.images import ImageError, load_image
 
     if not data:
         raise HTTPError(400, f"{name}: empty image")
@@ -237,9 +238,8 @@ class SearchService:
         ``config.exact_batching`` groups queries of equal length instead (texts by token count,
         images by size) so every embedding is bit-identical to the single-query one, at one
         forward per distinct length (~10x slower embedding for varied short queries on a CPU)."""
-        from nomic_memory.model.embed import embed_inputs
-        from nomic_memory.model.encode import embed_queries
-
+        from nomic_memory.model.embed import embed_inputs  # late: transformers' model code, once the model is needed
+        from nomic_memory.model.encode import embed_queries  # late: as above
         out: list = [None] * len(queries)
         texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
         images = [i for i, q in enumerate(queries) if not isinstance(q, str)]
@@ -371,8 +371,6 @@ class SearchService:
 
     def heatmap(self, row_id: str, qemb: np.ndarray, query_token: int | None, mode: str):
         """``(png bytes | None, json)`` of one row's heatmap (runs on a worker thread)."""
-        from nomic_memory.serve import heatmap as hm
-        from nomic_memory.serve.thumbs import PageUnavailable, load_page
 
         if self.index.info.kind != "colqwen":
             raise HTTPError(409, "this table holds Nomic (single-vector) embeddings: one vector per page, so "

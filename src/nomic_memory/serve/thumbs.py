@@ -18,6 +18,8 @@ from PIL import Image
 
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.ingest.images import DEFAULT_MAX_IMAGE_PIXELS, load_image
+from nomic_memory.ingest.documents import is_document_path
+from nomic_memory.ingest.documents import load_page as document_page
 
 THUMBS_DIR = "_nomic_memory_thumbs"
 THUMB_SIDE = 384
@@ -61,8 +63,6 @@ def load_page(row: dict, size: tuple[int, int] | None = None, *, side: int = 102
     ``size`` = (w, h): exactly that size (a PDF page is drawn straight at it; a large JPEG is
     draft-decoded no smaller).  Without it, images keep their own size and PDF pages are drawn to
     fit ``side`` (their stored width and height give the aspect ratio)."""
-    from nomic_memory.ingest.documents import is_document_path
-    from nomic_memory.ingest.documents import load_page as document_page
 
     f = page_file(row)
     page = int(row.get("page") or 0)

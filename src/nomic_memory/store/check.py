@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from nomic_memory.store.table import EmbeddingTable, Store, embedding_checksum, key_to_path
+from nomic_memory.store.table import EmbeddingTable, embedding_checksum, key_to_path
 
 log = logging.getLogger(__name__)
 

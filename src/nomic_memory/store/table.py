@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +186,7 @@ def embedding_checksum(stored: np.ndarray) -> int:
 
 
 from nomic_memory.errors import StoreError  # noqa: E402  (re-exported)
+from nomic_memory.store.failures import TABLE
 
 
 def damaged(store_path, what: str, e: BaseException) -> StoreError:
@@ -319,7 +319,6 @@ class Store:
 
     def forget_failures(self, where: str) -> None:
         """Delete the remembered failures (:mod:`nomic_memory.store.failures`) matching ``where``."""
-        from nomic_memory.store.failures import TABLE
 
         if TABLE in self.all_table_names():
             self.db.open_table(TABLE).delete(where)
