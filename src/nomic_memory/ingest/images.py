@@ -561,7 +561,6 @@ def oriented_size(img: Image.Image) -> tuple[int, int]:
     return h, w
 
 
-# Over 80 lines by its docstring (every conversion and refusal, for callers); the body is ~35.
 def load_image(
     path: str | os.PathLike[str],
     *,

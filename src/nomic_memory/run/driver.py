@@ -302,6 +302,8 @@ def _import_store_in_background() -> threading.Thread:
     return t
 
 
+# Long: the run's phases in order (list, open the store, identify the model, plan, execute, report),
+# read top to bottom; each phase is a call, the glue between them is what stays here.
 def run_embedding(directory: str | Path, store, executor: Executor, *, model_id: str, revision: str,
                   seed: int, table_name: str, prune: bool = False, batch_size: int = 8,
                   max_batch_tokens: int | None = None, sort_by_tokens: bool = True,
