@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from synthetic_pages import DIM, PageGenerator, PageSpec  # noqa: E402
 
-from nomic_memory import firststage as fs  # noqa: E402
+from nomic_memory.search import firststage as fs  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -107,7 +107,7 @@ _POOLED: dict = {}
 
 def pool_pages(v, offs, factor=4):
     """Each page's vectors k-means-pooled ``factor``:1 (as the pooled copy does); computed once per run."""
-    from nomic_memory.approx import _pool_documents
+    from nomic_memory.search.approx import _pool_documents
 
     if id(v) in _POOLED:
         return _POOLED[id(v)]
@@ -218,10 +218,10 @@ class TokenANN(Method):
         self.page_of = np.repeat(np.arange(len(po) - 1), np.diff(po))
         n = len(offs) - 1
         if self.kind == "ivfpq":
-            nlist = int(4 * np.sqrt(len(x)))
+            nlist = int(2 * np.sqrt(len(x)))
             q = faiss.IndexFlatIP(DIM)
             self.ix = faiss.IndexIVFPQ(q, DIM, nlist, 16, 8, faiss.METRIC_INNER_PRODUCT)
-            self.ix.train(x[np.random.default_rng(0).choice(len(x), min(len(x), 100_000), replace=False)])
+            self.ix.train(x[np.random.default_rng(0).choice(len(x), min(len(x), 50_000), replace=False)])
             self.ix.add(x)
             self.ix.nprobe = 32
             self.bytes_per_page = (len(x) * (16 + 8)) / n
@@ -252,7 +252,7 @@ class TokenANN(Method):
 
 
 class Codes(Method):
-    name = "centroid codes + inverted lists (chosen: nomic_memory.firststage)"
+    name = "centroid codes + inverted lists (chosen: nomic_memory.search.firststage)"
 
     def __init__(self, settings=fs.Settings()):
         self.s = settings
@@ -295,17 +295,19 @@ def cmd_compare(a) -> dict:
         build = time.perf_counter() - t0
         runs = []
         for _ in range(a.runs):
-            lat, rec = [], []
+            lat, rec, cpu = [], [], []
             for qi, q in enumerate(qs):
-                t1 = time.perf_counter()
+                t1, c1 = time.perf_counter(), time.process_time()
                 c = m.candidates(q, a.depth)
                 lat.append(time.perf_counter() - t1)
+                cpu.append(time.process_time() - c1)
                 rec.append(recall10(exact[qi], c))
-            runs.append((pct(lat, 50), pct(lat, 95), float(np.mean(rec))))
+            runs.append((pct(lat, 50), pct(lat, 95), float(np.mean(rec)), pct(cpu, 50)))
         r = {"name": m.name, "build_s": round(build, 1), "bytes_per_page": round(m.bytes_per_page),
              "p50_ms": round(1000 * statistics.median(x[0] for x in runs), 1),
              "p95_ms": round(1000 * statistics.median(x[1] for x in runs), 1),
-             "recall10": round(statistics.median(x[2] for x in runs), 3)}
+             "recall10": round(statistics.median(x[2] for x in runs), 3),
+             "cpu_p50_ms": round(1000 * statistics.median(x[3] for x in runs), 1), "load": os.getloadavg()[0]}
         out[key] = r
         print(json.dumps(r), flush=True)
         del m
@@ -349,26 +351,34 @@ def stream_build(g: PageGenerator, n_pages: int, qs: list[np.ndarray], s: fs.Set
                        "build_s_without_generation_and_exact": round(train + t_codes + t_asm, 1)}
 
 
-def query_first_stage(ix: fs.CodeIndex, qs, exact, s: fs.Settings, runs: int, depth: int):
+def query_first_stage(ix: fs.CodeIndex, qs, exact, s: fs.Settings, runs: int, depth: int, sources=None):
     out = []
+    found = []
     for _ in range(runs):
-        lat, rec = [], []
+        lat, rec, cpu = [], [], []
         for qi, q in enumerate(qs):
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             c = ix.candidates(q, s, depth=depth)
             lat.append(time.perf_counter() - t1)
+            cpu.append(time.process_time() - c1)
             if exact is not None:
                 rec.append(recall10(exact[qi], c))
-        out.append((pct(lat, 50), pct(lat, 95), float(np.mean(rec)) if rec else None))
+            if sources is not None:
+                found.append(int(sources[qi]) in set(c.tolist()))
+        out.append((pct(lat, 50), pct(lat, 95), float(np.mean(rec)) if rec else None, pct(cpu, 50), pct(cpu, 95)))
     return {"p50_ms": round(1000 * statistics.median(x[0] for x in out), 1),
             "p95_ms": round(1000 * statistics.median(x[1] for x in out), 1),
-            "candidate_recall10": None if exact is None else round(statistics.median(x[2] for x in out), 3)}
+            "cpu_p50_ms": round(1000 * statistics.median(x[3] for x in out), 1),
+            "cpu_p95_ms": round(1000 * statistics.median(x[4] for x in out), 1), "load": os.getloadavg()[0],
+            "candidate_recall10": None if exact is None else round(statistics.median(x[2] for x in out), 3),
+            "source_page_in_candidates": None if sources is None else round(float(np.mean(found)), 3)}
 
 
 def cmd_million(a) -> dict:
     g = PageGenerator(PageSpec(seed=a.seed))
     rng = np.random.default_rng(a.seed + 1)
-    qs = [g.query(int(p)) for p in rng.choice(a.pages, a.queries, replace=False)]
+    sources = rng.choice(a.pages, a.queries, replace=False)
+    qs = [g.query(int(p)) for p in sources]
     s = fs.Settings()
     ix, exact, times = stream_build(g, a.pages, qs, s, with_exact=not a.no_exact)
     c = ix
@@ -377,7 +387,7 @@ def cmd_million(a) -> dict:
            "bytes_per_page": round(nbytes / a.pages), "codes_per_page": round(len(c.codes) / a.pages, 1),
            "peak_rss_gib": round(rss_gib(), 2)}
     for depth in (100, 200):
-        res[f"depth{depth}"] = query_first_stage(ix, qs, exact, s, a.runs, depth)
+        res[f"depth{depth}"] = query_first_stage(ix, qs, exact, s, a.runs, depth, sources)
     print(json.dumps(res), flush=True)
     return res
 

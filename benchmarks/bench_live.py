@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -24,13 +25,13 @@ TABLE = "synthetic"
 
 
 def _info(pages: int, seed: int):
-    from nomic_memory.store import TableInfo
+    from nomic_memory.store.table import TableInfo
 
     return TableInfo("synthetic", f"synthetic-pages-s{seed}", "colqwen", DIM, "", "float16", seed)
 
 
 def _batch(g: PageGenerator, schema: pa.Schema, a: int, b: int, info) -> pa.RecordBatch:
-    from nomic_memory.store import embedding_checksum
+    from nomic_memory.store.table import embedding_checksum
 
     docs = [g.page(p).astype(np.float16) for p in range(a, b)]
     n = len(docs)
@@ -55,7 +56,7 @@ def _batch(g: PageGenerator, schema: pa.Schema, a: int, b: int, info) -> pa.Reco
 
 
 def cmd_store(a) -> dict:
-    from nomic_memory.store import Store
+    from nomic_memory.store.table import Store
 
     g = PageGenerator(PageSpec(seed=a.seed))
     info = _info(a.pages, a.seed)
@@ -92,9 +93,8 @@ def _time(f):
 
 
 def cmd_live(a) -> dict:
-    from nomic_memory import approx as _approx
     from nomic_memory.search import Index
-    from nomic_memory.store import Store
+    from nomic_memory.store.table import Store
 
     st = Store(a.path, create=False)
     t = st.open_table(TABLE)
@@ -118,9 +118,11 @@ def cmd_live(a) -> dict:
     runs = []
     ds = t.table.to_lance()
     for _ in range(a.runs):
-        lat, first, rec = [], [], []
+        lat, first, rec, cpu = [], [], [], []
         for qi, q in enumerate(qs):
+            c0 = time.process_time()
             hits, secs = _time(lambda q=q: idx.search_embeddings([q], 10))
+            cpu.append(time.process_time() - c0)
             lat.append(secs)
             view = li.view(ds)
             _, fsecs = _time(lambda q=q: idx._candidates(view, [q], 100, None))
@@ -128,11 +130,13 @@ def cmd_live(a) -> dict:
             want = {h.path for h in exact[qi]}
             rec.append(len(want & {h.path for h in hits[0]}) / len(want))
         runs.append((np.percentile(lat, 50), np.percentile(lat, 95), np.percentile(first, 50),
-                     np.percentile(first, 95), np.mean(rec)))
-    med = [statistics.median(r[i] for r in runs) for i in range(5)]
+                     np.percentile(first, 95), np.mean(rec), np.percentile(cpu, 50), np.percentile(cpu, 95)))
+    med = [statistics.median(r[i] for r in runs) for i in range(7)]
     res.update({"search_p50_ms": round(1000 * med[0], 1), "search_p95_ms": round(1000 * med[1], 1),
                 "first_stage_p50_ms": round(1000 * med[2], 1), "first_stage_p95_ms": round(1000 * med[3], 1),
                 "rerank_from_disk_p50_ms": round(1000 * (med[0] - med[2]), 1), "recall10": round(med[4], 3),
+                "search_cpu_p50_ms": round(1000 * med[5], 1), "search_cpu_p95_ms": round(1000 * med[6], 1),
+                "load": os.getloadavg()[0],
                 "rss_gib_after_searches": round(rss_now_gib(), 2)})
     print(json.dumps(res), flush=True)
     res["add_1000"] = _add_pages(a, st, t, idx, g, n)

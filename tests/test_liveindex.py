@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, cli_env, run_cli
-from nomic_memory import firststage as fs
-from nomic_memory import liveindex
+from nomic_memory.search import firststage as fs
+from nomic_memory.search import liveindex
 from nomic_memory.search import Index
 from nomic_memory.store import Record, Store, TableInfo
 
@@ -248,7 +248,7 @@ UPDATER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from test_liveindex import _rec
     from nomic_memory.store import Store
-    from nomic_memory.liveindex import LiveIndex
+    from nomic_memory.search.liveindex import LiveIndex
     st = Store(sys.argv[1], create=False)
     t = st.open_table("syn")
     li = LiveIndex(st, t)

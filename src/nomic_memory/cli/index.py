@@ -12,11 +12,12 @@ from typing import Optional
 
 import typer
 
-from .common import fail_on, json_option, resolve_store, say, setup_logging, store_option
+from nomic_memory.cli.common import fail_on, json_option, resolve_store, say, setup_logging, store_option
+from nomic_memory.errors import NomicMemoryError
 
 
 def _tables(store: str | None, table: str | None):
-    from ..store import Store
+    from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
 
     s = Store(resolve_store(store), create=False)
     return s, [s.open_table(table)] if table else [s.open_table(n) for n in s.table_names()]
@@ -29,8 +30,7 @@ def rebuild(
 ) -> None:
     """Build the search index of each table from scratch (recovery; a changed setting)."""
     setup_logging(False)
-    from ..errors import NomicMemoryError
-    from ..liveindex import LiveIndex
+    from nomic_memory.search.liveindex import LiveIndex  # late: numpy/pyarrow; the CLI starts without it
 
     out = []
     try:
@@ -56,8 +56,7 @@ def status(
 ) -> None:
     """Show each table's search index: rows covered, table version, size."""
     setup_logging(False)
-    from ..errors import NomicMemoryError
-    from ..liveindex import describe
+    from nomic_memory.search.liveindex import describe  # late: numpy/pyarrow; the CLI starts without it
 
     try:
         s, tables = _tables(store, table)

@@ -1,0 +1,249 @@
+"""The first stage of a search: a compact index that proposes candidates, which are then scored
+exactly from the stored vectors.
+
+Multi-vector (ColQwen) tables: **centroid codes with inverted lists**, the candidate generation
+of PLAID/WARP.  A codebook of ``K`` centroids is trained on a sample of the table's vectors
+(two-level k-means: ``coarse`` x ``fine`` centroids, so that assigning a vector costs
+``coarse + fine`` dot products instead of ``K``).  Each page is represented by the *set* of
+centroids its vectors fall in (patches recur on a page, so a 750-vector page has a few hundred
+distinct codes: 2 bytes each), and each centroid lists the pages that use it.  A query token
+scores every centroid (one ``(T, 128) @ (128, K)`` matmul), walks the inverted lists of its
+``probe`` best centroids and gives each page it meets the best centroid score it has there; a
+page it does not meet gets the ``probe``-th score (an upper bound of what it would have got).
+The sum over query tokens approximates MaxSim; the best ``refine`` pages are then scored by their
+full code sets (no imputation) and the best ``depth`` of those go to the exact re-rank.
+
+Everything here is numpy on arrays that can be memory-mapped; :mod:`nomic_memory.search.liveindex` keeps
+such an index beside each table, current with every write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What an index is built with; changing them needs ``nomic-memory index rebuild``."""
+
+    coarse: int = 128  # first-level k-means centroids
+    fine: int = 128  # second-level centroids inside each first-level one (K = coarse * fine)
+    train_vectors: int = 400_000  # sample the codebook is trained on
+    iters: int = 8  # k-means iterations per level
+    probe: int = 16  # centroids whose pages a query token visits
+    refine: int = 500  # pages re-scored with their full code sets
+    depth: int = 100  # pages re-ranked exactly (per query)
+
+    @property
+    def n_centroids(self) -> int:
+        return self.coarse * self.fine
+
+
+# ------------------------------------------------------------------ k-means
+def _kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.ndarray:
+    """Spherical k-means (unit centroids, cosine assignment); empty clusters are re-seeded."""
+    k = max(1, min(k, len(x)))
+    c = x[rng.choice(len(x), size=k, replace=False)].copy()
+    for _ in range(iters):
+        a = _argmax_dot(x, c)
+        order = np.argsort(a, kind="stable")
+        counts = np.bincount(a, minlength=k)
+        sums = np.zeros_like(c)
+        nz = np.flatnonzero(counts)
+        sums[nz] = np.add.reduceat(x[order], np.concatenate([[0], np.cumsum(counts)[:-1]])[nz], axis=0)
+        empty = counts == 0
+        if empty.any():
+            sums[empty] = x[rng.choice(len(x), size=int(empty.sum()), replace=False)]
+        c = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return c.astype(np.float32)
+
+
+def _argmax_dot(x: np.ndarray, c: np.ndarray, block: int = 65536) -> np.ndarray:
+    out = np.empty(len(x), np.int64)
+    for a in range(0, len(x), block):
+        out[a:a + block] = np.argmax(x[a:a + block] @ c.T, axis=1)
+    return out
+
+
+def train_codebook(sample: np.ndarray, s: Settings, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(coarse (C, dim), centroids (C * F, dim))`` from ``sample`` (float32, unit rows).
+    Centroid ``c * F + f`` is the ``f``-th fine centroid inside coarse centroid ``c``."""
+    rng = np.random.default_rng(seed)
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    if len(x) > s.train_vectors:
+        x = x[rng.choice(len(x), size=s.train_vectors, replace=False)]
+    # a small table gets fewer fine centroids (about 8 sample vectors each)
+    n_fine = int(min(s.fine, max(1, len(x) // (8 * s.coarse))))
+    coarse = _kmeans(x, s.coarse, s.iters, rng)
+    if len(coarse) < s.coarse:  # tiny tables: pad so that codes keep their layout
+        coarse = np.concatenate([coarse, np.repeat(coarse[:1], s.coarse - len(coarse), axis=0)])
+    a = _argmax_dot(x, coarse)
+    fine = np.empty((s.coarse, n_fine, x.shape[1]), np.float32)
+    for c in range(s.coarse):
+        members = x[a == c]
+        if len(members) == 0:
+            fine[c] = coarse[c]
+            continue
+        f = _kmeans(members, n_fine, s.iters, rng)
+        fine[c, :len(f)] = f
+        fine[c, len(f):] = f[0]  # duplicates of a real centroid: never preferred, always valid
+    return coarse, fine.reshape(-1, x.shape[1])
+
+
+def assign(x: np.ndarray, coarse: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The code (centroid number) of each row of ``x``: its best coarse centroid, then the best
+    fine centroid inside it."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_fine = len(centroids) // len(coarse)
+    top = _argmax_dot(x, coarse)
+    codes = np.empty(len(x), np.int64)
+    fine = centroids.reshape(len(coarse), n_fine, -1)
+    order = np.argsort(top, kind="stable")
+    bounds = np.searchsorted(top[order], np.arange(len(coarse) + 1))
+    for c in range(len(coarse)):
+        rows = order[bounds[c]:bounds[c + 1]]
+        if len(rows):
+            codes[rows] = c * n_fine + np.argmax(x[rows] @ fine[c].T, axis=1)
+    return codes
+
+
+def page_code_sets(codes: np.ndarray, offsets: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct codes of each page: ``(codes sorted within each page, counts per page)``."""
+    n = len(offsets) - 1
+    lens = np.diff(offsets)
+    page = np.repeat(np.arange(n, dtype=np.int64), lens)
+    key = np.unique(page * n_centroids + codes)
+    counts = np.bincount(key // n_centroids, minlength=n)
+    return (key % n_centroids).astype(code_dtype(n_centroids)), counts.astype(np.int64)
+
+
+def code_dtype(n_centroids: int):
+    return np.uint16 if n_centroids <= 1 << 16 else np.uint32
+
+
+def inverted_lists(codes: np.ndarray, counts: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets (K+1,), entries int32)``: for each centroid, the entries (pages) using it, in
+    entry order (a stable radix sort of the codes)."""
+    entry = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    order = np.argsort(codes, kind="stable")
+    offs = np.zeros(n_centroids + 1, np.int64)
+    offs[1:] = np.cumsum(np.bincount(codes, minlength=n_centroids))
+    return offs, entry[order]
+
+
+# ------------------------------------------------------------------ candidates
+@dataclass
+class CodeIndex:
+    """The arrays of a multi-vector first stage (any of them may be memory-mapped)."""
+
+    centroids: np.ndarray  # (K, dim) float32
+    code_offsets: np.ndarray  # (n+1,) int64: entry i's codes are codes[code_offsets[i]:code_offsets[i+1]]
+    codes: np.ndarray  # uint16/uint32
+    inv_offsets: np.ndarray  # (K+1,) int64
+    inv_entries: np.ndarray  # int32
+
+    @property
+    def n(self) -> int:
+        return len(self.code_offsets) - 1
+
+    def candidates(self, q: np.ndarray, s: Settings, allowed: np.ndarray | None = None,
+                   depth: int | None = None) -> np.ndarray:
+        """The entries (indices) of the ``depth`` best pages for one query ``(T, dim)``, best
+        first; ``allowed`` (bool per entry) restricts them."""
+        depth = s.depth if depth is None else depth
+        n = self.n
+        if n == 0:
+            return np.zeros(0, np.int64)
+        sims = np.ascontiguousarray(q, dtype=np.float32) @ self.centroids.T  # (T, K)
+        approx = self._probe_scores(sims, s.probe)
+        if allowed is not None:
+            approx[~allowed] = -np.inf
+        live = int(np.count_nonzero(approx > -np.inf))
+        m = min(max(s.refine, depth), live)
+        if m <= 0:
+            return np.zeros(0, np.int64)
+        top = _top(approx, m)
+        refined = self._full_scores(sims, top)
+        return top[_top(refined, min(depth, len(top)))]
+
+    def _probe_scores(self, sims: np.ndarray, probe: int) -> np.ndarray:
+        T, K = sims.shape
+        p = min(probe, K)
+        best = np.argpartition(-sims, p - 1, axis=1)[:, :p]  # (T, p)
+        bs = np.take_along_axis(sims, best, axis=1)
+        o = np.argsort(-bs, axis=1, kind="stable")  # each token's centroids best first
+        best, bs = np.take_along_axis(best, o, axis=1), np.take_along_axis(bs, o, axis=1)
+        floor = bs.min(axis=1)  # the imputed score of a page a token does not meet
+        starts, ends = self.inv_offsets[best], self.inv_offsets[best + 1]
+        lens = (ends - starts).ravel()
+        total = int(lens.sum())
+        acc = np.repeat(floor[:, None], self.n, axis=1)  # (T, n)
+        if total:
+            idx = _ranges(starts.ravel(), lens, total)
+            ent = self.inv_entries[idx].astype(np.int64)
+            tok = np.repeat(np.repeat(np.arange(T, dtype=np.int64), p), lens)
+            val = np.repeat(bs.ravel(), lens)
+            # each token's lists come best centroid first: written in reverse, the last write to
+            # a (token, page) cell -- numpy assigns repeated indices in order -- is its best score
+            # (what np.maximum.at gives, several times faster; a test checks the two agree)
+            flat = acc.reshape(-1)
+            flat[(tok * self.n + ent)[::-1]] = val[::-1]
+        return acc.sum(axis=0)
+
+    def _full_scores(self, sims: np.ndarray, entries: np.ndarray) -> np.ndarray:
+        a, b = self.code_offsets[entries], self.code_offsets[entries + 1]
+        lens = b - a
+        total = int(lens.sum())
+        if total == 0:
+            return np.full(len(entries), -np.inf, np.float32)
+        codes = self.codes[_ranges(a, lens, total)].astype(np.int64)
+        g = sims[:, codes]  # (T, total)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        nonempty = lens > 0
+        out = np.full(len(entries), -np.inf, np.float32)
+        out[nonempty] = np.maximum.reduceat(g, starts[nonempty], axis=1).sum(axis=0)
+        return out
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray, total: int) -> np.ndarray:
+    """Concatenated ``arange(s, s + l)`` for each pair, vectorised."""
+    ends = np.cumsum(lens)
+    base = np.repeat(starts - (ends - lens), lens)
+    return base + np.arange(total, dtype=np.int64)
+
+
+def _top(scores: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the ``m`` largest scores, best first (ties: lower index first)."""
+    if m >= len(scores):
+        idx = np.arange(len(scores))
+    else:
+        idx = np.argpartition(-scores, m - 1)[:m]
+    return idx[np.lexsort((idx, -scores[idx].astype(np.float64)))]
+
+
+def build_code_index(coarse: np.ndarray, centroids: np.ndarray, batches) -> tuple[CodeIndex, np.ndarray]:
+    """A :class:`CodeIndex` from ``batches`` of ``(vectors float32, offsets)`` (streamed: only
+    codes are kept).  Returns it and the per-entry code counts."""
+    K = len(centroids)
+    parts, counts = [], []
+    for vecs, offs in batches:
+        c, n = page_code_sets(assign(vecs, coarse, centroids), offs, K)
+        parts.append(c)
+        counts.append(n)
+    return assemble(centroids, parts, counts), (np.concatenate(counts) if counts else np.zeros(0, np.int64))
+
+
+def assemble(centroids: np.ndarray, code_parts: list, count_parts: list) -> CodeIndex:
+    K = len(centroids)
+    codes = np.concatenate(code_parts) if code_parts else np.zeros(0, code_dtype(K))
+    counts = np.concatenate(count_parts) if count_parts else np.zeros(0, np.int64)
+    offs = np.zeros(len(counts) + 1, np.int64)
+    offs[1:] = np.cumsum(counts)
+    inv_o, inv_e = inverted_lists(codes, counts, K)
+    return CodeIndex(centroids, offs, codes.astype(code_dtype(K)), inv_o, inv_e)
+
+
+__all__ = ["CodeIndex", "Settings", "assemble", "assign", "build_code_index", "code_dtype", "inverted_lists",
+           "page_code_sets", "train_codebook"]
