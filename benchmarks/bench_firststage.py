@@ -37,9 +37,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from synthetic_pages import DIM, PageGenerator, PageSpec  # noqa: E402
-
 from nomic_memory.search import firststage as fs  # noqa: E402
+from synthetic_pages import DIM, PageGenerator, PageSpec  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -234,15 +233,15 @@ class TokenANN(Method):
 
     def candidates(self, q, depth):
         if self.kind == "ivfpq":
-            D, I = self.ix.search(np.ascontiguousarray(q, dtype=np.float32), self.per_token)
+            sims, ids = self.ix.search(np.ascontiguousarray(q, dtype=np.float32), self.per_token)
         else:
             m = self.ix.search(np.ascontiguousarray(q, dtype=np.float32), self.per_token, threads=2)
-            I, D = m.keys.astype(np.int64), 1 - m.distances
-        pages = self.page_of[np.clip(I, 0, None)]
+            ids, sims = m.keys.astype(np.int64), 1 - m.distances
+        pages = self.page_of[np.clip(ids, 0, None)]
         score: dict[int, float] = {}
         for t in range(len(q)):
             best: dict[int, float] = {}
-            for p, d, i in zip(pages[t], D[t], I[t]):
+            for p, d, i in zip(pages[t], sims[t], ids[t]):
                 if i >= 0 and d > best.get(int(p), -9):
                     best[int(p)] = float(d)
             for p, d in best.items():

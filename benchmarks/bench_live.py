@@ -40,7 +40,7 @@ def _batch(g: PageGenerator, schema: pa.Schema, a: int, b: int, info) -> pa.Reco
     offs = np.zeros(n + 1, np.int32)
     offs[1:] = np.cumsum([len(d) for d in docs])
     emb = pa.ListArray.from_arrays(pa.array(offs), inner)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cols = {
         "root": pa.array(["/synthetic"] * n), "path": pa.array([f"page{i:07d}.png" for i in range(a, b)]),
         "page": pa.array(np.zeros(n, np.int32)), "content_hash": pa.array([f"h{i}" for i in range(a, b)]),
@@ -125,7 +125,7 @@ def cmd_live(a) -> dict:
             cpu.append(time.process_time() - c0)
             lat.append(secs)
             view = li.view(ds)
-            _, fsecs = _time(lambda q=q: idx._candidates(view, [q], 100, None))
+            _, fsecs = _time(lambda q=q, v=view: idx._candidates(v, [q], 100, None))
             first.append(fsecs)
             want = {h.path for h in exact[qi]}
             rec.append(len(want & {h.path for h in hits[0]}) / len(want))

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, cli_env, run_cli
+from nomic_memory.search import Index, liveindex
 from nomic_memory.search import firststage as fs
-from nomic_memory.search import liveindex
-from nomic_memory.search import Index
 from nomic_memory.store import Record, Store, TableInfo
 
 DIM = 128

@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import EXIT_FATAL, EXIT_OK, BackendChoice, fail_on, resolve_store, setup_logging, store_option
+from nomic_memory.cli.common import (
+    EXIT_FATAL,
+    EXIT_OK,
+    BackendChoice,
+    fail_on,
+    resolve_store,
+    setup_logging,
+    store_option,
+)
 from nomic_memory.errors import NomicMemoryError
 
 
@@ -22,10 +30,10 @@ def check(
     """Verify every row (checksum, NaN, vector count, readable data files). Exit 0: clean; 1: problems."""
     setup_logging(verbose)
     from nomic_memory.api import repair as do_repair  # late: torch (a second); the CLI starts without it
-    from nomic_memory.store.check import verify_table  # late: pyarrow; the CLI starts without it
-    from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.liveindex import repair as repair_index  # late: numpy/pyarrow; the CLI starts without it
     from nomic_memory.search.liveindex import verify as verify_index  # late: as above
+    from nomic_memory.store.check import verify_table  # late: pyarrow; the CLI starts without it
+    from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
 
     try:
         st = Store(resolve_store(store), create=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -30,7 +30,7 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN",
                                         help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."),
-    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
+    cors_origin: Optional[list[str]] = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
     template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."),
@@ -51,7 +51,10 @@ def serve(
                    "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open", EXIT_USAGE)
     from nomic_memory.search.index import Index  # late: pyarrow; the CLI starts without it
     from nomic_memory.serve.app import create_app  # late: torch and FastAPI (a second); the CLI starts without it
-    from nomic_memory.serve.service import SearchService, ServeConfig  # late: torch (a second); the CLI starts without it
+    from nomic_memory.serve.service import (  # late: torch (a second); the CLI starts without it
+        SearchService,
+        ServeConfig,
+    )
     from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []),

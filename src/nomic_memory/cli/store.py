@@ -13,8 +13,17 @@ from typing import Optional
 
 import typer
 
+from nomic_memory.cli.common import (
+    EXIT_USAGE,
+    fail,
+    json_option,
+    plural,
+    resolve_store,
+    say,
+    setup_logging,
+    store_option,
+)
 from nomic_memory.cli.index import index_line
-from nomic_memory.cli.common import EXIT_USAGE, fail, json_option, plural, resolve_store, say, setup_logging, store_option
 
 
 def _open(store: str | None):
@@ -118,9 +127,11 @@ def forget(
 ) -> None:
     """Remove every row embedded from DIR: what to do for a folder that is now empty or gone."""
     setup_logging(False)
-    from nomic_memory.store.table import StoreError  # late: pyarrow; the CLI starts without it
-
-    from nomic_memory.store.table import key_to_path, path_to_key  # late: pyarrow; the CLI starts without it
+    from nomic_memory.store.table import (  # late: pyarrow; the CLI starts without it
+        StoreError,  # late: pyarrow; the CLI starts without it
+        key_to_path,
+        path_to_key,
+    )
 
     s = _open(store)
     key = str(Path(root).expanduser().resolve())  # rows record the absolute directory

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nomic_memory.search import approx as _approx
 from nomic_memory.errors import ModelLoadError, ModelMismatchError, SearchError, UsageError, WrongTypeError
-from nomic_memory.search.scoring import ScanOptions, TopK
-from nomic_memory.store.table import EmbeddingTable, Store, TableInfo, default_store_path, embedding_to_numpy
+from nomic_memory.search import approx as _approx
 from nomic_memory.search import firststage as _fs
 from nomic_memory.search import liveindex as _live
+from nomic_memory.search.scoring import ScanOptions, TopK
+from nomic_memory.store.table import EmbeddingTable, Store, TableInfo, default_store_path, embedding_to_numpy
 
 log = logging.getLogger("nomic_memory")
 
@@ -132,7 +132,9 @@ def check_model(lm, info: TableInfo) -> list[str]:
 
 def _fingerprints(lm) -> frozenset[str]:
     """Every fingerprint a table made with ``lm``'s projection may record (whatever the dtype)."""
-    from nomic_memory.model.loading import fingerprint_variants  # late: torch (a second); a search by embeddings needs none
+    from nomic_memory.model.loading import (
+        fingerprint_variants,  # late: torch (a second); a search by embeddings needs none
+    )
     return getattr(lm, "fingerprints", None) or fingerprint_variants(lm.model)
 
 
@@ -233,7 +235,7 @@ class Index:
 
     @classmethod
     def open(cls, path: str | Path | Store | None = None, table: str | None = None, backend: str = "auto",
-             **kwargs) -> "Index":
+             **kwargs) -> Index:
         """Open ``table`` (default: the store's only table) of the store at ``path``."""
         store = path if isinstance(path, Store) else Store(path if path is not None else default_store_path(), create=False)
         t = store.open_table(table) if table else store.only_table()
@@ -301,8 +303,8 @@ class Index:
         """float32 numpy query embeddings: text with ``process_queries`` (and the template),
         images (PIL images or ``os.PathLike`` paths) with the document path.  A single query is
         taken as a list of one."""
-        from nomic_memory.model.encode import embed_queries  # late: transformers' model code (seconds)
         from nomic_memory.model.embed import embed_inputs  # late: transformers' model code (seconds)
+        from nomic_memory.model.encode import embed_queries  # late: transformers' model code (seconds)
         queries = _query_list(queries)
         lm = self.model
         out: list[np.ndarray | None] = [None] * len(queries)

@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 
 from nomic_memory.errors import NomicMemoryError
-from nomic_memory.memory import trim_heap
 from nomic_memory.ingest.images import ImageError, load_image
+from nomic_memory.memory import trim_heap
+from nomic_memory.search.liveindex import describe
 from nomic_memory.serve import heatmap as hm
 from nomic_memory.serve.thumbs import PageUnavailable, load_page
-from nomic_memory.search.liveindex import describe
 
 log = logging.getLogger("nomic_memory.serve.app")
 
@@ -208,7 +208,7 @@ class SearchService:
                 timeout = deadline - asyncio.get_running_loop().time()
                 try:
                     job = q.get_nowait() if timeout <= 0 else await asyncio.wait_for(q.get(), timeout)
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
                 jobs.append(job)
                 n += len(job.queries)
