@@ -141,7 +141,7 @@ def b64_image(s: Any, name: str) -> bytes:
 
 
 def hit_json(h) -> dict:
-    return {"rank": h.rank, "score": h.score, "path": h.path, "root": h.root, "page": h.page, "id": h.id}
+    return {"rank": h.rank, "score": h.score, "path": h.path, "root": h.root, "page": h.page, "id": h.id, "via": h.via}
 
 
 # ------------------------------------------------------------------ the search service
