@@ -22,12 +22,13 @@ from nomic_memory.errors import NomicMemoryError
 def check(
     store: Optional[str] = store_option(),
     table: Optional[str] = typer.Option(None, "--table", help="Table (model) to check, if the store has several."),
-    repair: bool = typer.Option(False, "--repair", help="Delete bad rows and re-embed their files with the table's model."),
+    repair: bool = typer.Option(False, "--repair", help="Delete bad rows and re-embed their files with the table's model; rebuild a damaged search index."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for re-embedding (--repair)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (nothing else on stdout)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
-    """Verify every row (checksum, NaN, vector count, readable data files). Exit 0: clean; 1: problems."""
+    """Verify every row (checksum, NaN, vector count, readable data files) and the search index's
+    coverage. Exit 0: clean; 1: problems."""
     setup_logging(verbose)
     from nomic_memory.api import repair as do_repair  # late: torch (a second); the CLI starts without it
     from nomic_memory.search.liveindex import repair as repair_index  # late: numpy/pyarrow; the CLI starts without it
@@ -66,8 +67,8 @@ def check(
         try:
             fixed = (do_repair(st, t, report, backend=backend.value) if not report.ok
                      else {"deleted": 0, "reembedded": 0, "failed": []})
-            if index["problems"] or not report.ok:  # rows deleted or re-embedded: the index follows
-                out["index_repair"] = repair_index(st, t) if index["problems"] else None
+            # a damaged index is rebuilt over the repaired table (one merely behind catches up by itself)
+            out["index_repair"] = repair_index(st, st.open_table(t.name)) if index["problems"] else None
         except NomicMemoryError as e:
             raise fail_on(e)
         out["repair"] = {**fixed, "failed": [{"path": p, "reason": r} for p, r in fixed["failed"]]}
