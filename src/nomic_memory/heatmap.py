@@ -60,6 +60,8 @@ def layout(processor, width: int, height: int) -> Layout:
     """The visual-token layout of a page stored with this (original) width and height."""
     from .batching import target_size
 
+    if not width or not height:  # an imported row whose source did not record the page size
+        raise HeatmapUnavailable("the page's size was not recorded with its embedding, so its patch grid is unknown")
     try:
         h, w = target_size(int(width), int(height), processor.image_processor)
     except ValueError as e:  # an aspect ratio the processor refuses (the page was padded first)

@@ -17,9 +17,9 @@ import gzip
 import json
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -303,5 +303,17 @@ def _npz_array(path: Path, z, key: str, layout: Layout) -> np.ndarray:
     return a
 
 
-__all__ = ["Row", "Layout", "find_sources", "read_rows", "columns_of", "refuse_pickle", "byaldi_refusal",
-           "split_npz_key", "check_embedding_type", "PICKLE_SUFFIXES", "META_COLUMNS", "MODEL_COLUMNS"]
+__all__ = [
+    "META_COLUMNS",
+    "MODEL_COLUMNS",
+    "PICKLE_SUFFIXES",
+    "Layout",
+    "Row",
+    "byaldi_refusal",
+    "check_embedding_type",
+    "columns_of",
+    "find_sources",
+    "read_rows",
+    "refuse_pickle",
+    "split_npz_key",
+]

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -379,4 +379,4 @@ def _existing(table: EmbeddingTable, roots: set[str]) -> dict[tuple, tuple]:
     return out
 
 
-__all__ = ["ImportStamp", "ImportReport", "ImportRefused", "import_embeddings", "resolve_stamp", "DEFAULT_BATCH_ROWS"]
+__all__ = ["DEFAULT_BATCH_ROWS", "ImportRefused", "ImportReport", "ImportStamp", "import_embeddings", "resolve_stamp"]

@@ -144,7 +144,7 @@ def projection_from_files(source: Path) -> tuple[str, frozenset[str]] | str:
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         with safe_open(str(f), "pt") as st:
-            for k in st.keys():
+            for k in st.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 name = k.rsplit(".", 1)[-1]
                 if k.endswith(("custom_text_proj.weight", "custom_text_proj.bias")) and "lora" not in k:
                     tensors[name] = st.get_tensor(k)
