@@ -136,7 +136,7 @@ def import_embeddings(src: str | Path, store: str | Path | Store, model, *, root
     stamp = model if isinstance(model, ImportStamp) else resolve_stamp(model, revision, seed)
     src = Path(src).expanduser()
     files, refused, ignored = find_sources(src)
-    if refused:
+    if refused and not files:
         raise ImportRefused(refused)
     root_key = path_to_key(str(Path(root).expanduser().resolve())) if root is not None else None
     store = store if isinstance(store, Store) else Store(store)
@@ -150,7 +150,7 @@ def import_embeddings(src: str | Path, store: str | Path | Store, model, *, root
                           ignored=[str(p) for p in ignored])
     emit("sources", {"files": len(files), "ignored": len(ignored)})
     layout = Layout(stamp.kind, stamp.dim, stamp.model_id)
-    checked = _check_all(files, layout, root_key, batch_rows)
+    checked = _check_all(files, layout, root_key, batch_rows, refused)  # every bad file, on its own line
     report.rows = checked.rows
     info = _table_info(stamp, checked, table, report)
     emit("checked", {"rows": checked.rows, "files": len(files), "storage_dtype": info.storage_dtype})
@@ -164,10 +164,11 @@ def import_embeddings(src: str | Path, store: str | Path | Store, model, *, root
 
 
 # ----------------------------------------------------------------- pass 1: check
-def _check_all(files: list[Path], layout: Layout, root_key: str | None, batch_rows: int) -> _Checked:
+def _check_all(files: list[Path], layout: Layout, root_key: str | None, batch_rows: int,
+               refused: list[InputError]) -> _Checked:
     checked = _Checked(files, {})
     keys: dict[tuple, Path] = {}
-    problems: list[InputError] = []
+    problems = list(refused)
     for f in files:
         st = f.stat()
         checked.stats[f] = (st.st_size, st.st_mtime_ns)
