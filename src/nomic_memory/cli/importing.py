@@ -8,8 +8,20 @@ from typing import Optional
 
 import typer
 
-from .common import (EXIT_FATAL, EXIT_OK, EXIT_USAGE, VariantChoice, fail, fail_on, plural, resolve_store, say,
-                     setup_logging, store_option)
+from nomic_memory.cli.common import (
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    VariantChoice,
+    fail,
+    fail_on,
+    plural,
+    resolve_store,
+    say,
+    setup_logging,
+    store_option,
+)
+from nomic_memory.errors import NomicMemoryError
 
 
 def import_(
@@ -41,8 +53,7 @@ def import_(
     if (model_variant is None) == (model_name is None):
         raise fail("give the model that made the embeddings: --model-variant or --model-name (one of them)",
                    EXIT_USAGE)
-    from ..errors import NomicMemoryError
-    from ..importer import ImportRefused, import_embeddings
+    from nomic_memory.run.importing import ImportRefused, import_embeddings  # late: torch, LanceDB (seconds)
 
     model = model_name or model_variant.value
     try:
