@@ -351,6 +351,26 @@ def test_rows_of_another_model_are_refused(embedded, tmp_path):
     assert _nothing_written(tmp_path / "s")
 
 
+def test_rows_of_other_weights_do_not_join_a_table(embedded, tmp_path):
+    """Search embeds queries with the weights a table records: rows another projection made
+    (here: a model directory whose files were replaced by other weights) would be scored
+    meaninglessly, so they are refused and the table is left as it was."""
+    import dataclasses
+
+    from nomic_memory.errors import StoreError
+    from nomic_memory.model.tiny import build_tiny_model
+    from nomic_memory.run.importing import resolve_stamp
+
+    store = tmp_path / "s"
+    shutil.copytree(embedded["colqwen"]["store"], store)
+    table = _table(store)
+    other = resolve_stamp(str(build_tiny_model(tmp_path / "other", "colqwen", seed=5)))
+    stamp = dataclasses.replace(other, model_id=table.info.model_id, table_name=table.name)
+    with pytest.raises(StoreError, match="was made by .* at projection [0-9a-f]{16}, the rows projection"):
+        import_embeddings(_good(tmp_path, n=3), store, stamp, root=tmp_path)
+    assert (_table(store).count(), _table(store).version()) == (table.count(), table.version())
+
+
 def test_variant_width_is_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     vecs = _vectors(np.random.default_rng(4), "biqwen", 2048, 4)

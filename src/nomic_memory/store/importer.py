@@ -249,6 +249,7 @@ def _table_info(stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | N
     if problems:
         raise ImportRefused(problems)
     if table is not None:
+        _check_table(table, stamp, fingerprint)
         storage = table.info.storage_dtype
     elif checked.dtypes:
         storage = "float32" if checked.dtypes == {"float32"} else "float16"
@@ -260,6 +261,22 @@ def _table_info(stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | N
         raise ImportRefused(over)
     report.fingerprint, report.storage_dtype = fingerprint, storage
     return TableInfo(stamp.model_id, stamp.revision, stamp.kind, stamp.dim, fingerprint, storage, stamp.seed)
+
+
+def _check_table(table: EmbeddingTable, stamp: ImportStamp, fingerprint: str) -> None:
+    """Rows go to their model's table only if the table's own weights are theirs: search embeds
+    queries with the weights the table records, and would score other weights' rows meaninglessly."""
+    info = table.info
+    other = None
+    if info.revision != stamp.revision:
+        other = f"revision {info.revision}, the rows revision {stamp.revision}"
+    elif fingerprint and info.fingerprint and info.fingerprint not in stamp.fingerprints | {fingerprint}:
+        other = f"projection {info.fingerprint}, the rows projection {fingerprint}"
+    elif stamp.kind == "colqwen" and not fingerprint and info.seed != stamp.seed:
+        other = f"seed {info.seed}, the rows seed {stamp.seed} (a head initialised from another seed)"
+    if other:
+        raise StoreError(f"table {table.name!r} in {table._where} was made by {info.model_id} at {other}: "
+                         "its queries would score these rows meaninglessly; import them into another store")
 
 
 def _fingerprint(stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | None, problems: list,
