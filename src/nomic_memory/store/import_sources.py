@@ -36,6 +36,9 @@ META_COLUMNS = ("content_hash", "size", "mtime", "width", "height", "dtype")
 MODEL_COLUMNS = ("model_id", "model_revision", "proj_fingerprint")
 READ_COLUMNS = ("root", "path", "page", "n_vectors", "embedding", *META_COLUMNS, *MODEL_COLUMNS)
 FLOAT_TYPES = {pa.float16(): "float16", pa.float32(): "float32", pa.float64(): "float64"}
+#: Bytes read from a parquet column chunk at a time (with pre-buffering off): a row group's
+#: embeddings stream through this buffer instead of being read whole.
+READ_BUFFER = 4 << 20
 PICKLE_ADVICE = "nomic-memory never opens one; write the embeddings to parquet or npz first (README: Import)"
 
 
@@ -158,7 +161,9 @@ def columns_of(path: Path) -> list[str]:
 
 def _parquet_rows(path: Path, layout: Layout, batch_rows: int) -> Iterator[list[Row]]:
     try:
-        pf = pq.ParquetFile(path)
+        # streamed: pre-buffering (pyarrow's default) or an unbuffered read loads a row group's
+        # whole column chunk (all of its embeddings) first
+        pf = pq.ParquetFile(path, buffer_size=READ_BUFFER, pre_buffer=False)
         schema = pf.schema_arrow
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
         raise InputError(path, f"not a readable parquet file ({reason_of(e)})") from None
