@@ -97,7 +97,7 @@ def _child(small: str, src: str, store: str, q) -> None:
 
 
 def memory(tmp: Path, rows: int, per_row: int) -> None:
-    src, small = tmp / "one-row-group.parquet", tmp / "small.parquet"
+    src, small = tmp / f"one-row-group-{rows}.parquet", tmp / "small.parquet"
     vecs = vectors(rows, per_row, 7)
     write_source(src, vecs)
     write_source(small, vecs[:300])
@@ -105,7 +105,7 @@ def memory(tmp: Path, rows: int, per_row: int) -> None:
     raw = rows * per_row * 128 * 2
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(str(small), str(src), str(tmp / "mem-store"), q))
+    p = ctx.Process(target=_child, args=(str(small), str(src), str(tmp / f"mem-store-{rows}"), q))
     p.start()
     grew, whole = q.get()
     p.join()
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--vectors", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--memory", action="store_true")
-    ap.add_argument("--memory-rows", default="4000,16000", help="comma-separated source sizes (rows)")
+    ap.add_argument("--memory-rows", default="3000,12000", help="comma-separated source sizes (rows)")
     a = ap.parse_args()
     vecs = vectors(a.rows, a.vectors, 0)
     times: dict[str, list[float]] = {"embed write": [], "import": [], "import, batches of 8": [], "import rerun": []}
