@@ -48,7 +48,8 @@ def _rows(store) -> dict[tuple, dict]:
 
 
 def _nothing_written(store) -> bool:
-    return not store.exists() or Store(store).table_names() == []
+    """No store made (a new one is made only once the sources pass their check)."""
+    return not store.exists()
 
 
 def _hits(hits) -> list[list[tuple]]:

@@ -36,6 +36,7 @@ from nomic_memory.store.table import (
     TableInfo,
     _sql_str,
     embedding_checksum,
+    is_uri,
     key_to_path,
     path_to_key,
 )
@@ -137,12 +138,15 @@ def import_embeddings(src: str | Path, store: str | Path | Store, stamp: ImportS
     if refused and not files:
         raise ImportRefused(refused)
     root_key = path_to_key(str(Path(root).expanduser().resolve())) if root is not None else None
-    store = store if isinstance(store, Store) else Store(store)
-    table = store.open_table(stamp.table_name) if stamp.table_name in store.table_names() else None
+    # An existing store is opened now (a bad one fails before the check pass); a new local one is
+    # made only once the sources have passed it.
+    opened = store if isinstance(store, Store) else (
+        Store(store) if is_uri(str(store)) or Path(store).expanduser().is_dir() else None)
+    table = opened.open_table(stamp.table_name) if opened and stamp.table_name in opened.table_names() else None
     if table is not None and (table.info.kind, table.info.dim) != (stamp.kind, stamp.dim):
-        raise StoreError(f"table {table.name!r} in {store.path} holds {table.info.kind} {table.info.dim}-d "
+        raise StoreError(f"table {table.name!r} in {table._where} holds {table.info.kind} {table.info.dim}-d "
                          f"embeddings, not {stamp.kind} {stamp.dim}-d")
-    report = ImportReport(str(src), str(store.path), stamp.table_name, files=len(files),
+    report = ImportReport(str(src), str(opened.path if opened else store), stamp.table_name, files=len(files),
                           ignored=[str(p) for p in ignored])
     emit("sources", {"files": len(files), "ignored": len(ignored)})
     layout = Layout(stamp.kind, stamp.dim, stamp.model_id)
@@ -151,7 +155,9 @@ def import_embeddings(src: str | Path, store: str | Path | Store, stamp: ImportS
     info = _table_info(stamp, checked, table, report)
     emit("checked", {"rows": checked.rows, "files": len(files), "storage_dtype": info.storage_dtype})
     if checked.rows:
-        table = table or store.create_or_open(stamp.table_name, info)
+        opened = opened or Store(store)
+        report.store = str(opened.path)
+        table = table or opened.create_or_open(stamp.table_name, info)
         table.ensure_unique()
         _write_all(table, checked, layout, root_key, info, batch_rows, report, emit)
     report.seconds = time.perf_counter() - t0
