@@ -155,7 +155,7 @@ def import_embeddings(src: str | Path, store: str | Path | Store, stamp: ImportS
     info = _table_info(stamp, checked, table, report)
     emit("checked", {"rows": checked.rows, "files": len(files), "storage_dtype": info.storage_dtype})
     if checked.rows:
-        opened = opened or Store(store)
+        opened = opened or Store(str(store))
         report.store = str(opened.path)
         table = table or opened.create_or_open(stamp.table_name, info)
         table.ensure_unique()
