@@ -68,7 +68,7 @@ def import_(
         raise fail_on(e)
     for w in report.warnings:
         typer.echo(f"Warning: {w}", err=True)
-    say(f"Imported {plural(report.imported, 'row')} in {report.write_seconds:.2f} s ({report.rows_per_second:.0f} "
+    say(f"Imported {plural(report.imported, 'row')} in {report.seconds:.2f} s ({report.rows_per_second:.0f} "
         f"rows/s); {report.unchanged} unchanged (already in the store)", json_out)
     say(f"Store: {report.store} (table {report.table})", json_out)
     if json_out:

@@ -96,7 +96,8 @@ class ImportReport:
 
     @property
     def rows_per_second(self) -> float:
-        return self.imported / self.write_seconds if self.write_seconds > 0 else 0.0
+        """Rows written per second of the whole import (the check pass included)."""
+        return self.imported / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
         return {"source": self.source, "store": self.store, "table": self.table, "files": self.files,
