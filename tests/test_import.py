@@ -508,3 +508,11 @@ def test_cli_bad_inputs_one_line_exit_1(tiny_colqwen, embedded, tmp_path):
         r = runs[case]
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, str(r)
     assert "--root DIR" in runs["no_root"].stderr and _nothing_written(tmp_path / "s0")
+
+
+def test_heatmap_of_a_row_without_its_page_size_is_unavailable():
+    """A plain source may not record width and height: the server answers 409, not a crash."""
+    from nomic_memory.serve.heatmap import HeatmapUnavailable, layout
+
+    with pytest.raises(HeatmapUnavailable, match="size was not recorded"):
+        layout(None, None, None)
