@@ -257,8 +257,8 @@ class SearchService:
         for (i, _), row in zip(texts, ids):
             if len(row) > cap:
                 self.counters["refused_queries"] += 1
-                raise HTTPError(422, f"queries[{i}] is {len(row)} tokens long (with the query prompt); "
-                                     f"at most {cap} (--max-query-tokens)")
+                raise HTTPError(422, f"queries[{i}] is {len(row)} tokens long with the query prompt; text "
+                                     f"queries are limited to {cap} tokens (--max-query-tokens)")
             lengths[i] = len(row)
         return lengths
 
