@@ -15,10 +15,9 @@ import warnings
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import cli_env, run_cli
-from test_serve import Running, make_pages, png_b64
+from PIL import Image
+from test_serve import Running, make_pages
 
 pytestmark = pytest.mark.slow  # starts web servers
 
