@@ -11,7 +11,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+
 from PIL import Image
+
 from test_serve import TOKEN, Running, make_pages, query_image
 
 REPO = Path(__file__).resolve().parents[1]

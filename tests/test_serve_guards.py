@@ -15,9 +15,10 @@ import warnings
 import httpx
 import numpy as np
 import pytest
-from conftest import cli_env, run_cli
 from PIL import Image
-from test_serve import Running, make_pages
+
+from conftest import cli_env, run_cli
+from test_serve import Running, make_pages, png_b64
 
 pytestmark = pytest.mark.slow  # starts web servers
 

@@ -6,36 +6,30 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 
-from nomic_memory.cli.common import (
-    EXIT_OK,
-    EXIT_USAGE,
-    BackendChoice,
-    fail,
-    fail_on,
-    setup_logging,
-)
 from nomic_memory.errors import NomicMemoryError
+from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
 
 
 def search(
-    query: list[str] | None = typer.Argument(None, help="Text query (several: one scan answers them all)."),
-    store: str | None = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
+    query: Optional[List[str]] = typer.Argument(None, help="Text query (several: one scan answers them all)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results per query."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
-    table: str | None = typer.Option(None, "--table", help="Table (model) to search, if the store has several."),
-    image: list[Path] | None = typer.Option(None, "--image", help="Search by this image (repeatable)."),
-    template: str | None = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
-    where: str | None = typer.Option(None, "--where", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
+    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to search, if the store has several."),
+    image: Optional[List[Path]] = typer.Option(None, "--image", help="Search by this image (repeatable)."),
+    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
+    where: Optional[str] = typer.Option(None, "--where", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
     approx: bool = typer.Option(False, "--approx", help="Use the approximate index (build it with --build-index)."),
     build_index: bool = typer.Option(False, "--build-index", help="Build (or rebuild) the approximate index first."),
-    index_method: str | None = typer.Option(None, "--index-method", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
+    index_method: Optional[str] = typer.Option(None, "--index-method", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
     pool_factor: int = typer.Option(4, "--pool-factor", min=1, help="pooled index: vectors per pooled vector."),
-    rerank: int | None = typer.Option(None, "--rerank", min=1, help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    model_name: str | None = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
@@ -47,20 +41,10 @@ def search(
         os.environ.setdefault("LANCE_LOG", "error")
         os.environ.setdefault("LANCEDB_LOG", "error")
     setup_logging(verbose)
-    from nomic_memory.search.approx import (
-        APPROX_METHODS,  # late: pyarrow; the CLI starts without it
-    )
-    from nomic_memory.search.index import (  # late: pyarrow; the CLI starts without it
-        Index,
-        check_where,
-    )
-    from nomic_memory.search.queries import (  # late: the search package imports pyarrow
-        QueryError,
-        check_text_query,
-    )
-    from nomic_memory.store.table import (
-        default_store_path,  # late: pyarrow; the CLI starts without it
-    )
+    from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
+    from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
+    from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow
+    from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     texts = list(query or [])
     images = list(image or [])

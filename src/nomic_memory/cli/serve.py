@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import List, Optional
 
 import typer
 
-from nomic_memory.cli.common import (
-    EXIT_FATAL,
-    EXIT_USAGE,
-    BackendChoice,
-    fail,
-    setup_logging,
-)
+from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
 from nomic_memory.errors import NomicMemoryError
 
 
@@ -27,18 +22,18 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(
-    store: str | None = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
-    table: str | None = typer.Option(None, "--table", help="Table (model) to serve, if the store has several."),
+    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
+    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to serve, if the store has several."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token or --no-auth."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to bind (0: any free port)."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    token: str | None = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN",
+    token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN",
                                         help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."),
-    allow_host: list[str] | None = typer.Option(None, "--allow-host", help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted."),
-    cors_origin: list[str] | None = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
-    template: str | None = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
-    model_name: str | None = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
+    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted."),
+    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
+    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."),
     max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, help="Largest request body (uploads included), MB."),
     max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Largest uploaded image, pixels (judged before decoding)."),
@@ -56,19 +51,10 @@ def serve(
     if not is_loopback(host) and not token and not no_auth:
         raise fail(f"--host {host} is reachable from other machines: protect it with --token TOKEN "
                    "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open", EXIT_USAGE)
-    from nomic_memory.search.index import (
-        Index,  # late: pyarrow; the CLI starts without it
-    )
-    from nomic_memory.serve.app import (
-        create_app,  # late: torch and FastAPI (a second); the CLI starts without it
-    )
-    from nomic_memory.serve.service import (  # late: torch (a second); the CLI starts without it
-        SearchService,
-        ServeConfig,
-    )
-    from nomic_memory.store.table import (
-        default_store_path,  # late: pyarrow; the CLI starts without it
-    )
+    from nomic_memory.search.index import Index  # late: pyarrow; the CLI starts without it
+    from nomic_memory.serve.app import create_app  # late: torch and FastAPI (a second); the CLI starts without it
+    from nomic_memory.serve.service import SearchService, ServeConfig  # late: torch (a second); the CLI starts without it
+    from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []), host=host,
                       allow_hosts=list(allow_host or []), max_query_tokens=max_query_tokens,

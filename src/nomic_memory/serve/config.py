@@ -45,4 +45,4 @@ class HTTPError(NomicMemoryError):
         self.headers = headers
 
 
-__all__ = ["LOOPBACK_NAMES", "HTTPError", "ServeConfig"]
+__all__ = ["ServeConfig", "HTTPError", "LOOPBACK_NAMES"]

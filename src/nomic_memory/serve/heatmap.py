@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from nomic_memory.errors import SearchError
-from nomic_memory.ingest.batching import target_size
 from nomic_memory.model.collate import prepare_image
+from nomic_memory.ingest.batching import target_size
 
 
 class HeatmapUnavailable(SearchError):
@@ -106,4 +106,4 @@ def overlay(page: Image.Image, grid_map: np.ndarray, alpha: float = 0.55) -> Ima
     return Image.blend(page.convert("RGB"), heat, alpha)
 
 
-__all__ = ["HeatmapUnavailable", "Layout", "colourise", "combine", "layout", "overlay", "similarity_maps"]
+__all__ = ["Layout", "HeatmapUnavailable", "layout", "similarity_maps", "combine", "colourise", "overlay"]

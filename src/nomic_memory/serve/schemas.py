@@ -11,15 +11,7 @@ import json
 from typing import Any, Literal
 
 from fastapi import Request
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from nomic_memory.search.queries import QueryError, check_text_query
 from nomic_memory.serve.config import HTTPError, ServeConfig

@@ -204,7 +204,7 @@ class SearchService:
             timeout = deadline - loop.time()
             try:
                 job = q.get_nowait() if timeout <= 0 else await asyncio.wait_for(q.get(), timeout)
-            except (TimeoutError, asyncio.QueueEmpty):
+            except (asyncio.TimeoutError, asyncio.QueueEmpty):
                 break
             jobs.append(job)
             n += len(job.queries)
@@ -271,9 +271,7 @@ class SearchService:
         ``config.exact_batching`` groups queries of equal length instead (texts by token count,
         images by size) so every embedding is bit-identical to the single-query one, at one
         forward per distinct length (~10x slower embedding for varied short queries on a CPU)."""
-        from nomic_memory.model.embed import (
-            embed_inputs,  # late: transformers' model code, once the model is needed
-        )
+        from nomic_memory.model.embed import embed_inputs  # late: transformers' model code, once the model is needed
         from nomic_memory.model.encode import embed_queries  # late: as above
         out: list = [None] * len(queries)
         exact = self.config.exact_batching
@@ -330,7 +328,7 @@ class SearchService:
             for ji in live:
                 try:
                     per_job[ji] = self._embed(jobs[ji].queries, lengths[ji])
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - this request's queries cannot be embedded
                     log.exception("a search request failed to embed")
                     errors[ji] = HTTPError(422, f"the query cannot be embedded: {str(e).splitlines()[0][:200]}")
             return per_job, errors
@@ -498,13 +496,5 @@ def page_or_error(row: dict, size: tuple[int, int] | None = None, **kw):
         raise HTTPError(503, f"{row['path']}: out of memory while decoding the page; try again later") from None
 
 
-__all__ = [
-    "WEB_DIR",
-    "HTTPError",
-    "SearchService",
-    "ServeConfig",
-    "b64_image",
-    "decode_image_bytes",
-    "hit_json",
-    "page_or_error",
-]
+__all__ = ["ServeConfig", "SearchService", "HTTPError", "decode_image_bytes", "b64_image", "hit_json", "WEB_DIR",
+           "page_or_error"]

@@ -28,14 +28,8 @@ from PIL import Image
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.ingest.documents import is_document_path
 from nomic_memory.ingest.documents import load_page as document_page
-from nomic_memory.ingest.images import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    ImageError,
-    hash_bytes,
-    hash_file,
-    load_image,
-    read_file_bounded,
-)
+from nomic_memory.ingest.images import (DEFAULT_MAX_IMAGE_PIXELS, ImageError, hash_bytes, hash_file, load_image,
+                                        read_file_bounded)
 
 THUMBS_DIR = "_nomic_memory_thumbs"
 THUMB_SIDE = 384
@@ -146,4 +140,4 @@ def thumbnail(store, table: str, row_id: str, row: dict, side: int = THUMB_SIDE)
     return data
 
 
-__all__ = ["THUMBS_DIR", "PageChanged", "PageUnavailable", "load_page", "page_file", "thumbnail", "thumbs_dir"]
+__all__ = ["PageChanged", "PageUnavailable", "thumbs_dir", "page_file", "load_page", "thumbnail", "THUMBS_DIR"]

@@ -10,27 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from nomic_memory.serve.config import HTTPError, ServeConfig
-from nomic_memory.serve.deps import (
-    get_config,
-    get_service,
-    require_token,
-    serving,
-    text_query,
-)
-from nomic_memory.serve.schemas import (
-    EmbedBody,
-    SearchBody,
-    check_text,
-    media_type,
-    read_json,
-    validate,
-)
-from nomic_memory.serve.service import (
-    SearchService,
-    b64_image,
-    decode_image_bytes,
-    hit_json,
-)
+from nomic_memory.serve.deps import get_config, get_service, require_token, serving, text_query
+from nomic_memory.serve.schemas import EmbedBody, SearchBody, check_text, media_type, read_json, validate
+from nomic_memory.serve.service import SearchService, b64_image, decode_image_bytes, hit_json
 
 router = APIRouter(dependencies=[Depends(require_token)], tags=["search"])
 
