@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from PIL import Image
 
 from test_serve import TOKEN, Running, make_pages, query_image

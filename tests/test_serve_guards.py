@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import cli_env, run_cli
-from test_serve import Running, make_pages, png_b64
+from test_serve import Running, make_pages
 
 pytestmark = pytest.mark.slow  # starts web servers
 

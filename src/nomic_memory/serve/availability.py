@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.search.index import Index

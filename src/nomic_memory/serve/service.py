@@ -204,7 +204,7 @@ class SearchService:
             timeout = deadline - loop.time()
             try:
                 job = q.get_nowait() if timeout <= 0 else await asyncio.wait_for(q.get(), timeout)
-            except (asyncio.TimeoutError, asyncio.QueueEmpty):
+            except (TimeoutError, asyncio.QueueEmpty):
                 break
             jobs.append(job)
             n += len(job.queries)

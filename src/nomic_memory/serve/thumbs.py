@@ -28,8 +28,14 @@ from PIL import Image
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.ingest.documents import is_document_path
 from nomic_memory.ingest.documents import load_page as document_page
-from nomic_memory.ingest.images import (DEFAULT_MAX_IMAGE_PIXELS, ImageError, hash_bytes, hash_file, load_image,
-                                        read_file_bounded)
+from nomic_memory.ingest.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageError,
+    hash_bytes,
+    hash_file,
+    load_image,
+    read_file_bounded,
+)
 
 THUMBS_DIR = "_nomic_memory_thumbs"
 THUMB_SIDE = 384
