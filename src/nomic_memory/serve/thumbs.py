@@ -8,12 +8,15 @@ directory; the file name carries the row's content hash, so a re-embedded file g
 
 A page is drawn only from bytes that still hash to the row's stored ``content_hash``: a file
 replaced since it was embedded (edited, or a hard link to another file swapped in, which no path
-check can see) is refused with :class:`PageChanged`.  Pages are decoded at the size they are
+check can see) is refused with :class:`PageChanged` (a thumbnail already cached, made from the
+embedded bytes, is still served).  Pages are decoded at the size they are
 shown at: PDF pages drawn straight at it, large JPEGs draft-decoded (DCT scaling).
 
-TODO(poisoned PDFs): PDF pages are drawn by PDFium in this process; a page that makes PDFium
-allocate without bound can still take the server down.  Route them through the ingest layer's
-sandboxed page renderer (a worker process with memory and time limits) once it exists.
+TODO(poisoned PDFs): PDF pages are drawn with ``ingest.documents.load_page`` (PDFium), today in
+this process, so a page that makes PDFium allocate without bound can still take the server down.
+The ingest layer's renderer processes (memory and time limits) draw through that same function
+once they land: then a runaway page costs its request only (404 with the reason), with no
+change here; a test of ``/thumb`` on such a PDF belongs with them.
 """
 
 from __future__ import annotations
