@@ -316,7 +316,8 @@ class SearchService:
             except HTTPError as e:
                 errors[ji] = e
         live = [ji for ji in range(len(jobs)) if errors[ji] is None]
-        flat, flat_lengths = [], {}
+        flat: list = []
+        flat_lengths: dict[int, int] = {}
         for ji in live:
             flat_lengths.update({len(flat) + i: n for i, n in lengths[ji].items()})
             flat.extend(jobs[ji].queries)
@@ -418,6 +419,7 @@ class SearchService:
 
     async def query_embedding(self, query) -> np.ndarray:
         """One query's embedding (cached by text / image bytes), computed on the model thread."""
+        key: tuple
         if isinstance(query, str):
             key = ("text", query)
         else:

@@ -81,7 +81,7 @@ def page_file(row: dict) -> Path:
     return f
 
 
-def _fit(width: int, height: int, side: int) -> tuple[int, int]:
+def _fit(width: int | None, height: int | None, side: int) -> tuple[int, int]:
     """(w, h) of a ``width`` x ``height`` page scaled to fit a ``side`` x ``side`` box."""
     w, h = max(1, int(width or side)), max(1, int(height or side))
     scale = side / max(w, h)
@@ -115,7 +115,7 @@ def load_page(row: dict, size: tuple[int, int] | None = None, *, side: int = 102
         target = size[0] * size[1] if size else side * side
         img = load_image(f, data=data, max_image_pixels=max_pixels, target_pixels=target, page=page or None)
         if size is not None and img.size != tuple(size):
-            img = img.resize(tuple(size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            img = img.resize((size[0], size[1]), Image.Resampling.BICUBIC, reducing_gap=3.0)
         return img
     except (PageUnavailable, MemoryError):
         raise
