@@ -59,8 +59,8 @@ def make_store(base: Path, side: int) -> Path:
     pages.mkdir()
     img = Image.new("RGB", (side, side), "white")
     d = ImageDraw.Draw(img)
-    for i in range(0, side, side // 16):
-        d.rectangle([i, i, i + side // 32, side - i], fill=(i % 251, 80, 160))
+    for j, i in enumerate(range(0, side // 2, side // 16)):
+        d.rectangle([i, i, side - i - 1, side - i - 1], outline=(40 * j % 251, 80, 160), width=side // 64)
     img.save(pages / "poster.png")
     del img, d
     model = build_tiny_model(base / "model", "colqwen")
