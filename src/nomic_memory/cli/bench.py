@@ -11,9 +11,11 @@ from typing import Optional
 import typer
 
 from nomic_memory.cli.common import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, DtypeChoice, fail, setup_logging
-from nomic_memory.errors import BenchSetupError
+from nomic_memory.perf.plan import Arch, guess_backend, image_tokens, plan_memory
 from nomic_memory.model.variants import VARIANTS
-from nomic_memory.perf.plan import GB, Arch, guess_backend, image_tokens, plan_memory, resized_size
+from nomic_memory.perf.plan import resized_size
+from nomic_memory.perf.plan import GB
+from nomic_memory.errors import BenchSetupError
 
 # Neither command imports torch or transformers before it needs them: `plan` reads a
 # --model-name's config.json with transformers only, and never imports torch.
@@ -82,15 +84,7 @@ def bench(
     """Sweep batch sizes (x modes, models, backends): peak memory, time, images/s, and the plan."""
     setup_logging(verbose)
     from nomic_memory.model.backends import BACKENDS  # late: torch (a second); the CLI starts without it
-    from nomic_memory.perf.bench import (  # late: torch (a second)
-        SYNTHETIC_LABEL,
-        BenchConfig,
-        make_sample_images,
-        run_bench,
-        table_markdown,
-        write_json,
-        write_plot,
-    )
+    from nomic_memory.perf.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot  # late: torch (a second)
 
     sizes = _batch_sizes(batch_sizes)
     variants = _variants(model_variant)

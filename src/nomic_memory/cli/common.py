@@ -16,8 +16,9 @@ import sys
 from enum import Enum
 
 import typer
-
-from nomic_memory.errors import ModelLoadError, NomicMemoryError, UsageError
+from nomic_memory.errors import UsageError
+from nomic_memory.errors import ModelLoadError
+from nomic_memory.errors import NomicMemoryError
 from nomic_memory.logs import quiet_libraries
 
 EXIT_OK = 0

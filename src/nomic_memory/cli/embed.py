@@ -10,26 +10,12 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import (
-    EXIT_OK,
-    EXIT_PARTIAL,
-    EXIT_USAGE,
-    BackendChoice,
-    DtypeChoice,
-    EngineChoice,
-    KindChoice,
-    VariantChoice,
-    fail,
-    fail_on,
-    plural,
-    say,
-    setup_logging,
-    store_option,
-)
-from nomic_memory.errors import NomicMemoryError
+from nomic_memory.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendChoice, DtypeChoice, EngineChoice, KindChoice,
+                     VariantChoice, fail, fail_on, plural, say, setup_logging, store_option)
+from nomic_memory.model.variants import VARIANTS
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import IMAGE_EXTENSIONS, discover_images
-from nomic_memory.model.variants import VARIANTS
+from nomic_memory.errors import NomicMemoryError
 
 RULE = "=" * 50
 
@@ -154,14 +140,8 @@ class ConsoleProgress:
         if not self.tty or self.bar is not None or not self.todo:
             return
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         self.bar = Progress(TextColumn("Embedding"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),

@@ -6,7 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,12 +15,12 @@ from nomic_memory.errors import NomicMemoryError
 
 
 def search(
-    query: Optional[list[str]] = typer.Argument(None, help="Text query (several: one scan answers them all)."),
+    query: Optional[List[str]] = typer.Argument(None, help="Text query (several: one scan answers them all)."),
     store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results per query."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
     table: Optional[str] = typer.Option(None, "--table", help="Table (model) to search, if the store has several."),
-    image: Optional[list[Path]] = typer.Option(None, "--image", help="Search by this image (repeatable)."),
+    image: Optional[List[Path]] = typer.Option(None, "--image", help="Search by this image (repeatable)."),
     template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
     where: Optional[str] = typer.Option(None, "--where", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
     exact: bool = typer.Option(False, "--exact", help="Score every row (do not use the search index, which large tables use by themselves)."),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -53,10 +53,7 @@ def serve(
                    "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open", EXIT_USAGE)
     from nomic_memory.search.index import Index  # late: pyarrow; the CLI starts without it
     from nomic_memory.serve.app import create_app  # late: torch and FastAPI (a second); the CLI starts without it
-    from nomic_memory.serve.service import (  # late: torch (a second); the CLI starts without it
-        SearchService,
-        ServeConfig,
-    )
+    from nomic_memory.serve.service import SearchService, ServeConfig  # late: torch (a second); the CLI starts without it
     from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []), host=host,

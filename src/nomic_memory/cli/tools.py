@@ -8,17 +8,7 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import (
-    ExportFormat,
-    KindChoice,
-    SizeChoice,
-    fail,
-    json_option,
-    resolve_store,
-    say,
-    setup_logging,
-    store_option,
-)
+from nomic_memory.cli.common import ExportFormat, KindChoice, SizeChoice, fail, json_option, resolve_store, say, setup_logging, store_option
 
 
 def export(

@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from nomic_memory.errors import UsageError
 from nomic_memory.store.table import TableInfo
+from nomic_memory.errors import UsageError
 
 # The row columns a hit reports (in a Hit's field order: path, root, page).
 META_COLUMNS = ["root", "path", "page"]
