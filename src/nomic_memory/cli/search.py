@@ -55,12 +55,7 @@ def search(
         texts = [check_text_query(t) for t in texts]
     except QueryError as e:
         raise fail(str(e), EXIT_USAGE)
-    if index_method is not None and index_method not in APPROX_METHODS:
-        raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)
-    if index_method is not None and not (approx or build_index):
-        raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
-    if exact and approx:
-        raise fail("--exact and --approx exclude each other", EXIT_USAGE)
+    _check_modes(exact, approx, build_index, index_method, APPROX_METHODS)
     if template is not None and "{}" not in template:
         raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
     for p in images:
@@ -87,8 +82,7 @@ def search(
         t0 = time.perf_counter()
         embs = idx.embed_queries(queries)
         t1 = time.perf_counter()
-        results = idx.search_embeddings(embs, k, exact=exact, approx=approx, rerank=rerank, method=index_method,
-                                        where=where)
+        results = idx.search_embeddings(embs, k, exact=exact, approx=approx, rerank=rerank, method=index_method, where=where)
         t2 = time.perf_counter()
     except NomicMemoryError as e:
         raise fail_on(e)
@@ -98,6 +92,16 @@ def search(
     else:
         _print_tables(idx, queries, results, approx=approx, where=where, timing=timing)
     raise typer.Exit(EXIT_OK)
+
+
+def _check_modes(exact: bool, approx: bool, build_index: bool, index_method, methods) -> None:
+    """Refuse (exit 2) option combinations that mean nothing."""
+    if index_method is not None and index_method not in methods:
+        raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(methods)}", EXIT_USAGE)
+    if index_method is not None and not (approx or build_index):
+        raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
+    if exact and approx:
+        raise fail("--exact and --approx exclude each other", EXIT_USAGE)
 
 
 def _build_index(idx, method: str, pool_factor: int, print_json: bool) -> None:
