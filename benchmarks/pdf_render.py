@@ -6,7 +6,12 @@ Configurations, each run in a fresh process, interleaved run by run, medians of 
 
 * ``render_page``: every page listed with :func:`list_pages` and drawn by PDFium straight at
   :func:`render_size` for the processor of the tiny model ``--size`` (medium: up to 768 visual
-  tokens, ~0.6 MP), one page at a time, one process.
+  tokens, ~0.6 MP), one page at a time, in a renderer process (memory and time limits; its pixels
+  come back over a pipe).
+* ``in-process``: the same drawing (:func:`draw_page_here`) in this process, as every page was
+  drawn before renderer processes (no memory or time limit, a crash takes the process).
+* ``...-2threads``: the same with two threads drawing (as a run's decode threads do on two
+  cores): renderer processes draw in parallel; in one process PDFium's lock serialises them.
 * ``pdfium-200dpi``: the same PDFium, but each page drawn at 200 DPI and then resized to the
   same target size (what "render at a fixed DPI, let the processor downscale" costs with the
   same rasteriser).
@@ -29,7 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = ("render_page", "pdfium-200dpi", "pdf2image-200dpi")
+CONFIGS = ("render_page", "in-process", "render_page-2threads", "in-process-2threads", "pdfium-200dpi",
+           "pdf2image-200dpi")
 
 
 def _rss_mb() -> float:
@@ -54,10 +60,19 @@ def run_once(config: str, pdfs: list[Path], size: str = "medium") -> dict:
     pages = 0
     pixels = 0
     t0 = time.perf_counter()
-    if config == "render_page":
-        for pdf in pdfs:
-            for g in list_pages(pdf):
-                img = render_page(pdf, g.page, render_size(g, ip))
+    if config.startswith(("render_page", "in-process")):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from nomic_memory.ingest.documents import draw_page_here
+
+        def draw(pdf, g):
+            if config.startswith("render_page"):
+                return render_page(pdf, g.page, render_size(g, ip))
+            return draw_page_here(pdf, g.page, render_size(g, ip))[0]
+
+        jobs = [(pdf, g) for pdf in pdfs for g in list_pages(pdf)]
+        with ThreadPoolExecutor(2 if config.endswith("2threads") else 1) as ex:
+            for img in ex.map(lambda j: draw(*j), jobs):
                 pages += 1
                 pixels += img.width * img.height
         close_cached_document()

@@ -15,7 +15,7 @@ from nomic_memory.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendC
 from nomic_memory.model.variants import VARIANTS
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import IMAGE_EXTENSIONS, discover_images
-from nomic_memory.errors import NomicMemoryError
+from nomic_memory.errors import NomicMemoryError, out_of_memory_detail, out_of_memory_kind
 
 RULE = "=" * 50
 
@@ -255,6 +255,12 @@ def embed(
                                      gpus_per_worker=gpus_per_worker, on_event=ui)
     except NomicMemoryError as e:
         raise fail_on(e)
+    except (MemoryError, RuntimeError) as e:  # outside the encoder's split-and-retry: loading, decoding, storing
+        kind = out_of_memory_kind(e)
+        if kind is None:
+            raise
+        raise fail(f"out of {kind} ({out_of_memory_detail(e)}): try a smaller --batch-size or "
+                   "--max-batch-tokens; the batches embedded so far are stored") from None
     finally:
         ui.close()
     saved = emb.loaded.image_only_saved_bytes if emb.is_loaded else 0
