@@ -18,7 +18,8 @@ Configurations, each run in a fresh process, interleaved run by run, medians of 
 * ``pdf2image-200dpi``: byaldi's way: ``pdf2image.convert_from_path(path, dpi=200)``, i.e.
   poppler's ``pdftoppm``, every page of a file into memory at once (no resize: favours it).
 
-``pages_per_second`` counts all pages of the files; ``peak_above_start_mb`` is this process's
+``pages_per_second`` counts all pages of the files; ``cpu_ms_per_page`` is the CPU time of this
+process and of its renderer processes per page (what isolation costs, whatever else the machine runs); ``peak_above_start_mb`` is this process's
 peak RSS above its RSS before the first page (pdftoppm's own process is not counted: its peak RSS
 as the kernel reports it includes the Python parent it was forked from).  The corpus comes from ``benchmarks/pdf_corpus.py`` (written if missing).
 """
@@ -60,6 +61,8 @@ def run_once(config: str, pdfs: list[Path], size: str = "medium") -> dict:
     pages = 0
     pixels = 0
     t0 = time.perf_counter()
+    cpu0 = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
     if config.startswith(("render_page", "in-process")):
         from concurrent.futures import ThreadPoolExecutor
 
@@ -70,12 +73,15 @@ def run_once(config: str, pdfs: list[Path], size: str = "medium") -> dict:
                 return render_page(pdf, g.page, render_size(g, ip))
             return draw_page_here(pdf, g.page, render_size(g, ip))[0]
 
+        from nomic_memory.ingest import renderer
+
         jobs = [(pdf, g) for pdf in pdfs for g in list_pages(pdf)]
         with ThreadPoolExecutor(2 if config.endswith("2threads") else 1) as ex:
             for img in ex.map(lambda j: draw(*j), jobs):
                 pages += 1
                 pixels += img.width * img.height
         close_cached_document()
+        renderer.shutdown()  # reaped: their CPU time is counted below
     elif config == "pdfium-200dpi":
         import pypdfium2 as pdfium
 
@@ -103,9 +109,12 @@ def run_once(config: str, pdfs: list[Path], size: str = "medium") -> dict:
     else:
         raise ValueError(config)
     seconds = time.perf_counter() - t0
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime")) - cpu0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"config": config, "pages": pages, "seconds": round(seconds, 3),
-            "pages_per_second": round(pages / seconds, 2), "mean_pixels": int(pixels / max(pages, 1)),
+            "pages_per_second": round(pages / seconds, 2),
+            "cpu_ms_per_page": round(1000 * cpu / max(pages, 1), 1), "mean_pixels": int(pixels / max(pages, 1)),
             "peak_above_start_mb": round(max(0.0, peak_mb - start_rss), 1)}
 
 
@@ -135,9 +144,10 @@ def main(argv: list[str] | None = None) -> None:
                                  capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             results[config].append(r)
-            print(f"run {run + 1} {config}: {r['pages_per_second']} pages/s, "
+            print(f"run {run + 1} {config}: {r['pages_per_second']} pages/s, {r['cpu_ms_per_page']} CPU ms/page, "
                   f"peak {r['peak_above_start_mb']} MB", file=sys.stderr)
     summary = {c: {"pages_per_second": statistics.median(r["pages_per_second"] for r in rs),
+                   "cpu_ms_per_page": statistics.median(r["cpu_ms_per_page"] for r in rs),
                    "peak_above_start_mb": statistics.median(r["peak_above_start_mb"] for r in rs),
                    "mean_pixels": rs[0]["mean_pixels"], "pages": rs[0]["pages"], "runs": rs}
                for c, rs in results.items()}

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, make_image
 from PIL import Image
-from pdf_files import JBIG2_COLOUR, garbage, image_pdf, jbig2_stream, nested_forms_pdf
 
+from conftest import REPO, cli_env, make_image
 from nomic_memory.errors import InputError
+from pdf_files import JBIG2_COLOUR, garbage, image_pdf, jbig2_stream, nested_forms_pdf
 
 GiB = 1024**3
 # Put first in every subprocess that may open a poisoned PDF: a cap on the whole process.
@@ -116,7 +116,7 @@ def test_run_stores_everything_but_the_poisoned_page(tiny_biqwen, tmp_path):
             vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
         resource.setrlimit(resource.RLIMIT_AS, (vm + 3 * 1024**3, vm + 3 * 1024**3))  # room for a run, not for the bomb
         runs = [emb.embed_directory({str(root)!r}, store={str(store)!r}, workers=0) for _ in range(2)]
-        rows = Store({str(store)!r}).open_table(runs[0].table).index({str(root)!r})
+        rows = Store({str(store)!r}).open_table(runs[0].table).stored_keys({str(root)!r})
         print(json.dumps({{"runs": [[r.embedded, r.failed] for r in runs], "rows": sorted(map(list, rows))}}))
     """, cap=64 * GiB, timeout=300, env=_env(NOMIC_MEMORY_RENDER_MEMORY_MB="400"))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -264,3 +264,52 @@ def test_library_warnings_are_one_line_per_file(tmp_path):
 def test_error_reasons_are_one_line(tmp_path):
     e = InputError(tmp_path / "x.heic", "Invalid input: No 'ftyp' box\n")
     assert e.reason == "Invalid input: No 'ftyp' box" and "\n" not in str(e)
+
+
+# ---------------------------------------------------------------- out of memory
+@pytest.mark.slow
+def test_out_of_memory_with_nothing_left_to_split_is_one_clear_error(tiny_biqwen):
+    """Under a real address-space limit, a batch the encoder cannot fit even one image at a time
+    ends in one OutOfMemory error saying what ran out and what to do (was torch's traceback)."""
+    r = _py(f"""
+        import resource
+        import numpy as np
+        from PIL import Image
+        from nomic_memory import Embedder
+        from nomic_memory.errors import OutOfMemory
+        from nomic_memory.model.collate import decode_and_prepare
+        from nomic_memory.model.encode import BatchEncoder
+        lm = Embedder({str(tiny_biqwen)!r}, backend="cpu", max_visual_tokens=4096).loaded
+        img = Image.fromarray((np.random.default_rng(0).random((2000, 2000, 3)) * 255).astype("uint8"))
+        items = [decode_and_prepare(lm.processor, img) for _ in range(2)]  # 77 MB of patches each
+        encoder = BatchEncoder(lm)
+        with open("/proc/self/status") as f:
+            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 32 * 1024**2, vm + 32 * 1024**2))
+        try:
+            encoder(items)
+        except OutOfMemory as e:
+            print(encoder.splits, encoder.cap)
+            print(e)
+    """, cap=None, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    splits, message = r.stdout.splitlines()
+    assert splits == "1 1"
+    assert message.startswith("out of CPU memory embedding a single image (4") and "\n" not in message
+    assert message.endswith("the batches embedded so far are stored. Free memory, or use a smaller model or "
+                            "--image-only")
+
+
+@pytest.mark.slow
+def test_embed_out_of_memory_is_one_line(tmp_path, tiny_biqwen):
+    """`embed` under an address-space limit too small for the model: one line and exit 1, not a
+    traceback of torch's import."""
+    root = tmp_path / "imgs"
+    make_image(root / "a.png", 64, 64)
+    cmd = ["prlimit", f"--as={1500 * 1024**2}", sys.executable, "-m", "nomic_memory.cli", "embed", str(root),
+           "--model-name", str(tiny_biqwen), "--backend", "cpu", "--store", str(tmp_path / "s")]
+    r = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: out of memory loading the model ("), r.stderr
+    assert "Traceback" not in r.stderr and "│" not in r.stderr

@@ -71,6 +71,9 @@ def out_of_memory_kind(e: BaseException) -> str | None:
     and oneDNN's way of saying it; imports nothing (torch's error is recognised by name)."""
     if isinstance(e, MemoryError):
         return "memory"
+    if isinstance(e, (OSError, ImportError)):  # a library that cannot be mapped under an address-space limit
+        text = str(e).lower()
+        return "memory" if "failed to map segment" in text or "cannot allocate memory" in text else None
     if not isinstance(e, RuntimeError):
         return None
     text = str(e)
@@ -86,8 +89,8 @@ def out_of_memory_kind(e: BaseException) -> str | None:
 
 def out_of_memory_detail(e: BaseException) -> str:
     """The library's own words about an out-of-memory failure, on one short line."""
-    text = " ".join(str(e).split())
-    for marker in ("DefaultCPUAllocator: ", "Tried to allocate", "could not create a primitive"):
+    text = " ".join(str(e).split()) or type(e).__name__
+    for marker in ("DefaultCPUAllocator: ", "Tried to allocate", "could not create a primitive", "Original error was: "):
         at = text.find(marker)
         if at >= 0:
             text = text[at:]

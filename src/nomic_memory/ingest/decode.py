@@ -18,10 +18,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from nomic_memory.ingest.batching import target_size
 from nomic_memory.errors import InputError
-from nomic_memory.ingest.images import hash_file, image_size, load_image, load_image_hashed, open_regular, os_error_reason
+from nomic_memory.ingest.batching import target_size
 from nomic_memory.ingest.documents import is_document_path, render_page
+from nomic_memory.ingest.images import (
+    hash_file,
+    image_size,
+    load_image,
+    load_image_hashed,
+    open_regular,
+    os_error_reason,
+)
 
 log = logging.getLogger("nomic_memory")
 
@@ -90,7 +97,7 @@ _CHANGED = "the file changed while the run was in progress; the next run embeds 
 # Content hashes of documents this process has read, by what identifies a file's version without
 # reading it: (path, size, mtime_ns, ctime_ns, inode).  A document's pages are decoded one by one,
 # possibly in many batches and threads: its bytes are hashed once, not once per page.
-_HASHES: "OrderedDict[tuple, str]" = OrderedDict()
+_HASHES: OrderedDict[tuple, str] = OrderedDict()
 _HASHES_LOCK = threading.Lock()
 _HASHES_MAX = 256
 

@@ -41,13 +41,21 @@ from dataclasses import dataclass
 from PIL import Image
 
 from nomic_memory.errors import InputError
-from nomic_memory.ingest.images import DEFAULT_MAX_IMAGE_PIXELS, load_image, oriented_size, os_error_reason, register_plugins
-from nomic_memory.ingest.images import is_image_path, open_regular
-from nomic_memory.ingest.notices import decode_warnings, one_line
-from nomic_memory.ingest.images import ImageError
 from nomic_memory.ingest.batching import target_size
+from nomic_memory.ingest.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageError,
+    is_image_path,
+    load_image,
+    open_regular,
+    oriented_size,
+    os_error_reason,
+    register_plugins,
+)
+from nomic_memory.ingest.notices import decode_warnings, one_line
 from nomic_memory.ingest.pdf_images import damaged_images
-from nomic_memory.ingest.renderer import RenderFailure, pool as renderer_pool
+from nomic_memory.ingest.renderer import RenderFailure
+from nomic_memory.ingest.renderer import pool as renderer_pool
 
 log = logging.getLogger("nomic_memory")
 

@@ -13,11 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from nomic_memory.ingest.images import open_regular, oriented_size, register_plugins
-from nomic_memory.ingest.notices import decode_warnings
-from nomic_memory.ingest.documents import is_document_path, list_pages, may_have_pages
+
 from nomic_memory.errors import InputError
-from nomic_memory.ingest.images import ImageError, hash_file, os_error_reason
+from nomic_memory.ingest.documents import is_document_path, list_pages, may_have_pages
+from nomic_memory.ingest.images import (
+    ImageError,
+    hash_file,
+    open_regular,
+    oriented_size,
+    os_error_reason,
+    register_plugins,
+)
+from nomic_memory.ingest.notices import decode_warnings
 
 
 @dataclass
