@@ -14,11 +14,14 @@ two things from this module, at two different moments:
   :func:`load_page` does the same for any paged file (TIFF frames go through
   :func:`nomic_memory.ingest.images.load_image`).
 
-PDFium (through pypdfium2) is not thread-safe, so every call into it in this process is
-serialised by one lock.  A decode worker keeps at most one document open (the last one it
-rendered from, keyed by path, size and modification time), so consecutive pages of the same
-file do not re-parse its cross-reference table, while pages themselves are loaded and closed
-one by one: memory does not grow with the page count.
+Pages are drawn in renderer processes (:mod:`nomic_memory.ingest.renderer`), each with a memory
+and a time limit, so a page that allocates without bound, never finishes or crashes PDFium costs
+that page only; :func:`render_page` is the one way to draw a page, :func:`draw_page_here` what a
+renderer runs.  PDFium is not thread-safe, so every call into it in one process is serialised by
+one lock.  A renderer keeps at most one document open (the last one it drew from, keyed by path,
+size and modification time), so consecutive pages of the same file do not re-parse its
+cross-reference table, while pages themselves are loaded and closed one by one: memory does not
+grow with the page count.
 
 PDFs are drawn as a viewer shows them: white paper, the page's ``/Rotate``, annotation
 appearances (form fields included).  Nothing is executed or followed: this PDFium build has no
