@@ -40,7 +40,7 @@ from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, Ev
 from watchdog.observers import Observer
 
 from .documents import is_input_path
-from .errors import NomicMemoryError, UsageError
+from .errors import BackendUnavailable, ModelLoadError, NomicMemoryError, UsageError
 from .images import discover
 from .run import ProgressCallback, RunReport
 from .store import Store, default_store_path
@@ -69,6 +69,7 @@ class WatchOptions:
     max_wait: float = 2.0  # longest a ready path waits for other paths still settling
     retry_after: float = 10.0  # a run that failed as a whole (store unwritable...) is retried after this
     tick: float = 0.1  # how often pending paths are looked at
+    preload: bool = True  # load the model after the catch-up (not on the first change: its latency)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -275,6 +276,8 @@ class Watcher:
                 if self.stopping:
                     break
                 self.run_once(root, None, "catch-up")
+            if self.options.preload and not self.stopping:
+                self.embedder.loaded  # noqa: B018 - loads the model once, kept for every run
             while not self._stop.wait(self.options.tick):
                 self.step()
         finally:
@@ -311,6 +314,8 @@ class Watcher:
                 workers=o.workers, table_name=o.table_name, on_event=emit)
         except Stopped:
             return None
+        except (ModelLoadError, BackendUnavailable, UsageError):
+            raise  # no retry would fix these
         except Exception as e:  # a run that failed as a whole: said, and tried again later
             msg = str(e) if isinstance(e, NomicMemoryError) else f"{type(e).__name__}: {e}"
             self.listener.error(root, f"{msg} (retrying in {o.retry_after:g} s)")

@@ -22,6 +22,7 @@ from . import search as _search
 from . import serve as _serve
 from . import store as _store
 from . import tools as _tools
+from . import watch as _watch
 from .common import reports_errors, version_callback
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -42,6 +43,7 @@ def _app_options(
 app.command("embed")(reports_errors(_embed.embed))
 app.command("search")(reports_errors(_search.search))
 app.command("serve")(reports_errors(_serve.serve))
+app.command("watch")(reports_errors(_watch.watch))
 app.command("export")(reports_errors(_tools.export))
 app.command("bench")(reports_errors(_bench.bench))
 app.command("plan")(reports_errors(_bench.plan))
