@@ -165,6 +165,7 @@ class SearchService:
         self.query_cache = LRU(256)
         self.started = time.time()
         self._refreshed = time.monotonic()
+        self.on_stop: list = []  # callables run (in a thread) when the service stops, e.g. a watcher's stop
         self.counters = {"requests": 0, "queries": 0, "batches": 0, "forwards": 0, "scans": 0,
                          "max_batch_requests": 0, "max_batch_queries": 0,
                          "embed_seconds": 0.0, "scan_seconds": 0.0}
@@ -181,6 +182,8 @@ class SearchService:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for fn in self.on_stop:
+            await asyncio.to_thread(fn)
         self.model_thread.shutdown(wait=True)
 
     async def run_model(self, fn, *args):
@@ -286,6 +289,10 @@ class SearchService:
         if table.version() != before:
             with self.rows.lock:
                 self.rows.clear()  # row metadata may have changed with the rows
+
+    def table_changed(self) -> None:
+        """Rows were just committed (by a watcher in this process): the next search refreshes first."""
+        self._refreshed = float("-inf")
 
     def _run_batch(self, jobs: list[_Job]) -> list:
         """Embed every job's queries at once, then one scan per distinct filter."""

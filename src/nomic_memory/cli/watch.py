@@ -23,29 +23,30 @@ class ConsoleListener:
     summary line; with ``--json`` one JSON report per run on stdout (``trigger`` and ``paths``
     added: what started it and how many changed paths it covered)."""
 
-    def __init__(self, progress: bool | None, json_out: bool, batch_size: int, model: str = ""):
+    def __init__(self, progress: bool | None, json_out: bool, batch_size: int, model: str = "", err: bool = False):
         self.progress = progress
         self.json_out = json_out
+        self.err = err or json_out  # human lines on stderr
         self.batch_size = batch_size
         self.model = model
         self.ui: ConsoleProgress | None = None
 
     def run_started(self, root: Path, trigger: str, paths) -> ConsoleProgress:
         if trigger == "catch-up":
-            say(f"Catching up with {root}", self.json_out)
+            say(f"Catching up with {root}", self.err)
         elif trigger == "changes":
-            say(f"Changes under {root}: {plural(len(paths), 'path')}", self.json_out)
+            say(f"Changes under {root}: {plural(len(paths), 'path')}", self.err)
         else:
-            say(f"File-system events under {root} were lost: catching up with the whole folder", self.json_out)
+            say(f"File-system events under {root} were lost: catching up with the whole folder", self.err)
         bar = self.progress if self.progress is not None else (None if trigger == "catch-up" else False)
-        self.ui = ConsoleProgress(bar, json_out=self.json_out, directory=root, batch_size=self.batch_size,
+        self.ui = ConsoleProgress(bar, json_out=self.err, directory=root, batch_size=self.batch_size,
                                   model=self.model)
         return self.ui
 
     def run_finished(self, report, trigger: str, paths) -> None:
         if self.ui is not None:
             self.ui.close()
-        say(summary(report), self.json_out)
+        say(summary(report), self.err)
         if self.json_out:
             typer.echo(json.dumps({**report.to_dict(), "trigger": trigger,
                                    "paths": None if paths is None else len(paths)}))
