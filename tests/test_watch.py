@@ -237,6 +237,7 @@ def test_delete_a_folder(emb, folder, tmp_path):
         w.stop()
 
 
+@pytest.mark.slow  # 3 s of writing, then a second of quiet
 def test_file_still_being_written_is_embedded_once_when_stable(emb, folder, tmp_path):
     """A file growing for 3 s (a copy, a download) is embedded once, after its last write."""
     store = tmp_path / "store"

@@ -220,6 +220,9 @@ class WatchListener:
     def error(self, root: Path, message: str) -> None:
         log.error("%s: %s", root, message)
 
+    def ready(self, roots: list[Path]) -> None:
+        """Caught up and the model loaded: changes are embedded from now on."""
+
 
 class Watcher:
     """Keeps ``store`` in sync with ``roots`` while :meth:`run` runs (see the module docstring).
@@ -278,6 +281,8 @@ class Watcher:
                 self.run_once(root, None, "catch-up")
             if self.options.preload and not self.stopping:
                 self.embedder.loaded  # noqa: B018 - loads the model once, kept for every run
+            if not self.stopping:
+                self.listener.ready(self.roots)
             while not self._stop.wait(self.options.tick):
                 self.step()
         finally:

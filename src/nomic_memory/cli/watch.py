@@ -51,6 +51,9 @@ class ConsoleListener:
             typer.echo(json.dumps({**report.to_dict(), "trigger": trigger,
                                    "paths": None if paths is None else len(paths)}))
 
+    def ready(self, roots: list[Path]) -> None:
+        say(f"Watching {', '.join(map(str, roots))} for changes (Ctrl-C to stop)", self.err)
+
     def error(self, root: Path, message: str) -> None:
         if self.ui is not None:
             self.ui.close()
@@ -101,7 +104,7 @@ def watch(
         watcher = Watcher(emb, directories, store_obj, options, listener)
         watcher.start_observing()
         _stop_on_signals(watcher)
-        say(f"Watching {', '.join(map(str, watcher.roots))} (store {store_obj.path}); Ctrl-C to stop", json_out)
+        say(f"Store: {store_obj.path}", json_out)
         watcher.run()
     except NomicMemoryError as e:
         raise fail_on(e)
