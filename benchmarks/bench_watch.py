@@ -144,7 +144,7 @@ def latency(base: Path, model: Path, rounds: int, files: int) -> dict:
                     raise SystemExit(f"{name} not searchable after 60 s")
                 time.sleep(0.02)
             t = time.monotonic() - t0
-            w.wait(lambda: len(w.reports) > n_before, 30, "the run's report")
+            w.wait(lambda n=n_before: len(w.reports) > n, 30, "the run's report")
             embed_s = sum(rep["embed_seconds"] for _, rep in w.reports[n_before:])
             lat.append(t)
             over.append(t - embed_s)
@@ -266,7 +266,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["latency", "burst", "soak"])
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model
 
     base = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     try:

@@ -23,13 +23,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import cli_env, finish, kill_when_rows, make_image, start_cli
 from PIL import Image
 
+from conftest import cli_env, finish, kill_when_rows, make_image, start_cli
 from nomic_memory import Index, Store
-from nomic_memory.images import discover
-from nomic_memory.documents import is_input_path
-from nomic_memory.watch import Watcher, WatchListener, WatchOptions
+from nomic_memory.ingest.documents import is_input_path
+from nomic_memory.ingest.images import discover
+from nomic_memory.run.watch import Watcher, WatchListener, WatchOptions
 
 TIMEOUT = 90.0  # generous: two cores are shared with other test runs
 

@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import NomicMemoryError
-from .common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
+from nomic_memory.errors import NomicMemoryError
+from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
 
 
 def search(
@@ -41,9 +41,9 @@ def search(
         os.environ.setdefault("LANCE_LOG", "error")
         os.environ.setdefault("LANCEDB_LOG", "error")
     setup_logging(verbose)
-    from ..approx import APPROX_METHODS
-    from ..search import Index, check_where
-    from ..store import default_store_path
+    from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
+    from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
+    from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     texts = list(query or [])
     images = list(image or [])

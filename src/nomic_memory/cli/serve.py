@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
+from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
+from nomic_memory.errors import NomicMemoryError, UsageError
 
 
 def is_loopback(host: str) -> bool:
@@ -52,11 +53,10 @@ def serve(
     if not is_loopback(host) and not token and not no_auth:
         raise fail(f"--host {host} is reachable from other machines: protect it with --token TOKEN "
                    "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open", EXIT_USAGE)
-    from ..errors import NomicMemoryError
-    from ..search import Index
-    from ..server import create_app
-    from ..service import SearchService, ServeConfig
-    from ..store import default_store_path
+    from nomic_memory.search.index import Index  # late: pyarrow; the CLI starts without it
+    from nomic_memory.serve.app import create_app  # late: torch and FastAPI (a second); the CLI starts without it
+    from nomic_memory.serve.service import SearchService, ServeConfig  # late: torch (a second); the CLI starts without it
+    from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []),
                       max_body_bytes=int(max_body_mb * (1 << 20)), max_image_pixels=max_image_pixels,
@@ -82,11 +82,10 @@ def _watch_in_background(dirs: list[Path], idx, service) -> None:
     server sees its rows as they are committed, and stops it (after the batch in flight) on exit."""
     import threading
 
-    from ..api import Embedder
-    from ..errors import NomicMemoryError, UsageError
-    from ..store import Store
-    from ..watch import Watcher, WatchOptions
-    from .watch import ConsoleListener
+    from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
+    from nomic_memory.cli.watch import ConsoleListener  # late: only with --watch
+    from nomic_memory.run.watch import Watcher, WatchOptions  # late: pyarrow and watchdog; the CLI starts without them
+    from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
 
     if idx.warnings:  # --allow-mismatch let another model serve this table: it must not write to it
         raise UsageError("--watch embeds with the server's model, which does not match the table "

@@ -4,15 +4,43 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from .common import (EXIT_OK, BackendChoice, DtypeChoice, KindChoice, VariantChoice, fail, fail_on, plural, say,
-                     setup_logging, store_option)
-from .embed import (BACKEND, BATCH_SIZE, DTYPE, IMAGE_ONLY, MAX_BATCH_TOKENS, MODEL_KIND, MODEL_NAME, MODEL_VARIANT,
-                    PROGRESS, REVISION, SEED, VERBOSE, ConsoleProgress, check_revision, make_embedder, report_backend,
-                    summary)
+from nomic_memory.cli.common import (
+    EXIT_OK,
+    BackendChoice,
+    DtypeChoice,
+    KindChoice,
+    VariantChoice,
+    fail,
+    fail_on,
+    plural,
+    say,
+    setup_logging,
+    store_option,
+)
+from nomic_memory.cli.embed import (
+    BACKEND,
+    BATCH_SIZE,
+    DTYPE,
+    IMAGE_ONLY,
+    MAX_BATCH_TOKENS,
+    MODEL_KIND,
+    MODEL_NAME,
+    MODEL_VARIANT,
+    PROGRESS,
+    REVISION,
+    SEED,
+    VERBOSE,
+    ConsoleProgress,
+    check_revision,
+    make_embedder,
+    report_backend,
+    summary,
+)
+from nomic_memory.errors import NomicMemoryError
 
 EXIT_INTERRUPTED = 130
 
@@ -61,7 +89,7 @@ class ConsoleListener:
 
 
 def watch(
-    directories: List[Path] = typer.Argument(..., metavar="DIRECTORY...",
+    directories: list[Path] = typer.Argument(..., metavar="DIRECTORY...",
                                              help="Folders to keep in sync (watched recursively)."),
     model_variant: VariantChoice = MODEL_VARIANT,
     model_name: Optional[str] = MODEL_NAME,
@@ -90,10 +118,9 @@ def watch(
             raise fail(f"no such directory: {d}")
         if not d.is_dir():
             raise fail(f"not a directory: {d}")
-    from ..backends import describe
-    from ..errors import NomicMemoryError
-    from ..store import Store, default_store_path
-    from ..watch import Watcher, WatchOptions
+    from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
+    from nomic_memory.run.watch import Watcher, WatchOptions  # late: pyarrow and watchdog; the CLI starts without them
+    from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
 
     try:
         emb = make_embedder(model_variant, model_name, model_kind, backend, dtype, image_only, seed, revision)
