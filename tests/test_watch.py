@@ -438,3 +438,23 @@ def test_serve_watch_sees_new_rows(emb, folder, tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_nested_folders_each_keep_their_rows(emb, folder, tmp_path):
+    """Watching a folder and one inside it: a change there updates the rows of both roots."""
+    store = tmp_path / "store"
+    inner = folder / "sub"
+    w = Running(emb, [folder, inner], store)
+
+    def rows() -> set[tuple[str, str, str]]:
+        d = Store(store).only_table().to_arrow(["root", "path", "content_hash"]).to_pydict()
+        return set(zip(d["root"], d["path"], d["content_hash"]))
+
+    try:
+        make_image(inner / "n.png", 50, 50, seed=40)
+        h = sha(inner / "n.png")
+        wait_until(lambda: {(str(folder), "sub/n.png", h), (str(inner), "n.png", h)} <= rows(), what="both roots' rows")
+        (inner / "n.png").unlink()
+        wait_until(lambda: not any(p.endswith("n.png") for _, p, _ in rows()), what="both rows to go")
+    finally:
+        w.stop()

@@ -111,7 +111,7 @@ class ChangeSet:
 
     debounce: float = 0.5
     max_wait: float = 2.0
-    _changes: dict[Path, _Change] = field(default_factory=dict)
+    _changes: dict[tuple[Path, Path], _Change] = field(default_factory=dict)  # (root, path): roots may nest
     _rescans: dict[Path, float] = field(default_factory=dict)  # root -> when to run it whole
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -119,8 +119,8 @@ class ChangeSet:
         """``path`` (under ``root``) changed; ``keep``: unless it is already waiting."""
         ch = _Change(root, time.monotonic() if since is None else since, signature(path))
         with self._lock:
-            if not (keep and path in self._changes):
-                self._changes[path] = ch
+            if not (keep and (root, path) in self._changes):
+                self._changes[root, path] = ch
 
     def rescan(self, root: Path, delay: float = 0.0) -> None:
         """Run ``root`` whole (events were lost, or a run of it failed)."""
@@ -147,28 +147,30 @@ class ChangeSet:
         with self._lock:
             items = list(self._changes.items())
         ready, busy, oldest = [], False, now
-        for path, ch in items:
+        for key, ch in items:
+            path = key[1]
             if now - ch.since < self.debounce:
                 busy = True
                 continue
             sig = signature(path)
             if sig != ch.sig:  # still being written: wait for it to be quiet again
                 with self._lock:
-                    if self._changes.get(path) is ch:
-                        self._changes[path] = _Change(ch.root, now, sig)
+                    if self._changes.get(key) is ch:
+                        self._changes[key] = _Change(ch.root, now, sig)
                 busy = True
                 continue
-            ready.append((path, ch))
+            ready.append((key, ch))
             oldest = min(oldest, ch.since + self.debounce)
         if not ready or (busy and now - oldest < self.max_wait):
             return {}
         out: dict[Path, list[Path]] = {}
         folders = []
         with self._lock:
-            for path, ch in ready:
-                if self._changes.get(path) is not ch:  # a new event came meanwhile
+            for key, ch in ready:
+                if self._changes.get(key) is not ch:  # a new event came meanwhile
                     continue
-                del self._changes[path]
+                del self._changes[key]
+                path = key[1]
                 if ch.sig is not None and ch.sig[4]:
                     folders.append((ch.root, path))
                 else:
