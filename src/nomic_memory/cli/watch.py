@@ -89,7 +89,7 @@ class ConsoleListener:
 
 
 def watch(
-    directories: list[Path] = typer.Argument(..., metavar="DIRECTORY...",
+    directories: list[Path] = typer.Argument(..., metavar="DIRECTORY",
                                              help="Folders to keep in sync (watched recursively)."),
     model_variant: VariantChoice = MODEL_VARIANT,
     model_name: Optional[str] = MODEL_NAME,
