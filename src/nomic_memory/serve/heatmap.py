@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from nomic_memory.errors import SearchError
-from nomic_memory.model.collate import prepare_image
 from nomic_memory.ingest.batching import target_size
+from nomic_memory.model.collate import prepare_image
 
 
 class HeatmapUnavailable(SearchError):
