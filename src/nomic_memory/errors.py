@@ -40,6 +40,10 @@ class BenchSetupError(NomicMemoryError):
     would fail the same way, so the sweep stops (an out-of-memory at one batch size does not)."""
 
 
+class FolderNotFoundError(NomicMemoryError, FileNotFoundError):
+    """The folder to embed does not exist (or is not a folder)."""
+
+
 class StoreError(NomicMemoryError):
     """The store cannot be opened, read or written as asked."""
 
@@ -75,5 +79,5 @@ class InputError(NomicMemoryError):
         return (type(self), (self.path, self.reason, self.page))
 
 
-__all__ = ["NomicMemoryError", "UsageError", "BackendUnavailable", "ModelLoadError", "ModelKindError",
+__all__ = ["NomicMemoryError", "UsageError", "FolderNotFoundError", "BackendUnavailable", "ModelLoadError", "ModelKindError",
            "StoreError", "SearchError", "ModelMismatchError", "EngineError", "InputError"]

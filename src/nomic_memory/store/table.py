@@ -187,6 +187,7 @@ def embedding_checksum(stored: np.ndarray) -> int:
 
 from nomic_memory.errors import StoreError  # noqa: E402  (re-exported)
 from nomic_memory.store.failures import TABLE
+from nomic_memory.store.roots import forget_roots
 
 
 def damaged(store_path, what: str, e: BaseException) -> StoreError:
@@ -293,10 +294,14 @@ class Store:
 
         lock = FileLock(str(Path(self.path) / f".{table}.lock"))
         try:
-            lock.acquire(timeout=wait_message_after)
-        except Timeout:
-            log.warning("waiting for another nomic-memory process writing to table %s of %s", table, self.path)
-            lock.acquire()
+            try:
+                lock.acquire(timeout=wait_message_after)
+            except Timeout:
+                log.warning("waiting for another nomic-memory process writing to table %s of %s", table, self.path)
+                lock.acquire()
+        except OSError as e:  # a store this user cannot write (the lock file cannot be created)
+            raise StoreError(f"cannot write to the store at {self.path}: {e.strerror or e} "
+                             f"(lock file {lock.lock_file})") from None
         try:
             yield
         finally:
@@ -309,8 +314,13 @@ class Store:
         if name not in self.table_names():
             raise StoreError(f"store {self.path} has no table {name!r} (tables: {', '.join(self.table_names()) or 'none'})")
         with self.lock(name):
-            self.db.drop_table(name)
-            self.forget_failures(f"\"table\" = {_sql_str(name)}")
+            try:
+                self.db.drop_table(name)
+                self.forget_failures(f"\"table\" = {_sql_str(name)}")
+                forget_roots(self, f"\"table\" = {_sql_str(name)}")
+            except Exception as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
+                raise StoreError(f"cannot drop table {name!r} in the store at {self.path}: {reason}") from None
         if self.local:  # search's pooled index: <store>/_nomic_memory_approx/<table>-<method>.lance
             import shutil
 
@@ -518,7 +528,7 @@ class EmbeddingTable:
         if ds.version != self._seen[0]:
             frags = [f for f in ds.get_fragments() if f.fragment_id not in self._seen[1]]
             if frags:
-                d = ds.to_table(columns=list(KEY_COLUMNS), fragments=frags).to_pydict()
+                d = ds.scanner(columns=list(KEY_COLUMNS), fragments=frags).to_table().to_pydict()
                 self._foreign.update(zip(d["root"], d["path"], [0 if p is None else p for p in d["page"]]))
             self._seen = (ds.version, frozenset(f.fragment_id for f in ds.get_fragments()))
         return True
@@ -678,7 +688,7 @@ class EmbeddingTable:
         except Exception:  # noqa: BLE001
             return 0
 
-    def optimize(self, cleanup_older_than: "dt.timedelta | None" = None) -> None:
+    def optimize(self, cleanup_older_than: "dt.timedelta | None" = None, strict: bool = False) -> None:
         """Compact the small per-batch fragments into few large ones and delete the files of
         versions older than ``cleanup_older_than`` (default :data:`CLEANUP_GRACE`).  Each batch
         commit makes a version; without the cleanup a store keeps every compacted fragment's
@@ -687,6 +697,8 @@ class EmbeddingTable:
         import warnings
 
         grace = CLEANUP_GRACE if cleanup_older_than is None else cleanup_older_than
+        if strict and self.store is not None and self.store.local and not os.access(self.store.path, os.W_OK):
+            raise StoreError(f"cannot compact table {self.name!r}: the store at {self._where} is not writable")
         try:
             with self._lock():
                 self.refresh()
@@ -694,6 +706,11 @@ class EmbeddingTable:
                     warnings.simplefilter("ignore", UserWarning)  # "removes every version" (grace 0)
                     self.table.optimize(cleanup_older_than=grace, delete_unverified=False)
         except Exception as e:  # compaction is an optimisation; a failure must not fail the run
+            if strict:  # ``store compact``: what was asked could not be done
+                if isinstance(e, StoreError):
+                    raise
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
+                raise StoreError(f"cannot compact table {self.name!r} in the store at {self._where}: {reason}") from None
             log.info("compaction of table %s skipped: %s", self.name, e)
 
     def maintain(self, max_fragments: int = 16, cleanup_older_than: "dt.timedelta | None" = None) -> bool:
@@ -757,6 +774,7 @@ class EmbeddingTable:
             self.table.delete(f"root = {_sql_str(path_to_key(root))}")
             if self.store is not None:
                 self.store.forget_failures(f"\"table\" = {_sql_str(self.name)} AND root = {_sql_str(root)}")
+                forget_roots(self.store, f"\"table\" = {_sql_str(self.name)} AND root = {_sql_str(path_to_key(root))}")
             return before - self.count()
 
     def stats(self) -> dict:
