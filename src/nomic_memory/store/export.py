@@ -32,6 +32,20 @@ def _user_mode(out: Path) -> int:
         return 0o666 & ~mask
 
 
+def _through_special_file(out: Path):
+    """Write to a temporary file (formats such as zip need to seek), then copy it through ``out``."""
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix="nomic-memory-export-") as d:
+        tmp = Path(d) / "export"
+        try:
+            yield tmp
+            with open(tmp, "rb") as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except OSError as e:
+            raise ExportError(f"cannot write {out}: {e.strerror or e}") from None
+
+
 @contextmanager
 def _atomic_output(out: Path):
     """Yield the path to write: a temporary file beside ``out`` that replaces it in one rename
@@ -41,10 +55,7 @@ def _atomic_output(out: Path):
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'embeddings'}")
     if out.exists() and not out.is_file():
-        try:
-            yield out
-        except OSError as e:
-            raise ExportError(f"cannot write {out}: {e.strerror or e}") from None
+        yield from _through_special_file(out)
         return
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
