@@ -14,8 +14,8 @@ from nomic_memory.errors import NomicMemoryError
 def check(
     store: Optional[str] = store_option(),
     table: Optional[str] = typer.Option(None, "--table", help="Table (model) to check, if the store has several."),
-    repair: bool = typer.Option(False, "--repair", help="Re-embed bad and missing rows from their files with the table's "
-                                "model, then remove the bad rows (what cannot be re-embedded is kept)."),
+    repair: bool = typer.Option(False, "--repair", help="Re-embed bad and missing rows from their files with the "
+                                "table's model, then remove the bad rows (what cannot be re-embedded is kept)."),
     delete_unrestorable: bool = typer.Option(False, "--delete-unrestorable",
                                              help="With --repair: also delete the bad rows that cannot be re-embedded "
                                                   "(their files are gone or unreadable)."),
@@ -79,7 +79,8 @@ def _repair(st, t, report, out: dict, backend: str, delete_unrestorable: bool, j
     typer.echo(f"Repaired: re-embedded {fixed['reembedded']} rows, removed {fixed['deleted']} bad rows"
                + (f", {len(fixed['failed'])} could not be embedded" if fixed["failed"] else ""))
     for k in fixed["kept"]:
-        where = f"{k['root']}/{k['path']}" + (f" (page {k['page']})" if k["page"] else "") if k["path"] else "data files"
+        page = f" (page {k['page']})" if k["page"] else ""
+        where = f"{k['root']}/{k['path']}{page}" if k["path"] else "data files"
         typer.echo(f"Kept (cannot be re-embedded): {where}: {k['reason']}", err=True)
     if fixed["kept"]:
         typer.echo("Some rows could not be restored and were kept; to delete them: nomic-memory check --repair "

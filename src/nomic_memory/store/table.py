@@ -186,8 +186,8 @@ def embedding_checksum(stored: np.ndarray) -> int:
 
 
 from nomic_memory.errors import StoreError  # noqa: E402  (re-exported)
-from nomic_memory.store.failures import TABLE
-from nomic_memory.store.roots import forget_roots
+from nomic_memory.store.failures import TABLE  # noqa: E402
+from nomic_memory.store.roots import forget_roots  # noqa: E402
 
 
 def damaged(store_path, what: str, e: BaseException) -> StoreError:
@@ -482,8 +482,8 @@ class EmbeddingTable:
         """Write one batch atomically, replacing rows with the same (root, path, page).
 
         Returns the records refused (:meth:`validate`) with the reason; the caller reports them
-        as failed files.  ``known_new``: paths (or ``(path, page)`` keys) the caller believes are not in the table (it read
-        the index at the start of the run).  Appending those costs O(batch) where
+        as failed files.  ``known_new``: paths (or ``(path, page)`` keys) the caller believes are
+        not in the table (it read the index at the start of the run).  Appending those costs O(batch) where
         ``merge_insert``'s key join scans the table; but another process may have written them
         since, so under the table's write lock the batch's keys are looked up again in what other
         writers committed since this process last saw the table (:meth:`_present_keys`), and only
@@ -710,7 +710,8 @@ class EmbeddingTable:
                 if isinstance(e, StoreError):
                     raise
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
-                raise StoreError(f"cannot compact table {self.name!r} in the store at {self._where}: {reason}") from None
+                raise StoreError(f"cannot compact table {self.name!r} in the store at {self._where}: "
+                                 f"{reason}") from None
             log.info("compaction of table %s skipped: %s", self.name, e)
 
     def maintain(self, max_fragments: int = 16, cleanup_older_than: "dt.timedelta | None" = None) -> bool:
@@ -795,7 +796,8 @@ def _key_filters(records: list[Record], per_filter: int = 200) -> Iterator[str]:
     items = sorted(by_path.items())
     for i in range(0, len(items), per_filter):
         yield " OR ".join(f"(root = {_sql_str(root)} AND path = {_sql_str(path)} AND page IN "
-                          f"({', '.join(str(p) for p in sorted(pages))}))" for (root, path), pages in items[i:i + per_filter])
+                          f"({', '.join(str(p) for p in sorted(pages))}))"
+                          for (root, path), pages in items[i:i + per_filter])
 
 
 def _naive(ts):
