@@ -37,7 +37,7 @@ def test_batch_commit_reads_none_of_the_rows_already_stored(tmp_path):
     t = Store(tmp_path / "s").create_or_open("t", INFO)
     t.upsert(_pages("/r", range(1, 9), rng), known_new={("big.pdf", p) for p in range(1, 9)})
     t = Store(tmp_path / "s").open_table("t")
-    t.index("/r")  # the run's one read of what is stored
+    t.stored_keys("/r")  # the run's one read of what is stored
     for f in (tmp_path / "s" / "t.lance" / "data").glob("*.lance"):
         f.unlink()  # any read of a stored row would fail
     for b in range(3):
@@ -50,7 +50,7 @@ def test_batch_lookup_still_sees_what_other_writers_committed(tmp_path):
     rng = np.random.default_rng(1)
     Store(tmp_path / "s").create_or_open("t", INFO)
     mine, other = Store(tmp_path / "s").open_table("t"), Store(tmp_path / "s").open_table("t")
-    mine.index("/r")
+    mine.stored_keys("/r")
     other.upsert(_pages("/r", [1, 2, 3], rng), known_new={("big.pdf", p) for p in (1, 2, 3)})
     mine.upsert(_pages("/r", [2, 3, 4, 5], rng), known_new={("big.pdf", p) for p in (2, 3, 4, 5)})
     other.upsert(_pages("/r", [6], rng), known_new={("big.pdf", 6)})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import discover
-from nomic_memory.ingest.listing import Item, SourceFile, scan_file, scan_files
+from nomic_memory.ingest.listing import Item, SourceFile, inspect_file, inspect_files
 from nomic_memory.run.driver import Executor, RunPlan, RunReport, StoreSink, _cut_batches, _execute, _start
 from nomic_memory.store.table import EmbeddingTable, Record, key_to_path
 
@@ -54,7 +54,7 @@ def _files(root: Path, wanted: dict[str, set[int] | None], out: Outcome) -> tupl
         if not path.is_file():
             out.kept.extend((rel, pg, "the file is gone") for pg in sorted(pages or {0}))
             continue
-        sf = scan_file(path, root)
+        sf = inspect_file(path, root)
         if sf.error:
             out.kept.extend((rel, pg, sf.error) for pg in sorted(pages or {0}))
             continue
@@ -103,7 +103,7 @@ def unstored(root: Path, stored: set[tuple[str, int]]) -> dict[str, set[int] | N
         return {}
     wanted: dict[str, set[int] | None] = {}
     stored_paths = {(key_to_path(p), pg) for p, pg in stored}
-    for sf in scan_files(paths, root):
+    for sf in inspect_files(paths, root):
         pages = {it.page for it in sf.items if (sf.rel, it.page) not in stored_paths}
         if pages and not sf.error:
             wanted[sf.rel] = pages

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from nomic_memory.ingest.listing import scan_file
+from nomic_memory.ingest.listing import inspect_file
 from nomic_memory.store.failures import FailureLog
 from nomic_memory.store.table import EmbeddingTable, embedding_checksum, key_to_path
 
@@ -187,7 +187,7 @@ def _missing_pages(table: EmbeddingTable, docs: dict) -> list[MissingRow]:
                 continue  # gone or changed: the next run (or --prune) deals with it
         except OSError:
             continue
-        sf = scan_file(f, root_dir)
+        sf = inspect_file(f, root_dir)
         if sf.error or sf.content_hash not in d["hashes"]:
             continue
         if root not in failures:

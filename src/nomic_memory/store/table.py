@@ -355,7 +355,7 @@ class EmbeddingTable:
         self.info = TableInfo.from_json(meta[META_KEY])
         self.schema_version = int(json.loads(meta[META_KEY]).get("schema_version", 1))
         # (version, fragment ids) whose every row of root ``_seen_root`` this process knows: read
-        # by index(), written by itself, or keys of other writers' rows in ``_foreign``.
+        # by stored_keys(), written by itself, or keys of other writers' rows in ``_foreign``.
         self._seen: tuple[int, frozenset[int]] | None = None
         self._seen_root: str | None = None
         self._foreign: set[tuple[str, str, int]] = set()
@@ -403,7 +403,7 @@ class EmbeddingTable:
     def version(self) -> int:
         return self.table.version
 
-    def index(self, root: str | None = None) -> dict[str, dict]:
+    def stored_keys(self, root: str | None = None) -> dict[tuple[str, int], dict]:
         """``(path, page) -> {content_hash, model_revision, proj_fingerprint, root}`` (for one root,
         if given).  Paths are given back as ``os.fsdecode`` gives them (see :func:`key_to_path`)."""
         cols = ["root", "path", "page", "content_hash", "model_revision", "proj_fingerprint"]
@@ -483,8 +483,8 @@ class EmbeddingTable:
 
         Returns the records refused (:meth:`validate`) with the reason; the caller reports them
         as failed files.  ``known_new``: paths (or ``(path, page)`` keys) the caller believes are
-        not in the table (it read the index at the start of the run).  Appending those costs O(batch) where
-        ``merge_insert``'s key join scans the table; but another process may have written them
+        not in the table (it read :meth:`stored_keys` at the start of the run).  Appending those
+        costs O(batch) where ``merge_insert``'s key join scans the table; but another process may have written them
         since, so under the table's write lock the batch's keys are looked up again in what other
         writers committed since this process last saw the table (:meth:`_present_keys`), and only
         the truly new rows are appended.  The commit's cost therefore does not grow with the rows
@@ -521,7 +521,7 @@ class EmbeddingTable:
     def _catch_up(self) -> bool:
         """Under the write lock: read the keys other writers committed since this process last saw
         the table (their new fragments only) into ``_foreign``.  False when nothing is tracked
-        (no :meth:`index` read), and lookups must search the table."""
+        (no :meth:`stored_keys` read), and lookups must search the table."""
         if self._seen is None:
             return False
         ds = self.table.to_lance()
@@ -536,9 +536,9 @@ class EmbeddingTable:
     def _present_keys(self, records: list[Record], tracked: bool) -> set[tuple[str, str, int]]:
         """Which of the records' keys the table holds (under the write lock).
 
-        After :meth:`index` read the root's rows, only what other writers committed since can
+        After :meth:`stored_keys` read the root's rows, only what other writers committed since can
         hold them (:meth:`_catch_up` keeps their keys): the batch is compared with those, at a
-        cost that follows what others wrote, never the rows already stored.  Otherwise (no index
+        cost that follows what others wrote, never the rows already stored.  Otherwise (no stored_keys
         read, or another root): an exact (root, path, page) lookup over the table."""
         keys = {(path_to_key(r.root), path_to_key(r.path), int(r.page)) for r in records}
         if tracked and all(k[0] == path_to_key(self._seen_root or "") for k in keys):
@@ -652,15 +652,6 @@ class EmbeddingTable:
         if drop:
             log.warning("table %s held %d duplicate rows (concurrent writers): removed", self.name, len(drop))
         return len(drop)
-
-    def delete_row_ids(self, row_ids: Iterable[int]) -> int:
-        ids = [int(r) for r in row_ids]
-        with self._lock():
-            self.refresh()
-            before = self.count()
-            for i in range(0, len(ids), 1000):
-                self.table.delete(f"_rowid IN ({', '.join(str(r) for r in ids[i:i + 1000])})")
-            return before - self.count()
 
     def drop_fragments(self, fragment_ids: Iterable[int]) -> int:
         """Remove whole fragments (data files) from the table: the only repair for a data file
