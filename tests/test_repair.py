@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli_env, kill_when_rows, make_image, run_cli, start_cli, finish
 
+from conftest import cli_env, finish, kill_when_rows, make_image, run_cli, start_cli
 from nomic_memory.api import repair
 from nomic_memory.store.check import verify_table
 from nomic_memory.store.export import export_store

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_cmd, cli_env, make_image
 
+from conftest import REPO, cli_cmd, cli_env, make_image
 from nomic_memory.errors import FolderNotFoundError, NomicMemoryError, UsageError
 from nomic_memory.store.export import ExportError, export_store
 from nomic_memory.store.table import Record, Store, TableInfo

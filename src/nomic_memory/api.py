@@ -188,7 +188,7 @@ def repair(store: Store, table: EmbeddingTable, report: CheckReport, backend: st
     reason)], "kept": [{"root", "path", "page", "reason"}], "restored": bool}``."""
     bad: dict[tuple, list[int]] = {}
     for b in report.bad:
-        if b.path is not None:
+        if b.path is not None and b.row_id is not None:
             bad.setdefault((b.root, b.path, int(b.page or 0)), []).append(b.row_id)
     wanted_keys = set(bad) | {(m.root, m.path, int(m.page)) for m in report.missing}
     done = present_keys(table, report, set(bad))  # replaced by a repair killed before its delete

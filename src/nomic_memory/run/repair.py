@@ -11,6 +11,7 @@ the next ``check`` reports it.  A row whose file is gone, unreadable or changed 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class ReplacingSink(StoreSink):
         return refused
 
 
-def _files(root: Path, wanted: dict[str, set[int] | None], out: Outcome) -> tuple[list[SourceFile], list[Item]]:
+def _files(root: Path, wanted: Mapping[str, set[int] | None], out: Outcome) -> tuple[list[SourceFile], list[Item]]:
     """List the files holding the wanted pages (``None``: every page of a file)."""
     files, todo = [], []
     for rel, pages in sorted(wanted.items()):
@@ -68,7 +69,7 @@ def _files(root: Path, wanted: dict[str, set[int] | None], out: Outcome) -> tupl
     return files, todo
 
 
-def reembed(store, table: EmbeddingTable, executor: Executor, root: Path, wanted: dict[str, set[int] | None],
+def reembed(store, table: EmbeddingTable, executor: Executor, root: Path, wanted: Mapping[str, set[int] | None],
             replaces: dict[tuple[str, int], list[int]], *, batch_size: int = 8, emit=None) -> Outcome:
     """Embed the ``wanted`` pages of files under ``root`` (paths as ``os.fsdecode`` gives them)
     into ``table``, deleting the rows ``replaces`` names for each page written."""

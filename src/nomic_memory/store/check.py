@@ -73,9 +73,10 @@ class CheckReport:
     def files(self) -> dict[str, set[str]]:
         """``root -> relative paths`` to re-embed (as stored: escaped keys)."""
         out: dict[str, set[str]] = {}
-        for b in [*self.bad, *self.missing]:
-            if b.root is not None and b.path is not None:
-                out.setdefault(b.root, set()).add(b.path)
+        keys = [(b.root, b.path) for b in self.bad] + [(m.root, m.path) for m in self.missing]
+        for root, path in keys:
+            if root is not None and path is not None:
+                out.setdefault(root, set()).add(path)
         return out
 
     def to_dict(self) -> dict:
