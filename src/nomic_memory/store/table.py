@@ -509,9 +509,25 @@ class EmbeddingTable:
                     self.table.add(self._arrow(fresh))
                 if tracked:
                     self._seen = self._snapshot()  # our own commits: nothing in them to look up later
+                    self._compact_small()
             else:
                 self._merge(records)
         return refused
+
+    def _compact_small(self, max_fragments: int = 64, target_rows: int = 2048) -> None:
+        """Under the write lock, during a run: once the table has more than ``max_fragments``
+        fragments, merge the small ones (under ``target_rows`` rows) into fragments of about
+        ``target_rows``.  Each batch commit adds a fragment, and a commit's cost grows with the
+        fragments the manifest lists; merging only small fragments costs at most ``target_rows``
+        rows each time, so a long run's commits stay as cheap as its first ones."""
+        if self._seen is None or len(self._seen[1]) <= max_fragments:
+            return
+        try:
+            self.table.to_lance().optimize.compact_files(target_rows_per_fragment=target_rows)
+        except Exception as e:  # noqa: BLE001 - an optimisation; the end of the run compacts anyway
+            log.info("compaction of table %s during the run skipped: %s", self.name, e)
+        self.refresh()
+        self._seen = self._snapshot()  # our own rewrite: nothing new to look up
 
     def _snapshot(self) -> tuple[int, frozenset[int]]:
         """``(version, fragment ids)`` of the table as now checked out."""
