@@ -91,13 +91,24 @@ def _two_root_store(path: Path) -> Path:
     return path
 
 
+def _device(path: Path, major: int, minor: int) -> Path:
+    """A character device node of the test's own (never the machine's /dev: an export that
+    replaced its --out would replace that one)."""
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+    except PermissionError:
+        pytest.skip("cannot make device nodes here (needs CAP_MKNOD)")
+    return path
+
+
 @pytest.mark.parametrize("fmt", ["npz", "parquet"])
 def test_export_writes_through_special_files_and_never_replaces_them(tmp_path, fmt):
     store = _two_root_store(tmp_path / "s")
-    assert export_store(store, fmt, "/dev/null", root="/one") == 1
-    with pytest.raises(ExportError, match="cannot write /dev/full"):
-        export_store(store, fmt, "/dev/full", root="/one")
-    for dev in ("/dev/null", "/dev/full"):
+    null, full = _device(tmp_path / "null", 1, 3), _device(tmp_path / "full", 1, 7)  # as /dev/null, /dev/full
+    assert export_store(store, fmt, null, root="/one") == 1
+    with pytest.raises(ExportError, match="No space left on device"):
+        export_store(store, fmt, full, root="/one")
+    for dev in (null, full):
         assert stat.S_ISCHR(os.stat(dev).st_mode), f"{dev} was replaced"
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
