@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,7 @@ from nomic_memory.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendC
 from nomic_memory.model.variants import VARIANTS
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import IMAGE_EXTENSIONS, discover_images
-from nomic_memory.errors import NomicMemoryError
+from nomic_memory.errors import NomicMemoryError, out_of_memory_detail, out_of_memory_kind
 
 RULE = "=" * 50
 
@@ -163,13 +164,17 @@ def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
     return [f"Using model variant: {model_variant} ({VARIANTS[model_variant].repo_id})"]
 
 
+def check_revision(model_name: str | None, revision: str | None) -> None:
+    if revision is not None and model_name is not None and Path(model_name).expanduser().is_dir():
+        raise fail(f"--revision {revision} names a hub revision, but --model-name {model_name} is a local "
+                   "directory (it has no revisions): drop --revision, or pass a hub id", EXIT_USAGE)
+
+
 def precheck(directory: Path, model_name: str | None, revision: str | None, prune: bool) -> None:
     """Checked before torch is imported (seconds): a mistyped directory or option fails at once.
     With --prune, a folder that is now empty or gone is fine: its rows are what gets removed."""
 
-    if revision is not None and model_name is not None and Path(model_name).expanduser().is_dir():
-        raise fail(f"--revision {revision} names a hub revision, but --model-name {model_name} is a local "
-                   "directory (it has no revisions): drop --revision, or pass a hub id", EXIT_USAGE)
+    check_revision(model_name, revision)
     if not directory.exists() and not prune:
         raise fail(f"no such directory: {directory}")
     if directory.exists() and not directory.is_dir():
@@ -183,31 +188,51 @@ def precheck(directory: Path, model_name: str | None, revision: str | None, prun
                    f"{' '.join(IMAGE_EXTENSIONS)} .pdf)")
 
 
+# The model and batching options `embed` shares with `watch`: one declaration each.
+MODEL_VARIANT = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model.")
+MODEL_NAME = typer.Option(None, "--model-name", metavar="NAME",
+                          help="Hub id or local directory; overrides --model-variant.")
+MODEL_KIND = typer.Option(None, "--model-kind", help="Force the model kind of a custom model.")
+BATCH_SIZE = typer.Option(8, "--batch-size", min=1, metavar="N", help="Images per batch (at most).")
+MAX_BATCH_TOKENS = typer.Option(None, "--max-batch-tokens", min=1, metavar="N",
+                                help="Cap on padded visual tokens per batch.")
+BACKEND = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU.")
+IMAGE_ONLY = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory).")
+DTYPE = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU.")
+SEED = typer.Option(0, "--seed", metavar="N", help="RNG seed set before loading (fixes any randomly initialised head).")
+REVISION = typer.Option(None, "--revision", metavar="REV", help="Hub revision (branch, tag or commit) of a hub model.")
+PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal).")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr.")
+
+
+def make_embedder(model_variant: VariantChoice, model_name: str | None, model_kind: KindChoice | None,
+                  backend: BackendChoice, dtype: DtypeChoice, image_only: bool, seed: int, revision: str | None):
+    """The (lazy) Embedder the model options describe; loads nothing yet."""
+    from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
+
+    return Embedder(model_name or model_variant.value, backend=backend.value, dtype=dtype.value,
+                    kind=model_kind.value if model_kind else None, image_only=image_only, seed=seed,
+                    revision=revision, lazy=True)
+
+
 def embed(
     directory: Path = typer.Argument(..., metavar="DIRECTORY",
                                      help="Directory of images and documents (searched recursively)."),
-    model_variant: VariantChoice = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAME",
-                                             help="Hub id or local directory; overrides --model-variant."),
-    model_kind: Optional[KindChoice] = typer.Option(None, "--model-kind",
-                                                    help="Force the model kind of a custom model."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, metavar="N", help="Images per batch (at most)."),
-    max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", min=1, metavar="N",
-                                                   help="Cap on padded visual tokens per batch."),
-    backend: BackendChoice = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU."),
-    image_only: bool = typer.Option(False, "--image-only",
-                                    help="Keep only what image embedding needs (saves memory)."),
-    dtype: DtypeChoice = typer.Option("auto", "--dtype",
-                                      help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU."),
+    model_variant: VariantChoice = MODEL_VARIANT,
+    model_name: Optional[str] = MODEL_NAME,
+    model_kind: Optional[KindChoice] = MODEL_KIND,
+    batch_size: int = BATCH_SIZE,
+    max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS,
+    backend: BackendChoice = BACKEND,
+    image_only: bool = IMAGE_ONLY,
+    dtype: DtypeChoice = DTYPE,
     store: Optional[str] = store_option(),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N",
                                           help="Decode worker processes (0: inline). With --engine ray: "
                                                "model actors."),
-    seed: int = typer.Option(0, "--seed", metavar="N",
-                             help="RNG seed set before loading (fixes any randomly initialised head)."),
-    revision: Optional[str] = typer.Option(None, "--revision", metavar="REV",
-                                           help="Hub revision (branch, tag or commit) of a hub model."),
+    seed: int = SEED,
+    revision: Optional[str] = REVISION,
     engine: EngineChoice = typer.Option("local", "--engine", help="local, or ray for a Ray cluster."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS",
                                               help="Ray cluster (auto, HOST:6379, ray://HOST:10001); default: "
@@ -216,9 +241,8 @@ def embed(
                                           help="GPUs per Ray model actor (CUDA only)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final report as one JSON document on "
                                                         "stdout (every other line goes to stderr)."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
-                                            help="Progress bar (default: on a terminal)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
+    progress: Optional[bool] = PROGRESS,
+    verbose: bool = VERBOSE,
     report_style: ReportStyle = typer.Option("default", "--report-style", hidden=True,
                                              help="legacy: main.py's report."),
 ) -> None:
@@ -229,37 +253,52 @@ def embed(
     if legacy:
         for line in legacy_header(model_variant.value, model_name):
             say(line, json_out)
-    from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
-    from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
-    from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
-
     ui = ConsoleProgress(progress, style=report_style, json_out=json_out, directory=directory,
                          batch_size=batch_size)
-    try:
-        emb = Embedder(model_name or model_variant.value, backend=backend.value, dtype=dtype.value,
-                       kind=model_kind.value if model_kind else None, image_only=image_only, seed=seed,
-                       revision=revision, lazy=True)
-        # Before any model work: a wrong --store must not cost a model load (opening a local
-        # store creates its directory, so after the backend check, which writes nothing).
-        store_obj = Store(store or default_store_path())
-        report_backend(emb.backend, describe(emb.backend), json_out, legacy, image_only)
-        if engine == EngineChoice.ray:
-            try:
-                import nomic_memory.run.ray_engine  # noqa: F401  (late: ray, an optional extra; sets its environment before ray starts)
-            except ImportError as e:
-                raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
-                           f"(or `pip install 'nomic-memory[ray]'`) ({e})")
-        ui.model = emb.resolved.model_id
-        report = emb.embed_directory(directory, store_obj, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                     workers=workers, prune=prune, engine=engine.value, ray_address=ray_address,
-                                     gpus_per_worker=gpus_per_worker, on_event=ui)
-    except NomicMemoryError as e:
-        raise fail_on(e)
-    finally:
-        ui.close()
+    with out_of_memory_exits(lambda: ui.loaded):
+        from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
+        from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
+
+        try:
+            emb = make_embedder(model_variant, model_name, model_kind, backend, dtype, image_only, seed, revision)
+            # Before any model work: a wrong --store must not cost a model load (opening a local
+            # store creates its directory, so after the backend check, which writes nothing).
+            store_obj = Store(store or default_store_path())
+            report_backend(emb.backend, describe(emb.backend), json_out, legacy, image_only)
+            if engine == EngineChoice.ray:
+                try:
+                    import nomic_memory.run.ray_engine  # noqa: F401  (late: ray, an optional extra; sets its environment before ray starts)
+                except ImportError as e:
+                    raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
+                               f"(or `pip install 'nomic-memory[ray]'`) ({e})")
+            ui.model = emb.resolved.model_id
+            report = emb.embed_directory(directory, store_obj, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                         workers=workers, prune=prune, engine=engine.value, ray_address=ray_address,
+                                         gpus_per_worker=gpus_per_worker, on_event=ui)
+        except NomicMemoryError as e:
+            raise fail_on(e)
+        finally:
+            ui.close()
     saved = emb.loaded.image_only_saved_bytes if emb.is_loaded else 0
     _final_report(report, json_out, saved, style=report_style, backend=emb.backend.name)
     raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
+
+
+@contextmanager
+def out_of_memory_exits(model_loaded):
+    """Out of memory outside the encoder's split-and-retry (importing torch under an address-space
+    limit, loading the model, decoding, storing) as one line and exit 1, never a traceback."""
+    try:
+        yield
+    except (MemoryError, RuntimeError, OSError, ImportError) as e:
+        kind = out_of_memory_kind(e)
+        if kind is None:
+            raise
+        if model_loaded():
+            advice = "try a smaller --batch-size or --max-batch-tokens; the batches embedded so far are stored"
+            raise fail(f"out of {kind} while embedding ({out_of_memory_detail(e)}): {advice}") from None
+        raise fail(f"out of {kind} loading the model ({out_of_memory_detail(e)}): free memory, or raise the "
+                   "memory limit (ulimit -v)") from None
 
 
 def report_backend(be, described: list[str], json_out: bool, legacy: bool, image_only: bool) -> None:
@@ -271,6 +310,13 @@ def report_backend(be, described: list[str], json_out: bool, legacy: bool, image
             say(f"Using backend: {be.name}", json_out)
     if legacy:
         say(f"Image-only mode: {image_only}", json_out)
+
+
+def summary(report) -> str:
+    """``Embedded 97 images in 41.20 s (2.43 images/s); 3 unchanged, 0 skipped with errors``."""
+    return (f"Embedded {plural(report.embedded, 'image')} in {report.embed_seconds:.2f} s "
+            f"({report.images_per_second:.2f} images/s); {report.skipped_unchanged} unchanged, "
+            f"{len(report.failed)} skipped with errors" + (f", {report.pruned} pruned" if report.pruned else ""))
 
 
 def _final_report(report, json_out: bool, image_only_saved: int = 0, *,
@@ -294,9 +340,7 @@ def _final_report(report, json_out: bool, image_only_saved: int = 0, *,
             out(f"Rows removed (files gone): {report.pruned}")
         out(f"Embedding time: {report.embed_seconds:.2f} s ({rate})")
     else:
-        out(f"Embedded {plural(report.embedded, 'image')} in {report.embed_seconds:.2f} s ({rate}); "
-            f"{report.skipped_unchanged} unchanged, {len(report.failed)} skipped with errors"
-            + (f", {report.pruned} pruned" if report.pruned else ""))
+        out(summary(report))
     if report.memory is not None:
         for line in report.memory.lines():
             out(line)

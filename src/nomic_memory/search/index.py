@@ -184,6 +184,17 @@ def _vector_candidates(st, q: np.ndarray, depth: int, allowed: np.ndarray | None
 
 
 # ------------------------------------------------------------------ the index
+def check_k(k) -> int:
+    """``k`` (results per query) must be a whole number of at least 1 (``True`` is not one)."""
+    import numbers
+
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise UsageError(f"k must be a whole number of results (at least 1), not {k!r}")
+    if k < 1:
+        raise UsageError("k must be at least 1")
+    return int(k)
+
+
 class Index:
     """A searchable view of one store table.
 
@@ -327,6 +338,7 @@ class Index:
     def search_many(self, queries, k: int = 10, *, exact: bool = False, approx: bool = False,
                     where: str | None = None, **kw) -> list[list[Hit]]:
         """Several queries sharing one scan of the table (one list of hits per query)."""
+        check_k(k)  # before a query is embedded
         queries = _query_list(queries)
         if not queries:
             return []
@@ -346,8 +358,7 @@ class Index:
         ``where``: a SQL predicate over :data:`WHERE_COLUMNS` (Lance/DataFusion syntax, e.g.
         ``"page > 2 AND path LIKE 'reports/%'"``); the results are the best rows that match it.
         ``approx``: the older hand-built approximate index (``method`` pooled or lance)."""
-        if k < 1:
-            raise UsageError("k must be at least 1")
+        check_k(k)
         embs = self._query_arrays(embeddings)
         if not embs:
             return []
