@@ -210,6 +210,11 @@ class Index:
 
     # ---- model
     @property
+    def model_loaded(self) -> bool:
+        """Whether the query model is loaded (or given) and checked already."""
+        return self._lm is not None
+
+    @property
     def model(self):
         """The query model, loaded (or taken as given) and checked against the table on first use."""
         if self._lm is None:

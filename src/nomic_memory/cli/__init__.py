@@ -18,6 +18,7 @@ import typer
 from . import bench as _bench
 from . import check as _check
 from . import embed as _embed
+from . import mcp as _mcp
 from . import search as _search
 from . import serve as _serve
 from . import store as _store
@@ -42,6 +43,7 @@ def _app_options(
 app.command("embed")(reports_errors(_embed.embed))
 app.command("search")(reports_errors(_search.search))
 app.command("serve")(reports_errors(_serve.serve))
+app.command("mcp")(reports_errors(_mcp.mcp))
 app.command("export")(reports_errors(_tools.export))
 app.command("bench")(reports_errors(_bench.bench))
 app.command("plan")(reports_errors(_bench.plan))
