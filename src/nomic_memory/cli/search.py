@@ -31,6 +31,7 @@ def search(
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
+    no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a server of the store is running."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
     """Search the store: rank stored images against a text query or a query image."""
@@ -41,24 +42,34 @@ def search(
         os.environ.setdefault("LANCE_LOG", "error")
         os.environ.setdefault("LANCEDB_LOG", "error")
     setup_logging(verbose)
-    from ..approx import APPROX_METHODS
-    from ..search import Index, check_where
-    from ..store import default_store_path
-
     texts = list(query or [])
     images = list(image or [])
     if not texts and not images and not build_index:
         raise fail("give a text query, --image FILE, or --build-index", EXIT_USAGE)
+    if template is not None and "{}" not in template:
+        raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
+    from ..locations import default_store_path
+
+    where = where if where and where.strip() else None
+    store_path = store or default_store_path()
+    if texts and not (images or no_server or approx or build_index or index_method or model_name or allow_mismatch):
+        from .remote import search_via_server
+
+        found = search_via_server(store_path, table=table, texts=texts, k=k, where=where, template=template)
+        if found is not None:  # a running server of this store answered: the same hits, no model to load
+            meta, results, timing = found
+            _output(meta, texts, results, json_out, k=k, approx=False, where=where, timing=timing)
+            raise typer.Exit(EXIT_OK)
+    from ..approx import APPROX_METHODS
+    from ..search import Index, check_where
+
     if index_method is not None and index_method not in APPROX_METHODS:
         raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)
     if index_method is not None and not (approx or build_index):
         raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
-    if template is not None and "{}" not in template:
-        raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
     for p in images:
         if not p.is_file():
             raise fail(f"no such image file: {p}")
-    store_path = store or default_store_path()
     try:
         idx = Index.open(store_path, table, backend=backend.value, model_name=model_name,
                          allow_mismatch=allow_mismatch, template=template)
@@ -84,11 +95,18 @@ def search(
     except NomicMemoryError as e:
         raise fail_on(e)
     timing = {"load_seconds": round(t0 - tl, 4), "embed_seconds": round(t1 - t0, 4), "search_seconds": round(t2 - t1, 4)}
-    if json_out:
-        _print_json(idx, queries, results, k=k, approx=approx, where=where, timing=timing)
-    else:
-        _print_tables(idx, queries, results, approx=approx, where=where, timing=timing)
+    meta = {"store": str(idx.store.path), "table": idx.table.name, "model": idx.info.model_id,
+            "kind": idx.info.kind, "warnings": idx.warnings}
+    _output(meta, queries, [[h.to_dict() for h in hits] for hits in results], json_out, k=k, approx=approx,
+            where=where, timing=timing)
     raise typer.Exit(EXIT_OK)
+
+
+def _output(meta: dict, queries: list, results: list, json_out: bool, **kw) -> None:
+    if json_out:
+        _print_json(meta, queries, results, **kw)
+    else:
+        _print_tables(meta, queries, results, **kw)
 
 
 def _build_index(idx, method: str, pool_factor: int, print_json: bool) -> None:
@@ -103,18 +121,17 @@ def _kind(query) -> str:
     return "text" if isinstance(query, str) else "image"
 
 
-def _print_json(idx, queries: list, results: list, *, k: int, approx: bool, where, timing: dict) -> None:
+def _print_json(meta: dict, queries: list, results: list, *, k: int, approx: bool, where, timing: dict) -> None:
     """One JSON document: ``queries`` (each query with its own results) and ``results`` (one
     list of hits per query, in query order)."""
-    per_query = [[h.to_dict() for h in hits] for hits in results]
-    out = {"store": str(idx.store.path), "table": idx.table.name, "model": idx.info.model_id,
-           "kind": idx.info.kind, "k": k, "approx": approx, "where": where, **timing, "warnings": idx.warnings,
-           "results": per_query,
-           "queries": [{"query": str(q), "kind": _kind(q), "results": r} for q, r in zip(queries, per_query)]}
+    server = {"server": meta["server"]} if meta.get("server") else {}
+    out = {"store": meta["store"], "table": meta["table"], "model": meta["model"], "kind": meta["kind"], "k": k,
+           "approx": approx, "where": where, **server, **timing, "warnings": meta["warnings"], "results": results,
+           "queries": [{"query": str(q), "kind": _kind(q), "results": r} for q, r in zip(queries, results)]}
     typer.echo(json.dumps(out))
 
 
-def _print_tables(idx, queries: list, results: list, *, approx: bool, where, timing: dict) -> None:
+def _print_tables(meta: dict, queries: list, results: list, *, k: int, approx: bool, where, timing: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -127,11 +144,14 @@ def _print_tables(idx, queries: list, results: list, *, approx: bool, where, tim
         t.add_column("page", justify="right")
         t.add_column("root", overflow="fold", style="dim")
         for h in hits:
-            t.add_row(str(h.rank), f"{h.score:.4f}", h.path, str(h.page), h.root)
+            t.add_row(str(h["rank"]), f"{h['score']:.4f}", h["path"], str(h["page"]), h["root"])
         console.print(t)
     n = len(queries)
     mode = "approximate" if approx else "exact"
-    console.print(f"{mode} search of {idx.table.name} ({idx.info.kind})" + (f" where {where}" if where else "")
-                  + f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
-                  f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s",
-                  style="dim", markup=False, highlight=False)
+    head = f"{mode} search of {meta['table']} ({meta['kind']})" + (f" where {where}" if where else "")
+    if meta.get("server"):
+        tail = f": answered by the server at {meta['server']} in {timing['server_seconds']:.3f} s"
+    else:
+        tail = (f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
+                f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s")
+    console.print(head + tail, style="dim", markup=False, highlight=False)

@@ -65,13 +65,55 @@ def serve(
         raise fail(str(e), EXIT_FATAL)
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(service, cfg), host=host, port=port, log_level="warning",
+    server = _uvicorn_server(uvicorn.Config(create_app(service, cfg), host=host, port=port, log_level="warning",
                                            access_log=verbose, timeout_keep_alive=30))
-    _announce(server, idx, host)
-    server.run()
+    from ..registry import unregister
+
+    entry = {"token": cfg.token, "table": idx.table.name, "table_given": table is not None,
+             "model_id": idx.info.model_id, "kind": idx.info.kind, "template": template, "model_name": model_name,
+             "warnings": list(idx.warnings), "max_k": cfg.max_k, "max_queries": cfg.max_queries}
+    _announce(server, idx, host, lambda url: server.registered.append(_register(idx.store.path, url, entry)))
+    try:
+        server.run()
+    finally:
+        unregister(server.registered[0] if server.registered else None)
 
 
-def _announce(server, idx, host: str) -> None:
+def _uvicorn_server(config):
+    """A uvicorn server that removes its address files (``registered``) as it starts shutting down."""
+    import uvicorn
+
+    from ..registry import unregister
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, removing its address file as it starts shutting down (uvicorn re-raises
+        SIGTERM/SIGINT once shut down, so code after ``run()`` never runs then)."""
+
+        registered: list
+
+        async def shutdown(self, sockets=None):
+            for path in getattr(self, "registered", []):
+                unregister(path)
+            await super().shutdown(sockets)
+
+    server = Server(config)
+    server.registered = []
+    return server
+
+
+def _register(store, url: str, entry: dict):
+    """Leave the address (and token) where `nomic-memory search` on this store finds it."""
+    import time
+
+    from ..registry import register
+
+    try:
+        return register(store, {**entry, "url": url, "started": time.time()})
+    except OSError:  # no writable per-user directory: searches simply do not find this server
+        return None
+
+
+def _announce(server, idx, host: str, on_listening=None) -> None:
     """Print the URL once uvicorn is listening (port 0 resolves to the real port then)."""
     import sys
     import threading
@@ -86,6 +128,9 @@ def _announce(server, idx, host: str) -> None:
                 shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
                 print(f"Serving table {idx.table.name} ({idx.info.kind}, {idx.table.count()} rows) at "
                       f"http://{shown}:{addr[1]}/", file=sys.stderr, flush=True)
+                if on_listening is not None:
+                    local = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(addr[0], shown)
+                    on_listening(f"http://{local}:{addr[1]}")
                 return
 
     threading.Thread(target=wait, daemon=True).start()
