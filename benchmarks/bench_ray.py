@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from nomic_memory.samples import make_sample_images
+from nomic_memory.ingest.samples import make_sample_images
 
 
-# A page scan, a 4:3 photo and a square photo, repeated (nomic_memory.samples).
+# A page scan, a 4:3 photo and a square photo, repeated (nomic_memory.ingest.samples).
 SPECS = [("page", 1240, 1754, "jpg"), ("photo", 1024, 768, "jpg"), ("photo", 800, 800, "jpg")]
 
 
@@ -59,18 +59,18 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--workers", default="1,2", help="model actor counts to compare")
-    ap.add_argument("--size", default="medium", help="random model size (nomic_memory.tiny.SIZES)")
+    ap.add_argument("--size", default="medium", help="random model size (nomic_memory.model.tiny.SIZES)")
     ap.add_argument("--no-local", action="store_true", help="skip the local-pipeline reference")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
 
-    import nomic_memory.ray_engine  # noqa: F401  (before ray: opts out of the uv hook)
+    import nomic_memory.run.ray_engine  # noqa: F401  (before ray: opts out of the uv hook)
     import ray
 
-    from nomic_memory.backends import select_backend
-    from nomic_memory.loading import load_model
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.model.loading import load_model
     from nomic_memory import Embedder
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model
 
     cpu = select_backend("cpu")
     counts = [int(w) for w in args.workers.split(",")]

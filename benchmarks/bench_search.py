@@ -34,10 +34,10 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from nomic_memory.approx import recall_at_k  # noqa: E402
-from nomic_memory.scoring import Scorer, default_workers, exact_scan, multivector_matrix  # noqa: E402
-from nomic_memory.search import Index, to_hits  # noqa: E402
-from nomic_memory.store import Store, TableInfo, schema_for  # noqa: E402
+from nomic_memory.search.approx import recall_at_k  # noqa: E402
+from nomic_memory.search.scoring import Scorer, default_workers, exact_scan, multivector_matrix  # noqa: E402
+from nomic_memory.search.index import Index, to_hits  # noqa: E402
+from nomic_memory.store.table import Store, TableInfo, schema_for  # noqa: E402
 
 DIM = 128
 TABLE = "synthetic"

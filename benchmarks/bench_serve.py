@@ -56,9 +56,9 @@ def queries(n: int, seed: int = 0) -> list[str]:
 
 def build_store(path: Path, model_dir: Path, docs: int, vectors: int, seed: int = 0) -> str:
     """Write the synthetic table (once) and return its name."""
-    from nomic_memory.loading import load_model
-    from nomic_memory.backends import select_backend
-    from nomic_memory.store import Record, Store, TableInfo
+    from nomic_memory.model.loading import load_model
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.store.table import Record, Store, TableInfo
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -158,8 +158,8 @@ def main() -> None:
 
     import psutil
 
-    from nomic_memory.search import Index
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.search.index import Index
+    from nomic_memory.model.tiny import build_tiny_model
 
     args.path.mkdir(parents=True, exist_ok=True)
     model = args.path / "tiny-colqwen"

@@ -36,7 +36,7 @@ def load_reference(model_dir: str | Path, kind: str, backend) -> tuple[torch.nn.
     """colpali-engine's model and processor, loaded the way the model card does."""
     from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
 
-    from nomic_memory.loading import BIQWEN_KEY_MAPPING
+    from nomic_memory.model.loading import BIQWEN_KEY_MAPPING
 
     torch.manual_seed(0)
     if kind == "colqwen":
@@ -66,10 +66,10 @@ def card_loop(model, processor, paths: list[Path], batch_size: int, device) -> l
 
 def measure(directory: str | Path, model_dir: str | Path, batch_size: int, backend_name: str = "cpu",
             kind: str | None = None) -> dict:
-    from nomic_memory.backends import select_backend
-    from nomic_memory.images import discover_images
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.ingest.images import discover_images
     from nomic_memory.memory import MemoryTracker, current_rss_bytes
-    from nomic_memory.variants import detect_kind_from_files
+    from nomic_memory.model.variants import detect_kind_from_files
 
     backend = select_backend(backend_name)
     kind = kind or detect_kind_from_files(model_dir)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nomic_memory.samples import page, photo, render  # noqa: F401  (the one generator)
+from nomic_memory.ingest.samples import page, photo, render  # noqa: F401  (the one generator)
 
 ROOT = Path("/tmp/nomic-memory-bench")
 RECIPE_VERSION = 1

@@ -6,7 +6,7 @@
 
 Builds the variant's real architecture (Qwen2.5-VL-3B: 36 text layers of 2048, 151,936-token
 vocabulary, 32-block 1280-wide vision tower) with random weights directly on the GPU in bf16
-(nomic_memory.bench.build_synthetic_model; nothing is downloaded or stored), then for each batch
+(nomic_memory.perf.bench.build_synthetic_model; nothing is downloaded or stored), then for each batch
 size:
 
 * **model**: ``encode.forward_embeddings`` on pre-processed pages of exactly ``--visual-tokens``
@@ -46,7 +46,7 @@ def bf16_peak(name: str) -> float | None:
 def make_pages(d: Path, n: int) -> Path:
     import numpy as np
 
-    from nomic_memory.samples import page
+    from nomic_memory.ingest.samples import page
 
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -76,11 +76,11 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from nomic_memory.backends import select_backend
-    from nomic_memory.bench import SYNTHETIC_LABEL, build_synthetic_model
-    from nomic_memory.collate import collate_flat, prepare_image
-    from nomic_memory.encode import forward_embeddings
-    from nomic_memory.plan import Arch, forward_flops, plan_for_model
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.perf.bench import SYNTHETIC_LABEL, build_synthetic_model
+    from nomic_memory.model.collate import collate_flat, prepare_image
+    from nomic_memory.model.encode import forward_embeddings
+    from nomic_memory.perf.plan import Arch, forward_flops, plan_for_model
 
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
@@ -163,7 +163,7 @@ def main() -> None:
 
     pipeline = None
     if args.pipeline_pages:
-        from nomic_memory.bench import _null_store
+        from nomic_memory.perf.bench import _null_store
         from nomic_memory import Embedder
 
         with tempfile.TemporaryDirectory() as td:

@@ -1,7 +1,7 @@
 """--image-only memory saving, measured.
 
 Builds a random model with Qwen2.5-VL-3B's text width and full 151,936-token vocabulary on a
-shallow stack (nomic_memory.tiny SIZES["vocab3b"]), then runs `nomic-memory embed` on the same
+shallow stack (nomic_memory.model.tiny SIZES["vocab3b"]), then runs `nomic-memory embed` on the same
 folder with and without --image-only, each in a fresh process, several times, and prints the
 median memory of the loaded model (RSS when embedding starts) and peak RSS during embedding.
 
@@ -18,10 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nomic_memory.samples import make_sample_images
+from nomic_memory.ingest.samples import make_sample_images
 
 
-# A page scan, a 4:3 photo and a square photo, repeated (nomic_memory.samples).
+# A page scan, a 4:3 photo and a square photo, repeated (nomic_memory.ingest.samples).
 SPECS = [("page", 1240, 1754, "jpg"), ("photo", 1024, 768, "jpg"), ("photo", 800, 800, "jpg")]
 
 
@@ -48,7 +48,7 @@ def main() -> None:
                     help="compute dtypes to measure; on CPU, float32 weights stay a lazily paged mmap "
                          "of the checkpoint, bfloat16 (like CUDA) materialises them")
     args = ap.parse_args()
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)

@@ -17,7 +17,7 @@ prints one JSON line.  From Python, one call: ``measure(corpus_dir, model_dir)``
 the clock starts; ``pages_per_second`` counts from the first PDF opened to the last embedding on
 the host; ``above_model_bytes`` is the phase's peak memory above what the process held with the
 model loaded (CPU: peak RSS; CUDA: the allocator's peak).  A tiny random model for a machine
-without downloads: ``nomic_memory.tiny.build_tiny_model(dir, "colqwen", "medium")``.
+without downloads: ``nomic_memory.model.tiny.build_tiny_model(dir, "colqwen", "medium")``.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def byaldi_loop(model, processor, pdfs: list[Path], device, dpi: int = 200) -> l
 def measure(corpus: str | Path, model_dir: str | Path, backend_name: str = "cpu", files: int | None = None,
             kind: str | None = None, dpi: int = 200) -> dict:
     """Load the model, run the loop over the corpus's PDFs (the first ``files``), report."""
-    from nomic_memory.backends import select_backend
+    from nomic_memory.model.backends import select_backend
     from nomic_memory.memory import MemoryTracker, current_rss_bytes
-    from nomic_memory.variants import detect_kind_from_files
+    from nomic_memory.model.variants import detect_kind_from_files
 
     backend = select_backend(backend_name)
     kind = kind or detect_kind_from_files(model_dir)

@@ -100,7 +100,7 @@ def write_corpus(out_dir: str | Path, files: int = 20, pages: int = 40) -> list[
 
 def _page_count(path: Path) -> int:
     try:
-        from nomic_memory.documents import list_pages
+        from nomic_memory.ingest.documents import list_pages
 
         return len(list_pages(path))
     except Exception:  # noqa: BLE001 - a broken leftover is rewritten

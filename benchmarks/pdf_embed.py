@@ -71,7 +71,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from pdf_corpus import write_corpus
 
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model
 
     corpus = ROOT / f"pdfs-{args.files}x{args.pages}"
     if not corpus.is_dir() or len(list(corpus.glob("*.pdf"))) != args.files:

@@ -38,7 +38,7 @@ def _rss_mb() -> float:
 
 
 def _processor(size: str):
-    from nomic_memory.tiny import SIZES, build_processor
+    from nomic_memory.model.tiny import SIZES, build_processor
 
     return build_processor("colqwen", SIZES[size]).image_processor
 
@@ -47,7 +47,7 @@ def run_once(config: str, pdfs: list[Path], size: str = "medium") -> dict:
     """One configuration over ``pdfs`` in this process; returns pages/s and memory."""
     from PIL import Image
 
-    from nomic_memory.documents import close_cached_document, list_pages, render_page, render_size
+    from nomic_memory.ingest.documents import close_cached_document, list_pages, render_page, render_size
 
     ip = _processor(size)
     start_rss = _rss_mb()
@@ -71,7 +71,7 @@ def run_once(config: str, pdfs: list[Path], size: str = "medium") -> dict:
                 big = page.render(scale=200 / 72).to_pil()
                 w, h = page.get_size()
                 page.close()
-                from nomic_memory.documents import PageGeometry
+                from nomic_memory.ingest.documents import PageGeometry
 
                 img = big.resize(render_size(PageGeometry(i + 1, w, h), ip), Image.Resampling.BICUBIC)
                 pages += 1

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from nomic_memory.store import Record, Store, TableInfo
+from nomic_memory.store.table import Record, Store, TableInfo
 
 
 def records(start: int, n: int, vectors: int, rng) -> list[Record]:

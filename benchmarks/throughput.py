@@ -44,7 +44,7 @@ MB = 2**20
 def model_dir(size: str) -> Path:
     d = ROOT / "models" / f"{size}-colqwen"
     if not (d / "config.json").is_file():
-        from nomic_memory.tiny import build_tiny_model
+        from nomic_memory.model.tiny import build_tiny_model
 
         build_tiny_model(d, "colqwen", size)
     return d
@@ -63,7 +63,7 @@ def card(directory: Path, model: Path, batch_size: int, threads: int | None = No
 
 
 def nomic(directory: Path, model: Path, batch_size: int, workers: int | None = None) -> dict:
-    from nomic_memory.bench import BenchConfig, measure_isolated
+    from nomic_memory.perf.bench import BenchConfig, measure_isolated
 
     r = measure_isolated(BenchConfig(str(directory), batch_size, backend="cpu", model_name=str(model),
                                      workers=workers))

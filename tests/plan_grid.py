@@ -13,7 +13,7 @@ import itertools
 import json
 import sys
 
-from nomic_memory.plan import Arch, plan_memory
+from nomic_memory.perf.plan import Arch, plan_memory
 
 MIXED = [768, 4, 391, 768, 713, 16, 756, 100]
 

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from colpali_engine.models import BiQwen2_5, ColQwen2_5, ColQwen2_5_Processor
-from nomic_memory.backends import select_backend
-from nomic_memory.collate import collate, prepare_image
-from nomic_memory.encode import forward_embeddings
-from nomic_memory.loading import BIQWEN_KEY_MAPPING, load_model
-from nomic_memory.tiny import build_tiny_adapter, build_tiny_base
-from nomic_memory.variants import detect_kind_from_files
+from nomic_memory.model.backends import select_backend
+from nomic_memory.model.collate import collate, prepare_image
+from nomic_memory.model.encode import forward_embeddings
+from nomic_memory.model.loading import BIQWEN_KEY_MAPPING, load_model
+from nomic_memory.model.tiny import build_tiny_adapter, build_tiny_base
+from nomic_memory.model.variants import detect_kind_from_files
 
 
 @pytest.fixture(scope="module")

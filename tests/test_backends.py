@@ -14,10 +14,10 @@ import shutil
 import pytest
 import torch
 
-from nomic_memory.backends import Backend, BackendUnavailable, describe, select_backend
-from nomic_memory.loading import ModelLoadError, load_model
+from nomic_memory.model.backends import Backend, BackendUnavailable, describe, select_backend
+from nomic_memory.model.loading import ModelLoadError, load_model
 from nomic_memory.memory import MB, MemoryReport, MemoryTracker
-from nomic_memory.variants import ModelKindError, detect_kind_from_files
+from nomic_memory.model.variants import ModelKindError, detect_kind_from_files
 
 
 # ---------------------------------------------------------------- backend and dtype

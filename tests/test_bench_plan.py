@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from nomic_memory.plan import Arch, architecture_config, plan_for_model, plan_for_variant, qwen_config
+from nomic_memory.perf.plan import Arch, architecture_config, plan_for_model, plan_for_variant, qwen_config
 
 GB = 1024**3
 
@@ -98,8 +98,8 @@ def test_scaled_architecture_keeps_widths():
 
 
 def test_plan_for_a_loaded_model_counts_its_real_weights(tiny_colqwen):
-    from nomic_memory.backends import select_backend
-    from nomic_memory.loading import load_model
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.model.loading import load_model
 
     lm = load_model(str(tiny_colqwen), backend=select_backend("cpu"))
     p = plan_for_model(lm, batch_size=4)
@@ -129,7 +129,7 @@ def test_plan_cli():
 
 def test_plan_cli_lists_auto_backend_and_image_sizes():
     from nomic_memory.cli import app
-    from nomic_memory.plan import guess_backend
+    from nomic_memory.perf.plan import guess_backend
 
     r = CliRunner().invoke(app, ["plan", "--model-variant", "nomic-3b,colnomic-7b", "--batch-sizes", "1,32", "--json"])
     assert r.exit_code == 0, r.output
@@ -153,6 +153,7 @@ def test_plan_cli_lists_auto_backend_and_image_sizes():
     assert json.loads(r.output)["visual_tokens"] == 15552
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_plan_help_and_export_do_not_import_torch(tmp_path):
     """`nomic-memory --help`, `plan` and `export --help` start without torch or transformers."""
     import subprocess
@@ -170,7 +171,7 @@ def test_plan_help_and_export_do_not_import_torch(tmp_path):
 # ---------------------------------------------------------------- bench
 @pytest.mark.slow
 def test_bench_tiny_model_two_batch_sizes(tiny_colqwen, image_dir, tmp_path):
-    from nomic_memory.bench import TABLE_COLUMNS
+    from nomic_memory.perf.bench import TABLE_COLUMNS
     from nomic_memory.cli import app
 
     out = tmp_path / "out"
@@ -202,7 +203,7 @@ def test_bench_tiny_model_two_batch_sizes(tiny_colqwen, image_dir, tmp_path):
 def test_bench_synthetic_weights_scaled_down(tmp_path):
     """The real colnomic-3b widths and vocabulary, 1 text layer, 1 vision block, built on the CPU
     with random weights in a fresh process; labelled as such and never stored."""
-    from nomic_memory.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, measure_isolated
+    from nomic_memory.perf.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, measure_isolated
 
     imgs = make_sample_images(tmp_path / "imgs", 4)
     cfg = BenchConfig(str(imgs), 2, backend="cpu", variant="colnomic-3b", synthetic=True, synthetic_layers=1,
@@ -218,7 +219,7 @@ def test_bench_synthetic_weights_scaled_down(tmp_path):
     # the model (fp32 on the CPU) is resident: at least its weights
     assert res["model_bytes"] > arch.params() * 4
 
-    from nomic_memory.bench import table_markdown
+    from nomic_memory.perf.bench import table_markdown
 
     row = {**res, "runs": 1}
     assert "colnomic-3b (1 layers, vision 1)" in table_markdown([row])
@@ -251,7 +252,7 @@ def test_bench_stops_at_the_first_failure_in_fresh_processes(image_dir, tmp_path
 
 def test_bench_records_an_out_of_memory_and_goes_on(monkeypatch):
     """An out-of-memory at one batch size is that configuration's result; the sweep goes on."""
-    from nomic_memory import bench
+    from nomic_memory.perf import bench
 
     def fake_measure(cfg):  # a device where batch 4 does not fit (no GPU here to run out of)
         if cfg.batch_size == 4:
@@ -281,7 +282,7 @@ def test_bench_cli_rejects_bad_options(tmp_path):
 
 # ---------------------------------------------------------------- OOM resilience
 def _oom_dir(root: Path, n: int) -> Path:
-    from nomic_memory.samples import make_sample_images
+    from nomic_memory.ingest.samples import make_sample_images
 
     # same size: one token count, so batches fill up to batch_size
     return make_sample_images(root, n, seed=3, specs=[("photo", 128, 96, "png")])
@@ -290,8 +291,9 @@ def _oom_dir(root: Path, n: int) -> Path:
 def test_oom_splits_the_batch_remembers_the_cap_and_loses_nothing(tiny_colqwen, tmp_path, monkeypatch):
     from colpali_engine.models import ColQwen2_5, ColQwen2_5_Processor
 
-    from nomic_memory import Embedder, encode
-    from nomic_memory.export import export_store
+    from nomic_memory import Embedder
+    from nomic_memory.model import encode
+    from nomic_memory.store.export import export_store
 
     images = _oom_dir(tmp_path / "imgs", 12)
     real_forward = encode.forward_embeddings
@@ -357,10 +359,12 @@ def test_thread_tuner_keeps_the_faster_count():
 def test_decoder_workers_match_inline_decoding(tiny_colqwen, image_dir):
     """Worker processes (here without the main thread's help, so they do all the work) hand
     back exactly what inline decoding produces, batch by batch, in order."""
-    from nomic_memory.backends import select_backend
-    from nomic_memory.images import discover_images
-    from nomic_memory.loading import load_model
-    from nomic_memory.decode import DecodeTask, Decoder, ProcessorSource
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.ingest.images import discover_images
+    from nomic_memory.model.loading import load_model
+    from nomic_memory.ingest.decode import DecodeTask
+    from nomic_memory.model.loading import ProcessorSource
+    from nomic_memory.run.prefetch import Decoder
 
     lm = load_model(str(tiny_colqwen), backend=select_backend("cpu"))
     source = ProcessorSource(str(lm.source), lm.kind)
@@ -387,10 +391,10 @@ def test_bounded_working_set_paths_match_colpali_engine(tiny_models, kind, monke
     colpali-engine's forward in fp32."""
     from colpali_engine.models import BiQwen2_5, ColQwen2_5, ColQwen2_5_Processor
 
-    from nomic_memory import encode
-    from nomic_memory.backends import select_backend
-    from nomic_memory.collate import collate_flat, prepare_image
-    from nomic_memory.loading import BIQWEN_KEY_MAPPING, load_model
+    from nomic_memory.model import encode
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.model.collate import collate_flat, prepare_image
+    from nomic_memory.model.loading import BIQWEN_KEY_MAPPING, load_model
 
     d = str(tiny_models[kind])
     rng = np.random.default_rng(1)
@@ -430,7 +434,7 @@ def test_batches_within_padding_budget():
     batches as that allows, every image exactly once, no batch above the size cap."""
     import random
 
-    from nomic_memory.batching import make_batches, padding_overhead
+    from nomic_memory.ingest.batching import make_batches, padding_overhead
 
     tokens = [4, 4, 9, 16, 16, 25] + [391] * 6 + [768] * 8 + [756] * 4 + [759] * 6 + [713] * 4
     random.Random(0).shuffle(tokens)
@@ -485,7 +489,7 @@ def test_planner_reproduces_the_original_table(variant, table):
 def test_image_tokens_match_the_processor_resize():
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-    from nomic_memory.plan import image_tokens, resized_size
+    from nomic_memory.perf.plan import image_tokens, resized_size
 
     for w, h in [(4032, 3024), (3024, 4032), (1240, 1754), (640, 480), (96, 96), (3000, 200), (20, 20), (2480, 3508)]:
         for cap in (64, 768, 16384):

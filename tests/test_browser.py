@@ -25,9 +25,9 @@ pytestmark = [pytest.mark.slow,
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_colqwen):
     from nomic_memory import Embedder
-    from nomic_memory.search import Index
-    from nomic_memory.server import create_app
-    from nomic_memory.service import SearchService, ServeConfig
+    from nomic_memory.search.index import Index
+    from nomic_memory.serve.app import create_app
+    from nomic_memory.serve.service import SearchService, ServeConfig
 
     base = tmp_path_factory.mktemp("browser")
     planted = make_pages(base / "pages")

@@ -20,7 +20,9 @@ import pytest
 from conftest import CLEAN_IMAGES, REPO, cli_cmd, cli_env, finish, make_image
 
 from nomic_memory.cli.common import plural
-from nomic_memory.store import Store
+from nomic_memory.store.table import Store
+
+pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
 
 HUB_ONLY_VARIANT = "colnomic-3b"  # never in this machine's (offline) Hugging Face cache
 
@@ -346,8 +348,8 @@ def test_library_error_names_no_cli_flag():
     from huggingface_hub import snapshot_download
 
     from nomic_memory.errors import ModelLoadError
-    from nomic_memory.loading import resolve_model
-    from nomic_memory.variants import VARIANTS
+    from nomic_memory.model.loading import resolve_model
+    from nomic_memory.model.variants import VARIANTS
 
     repo = VARIANTS[HUB_ONLY_VARIANT].repo_id
     with pytest.raises(Exception) as raw:
@@ -366,8 +368,8 @@ def test_library_error_names_no_cli_flag():
 def test_load_model_draws_no_weight_loading_bar(tiny_models, capfd):
     from transformers.utils import logging as hf_logging
 
-    from nomic_memory.backends import select_backend
-    from nomic_memory.loading import load_model
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.model.loading import load_model
 
     hf_logging.enable_progress_bar()  # as in any program that never called quiet_libraries
     capfd.readouterr()
@@ -379,7 +381,7 @@ def test_load_model_draws_no_weight_loading_bar(tiny_models, capfd):
 
 def test_max_batch_tokens_below_one_image_is_refused(loaded, tiny_colqwen, image_dir, tmp_path):
     from nomic_memory import Embedder
-    from nomic_memory.batching import check_max_batch_tokens
+    from nomic_memory.ingest.batching import check_max_batch_tokens
     from nomic_memory.errors import UsageError
 
     ip = loaded["colqwen"].loaded.processor.image_processor
@@ -398,7 +400,7 @@ def test_max_batch_tokens_below_one_image_is_refused(loaded, tiny_colqwen, image
 def test_forgetting_a_folder_forgets_its_failures(tmp_path, loaded, messy_dir):
     """``store forget`` (EmbeddingTable.delete_root) removes the folder's rows and the failures the
     store remembers for it, so a folder recreated at the same path starts afresh."""
-    from nomic_memory.failures import FailureLog
+    from nomic_memory.store.failures import FailureLog
 
     s = Store(tmp_path / "s")
     report = loaded["colqwen"].embed_directory(messy_dir, store=s, workers=0)

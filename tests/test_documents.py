@@ -1,4 +1,4 @@
-"""Tests for nomic_memory.documents and the HEIC/AVIF/TIFF-page additions to images.
+"""Tests for nomic_memory.ingest.documents and the HEIC/AVIF/TIFF-page additions to images.
 
 Every file is written in the test by the library that makes such files (Pillow, reportlab,
 pypdfium2, pillow-heif) and read back through the real code path (PDFium, libheif, libavif).
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from nomic_memory.documents import (
+from nomic_memory.ingest.documents import (
     DocumentError,
     PageGeometry,
     close_cached_document,
@@ -27,14 +27,14 @@ from nomic_memory.documents import (
     list_pages,
     load_page,
     may_have_pages,
-    prepare_page,
     render_page,
     render_size,
 )
-from nomic_memory.batching import visual_tokens
+from nomic_memory.ingest.batching import visual_tokens
+from nomic_memory.model.collate import prepare_page
 from nomic_memory.errors import InputError
-from nomic_memory.images import ImageError, discover_images, load_image, oriented_size
-from nomic_memory.tiny import SIZES, build_processor
+from nomic_memory.ingest.images import ImageError, discover_images, load_image, oriented_size
+from nomic_memory.model.tiny import SIZES, build_processor
 
 pdfium = pytest.importorskip("pypdfium2")
 canvas_mod = pytest.importorskip("reportlab.pdfgen.canvas")
@@ -263,7 +263,7 @@ def test_cache_reopens_a_changed_file(tmp_path):
 def test_cached_document_closes_quietly_at_exit(tmp_path):
     """A decode worker exits with its last document open: no pypdfium2 warning on stderr."""
     path = _pillow_pdf(tmp_path / "p.pdf")
-    script = f"from nomic_memory.documents import render_page; render_page({str(path)!r}, 1, (56, 84))"
+    script = f"from nomic_memory.ingest.documents import render_page; render_page({str(path)!r}, 1, (56, 84))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "still open" not in out.stderr, out.stderr
 
@@ -381,7 +381,7 @@ def test_huge_page_renders_at_target_size_in_bounded_memory(tmp_path, processor)
     size = render_size(g, processor.image_processor)
     script = textwrap.dedent(f"""
         import json, resource, numpy as np
-        from nomic_memory.documents import render_page
+        from nomic_memory.ingest.documents import render_page
         render_page({str(path)!r}, 1, (56, 56))  # load PDFium and fonts first
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         img = render_page({str(path)!r}, 1, {size!r})
@@ -540,7 +540,7 @@ def test_long_pdf_streams_in_constant_memory(tmp_path):
                           [{"size": letter, "text": f"Page {i}", "square": True} for i in range(600)])
     script = textwrap.dedent(f"""
         import resource
-        from nomic_memory.documents import list_pages, render_page
+        from nomic_memory.ingest.documents import list_pages, render_page
         pages = list_pages({str(path)!r})
         for g in pages[:50]:
             render_page({str(path)!r}, g.page, (616, 784))

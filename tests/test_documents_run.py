@@ -17,7 +17,7 @@ from conftest import cli_env, finish, kill_when_rows, make_image, run_cli, start
 from PIL import Image
 
 from nomic_memory import Embedder, Store
-from nomic_memory.store import embedding_to_numpy
+from nomic_memory.store.table import embedding_to_numpy
 
 pytest.importorskip("pypdfium2")
 canvas_mod = pytest.importorskip("reportlab.pdfgen.canvas")
@@ -63,7 +63,7 @@ def docs_dir(tmp_path) -> Path:
 def test_pages_are_rows_and_match_colpali_engine(tiny_colqwen, docs_dir, tmp_path):
     from colpali_engine.models import ColQwen2_5, ColQwen2_5_Processor
 
-    from nomic_memory.documents import PageGeometry, render_page, render_size
+    from nomic_memory.ingest.documents import PageGeometry, render_page, render_size
 
     emb = Embedder(str(tiny_colqwen), backend="cpu")
     rep = emb.embed_directory(docs_dir, tmp_path / "store", workers=0, batch_size=2)
@@ -97,7 +97,7 @@ def test_pages_are_rows_and_match_colpali_engine(tiny_colqwen, docs_dir, tmp_pat
                                    atol=1e-4, rtol=0)
 
     # export: npz keys name the page, parquet has a page column
-    from nomic_memory.export import export_store
+    from nomic_memory.store.export import export_store
 
     export_store(tmp_path / "store", "npz", tmp_path / "e.npz")
     keys = set(np.load(tmp_path / "e.npz").files)
@@ -118,6 +118,7 @@ def test_changed_and_shrunk_documents(tiny_colqwen, docs_dir, tmp_path):
     assert "report.pdf" not in {r["path"] for r in rows(store)}
 
 
+@pytest.mark.slow  # the CLI on bad PDFs
 def test_bad_documents_reported_good_pages_stored(tiny_colqwen, tmp_path):
     from reportlab.lib import pdfencrypt
 

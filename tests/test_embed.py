@@ -1,7 +1,7 @@
 """Embeddings: equal to colpali-engine's own loop, independent of batching and order; image-only.
 
 The reference is the model card's loop run with colpali-engine's classes on the same files
-(decoded with ``nomic_memory.images.load_image``): ``model(**processor.process_images(images))``,
+(decoded with ``nomic_memory.ingest.images.load_image``): ``model(**processor.process_images(images))``,
 taking the rows where ``attention_mask == 1`` for ColQwen and the pooled vector for BiQwen.
 nomic-memory runs its own lean forward (no per-layer hidden states, only unpadded rows
 projected, batches formed by token count) and must give the same numbers in fp32.
@@ -16,10 +16,10 @@ import pytest
 import torch
 from conftest import CLEAN_IMAGES
 
-from nomic_memory.collate import DOC_KEYS, collate, collate_flat, prepare_image
-from nomic_memory.images import discover_images, load_image
-from nomic_memory.loading import BIQWEN_KEY_MAPPING, CompactEmbedding
-from nomic_memory.store import Store, embedding_to_numpy
+from nomic_memory.model.collate import DOC_KEYS, collate, collate_flat, prepare_image
+from nomic_memory.ingest.images import discover_images, load_image
+from nomic_memory.model.loading import BIQWEN_KEY_MAPPING, CompactEmbedding
+from nomic_memory.store.table import Store, embedding_to_numpy
 
 ATOL = 1e-4
 KINDS = ["colqwen", "biqwen"]

@@ -1,4 +1,4 @@
-"""Tests for nomic_memory.images: real files written with Pillow into tmp_path."""
+"""Tests for nomic_memory.ingest.images: real files written with Pillow into tmp_path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from nomic_memory.images import (
+from nomic_memory.ingest.images import (
     IMAGE_EXTENSIONS,
     MIN_SIDE,
     ImageError,

@@ -32,7 +32,7 @@ def runtime_dir(tmp_path, monkeypatch):
 
 
 def test_registry_files_are_private_and_dead_servers_forgotten(runtime_dir, tmp_path):
-    from nomic_memory import registry
+    from nomic_memory.serve import registry
 
     store = tmp_path / "store"
     store.mkdir()

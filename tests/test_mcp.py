@@ -48,7 +48,7 @@ def env(tmp_path_factory, tiny_colqwen):
 
 
 def server_for(store, **kw):
-    from nomic_memory.mcp_server import create_mcp_server, open_page_store
+    from nomic_memory.serve.mcp import create_mcp_server, open_page_store
 
     return create_mcp_server(open_page_store(store, backend="cpu", **kw))
 

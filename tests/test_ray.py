@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nomic_memory.backends import select_backend
-from nomic_memory.store import Store, embedding_to_numpy
+from nomic_memory.model.backends import select_backend
+from nomic_memory.store.table import Store, embedding_to_numpy
+
+pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
 
 CPU = select_backend("cpu")
 SIZES = [(120, 90), (64, 200), (300, 300), (500, 120), (90, 90)]
@@ -31,7 +33,7 @@ def cluster():
         pytest.skip("ray is not installed (uv sync --extra ray)")
     # The engine module first: it opts out of Ray's `uv run` worker hook before Ray is imported
     # (CI runs `uv run pytest`; with the hook, workers start without the project's venv and die).
-    import nomic_memory.ray_engine  # noqa: F401
+    import nomic_memory.run.ray_engine  # noqa: F401
     import ray
 
     started = not ray.is_initialized()
@@ -45,7 +47,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("ray-models")
     return {kind: build_tiny_model(root / kind, kind) for kind in ("colqwen", "biqwen")}
@@ -187,7 +189,7 @@ def test_cli_without_ray_says_how_to_get_it(tmp_path, monkeypatch):
 
     folder = make_folder(tmp_path / "imgs", 1)
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    monkeypatch.delitem(sys.modules, "nomic_memory.ray_engine", raising=False)
+    monkeypatch.delitem(sys.modules, "nomic_memory.run.ray_engine", raising=False)
     res = CliRunner().invoke(app, ["embed", str(folder), "--engine", "ray", "--backend", "cpu",
                                    "--store", str(tmp_path / "s")])
     assert res.exit_code == 1

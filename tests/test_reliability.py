@@ -18,8 +18,8 @@ import pytest
 from conftest import REPO, cli_env, make_image
 
 from nomic_memory.errors import ModelLoadError, StoreError
-from nomic_memory.images import ImageError, discover, hash_bytes, hash_file, load_image, read_file_bounded
-from nomic_memory.store import Record, Store, TableInfo, key_to_path, path_to_key
+from nomic_memory.ingest.images import ImageError, discover, hash_bytes, hash_file, load_image, read_file_bounded
+from nomic_memory.store.table import Record, Store, TableInfo, key_to_path, path_to_key
 
 
 def _py(code: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -42,8 +42,8 @@ def _strip_proj(src: Path, dst: Path) -> Path:
 
 @pytest.mark.parametrize("random_proj", [False, True])
 def test_fingerprint_independent_of_compute_dtype(tiny_colqwen, tmp_path, random_proj):
-    from nomic_memory.backends import select_backend
-    from nomic_memory.loading import fingerprint_variants, load_model
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.model.loading import fingerprint_variants, load_model
 
     src = _strip_proj(tiny_colqwen, tmp_path / "m") if random_proj else tiny_colqwen
     fp32 = load_model(str(src), backend=select_backend("cpu", dtype="float32"), seed=3)
@@ -60,8 +60,8 @@ def test_fingerprint_independent_of_compute_dtype(tiny_colqwen, tmp_path, random
 
 
 def test_pickled_weights_refused_before_loading(tiny_colqwen, tmp_path):
-    from nomic_memory.backends import select_backend
-    from nomic_memory.loading import load_model
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.model.loading import load_model
 
     d = shutil.copytree(tiny_colqwen, tmp_path / "pickled")
     for f in d.glob("*.safetensors"):
@@ -125,7 +125,7 @@ def test_non_utf8_file_names_embed_skip_prune(loaded, tmp_path):
     assert sorted(Store(store).only_table().to_arrow(["path"]).column("path").to_pylist()) == ["dir\\xfe/in.png", "ok.png"]
 
     # Export shows the readable key.
-    from nomic_memory.export import export_store
+    from nomic_memory.store.export import export_store
 
     export_store(store, "npz", tmp_path / "e.npz")
     assert sorted(np.load(tmp_path / "e.npz").files) == ["dir\\xfe/in.png", "ok.png"]
@@ -143,7 +143,7 @@ def test_extreme_strip_decodes_in_bounded_memory(tmp_path, height):
     r = _py(f"""
         import resource, json
         resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))
-        from nomic_memory.images import load_image, DEFAULT_MAX_PADDED_PIXELS
+        from nomic_memory.ingest.images import load_image, DEFAULT_MAX_PADDED_PIXELS
         img = load_image({str(path)!r})
         w, h = img.size
         assert w * h <= DEFAULT_MAX_PADDED_PIXELS, (w, h)
@@ -160,7 +160,7 @@ def test_extreme_strip_decodes_in_bounded_memory(tmp_path, height):
 def test_padding_keeps_small_strips_exact():
     from PIL import Image
 
-    from nomic_memory.images import pad_extreme_aspect
+    from nomic_memory.ingest.images import pad_extreme_aspect
 
     img = Image.new("L", (1, 600), 0)
     padded = pad_extreme_aspect(img)
@@ -204,7 +204,7 @@ def test_fifo_and_proc_never_read(tmp_path):
     link = tmp_path / "pm.png"
     os.symlink("/proc/self/pagemap", link)
     r = _py(f"""
-        from nomic_memory.images import ImageError, load_image, read_file_bounded, hash_file
+        from nomic_memory.ingest.images import ImageError, load_image, read_file_bounded, hash_file
         for f in (load_image, read_file_bounded, hash_file):
             for p in ({str(fifo)!r}, {str(link)!r}):
                 try:
@@ -243,7 +243,7 @@ def test_hash_of_bytes_decoded(tmp_path):
     assert hash_bytes(data) == hash_file(p)[0]
     img = load_image(p, data=data)
     assert img.size == (120, 80)
-    from nomic_memory.images import load_image_hashed
+    from nomic_memory.ingest.images import load_image_hashed
 
     img2, digest, size = load_image_hashed(p)
     assert (digest, size) == (hash_bytes(data), len(data)) and img2.tobytes() == img.tobytes()
@@ -257,7 +257,7 @@ def test_hash_of_bytes_decoded(tmp_path):
 # ---------------------------------------------------------------- 4. concurrent writers
 _RACER = """
 import sys, numpy as np
-from nomic_memory.store import Record, Store, TableInfo
+from nomic_memory.store.table import Record, Store, TableInfo
 store, seed = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(seed)
 t = Store(store).create_or_open("t", TableInfo("m", "r", "biqwen", 8, "fp", "float16"))
@@ -270,6 +270,7 @@ for b in range(0, 120, 6):
 """
 
 
+@pytest.mark.slow  # two writer processes
 def test_two_processes_racing_on_one_store_leave_unique_keys(tmp_path):
     store = str(tmp_path / "store")
     Store(store).create_or_open("t", TableInfo("m", "r", "biqwen", 8, "fp", "float16"))
@@ -313,7 +314,7 @@ def test_nan_and_overflow_rows_refused(tmp_path):
     assert "NaN" in dict((r.path, w) for r, w in refused)["nan"]
     assert t.to_arrow(["path"]).column("path").to_pylist() == ["good"]
     row = t.to_arrow().to_pylist()[0]
-    from nomic_memory.store import embedding_checksum
+    from nomic_memory.store.table import embedding_checksum
 
     assert row["embedding_checksum"] == embedding_checksum(np.ones((3, 4), np.float16))
 
@@ -333,7 +334,7 @@ def _flip_embedding_bytes(store: Path) -> None:
 def test_check_finds_and_repairs_damaged_rows(loaded, tiny_colqwen, image_dir, tmp_path):
     from conftest import run_cli
 
-    from nomic_memory.check import verify_table
+    from nomic_memory.store.check import verify_table
 
     store = tmp_path / "store"
     emb = loaded["colqwen"]
@@ -377,9 +378,10 @@ def test_damaged_manifest_is_a_store_error_naming_check(tmp_path):
         Store(store).open_table("t").count() if False else Store(store).open_table("t").to_arrow()
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_export_errors_are_one_line_and_leave_no_partial_file(loaded, image_dir, tmp_path):
     from nomic_memory.errors import UsageError
-    from nomic_memory.export import ExportError, export_store
+    from nomic_memory.store.export import ExportError, export_store
 
     store = tmp_path / "store"
     loaded["biqwen"].embed_directory(image_dir, store=store, workers=0)
@@ -390,7 +392,7 @@ def test_export_errors_are_one_line_and_leave_no_partial_file(loaded, image_dir,
     # A full disk: the file-size limit makes every write past 4 kB fail (EFBIG), like ENOSPC.
     r = _py(f"""
         import resource, signal, sys
-        from nomic_memory.export import export_store, ExportError
+        from nomic_memory.store.export import export_store, ExportError
         sys.dont_write_bytecode = True  # the limit must only hit the export, never a .pyc
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
@@ -416,7 +418,7 @@ def test_decompression_bomb_warning_never_printed(tmp_path):
     p = tmp_path / "big.png"
     Image.new("1", (14000, 14000)).save(p)  # 196 Mpx: over Pillow's warning threshold
     r = _py(f"""
-        from nomic_memory.images import image_size, load_image, ImageError
+        from nomic_memory.ingest.images import image_size, load_image, ImageError
         print(image_size({str(p)!r}))
         try:
             load_image({str(p)!r})
@@ -456,8 +458,8 @@ def test_tables_made_before_checksums_still_work(tmp_path):
     """A schema-1 table (no embedding_checksum column) opens, takes new rows, and checks clean."""
     import pyarrow as pa
 
-    from nomic_memory.check import verify_table
-    from nomic_memory.store import META_KEY, schema_for
+    from nomic_memory.store.check import verify_table
+    from nomic_memory.store.table import META_KEY, schema_for
 
     info = TableInfo("m", "r", "colqwen", 4, "fp", "float16")
     new = schema_for(info)

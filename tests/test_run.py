@@ -5,7 +5,6 @@ is now empty."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from conftest import add_bad_files, copy_tree, make_image
 
@@ -86,7 +85,7 @@ def test_file_replaced_between_listing_and_decoding(tiny_colqwen, image_dir, tmp
     is reported, not stored under its old hash, and the next run embeds its new content."""
     import hashlib
 
-    from nomic_memory.store import embedding_to_numpy
+    from nomic_memory.store.table import embedding_to_numpy
 
     folder = copy_tree(image_dir, tmp_path / "photos")
     store = tmp_path / "store"

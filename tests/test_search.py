@@ -1,4 +1,4 @@
-"""Tests for nomic_memory.search: real LanceDB stores, tiny random models built offline."""
+"""Tests for nomic_memory.search.index: real LanceDB stores, tiny random models built offline."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from nomic_memory.cli import app
-from nomic_memory.approx import recall_at_k
-from nomic_memory.scoring import Scorer, fixed_size_list_matrix, multivector_matrix
-from nomic_memory.search import Hit, Index, ModelMismatchError, SearchError, check_model
-from nomic_memory.store import Record, Store, TableInfo
+from nomic_memory.search.approx import recall_at_k
+from nomic_memory.search.scoring import Scorer, fixed_size_list_matrix, multivector_matrix
+from nomic_memory.search.index import Hit, Index, ModelMismatchError, SearchError, check_model
+from nomic_memory.store.table import Record, Store, TableInfo
 
 N_IMAGES = 10
 QUERIES = ["a red bicycle", "quarterly revenue table", "x", "the cat sat on the mat"]
@@ -42,7 +42,7 @@ def _images(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from nomic_memory.api import Embedder
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model
 
     base = tmp_path_factory.mktemp("search")
     with warnings.catch_warnings():
@@ -134,7 +134,7 @@ def test_image_query_ranks_itself_first(env, which):
 
 # ------------------------------------------------------------------ model checks
 def test_other_seed_model_is_refused(env):
-    from nomic_memory.tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model
 
     other = build_tiny_model(env["base"] / "col_seed1", "colqwen", seed=1)
     idx = Index.open(env["col_store"], backend="cpu", model_name=str(other))
@@ -419,8 +419,8 @@ def test_invalid_where_is_a_search_error(env):
 def test_row_ids_are_stable_and_rows_match_the_store(env, tmp_path):
     import hashlib
 
-    from nomic_memory.search import row_id
-    from nomic_memory.store import embedding_to_numpy
+    from nomic_memory.search.index import row_id
+    from nomic_memory.store.table import embedding_to_numpy
 
     store = tmp_path / "store"
     shutil.copytree(env["col_store"], store)
@@ -464,7 +464,7 @@ def test_row_ids_are_stable_and_rows_match_the_store(env, tmp_path):
 
 # ------------------------------------------------------------------ a shared model
 def test_index_reuses_an_embedders_model(env, monkeypatch):
-    import nomic_memory.loading
+    import nomic_memory.model.loading
 
     from nomic_memory.api import Embedder
 
@@ -481,7 +481,7 @@ def test_index_reuses_an_embedders_model(env, monkeypatch):
     def no_second_model(*a, **k):
         raise AssertionError("the Index loaded a model of its own")
 
-    monkeypatch.setattr(nomic_memory.loading, "load_model", no_second_model)
+    monkeypatch.setattr(nomic_memory.model.loading, "load_model", no_second_model)
     for given in (env["col_emb"], env["col_emb"].loaded):
         idx = Index.open(env["col_store"], model=given)
         got = idx.search_many(QUERIES + [env["images"][2]], k=N_IMAGES)
@@ -604,7 +604,7 @@ def test_overlapping_scans_restore_torch_threads(env):
     server's next request, a model forward) still gets torch's full thread count."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from nomic_memory.scoring import default_workers, exact_scan
+    from nomic_memory.search.scoring import default_workers, exact_scan
 
     idx = Index.open(env["col_store"], backend="cpu")
     q = idx.embed_queries(["hello"])
@@ -628,7 +628,7 @@ def test_overlapping_scans_restore_torch_threads(env):
 
 def test_document_pages_have_their_own_ids_and_filter_by_page(env, tmp_path):
     """A PDF's pages are rows (page 1..N) with their own ids; ``page`` filters them."""
-    from nomic_memory.search import row_id
+    from nomic_memory.search.index import row_id
 
     folder = tmp_path / "docs"
     folder.mkdir()

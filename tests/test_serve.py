@@ -24,6 +24,8 @@ from PIL import Image
 from conftest import cli_env, run_cli, start_cli
 from test_object_store import BUCKET, s3  # noqa: F401  (the moto S3 server fixture)
 
+pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
+
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TEXTS = ["a red bicycle", "quarterly revenue table", "x", "the cat sat on the mat", "invoice 2024", "blue sky"]
@@ -86,9 +88,9 @@ class Running:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_colqwen, tiny_biqwen):
     from nomic_memory import Embedder
-    from nomic_memory.search import Index
-    from nomic_memory.server import create_app
-    from nomic_memory.service import SearchService, ServeConfig
+    from nomic_memory.search.index import Index
+    from nomic_memory.serve.app import create_app
+    from nomic_memory.serve.service import SearchService, ServeConfig
 
     base = tmp_path_factory.mktemp("serve")
     planted = make_pages(base / "pages")
@@ -286,7 +288,7 @@ def test_heatmap_finds_the_planted_region(env):
 
 def test_heatmap_from_stored_vectors_per_token(env):
     """The map is the query-token x patch dot products of the stored vectors; per token, and max."""
-    from nomic_memory import heatmap as hm
+    from nomic_memory.serve import heatmap as hm
 
     hit = post(env["col"], "/search", {"queries": ["a red bicycle"], "k": 1}).json()["results"][0][0]
     toks = httpx.get(env["col"] + "/tokens", params={"q": "a red bicycle"}, headers=AUTH).json()["tokens"]
@@ -332,7 +334,7 @@ def test_traversal_and_unknown_ids_are_404(env, bad):
 
 
 def test_symlink_out_of_the_root_is_refused(tmp_path):
-    from nomic_memory.thumbs import PageUnavailable, page_file
+    from nomic_memory.serve.thumbs import PageUnavailable, page_file
 
     (tmp_path / "root").mkdir()
     (tmp_path / "secret.png").write_bytes(b"x")
@@ -412,10 +414,10 @@ def test_oversized_uploads_are_413(env):
 def test_object_storage_store(s3, env,  # noqa: F811  (the fixture)
                                 tiny_colqwen, tmp_path, monkeypatch):
     """An s3:// store: search, heatmaps, and thumbnails cached locally (not in the bucket)."""
-    from nomic_memory.search import Index
-    from nomic_memory.server import create_app
-    from nomic_memory.service import SearchService
-    from nomic_memory.store import Store
+    from nomic_memory.search.index import Index
+    from nomic_memory.serve.app import create_app
+    from nomic_memory.serve.service import SearchService
+    from nomic_memory.store.table import Store
 
     _, options = s3
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -476,7 +478,7 @@ def test_document_pages_render(tmp_path):
     from reportlab.lib.pagesizes import A6
     from reportlab.pdfgen import canvas
 
-    from nomic_memory.thumbs import PageUnavailable, load_page
+    from nomic_memory.serve.thumbs import PageUnavailable, load_page
 
     c = canvas.Canvas(str(tmp_path / "doc.pdf"), pagesize=A6)
     for i in range(2):
@@ -504,9 +506,9 @@ def test_pdf_pages_thumbnails_and_heatmaps(env, tmp_path):
     from reportlab.lib.pagesizes import A6, landscape
     from reportlab.pdfgen import canvas
 
-    from nomic_memory.search import Index
-    from nomic_memory.server import create_app
-    from nomic_memory.service import SearchService
+    from nomic_memory.search.index import Index
+    from nomic_memory.serve.app import create_app
+    from nomic_memory.serve.service import SearchService
 
     (tmp_path / "docs").mkdir()
     c = canvas.Canvas(str(tmp_path / "docs" / "report.pdf"), pagesize=A6)
@@ -542,9 +544,9 @@ def test_a_running_server_sees_rows_embedded_meanwhile(tiny_colqwen, tmp_path):
     import shutil
 
     from nomic_memory import Embedder
-    from nomic_memory.search import Index
-    from nomic_memory.server import create_app
-    from nomic_memory.service import SearchService, ServeConfig
+    from nomic_memory.search.index import Index
+    from nomic_memory.serve.app import create_app
+    from nomic_memory.serve.service import SearchService, ServeConfig
 
     pages = tmp_path / "pages"
     make_pages(pages)

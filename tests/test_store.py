@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import CLEAN_IMAGES, cli_env, copy_tree, finish, kill_when_rows, make_image, start_cli
 
-from nomic_memory.store import Store, embedding_to_numpy
+from nomic_memory.store.table import Store, embedding_to_numpy
 
 SCHEMA_COLUMNS = ["path", "content_hash", "size", "mtime", "width", "height", "n_vectors", "model_id",
                   "model_revision", "proj_fingerprint", "dtype", "embedding"]
@@ -193,6 +193,7 @@ def kill_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # a CLI run killed with SIGKILL, then resumed
 def test_kill9_then_resume(loaded, tiny_colqwen, kill_dir, tmp_path):
     store = tmp_path / "store"
     env = cli_env(tmp_path)
@@ -234,7 +235,7 @@ def test_kill9_then_resume(loaded, tiny_colqwen, kill_dir, tmp_path):
 
 
 def test_new_tables_use_the_search_friendly_lance_format(loaded, image_dir, tmp_path):
-    from nomic_memory.store import LANCE_FORMAT
+    from nomic_memory.store.table import LANCE_FORMAT
 
     report = loaded["biqwen"].embed_directory(image_dir, store=tmp_path / "store", workers=0)
     ds = Store(tmp_path / "store").open_table(report.table).table.to_lance()

@@ -15,19 +15,24 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
+import torch
 
-from .backends import Backend, select_backend
-from .loading import DEFAULT_SEED, LoadedModel, ModelSpec, ResolvedModel
-from .run import ProgressCallback, RunReport
-from .store import Store, default_store_path
+from nomic_memory.model.backends import Backend, select_backend
+from nomic_memory.model.loading import DEFAULT_SEED, LoadedModel, ModelSpec, ResolvedModel
+from nomic_memory.run.driver import ProgressCallback, RunReport
+from nomic_memory.store.check import CheckReport, delete_bad_rows
+from nomic_memory.store.table import EmbeddingTable, Store, default_store_path, key_to_path
+from nomic_memory.run.driver import run_embedding
+from nomic_memory.run.local_engine import LocalExecutor
+from nomic_memory.errors import UsageError
+from nomic_memory.search.index import Index
 
 
 class Embedder:
     """A retriever: ``model`` is a variant name (``colnomic-3b``), a hub id or a local directory.
 
     The model is loaded on first use (``lazy=True``) or at once.  ``backend`` is ``auto``, ``cuda``,
-    ``mps``, ``cpu`` or a :class:`~nomic_memory.backends.Backend`; ``dtype`` overrides the
+    ``mps``, ``cpu`` or a :class:`~nomic_memory.model.backends.Backend`; ``dtype`` overrides the
     backend's (``bfloat16``, ``float16``, ``float32``)."""
 
     def __init__(self, model: str | None = None, *, backend: str | Backend = "auto", dtype: str | None = None,
@@ -86,12 +91,13 @@ class Embedder:
         ``embed_directory`` draws them.  ``as_tensor``: torch tensors instead of numpy arrays."""
         single = isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel")
         items = [images] if single else list(images)
-        lm = self.loaded
-        groups = [_document_pages(x, lm.processor.image_processor) for x in items]
-        flat = embed_inputs(lm, _flatten(items, groups), batch_size)
-        if as_tensor:
-            import torch
+        # late: model.embed imports transformers' model code (seconds); a rerun with nothing to do never needs it
+        from nomic_memory.model.embed import document_pages, embed_inputs, flatten
 
+        lm = self.loaded
+        groups = [document_pages(x, lm.processor.image_processor) for x in items]
+        flat = embed_inputs(lm, flatten(items, groups), batch_size)
+        if as_tensor:
             flat = [torch.from_numpy(e) for e in flat]
         out, i = [], 0
         for g in groups:  # a document's entry: the list of its pages' embeddings, in page order
@@ -104,7 +110,7 @@ class Embedder:
                       as_tensor: bool = False):
         """Query embeddings as the model card makes them (``process_queries``); ``template``
         formats each text first (``"Query: {}"``).  One text gives one array; a list gives a list."""
-        from .encode import embed_queries
+        from nomic_memory.model.encode import embed_queries  # late: transformers' model code (seconds)
 
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
@@ -125,22 +131,17 @@ class Embedder:
         ``engine="ray"`` runs the same batches on a Ray cluster (``ray_address``; ``workers``
         model actors, ``gpus_per_worker`` each); locally ``workers`` is the number of decode
         processes.  ``table_name``: the store table to fill (default: the model's own)."""
-        from .run import run_embedding
 
         store = store if store is not None else default_store_path()
         if engine == "ray":
-            from .ray_engine import RayExecutor
+            from nomic_memory.run.ray_engine import RayExecutor  # late: ray is an optional extra
 
             executor = RayExecutor(self.spec, self.backend, self.resolved, workers=workers,
                                    ray_address=ray_address, gpus_per_worker=gpus_per_worker)
         elif engine == "local":
-            from .local_engine import LocalExecutor
-
             executor = LocalExecutor(self._loaded, spec=self.spec, backend=self.backend,
                                      resolved=self._resolved if self._loaded is None else None, workers=workers)
         else:
-            from .errors import UsageError
-
             raise UsageError(f"unknown engine {engine!r}; choose local or ray")
         ident = self._identity()
         try:
@@ -163,58 +164,29 @@ class Embedder:
         return r.model_id, r.revision, r.table_name
 
     def index(self, store: str | Path | Store | None = None, table: str | None = None, **kwargs):
-        """An :class:`~nomic_memory.search.Index` over ``store`` that embeds queries with this
+        """An :class:`~nomic_memory.search.index.Index` over ``store`` that embeds queries with this
         model (loaded once for both)."""
-        from .search import Index
 
         return Index.open(store, table or self._identity()[2], model=self, **kwargs)
 
 
-def _document_pages(x, image_processor) -> list | None:
-    """The decode tasks of a document's pages (None for anything that is one image)."""
-    if not isinstance(x, (str, os.PathLike)):
-        return None
-    from .decode import DecodeTask
-    from .documents import DocumentError, PageGeometry, is_document_path, list_pages, may_have_pages, render_size
+def repair(store: Store, table: EmbeddingTable, report: CheckReport, backend: str = "auto", on_event=None) -> dict:
+    """Delete the bad rows of ``report`` (and duplicates), then re-embed their files with the
+    table's model: an ordinary, resumable run over each affected root.
 
-    path = Path(x)
-    if not may_have_pages(path):
-        return None
-    pages = list_pages(path)  # an unreadable document raises its InputError
-    if not pages:
-        return None
-    tasks = []
-    for g in pages:
-        if g.error:
-            raise DocumentError(path, g.error, page=g.page)
-        # the page size rounded as the scan rounds it: the same drawing as embed_directory's
-        g = PageGeometry(g.page, max(1, round(g.width)), max(1, round(g.height)))
-        w, h = render_size(g, image_processor) if is_document_path(path) else (0, 0)
-        tasks.append(DecodeTask(path, g.page, None, w, h))
-    return tasks
+    Returns ``{"deleted": rows, "reembedded": files, "failed": [(path, reason)]}``.  Files that no
+    longer exist are only deleted."""
+    deleted, roots = delete_bad_rows(table, report)
+    out: dict = {"deleted": deleted, "reembedded": 0, "failed": []}
+    if not roots:
+        return out
+    info = table.info
+    emb = Embedder(info.model_id, backend=backend, kind=info.kind, seed=info.seed, lazy=True)
+    for root in roots:
+        rep = emb.embed_directory(key_to_path(root), store=store, table_name=table.name, on_event=on_event)
+        out["reembedded"] += rep.embedded
+        out["failed"].extend(rep.failed)
+    return out
 
 
-def _flatten(items: list, groups: list) -> list:
-    return [s for x, g in zip(items, groups) for s in (g if g is not None else [x])]
-
-
-def embed_inputs(lm: LoadedModel, inputs: list, batch_size: int = 8,
-                 max_batch_tokens: int | None = None) -> list[np.ndarray]:
-    """Embed in-memory images and image files (decoded here, batched by token count); float32
-    numpy arrays in input order."""
-    from .batching import make_batches
-    from .decode import decode_and_prepare
-    from .encode import BatchEncoder
-
-    prepared = [decode_and_prepare(lm.processor, Path(im) if isinstance(im, (str, os.PathLike)) else im)
-                for im in inputs]  # paths, PIL images, or DecodeTasks (pages of documents)
-    tokens = [int(p.image_grid_thw.prod()) for p in prepared]
-    encoder = BatchEncoder(lm)
-    out: list[np.ndarray | None] = [None] * len(inputs)
-    for b in make_batches(tokens, batch_size, max_batch_tokens):
-        for i, e in zip(b, encoder([prepared[i] for i in b])):
-            out[i] = e.float().numpy()
-    return out  # type: ignore[return-value]
-
-
-__all__ = ["Embedder", "embed_inputs"]
+__all__ = ["Embedder", "repair"]

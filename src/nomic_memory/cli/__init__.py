@@ -15,15 +15,15 @@ from typing import Optional
 
 import typer
 
-from . import bench as _bench
-from . import check as _check
-from . import embed as _embed
-from . import mcp as _mcp
-from . import search as _search
-from . import serve as _serve
-from . import store as _store
-from . import tools as _tools
-from .common import reports_errors, version_callback
+from nomic_memory.cli import bench as _bench
+from nomic_memory.cli import check as _check
+from nomic_memory.cli import embed as _embed
+from nomic_memory.cli import mcp as _mcp
+from nomic_memory.cli import search as _search
+from nomic_memory.cli import serve as _serve
+from nomic_memory.cli import store as _store
+from nomic_memory.cli import tools as _tools
+from nomic_memory.cli.common import reports_errors, version_callback
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Embed folders of images and documents with Nomic's multimodal retrievers, "

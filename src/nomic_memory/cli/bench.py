@@ -10,7 +10,12 @@ from typing import Optional
 
 import typer
 
-from .common import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, DtypeChoice, fail, setup_logging
+from nomic_memory.cli.common import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, DtypeChoice, fail, setup_logging
+from nomic_memory.perf.plan import Arch, guess_backend, image_tokens, plan_memory
+from nomic_memory.model.variants import VARIANTS
+from nomic_memory.perf.plan import resized_size
+from nomic_memory.perf.plan import GB
+from nomic_memory.errors import BenchSetupError
 
 # Neither command imports torch or transformers before it needs them: `plan` reads a
 # --model-name's config.json with transformers only, and never imports torch.
@@ -37,8 +42,6 @@ def _split(value: Optional[str]) -> list[str]:
 
 
 def _variants(value: Optional[str]) -> list[str]:
-    from ..variants import VARIANTS
-
     variants = _split(value)
     for v in variants:
         if v not in VARIANTS:
@@ -56,8 +59,6 @@ def _batch_sizes(value: str) -> list[int]:
     return sorted(set(sizes))
 
 
-# Over 80 lines only by its option list (twenty options, each a line); the body checks the options
-# and hands the sweep to nomic_memory.bench.
 def bench(
     directory: Optional[Path] = typer.Argument(None, help="Images to embed (default: a generated sample set)."),
     model_variant: Optional[str] = typer.Option(None, "--model-variant", help=_VARIANT_HELP),
@@ -81,9 +82,8 @@ def bench(
 ) -> None:
     """Sweep batch sizes (x modes, models, backends): peak memory, time, images/s, and the plan."""
     setup_logging(verbose)
-    from ..backends import BACKENDS
-    from ..bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot
-    from ..errors import BenchSetupError
+    from nomic_memory.model.backends import BACKENDS  # late: torch (a second); the CLI starts without it
+    from nomic_memory.perf.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot  # late: torch (a second)
 
     sizes = _batch_sizes(batch_sizes)
     variants = _variants(model_variant)
@@ -168,8 +168,6 @@ def plan(
 ) -> None:
     """Predict peak memory from the architecture and token counts (weights + activations), and
     say what it assumes. One plan: its breakdown; several (variants x batch sizes): a table."""
-    from ..plan import Arch, guess_backend, image_tokens, plan_memory
-    from ..variants import VARIANTS
 
     sizes = _batch_sizes(batch_sizes)
     images = [_image_size(v) for v in _split(image_size)]
@@ -216,14 +214,11 @@ def _image_size(value: str) -> tuple[int, int]:
 
 
 def _resized(w: int, h: int, cap: int) -> tuple[int, int]:
-    from ..plan import resized_size
-
     return resized_size(w, h, cap)
 
 
 def _arch_from_dir(model_dir: Path):
     """``(Arch, kind)`` from a local model directory's config.json (the only path that imports transformers)."""
-    from ..plan import Arch
 
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
@@ -239,8 +234,6 @@ def _arch_from_dir(model_dir: Path):
 
 
 def _plan_table(plans) -> list[str]:
-    from ..plan import GB
-
     seen: list[str] = []
     for _, p in plans:
         seen += [a for a in p.assumptions if a not in seen]

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import EXIT_FATAL, EXIT_OK, BackendChoice, fail_on, resolve_store, setup_logging, store_option
+from nomic_memory.cli.common import EXIT_FATAL, EXIT_OK, BackendChoice, fail_on, resolve_store, setup_logging, store_option
+from nomic_memory.errors import NomicMemoryError
 
 
 def check(
@@ -20,10 +21,9 @@ def check(
 ) -> None:
     """Verify every row (checksum, NaN, vector count, readable data files). Exit 0: clean; 1: problems."""
     setup_logging(verbose)
-    from ..check import repair as do_repair
-    from ..check import verify_table
-    from ..errors import NomicMemoryError
-    from ..store import Store
+    from nomic_memory.api import repair as do_repair  # late: torch (a second); the CLI starts without it
+    from nomic_memory.store.check import verify_table  # late: pyarrow; the CLI starts without it
+    from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
 
     try:
         st = Store(resolve_store(store), create=False)

@@ -16,6 +16,10 @@ import sys
 from enum import Enum
 
 import typer
+from nomic_memory.errors import UsageError
+from nomic_memory.errors import ModelLoadError
+from nomic_memory.errors import NomicMemoryError
+from nomic_memory.logs import quiet_libraries
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -78,7 +82,7 @@ def json_option(help: str = "Print one JSON document on stdout and nothing else 
 
 def resolve_store(store: str | None):
     """``--store``, else the default store (``$NOMIC_MEMORY_STORE`` or the XDG data directory)."""
-    from ..store import default_store_path
+    from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     return store or default_store_path()
 
@@ -113,14 +117,12 @@ def fail(msg: str, code: int = EXIT_FATAL) -> typer.Exit:
 
 def fail_on(e: BaseException) -> typer.Exit:
     """The one-line report of a :class:`~nomic_memory.errors.NomicMemoryError` (usage errors exit 2)."""
-    from ..errors import UsageError
 
     return fail(error_message(e), EXIT_USAGE if isinstance(e, UsageError) else EXIT_FATAL)
 
 
 def error_message(e: BaseException) -> str:
     """The library's message, plus the flag that does what it advises (the library names none)."""
-    from ..errors import ModelLoadError
 
     msg = str(e)
     if isinstance(e, ModelLoadError) and "local model directory" in msg and "--model-name" not in msg:
@@ -136,8 +138,6 @@ def reports_errors(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
-        from ..errors import NomicMemoryError
-
         try:
             return command(*args, **kwargs)
         except NomicMemoryError as e:
@@ -149,6 +149,5 @@ def reports_errors(command):
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s",
                         stream=sys.stderr)
-    from ..logs import quiet_libraries
 
     quiet_libraries("lance", "lancedb")

@@ -10,8 +10,12 @@ from typing import Optional
 
 import typer
 
-from .common import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendChoice, DtypeChoice, EngineChoice, KindChoice,
+from nomic_memory.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendChoice, DtypeChoice, EngineChoice, KindChoice,
                      VariantChoice, fail, fail_on, plural, say, setup_logging, store_option)
+from nomic_memory.model.variants import VARIANTS
+from nomic_memory.ingest.documents import is_input_path
+from nomic_memory.ingest.images import IMAGE_EXTENSIONS, discover_images
+from nomic_memory.errors import NomicMemoryError
 
 RULE = "=" * 50
 
@@ -153,7 +157,6 @@ class ConsoleProgress:
 
 def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
     """What ``main.py`` prints before choosing the backend."""
-    from ..variants import VARIANTS
 
     if model_name:
         return [f"Using model: {model_name}"]
@@ -163,8 +166,6 @@ def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
 def precheck(directory: Path, model_name: str | None, revision: str | None, prune: bool) -> None:
     """Checked before torch is imported (seconds): a mistyped directory or option fails at once.
     With --prune, a folder that is now empty or gone is fine: its rows are what gets removed."""
-    from ..documents import is_input_path
-    from ..images import IMAGE_EXTENSIONS, discover_images
 
     if revision is not None and model_name is not None and Path(model_name).expanduser().is_dir():
         raise fail(f"--revision {revision} names a hub revision, but --model-name {model_name} is a local "
@@ -228,10 +229,9 @@ def embed(
     if legacy:
         for line in legacy_header(model_variant.value, model_name):
             say(line, json_out)
-    from ..api import Embedder
-    from ..backends import describe
-    from ..errors import NomicMemoryError
-    from ..store import Store, default_store_path
+    from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
+    from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
+    from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
 
     ui = ConsoleProgress(progress, style=report_style, json_out=json_out, directory=directory,
                          batch_size=batch_size)
@@ -245,7 +245,7 @@ def embed(
         report_backend(emb.backend, describe(emb.backend), json_out, legacy, image_only)
         if engine == EngineChoice.ray:
             try:
-                import nomic_memory.ray_engine  # noqa: F401
+                import nomic_memory.run.ray_engine  # noqa: F401  (late: ray, an optional extra; sets its environment before ray starts)
             except ImportError as e:
                 raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
                            f"(or `pip install 'nomic-memory[ray]'`) ({e})")

@@ -8,8 +8,17 @@ from typing import Optional
 
 import typer
 
-from .common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging, store_option
-from .serve import is_loopback
+from nomic_memory.cli.common import (
+    EXIT_FATAL,
+    EXIT_USAGE,
+    BackendChoice,
+    fail,
+    resolve_store,
+    setup_logging,
+    store_option,
+)
+from nomic_memory.cli.serve import is_loopback
+from nomic_memory.errors import NomicMemoryError
 
 
 class TransportChoice(str, Enum):
@@ -40,9 +49,10 @@ def mcp(
                    "(or NOMIC_MEMORY_MCP_TOKEN)", EXIT_USAGE)
     if template is not None and "{}" not in template:
         raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
-    from ..errors import NomicMemoryError
-    from ..mcp_server import create_mcp_server, open_page_store
-    from .common import resolve_store
+    from nomic_memory.serve.mcp import (  # late: pyarrow and the MCP SDK; the CLI starts without them
+        create_mcp_server,
+        open_page_store,
+    )
 
     try:
         pages = open_page_store(resolve_store(store), table, backend=backend.value, model_name=model_name,
@@ -64,7 +74,7 @@ def _run_http(server, pages, host: str, port: int, token: str | None) -> None:
 
     import uvicorn
 
-    from ..mcp_server import bearer_app
+    from nomic_memory.serve.mcp import bearer_app  # late: the MCP SDK; the CLI starts without it
 
     app = server.streamable_http_app(host=host)
     if token:

@@ -16,6 +16,8 @@ import json
 import time
 from urllib.parse import urlsplit
 
+from nomic_memory.serve.registry import find
+
 CONNECT_TIMEOUT = 0.5  # seconds: a live server on this machine answers at once
 READ_TIMEOUT = 300.0  # a search of a large store on a busy server may take a while
 
@@ -61,8 +63,6 @@ def search_via_server(store, *, table: str | None, texts: list[str], k: int, whe
     ``meta`` describes the table as the in-process output does (store, table, model, kind,
     warnings, server); ``results`` holds one list of :class:`~nomic_memory.search.Hit`-shaped
     dicts per query, as ``Hit.to_dict`` gives them."""
-    from ..registry import find
-
     t0 = time.perf_counter()
     for entry in find(store):
         if not usable(entry, table=table, template=template, k=k, n_queries=len(texts)):

@@ -10,8 +10,10 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import NomicMemoryError
-from .common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
+from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
+from nomic_memory.cli.remote import search_via_server
+from nomic_memory.errors import NomicMemoryError
+from nomic_memory.locations import default_store_path
 
 
 def search(
@@ -48,20 +50,16 @@ def search(
         raise fail("give a text query, --image FILE, or --build-index", EXIT_USAGE)
     if template is not None and "{}" not in template:
         raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
-    from ..locations import default_store_path
-
     where = where if where and where.strip() else None
     store_path = store or default_store_path()
     if texts and not (images or no_server or approx or build_index or index_method or model_name or allow_mismatch):
-        from .remote import search_via_server
-
         found = search_via_server(store_path, table=table, texts=texts, k=k, where=where, template=template)
         if found is not None:  # a running server of this store answered: the same hits, no model to load
             meta, results, timing = found
             _output(meta, texts, results, json_out, k=k, approx=False, where=where, timing=timing)
             raise typer.Exit(EXIT_OK)
-    from ..approx import APPROX_METHODS
-    from ..search import Index, check_where
+    from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
+    from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
 
     if index_method is not None and index_method not in APPROX_METHODS:
         raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)

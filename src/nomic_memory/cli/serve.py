@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
+from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
+from nomic_memory.errors import NomicMemoryError
+from nomic_memory.serve.registry import register, unregister
 
 
 def is_loopback(host: str) -> bool:
@@ -48,11 +50,13 @@ def serve(
     if not is_loopback(host) and not token and not no_auth:
         raise fail(f"--host {host} is reachable from other machines: protect it with --token TOKEN "
                    "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open", EXIT_USAGE)
-    from ..errors import NomicMemoryError
-    from ..search import Index
-    from ..server import create_app
-    from ..service import SearchService, ServeConfig
-    from ..store import default_store_path
+    from nomic_memory.search.index import Index  # late: pyarrow; the CLI starts without it
+    from nomic_memory.serve.app import create_app  # late: torch and FastAPI (a second); the CLI starts without it
+    from nomic_memory.serve.service import (  # late: torch (a second); the CLI starts without it
+        SearchService,
+        ServeConfig,
+    )
+    from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []),
                       max_body_bytes=int(max_body_mb * (1 << 20)), max_image_pixels=max_image_pixels,
@@ -67,8 +71,6 @@ def serve(
 
     server = _uvicorn_server(uvicorn.Config(create_app(service, cfg), host=host, port=port, log_level="warning",
                                            access_log=verbose, timeout_keep_alive=30))
-    from ..registry import unregister
-
     entry = {"token": cfg.token, "table": idx.table.name, "table_given": table is not None,
              "model_id": idx.info.model_id, "kind": idx.info.kind, "template": template, "model_name": model_name,
              "warnings": list(idx.warnings), "max_k": cfg.max_k, "max_queries": cfg.max_queries}
@@ -81,9 +83,7 @@ def serve(
 
 def _uvicorn_server(config):
     """A uvicorn server that removes its address files (``registered``) as it starts shutting down."""
-    import uvicorn
-
-    from ..registry import unregister
+    import uvicorn  # late: the CLI starts without it
 
     class Server(uvicorn.Server):
         """uvicorn's server, removing its address file as it starts shutting down (uvicorn re-raises
@@ -104,8 +104,6 @@ def _uvicorn_server(config):
 def _register(store, url: str, entry: dict):
     """Leave the address (and token) where `nomic-memory search` on this store finds it."""
     import time
-
-    from ..registry import register
 
     try:
         return register(store, {**entry, "url": url, "started": time.time()})

@@ -13,11 +13,11 @@ from typing import Optional
 
 import typer
 
-from .common import EXIT_USAGE, fail, json_option, plural, resolve_store, say, setup_logging, store_option
+from nomic_memory.cli.common import EXIT_USAGE, fail, json_option, plural, resolve_store, say, setup_logging, store_option
 
 
 def _open(store: str | None):
-    from ..store import Store, StoreError
+    from nomic_memory.store.table import Store, StoreError  # late: pyarrow; the CLI starts without it
 
     try:
         return Store(resolve_store(store), create=False)
@@ -41,7 +41,7 @@ def list_tables(
 ) -> None:
     """List the store's tables: model, kind, dimension, rows, embedded folders, size, dtype."""
     setup_logging(False)
-    from ..store import StoreError
+    from nomic_memory.store.table import StoreError  # late: pyarrow; the CLI starts without it
 
     s = _open(store)
     tables = []
@@ -84,7 +84,7 @@ def drop(
 ) -> None:
     """Delete a table (every embedding one model made) from the store."""
     setup_logging(False)
-    from ..store import StoreError
+    from nomic_memory.store.table import StoreError  # late: pyarrow; the CLI starts without it
 
     s = _open(store)
     try:
@@ -115,9 +115,9 @@ def forget(
 ) -> None:
     """Remove every row embedded from DIR: what to do for a folder that is now empty or gone."""
     setup_logging(False)
-    from ..store import StoreError
+    from nomic_memory.store.table import StoreError  # late: pyarrow; the CLI starts without it
 
-    from ..store import key_to_path, path_to_key
+    from nomic_memory.store.table import key_to_path, path_to_key  # late: pyarrow; the CLI starts without it
 
     s = _open(store)
     key = str(Path(root).expanduser().resolve())  # rows record the absolute directory
@@ -151,7 +151,7 @@ def compact(
     setup_logging(False)
     import datetime as dt
 
-    from ..store import StoreError
+    from nomic_memory.store.table import StoreError  # late: pyarrow; the CLI starts without it
 
     s = _open(store)
     results = []

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import ExportFormat, KindChoice, SizeChoice, fail, json_option, resolve_store, say, setup_logging, store_option
+from nomic_memory.cli.common import ExportFormat, KindChoice, SizeChoice, fail, json_option, resolve_store, say, setup_logging, store_option
 
 
 def export(
@@ -24,8 +24,8 @@ def export(
 ) -> None:
     """Export embeddings: npz (key = relative path, value = float32 array) or parquet."""
     setup_logging(False)
-    from ..export import export_store
-    from ..store import StoreError
+    from nomic_memory.store.export import export_store  # late: pyarrow; the CLI starts without it
+    from nomic_memory.store.table import StoreError  # late: pyarrow; the CLI starts without it
 
     location = resolve_store(store)
     try:
@@ -48,7 +48,7 @@ def make_tiny_model(
 ) -> None:
     """Write a small random-weight ColQwen2.5/BiQwen2.5 model (offline demos and tests)."""
     setup_logging(False)
-    from ..tiny import build_tiny_model
+    from nomic_memory.model.tiny import build_tiny_model  # late: torch (a second); the CLI starts without it
 
     build_tiny_model(out, kind.value, size.value, seed)
     if json_out:

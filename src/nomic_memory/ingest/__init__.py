@@ -1,0 +1,1 @@
+"""Inputs: finding image files and documents, reading their pixels safely, counting their visual tokens."""

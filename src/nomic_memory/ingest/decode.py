@@ -1,0 +1,135 @@
+"""Decoding one input (an image file, a document's page, an in-memory image) into RGB pixels at
+about the size the model's processor will resize it to.
+
+A :class:`DecodeTask` names one input (a file, and a page for documents).  Decoding reads only
+the processor's size settings (``image_processor``), never runs it: turning pixels into model
+inputs is :mod:`nomic_memory.model.collate`'s job, and running decodes ahead of the model is
+:mod:`nomic_memory.run.prefetch`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from nomic_memory.ingest.batching import target_size
+from nomic_memory.errors import InputError
+from nomic_memory.ingest.images import hash_bytes, hash_file, load_image, load_image_hashed, read_file_bounded
+from nomic_memory.ingest.documents import is_document_path, render_page
+
+log = logging.getLogger("nomic_memory")
+
+# Pre-resize in the decode worker when the source has this many times the target's pixels (or was
+# draft-decoded): below that, the processor's own resize is cheap and keeps results bit-identical
+# to the model card's loop.
+PRERESIZE_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    """One input to decode: ``page`` 0 for an image file, 1..N for a page of a document;
+    ``content_hash``, when given, is what the planner saw: decoding other bytes is an error.
+    For a PDF page, ``width`` x ``height`` is the size to draw it at (the processor's target)."""
+
+    path: Path
+    page: int = 0
+    content_hash: str | None = None
+    width: int = 0  # the size the scan read from the header (0: unknown), saving a second read
+    height: int = 0
+
+
+def decode_image(task: DecodeTask, image_processor) -> Image.Image:
+    """The RGB image of one input, at most a few times the processor's target size.
+
+    Large JPEGs are draft-decoded at 1/2-1/8 scale (never below what the model will see) and
+    anything much larger than the target is resized once, on 8-bit pixels, to exactly the target:
+    the processor then has no resize to do.  Below ``PRERESIZE_FACTOR`` the processor's own resize
+    runs, which keeps results bit-identical to the model card's loop."""
+    if task.page:
+        return _decode_page(task, image_processor)
+    path = task.path
+    src_pixels = 0
+    try:  # ask for a draft no smaller than what the model will see
+        w, h = task.width, task.height
+        if not (w and h):
+            with Image.open(path) as probe:
+                w, h = probe.size
+        src_pixels = w * h  # orientation only swaps the sides: the pixel count is the same
+        th, tw = _safe_target(w, h, image_processor)
+        target = th * tw
+    except Exception:  # load_image names the precise reason
+        target = None
+    if task.content_hash:
+        img, digest, _ = load_image_hashed(path, target_pixels=target)
+        if digest != task.content_hash:
+            # The stored hash must be the hash of the bytes embedded: this content was never
+            # planned, so it is left to the next run (which sees its new hash).
+            raise InputError(path, _CHANGED)
+    else:
+        img = load_image(path, target_pixels=target)
+    drafted = img.width * img.height < src_pixels  # pixels differ from a full decode anyway
+    return fit_to_target(img, image_processor, always=drafted)
+
+
+def fit_to_target(img: Image.Image, image_processor, always: bool = False) -> Image.Image:
+    """Resize once, on 8-bit pixels, to exactly the processor's target size when the image is
+    more than ``PRERESIZE_FACTOR`` times larger (or ``always``): the processor then has no resize
+    to do.  Smaller images are left to the processor's own resize, as the model card's loop does."""
+    th, tw = target_size(img.width, img.height, image_processor)
+    if (img.width, img.height) != (tw, th) and (always or img.width * img.height > PRERESIZE_FACTOR * th * tw):
+        img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return img
+
+
+_CHANGED = "the file changed while the run was in progress; the next run embeds its new content"
+# Documents whose bytes this process has hashed: (path, planned hash) -> (size, mtime_ns) then.
+_VERIFIED: dict[tuple[str, str], tuple[int, int]] = {}
+
+
+def _verify_document(task: DecodeTask) -> None:
+    """The stored hash must be the hash of the bytes drawn: a document's file is hashed once per
+    process (its pages are drawn one by one, possibly in several batches) and re-hashed whenever
+    its size or modification time moves."""
+    import os
+
+    if not task.content_hash:
+        return
+    key = (str(task.path), task.content_hash)
+    try:
+        st = os.stat(task.path)
+    except OSError as e:
+        raise InputError(task.path, f"cannot read file: {e.strerror or e}", task.page) from None
+    if _VERIFIED.get(key) == (st.st_size, st.st_mtime_ns):
+        return
+    digest, _ = hash_file(task.path)
+    if digest != task.content_hash:
+        raise InputError(task.path, _CHANGED, task.page)
+    _VERIFIED.clear()  # one document at a time, as the renderer keeps one open
+    _VERIFIED[key] = (st.st_size, st.st_mtime_ns)
+
+
+def _decode_page(task: DecodeTask, image_processor) -> Image.Image:
+    """A page of a document: PDF pages are drawn straight at their planned size; TIFF frames are
+    decoded like any image, then resized once to the processor's target."""
+
+    if is_document_path(task.path):
+        _verify_document(task)
+        return render_page(task.path, task.page, (task.width, task.height))
+    if task.content_hash:
+        data = read_file_bounded(task.path)
+        if hash_bytes(data) != task.content_hash:
+            raise InputError(task.path, _CHANGED, task.page)
+        img = load_image(task.path, page=task.page, data=data)
+    else:
+        img = load_image(task.path, page=task.page)
+    return fit_to_target(img, image_processor)
+
+
+def _safe_target(w: int, h: int, ip) -> tuple[int, int]:
+    try:
+        return target_size(w, h, ip)
+    except ValueError:  # extreme aspect ratio: padded later, no draft
+        return h, w

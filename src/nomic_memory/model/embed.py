@@ -1,0 +1,58 @@
+"""Embedding in-memory images, image files and document pages with a loaded model, in memory
+(no store): what :class:`~nomic_memory.api.Embedder`, :class:`~nomic_memory.search.Index` (image
+queries) and the server share.  Text queries are :func:`nomic_memory.model.encode.embed_queries`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nomic_memory.ingest.batching import make_batches
+from nomic_memory.ingest.decode import DecodeTask
+from nomic_memory.ingest.documents import DocumentError, PageGeometry, is_document_path, list_pages, may_have_pages, render_size
+from nomic_memory.model.collate import decode_and_prepare
+from nomic_memory.model.encode import BatchEncoder
+from nomic_memory.model.loading import LoadedModel
+
+
+def document_pages(x, image_processor) -> list | None:
+    """The decode tasks of a document's pages (None for anything that is one image)."""
+    if not isinstance(x, (str, os.PathLike)):
+        return None
+    path = Path(x)
+    if not may_have_pages(path):
+        return None
+    pages = list_pages(path)  # an unreadable document raises its InputError
+    if not pages:
+        return None
+    tasks = []
+    for g in pages:
+        if g.error:
+            raise DocumentError(path, g.error, page=g.page)
+        # the page size rounded as the scan rounds it: the same drawing as embed_directory's
+        g = PageGeometry(g.page, max(1, round(g.width)), max(1, round(g.height)))
+        w, h = render_size(g, image_processor) if is_document_path(path) else (0, 0)
+        tasks.append(DecodeTask(path, g.page, None, w, h))
+    return tasks
+
+
+def flatten(items: list, groups: list) -> list:
+    return [s for x, g in zip(items, groups) for s in (g if g is not None else [x])]
+
+
+def embed_inputs(lm: LoadedModel, inputs: list, batch_size: int = 8,
+                 max_batch_tokens: int | None = None) -> list[np.ndarray]:
+    """Embed in-memory images and image files (decoded here, batched by token count); float32
+    numpy arrays in input order."""
+    prepared = [decode_and_prepare(lm.processor, Path(im) if isinstance(im, (str, os.PathLike)) else im)
+                for im in inputs]  # paths, PIL images, or DecodeTasks (pages of documents)
+    tokens = [int(p.image_grid_thw.prod()) for p in prepared]
+    encoder = BatchEncoder(lm)
+    out: list[np.ndarray | None] = [None] * len(inputs)
+    for b in make_batches(tokens, batch_size, max_batch_tokens):
+        for i, e in zip(b, encoder([prepared[i] for i in b])):
+            out[i] = e.float().numpy()
+    return out  # type: ignore[return-value]
+

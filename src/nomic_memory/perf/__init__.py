@@ -1,0 +1,1 @@
+"""Performance: the memory planner and the bench that measures real runs against it."""

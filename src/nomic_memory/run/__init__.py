@@ -1,0 +1,1 @@
+"""Embedding runs: the driver (plan, executor, store sink) and its executors (this machine, Ray)."""

@@ -1,0 +1,412 @@
+"""Retrieval: search a store by text or by image.
+
+:class:`Index` is a searchable view of one store table.  It embeds queries with the model the
+table records (``TableInfo``: model id, revision, seed), or with an already-loaded model handed to
+it; a model whose revision or projection fingerprint differs from the table's is refused, because
+its scores would be silently meaningless, unless ``allow_mismatch`` is set.
+
+Exact search streams the table through :mod:`nomic_memory.search.scoring`; ``approx=True`` ranks
+candidates with an approximate index and re-ranks them exactly (:mod:`nomic_memory.search.approx`).
+Both take ``where``, a SQL predicate over the row columns (:data:`WHERE_COLUMNS`), which Lance
+evaluates in the scan itself.
+
+Every hit and every row has an :func:`row_id`: a short stable string derived from its key
+``(root, path, page)``, by which :meth:`Index.row` and :meth:`Index.row_embedding` fetch it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import warnings
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from nomic_memory.search import approx as _approx
+from nomic_memory.errors import ModelLoadError, ModelMismatchError, SearchError, UsageError
+from nomic_memory.search.scoring import ScanOptions, TopK
+from nomic_memory.store.table import EmbeddingTable, Store, TableInfo, default_store_path, embedding_to_numpy
+
+log = logging.getLogger("nomic_memory")
+
+# The columns a ``where`` predicate may name: what a user knows about a file, not the internals
+# (hashes, model columns, the embedding itself).
+WHERE_COLUMNS = ("path", "root", "page", "mtime", "size", "width", "height")
+
+
+def row_id(root: str, path: str, page: int = 0) -> str:
+    """The stable id of the row keyed ``(root, path, page)``: 16 hex digits of its sha256.
+    Short enough for a URL, the same in every process and across re-embedding."""
+    return hashlib.sha256(f"{root}\0{path}\0{int(page or 0)}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: its rank (1 = best) and exact score for the query, and the row it names."""
+
+    rank: int
+    score: float
+    path: str  # relative to root
+    root: str  # the directory that was embedded
+    page: int = 0
+
+    @property
+    def file(self) -> str:
+        return os.path.join(self.root, self.path)
+
+    @cached_property
+    def id(self) -> str:
+        """The row's :func:`row_id` (what :meth:`Index.row` takes)."""
+        return row_id(self.root, self.path, self.page)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "id": self.id, "file": self.file}
+
+
+def to_hits(top: TopK) -> list[list[Hit]]:
+    """Hits of a scan made with row metadata (``column_meta``), one list per query."""
+    return [[Hit(i + 1, score, *meta) for i, (score, meta) in enumerate(rows)] for rows in top.results()]
+
+
+# ------------------------------------------------------------------ where
+_SQL_WORDS = frozenset("""and or not like ilike in is null true false between as cast try_cast escape similar to
+    case when then else end distinct from int integer bigint smallint tinyint float double real decimal
+    varchar string text boolean date timestamp interval""".split())
+_SQL_TOKEN = re.compile(r"""'(?:[^']|'')*'|(?P<open>')|"(?P<dq>(?:[^"]|"")*)"|`(?P<bq>[^`]*)`"""
+                        r"""|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|(?P<word>[A-Za-z_][A-Za-z0-9_]*)(?P<call>\s*\()?""")
+
+
+def _lance_reason(e: Exception) -> str:
+    """Lance's error message without its Rust source locations and wrappers."""
+    msg = re.sub(r",\s*/\S+\.rs:\d+:\d+", "", str(e)).replace("Invalid user input: ", "")
+    return msg.replace("SELECT 1 FROM t WHERE ", "").strip().rstrip(".")
+
+
+def check_where(ds, where: str | None) -> str | None:
+    """``where`` if it is a predicate Lance can evaluate over :data:`WHERE_COLUMNS` of ``ds``;
+    :class:`SearchError` naming the problem otherwise.  (None or blank: no filter.)"""
+    if where is None or not where.strip():
+        return None
+    for m in _SQL_TOKEN.finditer(where):
+        if m.group("open"):
+            break  # an unterminated string: Lance's parser says where
+        if m.group("word") and (m.group("call") or m.group("word").lower() in _SQL_WORDS):
+            continue
+        name = m.group("dq") or m.group("bq") or (m.group("word") or "").lower()
+        if name and name not in WHERE_COLUMNS:
+            raise SearchError(f"invalid where {where!r}: unknown column {name!r} "
+                              f"(a filter can use {', '.join(WHERE_COLUMNS)})")
+    try:
+        ds.scanner(filter=where, columns=[], with_row_id=True).explain_plan()
+    except Exception as e:  # Lance raises ValueError/OSError with a Rust trace; the user needs the reason
+        raise SearchError(f"invalid where {where!r}: {_lance_reason(e)}") from None
+    return where
+
+
+# ------------------------------------------------------------------ model checks
+def check_model(lm, info: TableInfo) -> list[str]:
+    """Why ``lm`` would give wrong scores on a table made with ``info`` (empty: compatible)."""
+    problems = []
+    if lm.kind != info.kind:
+        problems.append(f"the table holds {info.kind} embeddings but the model is {lm.kind}")
+    elif lm.dim != info.dim:
+        problems.append(f"the table holds {info.dim}-d embeddings but the model makes {lm.dim}-d ones")
+    if lm.revision != info.revision:
+        problems.append(f"model revision {lm.revision} differs from the table's {info.revision}")
+    if info.fingerprint and info.fingerprint not in _fingerprints(lm):
+        problems.append(f"projection fingerprint {lm.fingerprint} differs from the table's {info.fingerprint}"
+                        f" (a different custom_text_proj: another seed, checkpoint or dtype)")
+    return problems
+
+
+def _fingerprints(lm) -> frozenset[str]:
+    """Every fingerprint a table made with ``lm``'s projection may record (whatever the dtype)."""
+    from nomic_memory.model.loading import fingerprint_variants  # late: torch (a second); a search by embeddings needs none
+    return getattr(lm, "fingerprints", None) or fingerprint_variants(lm.model)
+
+
+def _as_loaded_model(model):
+    """A ``LoadedModel`` from ``model``: one itself, or an object holding one as ``.loaded``
+    (an :class:`~nomic_memory.api.Embedder`)."""
+    from nomic_memory.model.loading import LoadedModel  # late: torch, as above
+    lm = getattr(model, "loaded", model)
+    if not isinstance(lm, LoadedModel):
+        raise TypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), not {type(model).__name__}")
+    return lm
+
+
+def _holds_model(model) -> bool:
+    """``model`` is a ``LoadedModel`` or has a ``loaded`` attribute (without reading it, which
+    would load an Embedder's model)."""
+    from nomic_memory.model.loading import LoadedModel  # late: torch, as above
+    return isinstance(model, LoadedModel) or hasattr(type(model), "loaded") or "loaded" in getattr(model, "__dict__", {})
+
+
+def _query_list(queries) -> list:
+    """A single query (text, PIL image, path) as a one-element list; a sequence as a list."""
+    from PIL import Image
+
+    if isinstance(queries, (str, os.PathLike, Image.Image)):
+        return [queries]
+    return list(queries)
+
+
+# ------------------------------------------------------------------ the index
+class Index:
+    """A searchable view of one store table.
+
+    >>> idx = Index.open("~/my-store")
+    >>> for hit in idx.search("a red bicycle", k=5): print(hit.rank, hit.score, hit.file)
+    >>> idx.search(PIL.Image.open("q.png"))            # image query (also a pathlib.Path)
+    >>> idx.search("invoice", where="page > 1 AND path LIKE 'scans/%'")
+    >>> idx.row(hit.id), idx.row_embedding(hit.id)     # the row's metadata and stored vectors
+
+    ``model``: an already-loaded model to embed queries with (a ``LoadedModel`` or an
+    ``Embedder``) instead of loading the one the table records; it is checked against the table
+    the same way.
+    """
+
+    def __init__(self, store: Store, table: EmbeddingTable, *, backend: str = "auto",
+                 model_name: str | None = None, model=None, allow_mismatch: bool = False,
+                 template: str | None = None, device: str | None = None, batch_rows: int | None = None,
+                 tile_vectors: int | None = None, workers: int | None = None):
+        self.store = store
+        self.table = table
+        self.info: TableInfo = table.info
+        self.backend_name = backend
+        self.model_name = model_name
+        self.allow_mismatch = allow_mismatch
+        self.template = template
+        self.device = device
+        self.batch_rows = batch_rows
+        self.tile_vectors = tile_vectors
+        self.workers = workers
+        if model is not None and not _holds_model(model):
+            raise TypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), "
+                            f"not {type(model).__name__}")
+        self._given = model  # an Embedder may load its model lazily: resolved on first use
+        self._lm = None
+        self._model_lock = threading.Lock()
+        self._rows_lock = threading.Lock()
+        self._rows_cache: tuple | None = None
+        self.warnings: list[str] = []
+
+    @classmethod
+    def open(cls, path: str | Path | Store | None = None, table: str | None = None, backend: str = "auto",
+             **kwargs) -> "Index":
+        """Open ``table`` (default: the store's only table) of the store at ``path``."""
+        store = path if isinstance(path, Store) else Store(path if path is not None else default_store_path(), create=False)
+        t = store.open_table(table) if table else store.only_table()
+        return cls(store, t, backend=backend, **kwargs)
+
+    # ---- model
+    @property
+    def model_loaded(self) -> bool:
+        """Whether the query model is loaded (or given) and checked already."""
+        return self._lm is not None
+
+    @property
+    def model(self):
+        """The query model, loaded (or taken as given) and checked against the table on first use."""
+        if self._lm is None:
+            with self._model_lock:
+                if self._lm is None:
+                    lm = _as_loaded_model(self._given) if self._given is not None else self._load_model()
+                    self._check_model(lm)
+                    self._lm = lm
+        return self._lm
+
+    def _load_model(self):
+        from nomic_memory.model.backends import select_backend  # late: torch, as above
+        from nomic_memory.model.loading import load_model  # late: torch, as above
+        info = self.info
+        name = self.model_name or info.model_id
+        pin = None
+        if self.model_name is None and not Path(name).expanduser().is_dir() and not info.revision.startswith("local-"):
+            pin = info.revision  # the hub commit the table was embedded with
+        be = select_backend(self.backend_name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return load_model(name, None, backend=be, kind=info.kind, seed=info.seed, revision=pin)
+        except ModelLoadError as e:
+            hint = "" if self.model_name else (f" (the table {self.table.name!r} was embedded with {info.model_id}; "
+                                               "pass --model-name to load it from elsewhere)")
+            raise ModelLoadError(f"{e}{hint}") from None
+
+    def _check_model(self, lm) -> None:
+        """Refuse (or, with ``allow_mismatch``, warn about) a model that does not match the table."""
+        info = self.info
+        problems = check_model(lm, info)
+        if not problems:
+            return
+        msg = (f"the query model {lm.model_id} does not match table {self.table.name!r} "
+               f"(embedded with {info.model_id}): " + "; ".join(problems))
+        if not self.allow_mismatch:
+            raise ModelMismatchError(msg + ". Its scores would be meaningless; use the model the table was "
+                                     "embedded with, re-embed, or pass --allow-mismatch to search anyway.")
+        if lm.kind != info.kind or lm.dim != info.dim:
+            raise ModelMismatchError(msg)
+        log.warning("%s (--allow-mismatch: searching anyway)", msg)
+        self.warnings.append(msg)
+
+    def _device(self) -> str:
+        if self.device:
+            return self.device
+        if self._lm is not None and self._lm.backend.name == "cuda":
+            return "cuda"
+        return "cpu"
+
+    def _scan(self) -> ScanOptions:
+        return ScanOptions(device=self._device(), batch_rows=self.batch_rows, tile_vectors=self.tile_vectors,
+                           workers=self.workers)
+
+    # ---- query embedding
+    def embed_queries(self, queries) -> list[np.ndarray]:
+        """float32 numpy query embeddings: text with ``process_queries`` (and the template),
+        images (PIL images or ``os.PathLike`` paths) with the document path.  A single query is
+        taken as a list of one."""
+        from nomic_memory.model.encode import embed_queries  # late: transformers' model code (seconds)
+        from nomic_memory.model.embed import embed_inputs  # late: transformers' model code (seconds)
+        queries = _query_list(queries)
+        lm = self.model
+        out: list[np.ndarray | None] = [None] * len(queries)
+        texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
+        images = [(i, q) for i, q in enumerate(queries) if not isinstance(q, str)]
+        if texts:
+            for (i, _), e in zip(texts, embed_queries(lm, [q for _, q in texts], template=self.template)):
+                out[i] = e.float().numpy()
+        if images:
+            for (i, _), e in zip(images, embed_inputs(lm, [q for _, q in images])):
+                out[i] = np.asarray(e, dtype=np.float32)
+        return out  # type: ignore[return-value]
+
+    # ---- search
+    def search(self, query, k: int = 10, *, approx: bool = False, where: str | None = None, **kw) -> list[Hit]:
+        """The ``k`` best images for one query: a text ``str``, a ``PIL.Image`` or a path
+        (``pathlib.Path``) to an image; ``where``: only rows matching this SQL predicate."""
+        return self.search_many([query], k, approx=approx, where=where, **kw)[0]
+
+    def search_many(self, queries, k: int = 10, *, approx: bool = False, where: str | None = None,
+                    **kw) -> list[list[Hit]]:
+        """Several queries sharing one scan of the table (one list of hits per query)."""
+        queries = _query_list(queries)
+        if not queries:
+            return []
+        return self.search_embeddings(self.embed_queries(queries), k, approx=approx, where=where, **kw)
+
+    def search_embeddings(self, embeddings, k: int = 10, *, approx: bool = False, where: str | None = None,
+                          rerank: int | None = None, nprobes: int | None = None,
+                          method: str | None = None) -> list[list[Hit]]:
+        """Search with precomputed query embeddings (float32 ``(tokens, dim)`` / ``(dim,)``; one
+        such array is one query).
+
+        ``where``: a SQL predicate over :data:`WHERE_COLUMNS` (Lance/DataFusion syntax, e.g.
+        ``"page > 2 AND path LIKE 'reports/%'"``); the results are the best rows that match it.
+        ``approx``: use the approximate index (``method`` pooled or lance; default whichever
+        exists, pooled first), re-ranking the best ``rerank`` candidates exactly."""
+        if k < 1:
+            raise UsageError("k must be at least 1")
+        embs = self._query_arrays(embeddings)
+        if not embs:
+            return []
+        ds = self.table.table.to_lance()
+        where = check_where(ds, where)
+        if approx:
+            return self._approx_search(ds, embs, k, rerank=rerank, nprobes=nprobes, method=method, where=where)
+        return to_hits(self._scan().scan(ds, self.info, embs, k, filter=where))
+
+    def _query_arrays(self, embeddings) -> list[np.ndarray]:
+        single_ndim = 2 if self.info.kind == "colqwen" else 1
+        if hasattr(embeddings, "ndim") and embeddings.ndim == single_ndim:
+            embeddings = [embeddings]  # one query's array, not a batch of them
+        embs = [np.asarray(e, dtype=np.float32) for e in embeddings]
+        for e in embs:
+            if e.shape[-1] != self.info.dim:
+                raise SearchError(f"query embedding is {e.shape[-1]}-d but table {self.table.name!r} holds "
+                                  f"{self.info.dim}-d embeddings")
+        return embs
+
+    # ---- approximate index
+    def approx_path(self, method: str = "pooled") -> Path:
+        """Where the pooled index of this table lives (beside a local store)."""
+        return _approx.pooled_index_path(self.store, self.table)
+
+    def approx_info(self) -> dict | None:
+        """What the approximate index holds (None if there is none)."""
+        return _approx.approx_info(self.store, self.table)
+
+    def build_approx_index(self, method: str = "pooled", *, pool_factor: int = 4, kmeans_iters: int = 4,
+                           num_partitions: int | None = None, num_sub_vectors: int | None = None,
+                           batch_rows: int = 256, progress=None) -> dict:
+        """Build (or rebuild) the approximate index (see :mod:`nomic_memory.search.approx`); returns its
+        description."""
+        if method not in _approx.APPROX_METHODS:
+            raise UsageError(f"unknown approximate index {method!r}; choose one of {', '.join(_approx.APPROX_METHODS)}")
+        if method == "lance":
+            return _approx.build_lance_index(self.table, num_partitions=num_partitions, num_sub_vectors=num_sub_vectors)
+        if self.info.kind != "colqwen":
+            raise SearchError("the pooled index is for ColQwen (multi-vector) tables; a BiQwen table holds one "
+                              "vector per image already: use method 'lance' (or exact search)")
+        return _approx.build_pooled_index(self.table, self.approx_path("pooled"), pool_factor=pool_factor,
+                                          kmeans_iters=kmeans_iters, batch_rows=batch_rows, progress=progress)
+
+    def _approx_search(self, ds, embs: list[np.ndarray], k: int, rerank: int | None, nprobes: int | None,
+                       method: str | None, where: str | None) -> list[list[Hit]]:
+        depth = max(k, rerank if rerank is not None else max(10 * k, 100))
+        method = _approx.resolve_method(self.store, self.table, method)
+        scan = self._scan()
+        if method == "lance":
+            cands = _approx.lance_candidates(self.table, embs, depth, nprobes=nprobes, where=where)
+        else:
+            cands = _approx.pooled_candidates(self.store, self.table, embs, depth, scan, where=where)
+        tops = _approx.rerank(ds, self.info, embs, k, cands, scan, rowids=method == "lance")
+        return [to_hits(top)[0] for top in tops]
+
+    # ---- rows by id
+    def _rows(self) -> tuple:
+        """``(dataset, metadata table, id -> position)`` of the current table version, cached
+        until the table changes (one scan of the small columns, never of the embeddings)."""
+        ds = self.table.table.to_lance()
+        with self._rows_lock:
+            if self._rows_cache is None or self._rows_cache[0].version != ds.version:
+                cols = [f.name for f in ds.schema if f.name != "embedding"]
+                meta = ds.to_table(columns=cols, scan_in_order=True)
+                keys = meta.select(["root", "path", "page"]).to_pydict()
+                ids = {row_id(r, p, pg): i for i, (r, p, pg) in enumerate(zip(keys["root"], keys["path"], keys["page"]))}
+                self._rows_cache = (ds, meta, ids)
+            return self._rows_cache
+
+    def row(self, id: str) -> dict | None:
+        """The metadata columns of the row with this :func:`row_id` (None if there is none), as
+        JSON-ready values (``embedded_at`` an ISO 8601 string), plus ``id`` and ``file``."""
+        _, meta, ids = self._rows()
+        pos = ids.get(id)
+        if pos is None:
+            return None
+        d = meta.slice(pos, 1).to_pylist()[0]
+        for key, v in d.items():
+            if hasattr(v, "isoformat"):
+                d[key] = v.isoformat()
+        d["page"] = int(d.get("page") or 0)
+        return {**d, "id": id, "file": os.path.join(d["root"], d["path"])}
+
+    def row_embedding(self, id: str) -> np.ndarray | None:
+        """The stored vectors of the row with this id, float32: ``(n_vectors, dim)`` for ColQwen,
+        ``(dim,)`` for BiQwen (None if there is no such row)."""
+        ds, _, ids = self._rows()
+        pos = ids.get(id)
+        if pos is None:
+            return None
+        t = ds.take([pos], columns=["embedding"])
+        return embedding_to_numpy(t.column("embedding")[0], self.info.kind, self.info.dim)
+
+
+__all__ = ["Hit", "Index", "SearchError", "ModelMismatchError", "WHERE_COLUMNS", "check_model", "check_where",
+           "row_id", "to_hits"]
