@@ -53,11 +53,7 @@ def search(
     where = where if where and where.strip() else None
     store_path = store or default_store_path()
     if texts and not (images or no_server or approx or build_index or index_method or model_name or allow_mismatch):
-        found = search_via_server(store_path, table=table, texts=texts, k=k, where=where, template=template)
-        if found is not None:  # a running server of this store answered: the same hits, no model to load
-            meta, results, timing = found
-            _output(meta, texts, results, json_out, k=k, approx=False, where=where, timing=timing)
-            raise typer.Exit(EXIT_OK)
+        _answer_from_server(store_path, table, texts, k, where, template, json_out)
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
 
@@ -98,6 +94,15 @@ def search(
     _output(meta, queries, [[h.to_dict() for h in hits] for hits in results], json_out, k=k, approx=approx,
             where=where, timing=timing)
     raise typer.Exit(EXIT_OK)
+
+
+def _answer_from_server(store_path, table, texts: list[str], k: int, where, template, json_out: bool) -> None:
+    """Print the answer of a running server of this store and exit, if one can give the in-process answer."""
+    found = search_via_server(store_path, table=table, texts=texts, k=k, where=where, template=template)
+    if found is not None:  # the same hits, and no model to load
+        meta, results, timing = found
+        _output(meta, texts, results, json_out, k=k, approx=False, where=where, timing=timing)
+        raise typer.Exit(EXIT_OK)
 
 
 def _output(meta: dict, queries: list, results: list, json_out: bool, **kw) -> None:
