@@ -56,6 +56,10 @@ class EngineError(NomicMemoryError):
     """A distributed run cannot start or go on (e.g. Ray workers cannot start)."""
 
 
+class MissingExtra(NomicMemoryError, ImportError):
+    """An optional feature whose library is not installed (the message names the extra to install)."""
+
+
 class InputError(NomicMemoryError):
     """One input (an image file, a document or one of its pages) cannot be embedded.
 
@@ -76,4 +80,4 @@ class InputError(NomicMemoryError):
 
 
 __all__ = ["NomicMemoryError", "UsageError", "BackendUnavailable", "ModelLoadError", "ModelKindError",
-           "StoreError", "SearchError", "ModelMismatchError", "EngineError", "InputError"]
+           "StoreError", "SearchError", "ModelMismatchError", "EngineError", "InputError", "MissingExtra"]
