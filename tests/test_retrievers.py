@@ -52,6 +52,7 @@ def expected_size(path) -> tuple[int, int]:
 
 
 def test_langchain_documents_equal_index_search(store, index):
+    pytest.importorskip("langchain_core", reason="the langchain extra (uv sync --extra langchain)")
     from langchain_core.documents import Document
     from langchain_core.retrievers import BaseRetriever
 
@@ -80,6 +81,7 @@ def test_langchain_documents_equal_index_search(store, index):
 
 
 def test_llamaindex_nodes_equal_index_search(store, index):
+    pytest.importorskip("llama_index.core", reason="the llamaindex extra (uv sync --extra llamaindex)")
     from llama_index.core.retrievers import BaseRetriever
     from llama_index.core.schema import ImageNode, NodeWithScore
 
@@ -99,6 +101,8 @@ def test_llamaindex_nodes_equal_index_search(store, index):
 
 
 def test_a_page_whose_file_is_gone_comes_without_image(store, tmp_path, tiny_colqwen):
+    pytest.importorskip("langchain_core", reason="the langchain extra (uv sync --extra langchain)")
+    pytest.importorskip("llama_index.core", reason="the llamaindex extra (uv sync --extra llamaindex)")
     from nomic_memory import Embedder, Index
     from nomic_memory.retrievers.langchain import NomicMemoryRetriever
     from nomic_memory.retrievers.llamaindex import NomicMemoryRetriever as LlamaRetriever
