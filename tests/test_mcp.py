@@ -105,9 +105,12 @@ def test_search_equals_index_search_with_page_images(env):
         tools = {t.name: t for t in (await c.list_tools()).tools}
         assert set(tools) == {"search", "get_page", "stats"}  # no add_folder without allow_write
         assert tools["search"].input_schema["properties"]["k"]["maximum"] == 50
-        return [await c.call_tool("search", {"query": q, "k": 12}) for q in QUERIES]
+        bare = await c.call_tool("search", {"query": QUERIES[0], "k": 12, "images": False})
+        return [await c.call_tool("search", {"query": q, "k": 12}) for q in QUERIES], bare
 
-    results = call(srv, go)
+    results, bare = call(srv, go)
+    assert len(bare.content) == 1 and hits_of(bare) == [{k: v for k, v in h.items() if k != "image"}
+                                                          for h in hits_of(results[0])]
     for q, r in zip(QUERIES, results):
         hits = hits_of(r)
         assert_equal_hits(hits, env["idx"].search(q, k=12))
@@ -169,6 +172,7 @@ HOSTILE_CALLS = [
     ("search", {"query": "x", "k": "5"}, "valid integer"),
     ("search", {"query": "x", "k": True}, "valid integer"),
     ("search", {"query": "x", "k": 2.5}, "valid integer"),
+    ("search", {"query": "x", "images": "no"}, "valid boolean"),
     ("search", {"k": 3}, "query"),
     ("search", {"query": ["/etc/passwd"]}, "valid string"),
     ("search", {"query": "   "}, "query is empty"),

@@ -89,7 +89,8 @@ class PageStore:
 
     def search(self, query: str, k: int, where: str | None) -> list[dict]:
         self.refresh()
-        where = check_where(self.index.table.table.to_lance(), where)  # a bad filter fails before the model loads
+        if where is not None:  # a bad filter fails before the model loads
+            where = check_where(self.index.table.table.to_lance(), where)
         return [h.to_dict() for h in self.index.search(query, k, where=where)]
 
     def row(self, row_id: str) -> dict:
@@ -147,14 +148,17 @@ class PageStore:
     async def page_contents(self, hits: list[dict]) -> list:
         """An image block for each of the first ``image_hits`` hits whose file can be read; each
         hit says whether its image is attached (and if not, why)."""
+        return await anyio.to_thread.run_sync(self._page_contents, hits)  # file reads: off the event loop
+
+    def _page_contents(self, hits: list[dict]) -> list:
         blocks = []
         for i, h in enumerate(hits):
             if i >= self.image_hits:
                 h["image"] = "not attached (read it as resource page://{id})".format(id=h["id"])
                 continue
             try:
-                data = await self.run(lambda h=h: self.image(self.row(h["id"])))
-            except (PageUnavailable, ToolError) as e:
+                data = self.image(self.row(h["id"]))
+            except NomicMemoryError as e:  # PageUnavailable, or a row gone since the search
                 h["image"] = f"unavailable: {e}"
                 continue
             h["image"] = f"attached: image {len(blocks) + 1}"
@@ -180,13 +184,15 @@ def create_mcp_server(pages: PageStore) -> MCPServer:
                      k: k_type = 10,
                      where: Annotated[str | None, Field(max_length=2000, description=(
                          "Optional SQL filter over path, root, page, mtime, size, width, height, "
-                         "e.g. \"path LIKE 'receipts/%' AND page <= 2\"."))] = None) -> CallToolResult:
+                         "e.g. \"path LIKE 'receipts/%' AND page <= 2\"."))] = None,
+                     images: Annotated[bool, Field(strict=True, description=(
+                         f"Attach the first {pages.image_hits} pages' images (JPEG)."))] = True) -> CallToolResult:
         """Rank the stored pages against a text query: path, page number, score and id of each,
         and the best pages' images."""
         if not query.strip():
             raise ToolError("query is empty")
         hits = await pages.run(pages.search, query, k, where)
-        images = await pages.page_contents(hits)
+        images = await pages.page_contents(hits) if images else []
         return _result({"query": query, "k": k, "where": where, "results": hits}, images)
 
     @mcp.tool(annotations=read_only)
