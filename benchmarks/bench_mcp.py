@@ -15,12 +15,14 @@ machine wall times swing with other load, CPU seconds much less.
 
     uv run python benchmarks/bench_mcp.py                       # 200 pages, 20 queries, 3 rounds
     uv run python benchmarks/bench_mcp.py --pages 1000 --rounds 5
+    uv run python benchmarks/bench_mcp.py --threads 1          # one torch CPU thread on both sides
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -77,8 +79,6 @@ async def measure(store: Path, qs: list[str], k: int, rounds: int) -> dict:
 
     idx = Index.open(store, backend="cpu")
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    import os
-
     params = StdioServerParameters(command=sys.executable, cwd=str(REPO), env={**os.environ, **env},
                                    args=["-m", "nomic_memory.cli", "mcp", "--store", str(store), "--backend", "cpu"])
     a_times, w_times, b_times, ratios, w_ratios, stats_times, big_k = [], [], [], [], [], [], []
@@ -154,8 +154,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for both sides (torch's CPU threads; default: torch's own choice)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "nomic-memory-bench-mcp"))
     args = ap.parse_args()
+    if args.threads:  # before torch is imported, here and in the server (which inherits the environment)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     _, store = build(Path(args.work), args.pages)
     out = anyio.run(measure, store, queries(args.queries), args.k, args.rounds)
     print(json.dumps(out, indent=1))

@@ -11,7 +11,6 @@ Standard library only (``http.client``): nothing heavy is imported before the se
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from urllib.parse import urlsplit
@@ -33,6 +32,8 @@ def usable(entry: dict, *, table: str | None, template: str | None, k: int, n_qu
 
 
 def _post(url: str, path: str, body: dict, token: str | None) -> dict | None:
+    import http.client  # only when a server is found: every other command starts without it
+
     u = urlsplit(url)
     if u.scheme != "http" or not u.hostname:
         return None
