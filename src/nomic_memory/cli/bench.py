@@ -59,6 +59,7 @@ def _batch_sizes(value: str) -> list[int]:
     return sorted(set(sizes))
 
 
+# Long: twenty options to check against each other before the sweep starts, then the report.
 def bench(
     directory: Optional[Path] = typer.Argument(None, help="Images to embed (default: a generated sample set)."),
     model_variant: Optional[str] = typer.Option(None, "--model-variant", help=_VARIANT_HELP),

@@ -31,7 +31,7 @@ def document_pages(x, image_processor) -> list | None:
     for g in pages:
         if g.error:
             raise DocumentError(path, g.error, page=g.page)
-        # the page size rounded as the scan rounds it: the same drawing as embed_directory's
+        # the page size rounded as the inspection rounds it: the same drawing as embed_directory's
         g = PageGeometry(g.page, max(1, round(g.width)), max(1, round(g.height)))
         w, h = render_size(g, image_processor) if is_document_path(path) else (0, 0)
         tasks.append(DecodeTask(path, g.page, None, w, h))

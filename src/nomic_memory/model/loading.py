@@ -15,11 +15,13 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nomic_memory.errors import ModelLoadError, UsageError  # ModelLoadError: re-exported
 from nomic_memory.model.backends import Backend
 from nomic_memory.model.colpali import qwen2_5
 from nomic_memory.model.variants import DEFAULT_VARIANT, VARIANTS, KINDS, detect_kind_from_files, kind_from_name, variant_for_repo
@@ -36,8 +38,6 @@ BIQWEN_KEY_MAPPING = {
 }
 DEFAULT_SEED = 0
 
-
-from nomic_memory.errors import ModelLoadError  # noqa: E402  (re-exported)
 
 
 
@@ -61,7 +61,7 @@ class ProcessorSource:
 @dataclass
 class LoadedModel:
     model: nn.Module
-    processor: object
+    processor: Any  # colpali-engine's ColQwen2_5_Processor / BiQwen2_5_Processor
     kind: str  # colqwen | biqwen
     model_id: str
     revision: str
@@ -107,7 +107,7 @@ class CompactEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         idx = self.lookup[input_ids]
         if bool((idx < 0).any()):
-            raise ValueError("image-only model received a text token outside the document prompt; "
+            raise UsageError("image-only model received a text token outside the document prompt; "
                              "load without --image-only to embed text queries")
         return F.embedding(idx, self.weight)
 

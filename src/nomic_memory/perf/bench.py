@@ -163,7 +163,7 @@ class _NullTable:
     def __init__(self, name: str, info):
         self.name, self.info = name, info
 
-    def index(self, root=None) -> dict:
+    def stored_keys(self, root=None) -> dict:
         return {}
 
     def upsert(self, records, known_new=None) -> list:

@@ -1,4 +1,4 @@
-"""The run driver: discover -> scan -> plan -> execute (decode + encode) -> store.
+"""The run driver: discover -> inspect -> plan -> execute (decode + encode) -> store.
 
 One driver serves every engine (clip-retrieval's reader -> mapper -> writer, with the mapper
 swappable):
@@ -32,7 +32,7 @@ from nomic_memory.store.failures import FailureLog
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import discover
 from nomic_memory.memory import MemoryReport
-from nomic_memory.ingest.listing import Item, SourceFile, scan_files
+from nomic_memory.ingest.listing import Item, SourceFile, inspect_files
 from nomic_memory.store.table import path_to_key
 from nomic_memory.ingest.documents import PageGeometry, render_size
 from nomic_memory.store.table import Store
@@ -165,7 +165,7 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
     failed before and whose file has not changed since (``failures``) are reported, not retried.
     ``image_processor``: the processor's image processor, or a callable returning it (called only
     when something is left to embed).  ``report`` and ``emit`` are updated."""
-    existing = table.index(str(root)) if table is not None else {}
+    existing = table.stored_keys(str(root)) if table is not None else {}
     _prune(table, root, files, existing, report, emit, prune, failures)
     todo: list[Item] = []
     for f in files:
@@ -326,7 +326,7 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
             raise
         paths, skipped = [], []  # a folder that is gone: --prune forgets what the store held of it
     emit("discovered", {"count": len(paths), "directory": str(root)})
-    files = scan_files(paths, root)
+    files = inspect_files(paths, root)
     if importer is not None:
         importer.join()
     store = store if isinstance(store, Store) else Store(store)
