@@ -56,7 +56,11 @@ def search(
         _answer_from_server(store_path, table, texts, k, where, template, json_out)
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
-
+    from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow
+    try:  # the same rule as the server's
+        texts = [check_text_query(t) for t in texts]
+    except QueryError as e:
+        raise fail(str(e), EXIT_USAGE)
     if index_method is not None and index_method not in APPROX_METHODS:
         raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)
     if index_method is not None and not (approx or build_index):

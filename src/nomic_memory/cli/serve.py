@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
-from nomic_memory.errors import NomicMemoryError
+from nomic_memory.errors import NomicMemoryError, UsageError
 from nomic_memory.serve.registry import register, unregister
 
 
@@ -31,14 +32,19 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN",
                                         help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."),
+    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted."),
     cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
     template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."),
     max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, help="Largest request body (uploads included), MB."),
     max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Largest uploaded image, pixels (judged before decoding)."),
+    max_query_tokens: int = typer.Option(512, "--max-query-tokens", min=8, help="Longest text query, in tokens (query prompt included); longer ones are refused (422)."),
     batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, help="How long a search waits for others to share its forward and scan."),
     exact_batching: bool = typer.Option(False, "--exact-batching", help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding)."),
+    watch: Optional[List[Path]] = typer.Option(None, "--watch", metavar="DIR",
+                                               help="Keep the store in sync with this folder while serving, as "
+                                                    "`nomic-memory watch` does, with the server's model (repeatable)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve a store over HTTP: a search API and a search page showing why pages matched."""
@@ -58,13 +64,16 @@ def serve(
     )
     from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
-    cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []),
+    cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []), host=host,
+                      allow_hosts=list(allow_host or []), max_query_tokens=max_query_tokens,
                       max_body_bytes=int(max_body_mb * (1 << 20)), max_image_pixels=max_image_pixels,
                       batch_window_ms=batch_window_ms, exact_batching=exact_batching)
     try:
         idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
                          allow_mismatch=allow_mismatch, template=template)
         service = SearchService(idx, cfg)  # loads and checks the model now
+        if watch:
+            _watch_in_background(watch, idx, service)
     except NomicMemoryError as e:
         raise fail(str(e), EXIT_FATAL)
     import uvicorn
@@ -109,6 +118,53 @@ def _register(store, url: str, entry: dict):
         return register(store, {**entry, "url": url, "started": time.time()})
     except OSError:  # no writable per-user directory: searches simply do not find this server
         return None
+
+
+def _watch_in_background(dirs: list[Path], idx, service) -> None:
+    """A watcher thread that embeds with the server's loaded model into the served table; the
+    server sees its rows as they are committed, and stops it (after the batch in flight) on exit."""
+    import threading
+
+    from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
+    from nomic_memory.cli.watch import ConsoleListener  # late: only with --watch
+    from nomic_memory.run.watch import Watcher, WatchOptions  # late: pyarrow and watchdog; the CLI starts without them
+    from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
+
+    if idx.warnings:  # --allow-mismatch let another model serve this table: it must not write to it
+        raise UsageError("--watch embeds with the server's model, which does not match the table "
+                         f"{idx.table.name!r}: drop --allow-mismatch, or serve with the table's model")
+
+    class Listener(ConsoleListener):
+        def run_started(self, root, trigger, paths):
+            ui = super().run_started(root, trigger, paths)
+
+            def progress(kind: str, data: dict) -> None:
+                ui(kind, data)
+                if kind in ("batch", "pruned", "done"):
+                    service.table_changed()
+
+            return progress
+
+    emb = Embedder.from_loaded(service.lm)
+    store = Store(idx.store.path) if idx.store.local else idx.store
+    watcher = Watcher(emb, dirs, store, WatchOptions(table_name=idx.table.name),
+                      Listener(progress=False, json_out=False, batch_size=8, model=emb.loaded.model_id, err=True))
+    watcher.start_observing()  # events from now on; the catch-up runs in the thread
+
+    def run() -> None:
+        try:
+            watcher.run()
+        except NomicMemoryError as e:  # e.g. the model cannot embed documents: serving goes on
+            typer.echo(f"Error: watching stopped: {e}", err=True)
+
+    thread = threading.Thread(target=run, name="nomic-memory-watch", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        watcher.stop()
+        thread.join()
+
+    service.on_stop.append(stop)
 
 
 def _announce(server, idx, host: str, on_listening=None) -> None:
