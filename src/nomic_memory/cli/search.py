@@ -50,10 +50,8 @@ def search(
         raise fail("give a text query, --image FILE, or --build-index", EXIT_USAGE)
     if template is not None and "{}" not in template:
         raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
-    where = where if where and where.strip() else None
-    store_path = store or default_store_path()
     if texts and not (images or no_server or approx or build_index or index_method or model_name or allow_mismatch):
-        _answer_from_server(store_path, table, texts, k, where, template, json_out)
+        _answer_from_server(store or default_store_path(), table, texts, k, where, template, json_out)
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow
@@ -69,7 +67,7 @@ def search(
         if not p.is_file():
             raise fail(f"no such image file: {p}")
     try:
-        idx = Index.open(store_path, table, backend=backend.value, model_name=model_name,
+        idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
                          allow_mismatch=allow_mismatch, template=template)
     except NomicMemoryError as e:
         raise fail_on(e)
@@ -102,6 +100,7 @@ def search(
 
 def _answer_from_server(store_path, table, texts: list[str], k: int, where, template, json_out: bool) -> None:
     """Print the answer of a running server of this store and exit, if one can give the in-process answer."""
+    where = where if where and where.strip() else None
     found = search_via_server(store_path, table=table, texts=texts, k=k, where=where, template=template)
     if found is not None:  # the same hits, and no model to load
         meta, results, timing = found
