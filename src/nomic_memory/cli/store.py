@@ -159,7 +159,7 @@ def compact(
         for name in [table] if table else s.table_names():
             t = s.open_table(name)
             before, disk_before = t.stats(), s.disk_bytes(name)
-            t.optimize(cleanup_older_than=dt.timedelta(0))  # every version but the latest
+            t.optimize(cleanup_older_than=dt.timedelta(0), strict=True)  # every version but the latest
             after, disk_after = t.stats(), s.disk_bytes(name)
             results.append({"table": name, "before": {**before, "disk_bytes": disk_before},
                             "after": {**after, "disk_bytes": disk_after}})
