@@ -13,7 +13,7 @@ from nomic_memory.errors import NomicMemoryError
 
 def check(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to check, if the store has several."),
+    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to check, if the store has several."),
     repair: bool = typer.Option(False, "--repair", help="Delete bad rows and re-embed their files with the table's model."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for re-embedding (--repair)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (nothing else on stdout)."),

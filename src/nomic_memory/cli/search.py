@@ -11,25 +11,27 @@ from typing import List, Optional
 import typer
 
 from nomic_memory.errors import NomicMemoryError
-from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
+from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging, store_option
+from nomic_memory.cli.results import print_results
 
 
 def search(
-    query: Optional[List[str]] = typer.Argument(None, help="Text query (several: one scan answers them all)."),
-    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
-    k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results per query."),
+    query: Optional[List[str]] = typer.Argument(None, metavar="QUERY",
+                                                help="Text query (several: one scan answers them all)."),
+    store: Optional[str] = store_option(),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, metavar="N", help="How many results per query."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to search, if the store has several."),
-    image: Optional[List[Path]] = typer.Option(None, "--image", help="Search by this image (repeatable)."),
-    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
-    where: Optional[str] = typer.Option(None, "--where", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
+    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to search, if the store has several."),
+    image: Optional[List[str]] = typer.Option(None, "--image", metavar="FILE", help="Search by this image, or by a page of a PDF or multi-page TIFF: FILE#N (page N; page 1 without #N). Repeatable."),
+    template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
+    where: Optional[str] = typer.Option(None, "--where", metavar="SQL", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
     approx: bool = typer.Option(False, "--approx", help="Use the approximate index (build it with --build-index)."),
     build_index: bool = typer.Option(False, "--build-index", help="Build (or rebuild) the approximate index first."),
-    index_method: Optional[str] = typer.Option(None, "--index-method", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
-    pool_factor: int = typer.Option(4, "--pool-factor", min=1, help="pooled index: vectors per pooled vector."),
-    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
+    index_method: Optional[str] = typer.Option(None, "--index-method", metavar="METHOD", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
+    pool_factor: int = typer.Option(4, "--pool-factor", min=1, metavar="N", help="pooled index: vectors per pooled vector."),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, metavar="N", help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
@@ -41,6 +43,7 @@ def search(
         os.environ.setdefault("LANCE_LOG", "error")
         os.environ.setdefault("LANCEDB_LOG", "error")
     setup_logging(verbose)
+    from nomic_memory.ingest.pageref import resolve_page_ref  # late: PIL, pypdfium2
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
     from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
@@ -55,9 +58,11 @@ def search(
         raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
     if template is not None and "{}" not in template:
         raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
-    for p in images:
-        if not p.is_file():
-            raise fail(f"no such image file: {p}")
+    try:  # before the model loads: a missing file or page is one line
+        for ref in images:
+            resolve_page_ref(ref)
+    except NomicMemoryError as e:
+        raise fail(f"--image {e}")
     store_path = store or default_store_path()
     try:
         idx = Index.open(store_path, table, backend=backend.value, model_name=model_name,
@@ -73,7 +78,7 @@ def search(
             _build_index(idx, index_method or "pooled", pool_factor, json_out and not texts and not images)
             if not texts and not images:
                 raise typer.Exit(EXIT_OK)
-        queries: list = texts + images
+        queries: list = texts + [Path(ref) for ref in images]  # a Path is an image query (a str is text)
         tl = time.perf_counter()
         _ = idx.model  # load (and check) the query model
         t0 = time.perf_counter()
@@ -87,7 +92,7 @@ def search(
     if json_out:
         _print_json(idx, queries, results, k=k, approx=approx, where=where, timing=timing)
     else:
-        _print_tables(idx, queries, results, approx=approx, where=where, timing=timing)
+        print_results(idx, queries, results, approx=approx, where=where, timing=timing)
     raise typer.Exit(EXIT_OK)
 
 
@@ -112,26 +117,3 @@ def _print_json(idx, queries: list, results: list, *, k: int, approx: bool, wher
            "results": per_query,
            "queries": [{"query": str(q), "kind": _kind(q), "results": r} for q, r in zip(queries, per_query)]}
     typer.echo(json.dumps(out))
-
-
-def _print_tables(idx, queries: list, results: list, *, approx: bool, where, timing: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    for q, hits in zip(queries, results):
-        t = Table(title=f"{'query' if isinstance(q, str) else 'image'}: {q}", title_justify="left")
-        t.add_column("rank", justify="right")
-        t.add_column("score", justify="right")
-        t.add_column("path", overflow="fold")
-        t.add_column("page", justify="right")
-        t.add_column("root", overflow="fold", style="dim")
-        for h in hits:
-            t.add_row(str(h.rank), f"{h.score:.4f}", h.path, str(h.page), h.root)
-        console.print(t)
-    n = len(queries)
-    mode = "approximate" if approx else "exact"
-    console.print(f"{mode} search of {idx.table.name} ({idx.info.kind})" + (f" where {where}" if where else "")
-                  + f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
-                  f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s",
-                  style="dim", markup=False, highlight=False)
