@@ -84,16 +84,11 @@ def bench(
 ) -> None:
     """Sweep batch sizes (x modes, models, backends): peak memory, time, images/s, and the plan."""
     setup_logging(verbose)
-    from nomic_memory.model.backends import BACKENDS  # late: torch (a second); the CLI starts without it
-    from nomic_memory.perf.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot  # late: torch (a second)
-
     sizes = _batch_sizes(batch_sizes)
     variants = _variants(model_variant)
     names = _split(model_name)
-    backends = _split(backend) or ["auto"]
-    for b in backends:
-        if b not in BACKENDS:
-            raise fail(f"unknown backend {b!r}; choose one of {', '.join(BACKENDS)}", EXIT_USAGE)
+    backends = _check_backends(_split(backend) or ["auto"])  # before torch loads and images are made
+    from nomic_memory.perf.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot  # late: torch (a second)
     if image_only and both_modes:
         raise fail("--image-only and --both-modes exclude each other", EXIT_USAGE)
     if synthetic_weights and names:
@@ -155,8 +150,34 @@ def bench(
     raise typer.Exit(EXIT_FATAL if failed and len(failed) == len(results) else EXIT_OK)
 
 
+def _check_backends(backends: list[str]) -> list[str]:
+    """Every backend named is known and present: refused in a moment (a machine with no NVIDIA
+    driver or no Apple silicon, without importing torch), then asked of torch (a driver but no
+    device), before any image is generated or any model loaded."""
+    known = [c.value for c in BackendChoice]
+    for b in backends:
+        if b not in known:
+            raise fail(f"unknown backend {b!r}; choose one of {', '.join(known)}", EXIT_USAGE)
+    present, _ = guess_backend()
+    for b in backends:
+        if b == "cuda" and present != "cuda":
+            raise fail("backend 'cuda' was requested but this machine has no NVIDIA driver (no CUDA device); "
+                       "use --backend auto or cpu")
+        if b == "mps" and present != "mps":
+            raise fail("backend 'mps' was requested but Apple MPS is not available on this machine; "
+                       "use --backend auto or cpu")
+    if any(b in ("cuda", "mps") for b in backends):
+        from nomic_memory.model.backends import select_backend  # late: torch (a second); only to ask it about a device
+
+        for b in backends:
+            if b != "auto":
+                select_backend(b)  # BackendUnavailable: one line, exit 1
+    return backends
+
+
 def plan(
-    model_variant: str = typer.Option("colnomic-7b", "--model-variant", metavar="VARIANTS", help=_VARIANT_HELP),
+    model_variant: Optional[str] = typer.Option(None, "--model-variant", metavar="VARIANTS",
+                                                help=_VARIANT_HELP + "; default colnomic-7b unless --model-name is given"),
     model_name: Optional[str] = typer.Option(None, "--model-name", metavar="DIRS", help="Local model directories (their config.json) instead of variants (comma-separated: several)."),
     batch_sizes: str = typer.Option("8", "--batch-sizes", "--batch-size", metavar="N,N,...", help="Batch sizes (comma-separated: several)."),
     visual_tokens: int = typer.Option(768, "--visual-tokens", min=4, metavar="N", help="The processor's cap on visual tokens per image; without --image-size every image has this many."),
@@ -175,8 +196,10 @@ def plan(
     images = [_image_size(v) for v in _split(image_size)]
     be, be_note = guess_backend() if backend is BackendChoice.auto else (backend.value, "")
     dtype_bytes = DTYPE_BYTES.get(dtype.value)
-    models = [(v, Arch.for_variant(v), VARIANTS[v].kind) for v in _variants(model_variant)]
-    models += [(Path(n).name, *_arch_from_dir(Path(n))) for n in _split(model_name)]
+    names = _split(model_name)
+    variants = _variants(model_variant) or ([] if names else ["colnomic-7b"])  # --model-name replaces the default
+    models = [(v, Arch.for_variant(v), VARIANTS[v].kind) for v in variants]
+    models += [(Path(n).name, *_arch_from_dir(Path(n))) for n in names]
     if not models:
         raise fail("give --model-variant or --model-name", EXIT_USAGE)
     note = ""
