@@ -21,7 +21,7 @@ from nomic_memory.errors import InputError
 from nomic_memory.ingest.decode import DecodeTask
 from nomic_memory.ingest.documents import PageGeometry, is_document_path, list_pages, may_have_pages, render_size
 
-_PAGE_SUFFIX = re.compile(r"^(?P<path>.+)#(?P<page>\d+)$", re.S)
+_PAGE_SUFFIX = re.compile(r"^(?P<path>.+)#(?P<page>\d+)$", re.DOTALL)
 
 
 def split_page_ref(ref: str | os.PathLike[str]) -> tuple[Path, int | None]:
