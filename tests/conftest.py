@@ -223,23 +223,8 @@ def run_cli_many(commands: dict[str, list], env: dict | None = None, timeout: fl
 # ---------------------------------------------------------------- the fast lane
 # `pytest -m "not slow"` must finish in about a minute on a 2-core machine: tests that start the
 # CLI (each subprocess imports torch), a Ray cluster, an S3 server, a web server or a browser, or
-# kill processes, are slow.  Whole modules where every test does; single tests are marked where
-# they are written (@pytest.mark.slow).
-SLOW_MODULES = {"test_cli", "test_cli_more", "test_ray", "test_object_store", "test_serve", "test_browser"}
-SLOW_TESTS = {
-    "test_kill9_then_resume",  # a CLI run killed with SIGKILL, then resumed
-    "test_bad_documents_reported_good_pages_stored",  # the CLI on bad PDFs
-    "test_two_processes_racing_on_one_store_leave_unique_keys",  # two writer processes
-    "test_export_errors_are_one_line_and_leave_no_partial_file",  # CLI subprocesses
-    "test_decoder_workers_match_inline_decoding",  # starts decode worker processes
-    "test_plan_help_and_export_do_not_import_torch",  # CLI subprocesses
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.originalname in SLOW_TESTS:
-            item.add_marker(pytest.mark.slow)
+# kill processes, are slow.  They say so where they are written: `pytestmark = pytest.mark.slow`
+# for a whole module, `@pytest.mark.slow` for one test (`--strict-markers` refuses a typo).
 
 
 def kill_when_rows(proc, store: Path, lo: int, hi: int, timeout: float = 240):

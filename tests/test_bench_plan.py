@@ -153,6 +153,7 @@ def test_plan_cli_lists_auto_backend_and_image_sizes():
     assert json.loads(r.output)["visual_tokens"] == 15552
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_plan_help_and_export_do_not_import_torch(tmp_path):
     """`nomic-memory --help`, `plan` and `export --help` start without torch or transformers."""
     import subprocess

@@ -25,6 +25,8 @@ from conftest import BAD_FILES, CLEAN_IMAGES, cli_env, run_cli_many
 from nomic_memory.store.export import export_store
 from nomic_memory.store.table import Store, embedding_to_numpy
 
+pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
+
 NO_MODEL = "/nonexistent/dir-that-is-not-there"
 MEMORY_LINE = re.compile(r"^Peak CPU memory used \(RSS\): \d+\.\d\d GB \(\d+\.\d\d MB\)$", re.M)
 

@@ -22,6 +22,8 @@ from conftest import CLEAN_IMAGES, REPO, cli_cmd, cli_env, finish, make_image
 from nomic_memory.cli.common import plural
 from nomic_memory.store.table import Store
 
+pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
+
 HUB_ONLY_VARIANT = "colnomic-3b"  # never in this machine's (offline) Hugging Face cache
 
 

@@ -118,6 +118,7 @@ def test_changed_and_shrunk_documents(tiny_colqwen, docs_dir, tmp_path):
     assert "report.pdf" not in {r["path"] for r in rows(store)}
 
 
+@pytest.mark.slow  # the CLI on bad PDFs
 def test_bad_documents_reported_good_pages_stored(tiny_colqwen, tmp_path):
     from reportlab.lib import pdfencrypt
 

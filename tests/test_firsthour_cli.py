@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import REPO, cli_env, run_cli, run_cli_many
 
 pytestmark = pytest.mark.slow  # every test starts CLI processes (each imports torch)

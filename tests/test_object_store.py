@@ -16,6 +16,8 @@ from conftest import CLEAN_IMAGES, cli_env, run_cli
 
 from nomic_memory.store.table import Store, embedding_to_numpy
 
+pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
+
 BUCKET = "nomic-memory-test"
 
 

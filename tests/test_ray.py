@@ -21,6 +21,8 @@ from PIL import Image
 from nomic_memory.model.backends import select_backend
 from nomic_memory.store.table import Store, embedding_to_numpy
 
+pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
+
 CPU = select_backend("cpu")
 SIZES = [(120, 90), (64, 200), (300, 300), (500, 120), (90, 90)]
 

@@ -270,6 +270,7 @@ for b in range(0, 120, 6):
 """
 
 
+@pytest.mark.slow  # two writer processes
 def test_two_processes_racing_on_one_store_leave_unique_keys(tmp_path):
     store = str(tmp_path / "store")
     Store(store).create_or_open("t", TableInfo("m", "r", "biqwen", 8, "fp", "float16"))
@@ -377,6 +378,7 @@ def test_damaged_manifest_is_a_store_error_naming_check(tmp_path):
         Store(store).open_table("t").count() if False else Store(store).open_table("t").to_arrow()
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_export_errors_are_one_line_and_leave_no_partial_file(loaded, image_dir, tmp_path):
     from nomic_memory.errors import UsageError
     from nomic_memory.store.export import ExportError, export_store

@@ -24,6 +24,8 @@ from PIL import Image
 from conftest import cli_env, run_cli, start_cli
 from test_object_store import BUCKET, s3  # noqa: F401  (the moto S3 server fixture)
 
+pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
+
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TEXTS = ["a red bicycle", "quarterly revenue table", "x", "the cat sat on the mat", "invoice 2024", "blue sky"]

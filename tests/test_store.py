@@ -193,6 +193,7 @@ def kill_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # a CLI run killed with SIGKILL, then resumed
 def test_kill9_then_resume(loaded, tiny_colqwen, kill_dir, tmp_path):
     store = tmp_path / "store"
     env = cli_env(tmp_path)

@@ -23,6 +23,10 @@ class UsageError(NomicMemoryError, ValueError):
     """An option or argument that cannot work (the CLI exits with status 2)."""
 
 
+class WrongTypeError(UsageError, TypeError):
+    """An argument of the wrong type (also a ``TypeError``, as Python's own would be)."""
+
+
 class BackendUnavailable(NomicMemoryError):
     """The requested backend (device/dtype) does not exist on this machine."""
 
@@ -75,5 +79,5 @@ class InputError(NomicMemoryError):
         return (type(self), (self.path, self.reason, self.page))
 
 
-__all__ = ["NomicMemoryError", "UsageError", "BackendUnavailable", "ModelLoadError", "ModelKindError",
+__all__ = ["NomicMemoryError", "UsageError", "WrongTypeError", "BackendUnavailable", "ModelLoadError", "ModelKindError",
            "StoreError", "SearchError", "ModelMismatchError", "EngineError", "InputError"]

@@ -18,9 +18,9 @@ import typer
 from nomic_memory.cli import bench as _bench
 from nomic_memory.cli import check as _check
 from nomic_memory.cli import embed as _embed
+from nomic_memory.cli import samples as _samples
 from nomic_memory.cli import search as _search
 from nomic_memory.cli import serve as _serve
-from nomic_memory.cli import samples as _samples
 from nomic_memory.cli import store as _store
 from nomic_memory.cli import tools as _tools
 from nomic_memory.cli.common import reports_errors, version_callback

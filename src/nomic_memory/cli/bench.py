@@ -59,8 +59,7 @@ def _batch_sizes(value: str) -> list[int]:
     return sorted(set(sizes))
 
 
-# Over 80 lines only by its option list (twenty options, each a line); the body checks the options
-# and hands the sweep to nomic_memory.perf.bench.
+# Long: twenty options to check against each other before the sweep starts, then the report.
 def bench(
     directory: Optional[Path] = typer.Argument(None, metavar="DIR", help="Images to embed (default: a generated sample set)."),
     model_variant: Optional[str] = typer.Option(None, "--model-variant", metavar="VARIANTS", help=_VARIANT_HELP),

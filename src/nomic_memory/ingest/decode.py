@@ -37,7 +37,7 @@ class DecodeTask:
     path: Path
     page: int = 0
     content_hash: str | None = None
-    width: int = 0  # the size the scan read from the header (0: unknown), saving a second read
+    width: int = 0  # the size the inspection read from the header (0: unknown), saving a second read
     height: int = 0
 
 

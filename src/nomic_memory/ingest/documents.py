@@ -120,7 +120,7 @@ def is_input_path(path: str | os.PathLike[str]) -> bool:
 def may_have_pages(path: str | os.PathLike[str]) -> bool:
     """True for names whose file may hold several pages (PDF, TIFF): call :func:`list_pages`.
 
-    Looks at the name only, so the scan knows which files need the (cheap) page listing.
+    Looks at the name only, so the inspection knows which files need the (cheap) page listing.
     """
     return os.fspath(path).lower().endswith(DOCUMENT_EXTENSIONS + PAGED_IMAGE_EXTENSIONS)
 

@@ -267,7 +267,7 @@ def _not_regular_reason(path: Path) -> str | None:
 
 def os_error_reason(exc: OSError) -> str:
     """The reason, for the user, that a file could not be opened or read (one wording everywhere:
-    the scan, image decoding, documents)."""
+    the inspection, image decoding, documents)."""
     if isinstance(exc, FileNotFoundError):
         return "file not found"
     if isinstance(exc, IsADirectoryError):
@@ -337,7 +337,7 @@ def hash_bytes(data: bytes) -> str:
 def hash_file(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES,
               chunk: int = 1 << 20) -> tuple[str, int]:
     """``(hash_bytes of the file, size)``, streamed with the same checks and bounds as
-    :func:`read_file_bounded` (for a scan that must not hold every file in memory)."""
+    :func:`read_file_bounded` (for an inspection that must not hold every file in memory)."""
     f, size = open_regular(path, max_bytes)
     h = hashlib.sha256()
     n = 0
@@ -358,7 +358,7 @@ def hash_file(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES,
 def image_size(path: str | os.PathLike[str], data: bytes | None = None) -> tuple[int, int] | None:
     """Width and height as displayed (EXIF orientation applied), from the header only; ``None``
     when the header cannot be read.  Safe on any path (regular files only, no decompression-bomb
-    warning printed): for a scan that plans batches before decoding."""
+    warning printed): for an inspection that plans batches before decoding."""
     try:
         if data is None:
             f, _size = open_regular(path)
@@ -561,7 +561,6 @@ def oriented_size(img: Image.Image) -> tuple[int, int]:
     return h, w
 
 
-# Over 80 lines by its docstring (every conversion and refusal, for callers); the body is ~35.
 def load_image(
     path: str | os.PathLike[str],
     *,

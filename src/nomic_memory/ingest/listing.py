@@ -94,7 +94,7 @@ def _pages(sf: SourceFile) -> bool:
     return True
 
 
-def scan_file(path: Path, root: Path) -> SourceFile:
+def inspect_file(path: Path, root: Path) -> SourceFile:
     """Stat, hash and measure one file (never raises: a problem is recorded in ``error``)."""
 
     sf = SourceFile(path, path.relative_to(root).as_posix())
@@ -114,12 +114,12 @@ def scan_file(path: Path, root: Path) -> SourceFile:
     return sf
 
 
-def scan_files(paths: list[Path], root: Path, threads: int = 8) -> list[SourceFile]:
-    """:func:`scan_file` for every path, in order (threads: hashing releases the GIL)."""
+def inspect_files(paths: list[Path], root: Path, threads: int = 8) -> list[SourceFile]:
+    """:func:`inspect_file` for every path, in order (threads: hashing releases the GIL)."""
     if len(paths) < 2:
-        return [scan_file(p, root) for p in paths]
+        return [inspect_file(p, root) for p in paths]
     with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as ex:
-        return list(ex.map(lambda p: scan_file(p, root), paths))
+        return list(ex.map(lambda p: inspect_file(p, root), paths))
 
 
-__all__ = ["Item", "SourceFile", "scan_file", "scan_files"]
+__all__ = ["Item", "SourceFile", "inspect_file", "inspect_files"]

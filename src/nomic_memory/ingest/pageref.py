@@ -57,7 +57,7 @@ def resolve_page_ref(ref: str | os.PathLike[str]) -> tuple[Path, int]:
 
 def page_task(path: Path, geometry: PageGeometry, image_processor) -> DecodeTask:
     """The decode task of one page: a PDF page drawn at the size the processor keeps (its size
-    rounded as the scan rounds it, so the drawing is the run's), a TIFF frame as it is."""
+    rounded as the inspection rounds it, so the drawing is the run's), a TIFF frame as it is."""
     g = PageGeometry(geometry.page, max(1, round(geometry.width)), max(1, round(geometry.height)))
     w, h = render_size(g, image_processor) if is_document_path(path) else (0, 0)
     return DecodeTask(path, g.page, None, w, h)

@@ -28,6 +28,7 @@ from nomic_memory.model.collate import Prepared, collate_flat
 from nomic_memory.model.loading import LoadedModel
 from nomic_memory.memory import trim_heap
 from nomic_memory.model.chunks import chunk_limits
+from nomic_memory.errors import UsageError
 
 log = logging.getLogger("nomic_memory")
 
@@ -331,7 +332,7 @@ def embed_queries(lm: LoadedModel, texts: list[str], batch_size: int = 16,
     """Query embeddings as the model card does it (``process_queries``); ``template`` formats
     each text first (e.g. ``"Query: {}"``)."""
     if lm.image_only:
-        raise ValueError("this model was loaded image-only and cannot embed text queries")
+        raise UsageError("this model was loaded image-only and cannot embed text queries")
     out: list[torch.Tensor] = []
     for i in range(0, len(texts), batch_size):
         chunk = texts[i:i + batch_size]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nomic_memory.errors import ModelLoadError, UsageError  # ModelLoadError: re-exported
 from nomic_memory.model.backends import Backend
 from nomic_memory.model.variants import DEFAULT_VARIANT, VARIANTS, KINDS, detect_kind_from_files, kind_from_name, variant_for_repo
 
@@ -34,8 +35,6 @@ BIQWEN_KEY_MAPPING = {
 }
 DEFAULT_SEED = 0
 
-
-from nomic_memory.errors import ModelLoadError  # noqa: E402  (re-exported)
 
 
 
@@ -106,7 +105,7 @@ class CompactEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         idx = self.lookup[input_ids]
         if bool((idx < 0).any()):
-            raise ValueError("image-only model received a text token outside the document prompt; "
+            raise UsageError("image-only model received a text token outside the document prompt; "
                              "load without --image-only to embed text queries")
         return F.embedding(idx, self.weight)
 

@@ -7,7 +7,7 @@ The one rule, wherever a query is taken:
   as a stored image is.  A path may name a PDF or a multi-page TIFF: ``Path("report.pdf#3")`` is its
   page 3, ``Path("report.pdf")`` its page 1 (:mod:`nomic_memory.ingest.pageref`).
 
-Anything else is refused (:class:`~nomic_memory.errors.UsageError`), so that a path passed as a
+Anything else is refused (:class:`~nomic_memory.errors.WrongTypeError`), so that a path passed as a
 ``str`` is never silently searched for as text by one method and as an image by another.
 """
 
@@ -18,7 +18,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from nomic_memory.errors import UsageError
+from nomic_memory.errors import WrongTypeError
 from nomic_memory.ingest.pageref import page_ref_task
 from nomic_memory.model.embed import embed_inputs
 from nomic_memory.model.encode import embed_queries
@@ -34,10 +34,10 @@ def is_image_query(q) -> bool:
 
 
 def check_queries(queries: list) -> None:
-    """:class:`UsageError` for an item that is neither a text nor an image query."""
+    """:class:`WrongTypeError` for an item that is neither a text nor an image query."""
     for q in queries:
         if not (is_text_query(q) or is_image_query(q)):
-            raise UsageError(f"a query is a str (text), a pathlib.Path or a PIL image, not {type(q).__name__}")
+            raise WrongTypeError(f"a query is a str (text), a pathlib.Path or a PIL image, not {type(q).__name__}")
 
 
 def embed_any_queries(lm: LoadedModel, queries: list, *, template: str | None = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from nomic_memory.model.loading import BIQWEN_KEY_MAPPING
+from nomic_memory.errors import UsageError
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -115,7 +116,7 @@ def build_tiny_model(out_dir: str | Path, kind: str = "colqwen", size: str = "ti
     from colpali_engine.models import BiQwen2_5, ColQwen2_5
 
     if kind not in ("colqwen", "biqwen"):
-        raise ValueError(f"kind must be 'colqwen' or 'biqwen', not {kind!r}")
+        raise UsageError(f"kind must be 'colqwen' or 'biqwen', not {kind!r}")
     dims = SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

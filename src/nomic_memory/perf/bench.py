@@ -163,7 +163,7 @@ class _NullTable:
     def __init__(self, name: str, info):
         self.name, self.info = name, info
 
-    def index(self, root=None) -> dict:
+    def stored_keys(self, root=None) -> dict:
         return {}
 
     def upsert(self, records, known_new=None) -> list:
@@ -229,6 +229,7 @@ def planned_batches(lm, directory: str | Path, batch_size: int) -> list[list[int
     return [[tokens[i] for i in b] for b in make_batches(tokens, batch_size, sort=True, max_padding=MAX_PADDING)]
 
 
+# Long: one measured run, set-up to teardown, in the order the numbers are taken.
 def measure(cfg: BenchConfig) -> dict:
     """Measure one configuration in this process (see the module docstring)."""
     import torch

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 
 from nomic_memory.model.chunks import CHUNKS, chunk_limits
 from nomic_memory.model.variants import VARIANTS
+from nomic_memory.errors import UsageError
 
 GB = 1024**3
 MB = 1024**2
@@ -154,7 +155,7 @@ def architecture_config(variant_or_arch: str, *, layers: int | None = None,
     keeping every width and the vocabulary."""
     name = VARIANT_ARCHITECTURE.get(variant_or_arch, variant_or_arch)
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown variant or architecture {variant_or_arch!r}; choose one of "
+        raise UsageError(f"unknown variant or architecture {variant_or_arch!r}; choose one of "
                          f"{', '.join([*VARIANTS, *ARCHITECTURES])}")
     cfg = copy.deepcopy(ARCHITECTURES[name])
     if layers is not None:
@@ -559,9 +560,9 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
     ``colpali-dense-mask`` (the same on transformers <= 4.53: dense vision masks over the whole
     batch).  ``image_note`` says where the token counts come from (printed with the assumptions)."""
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise UsageError("batch_size must be >= 1")
     if forward not in FORWARDS:
-        raise ValueError(f"forward must be one of {', '.join(FORWARDS)}")
+        raise UsageError(f"forward must be one of {', '.join(FORWARDS)}")
     b = dtype_bytes or BACKEND_DTYPE_BYTES.get(backend, 2)
     tokens = tuple(token_counts) if token_counts else (int(visual_tokens),) * batch_size
     s = _Batch(tokens, prompt_tokens, b, backend, attn, forward, chunks or chunk_limits(backend),

@@ -1,4 +1,4 @@
-"""The run driver: discover -> scan -> plan -> execute (decode + encode) -> store.
+"""The run driver: discover -> inspect -> plan -> execute (decode + encode) -> store.
 
 One driver serves every engine (clip-retrieval's reader -> mapper -> writer, with the mapper
 swappable):
@@ -32,7 +32,7 @@ from nomic_memory.store.failures import FailureLog
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import discover
 from nomic_memory.memory import MemoryReport
-from nomic_memory.ingest.listing import Item, SourceFile, scan_files
+from nomic_memory.ingest.listing import Item, SourceFile, inspect_files
 from nomic_memory.store.table import path_to_key
 from nomic_memory.ingest.documents import PageGeometry, render_size
 from nomic_memory.store.table import Store
@@ -192,7 +192,7 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
     failed before and whose file has not changed since (``failures``) are reported, not retried.
     ``image_processor``: the processor's image processor, or a callable returning it (called only
     when something is left to embed).  ``report`` and ``emit`` are updated."""
-    existing = table.index(str(root)) if table is not None else {}
+    existing = table.stored_keys(str(root)) if table is not None else {}
     _prune(table, root, files, existing, report, emit, prune, failures)
     todo: list[Item] = []
     listed_bad: list[tuple[str, int, str, str]] = []
@@ -333,6 +333,8 @@ def _import_store_in_background() -> threading.Thread:
     return t
 
 
+# Long: the run's phases in order (list, open the store, identify the model, plan, execute, report),
+# read top to bottom; each phase is a call, the glue between them is what stays here.
 def run_embedding(directory: str | Path, store, executor: Executor, *, model_id: str, revision: str,
                   seed: int, table_name: str, prune: bool = False, batch_size: int = 8,
                   max_batch_tokens: int | None = None, sort_by_tokens: bool = True,
@@ -354,7 +356,7 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         if not prune:
             raise
         paths, skipped = [], []  # a folder that is gone: --prune forgets what the store held of it
-    files = scan_files(paths, root)
+    files = inspect_files(paths, root)
     inputs = len(skipped) + sum(1 if f.error else len(f.items) + len(f.page_errors) for f in files)
     emit("discovered", {"count": len(paths) + len(skipped), "inputs": inputs, "directory": str(root)})
     if importer is not None:

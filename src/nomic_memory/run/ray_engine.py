@@ -49,14 +49,6 @@ import numpy as np
 # once, at import time, hence before `import ray`.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-# Starting a local cluster, Ray launches its daemons (GCS, raylet, dashboard, log monitor...) from
-# this process with a pre-exec hook, so Python's at-fork handlers run in each child before it execs
-# the daemon; LanceDB's handler (the store is open in the driver) then warns that "lancedb fork
-# support is experimental", once per daemon.  Those children replace themselves with another
-# program at once and never use LanceDB, so the warning does not apply to them: it is filtered here
-# (warning filters are inherited across fork), by its exact message, and no other warning is.
-warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
-
 import ray  # noqa: E402
 import ray.data  # noqa: E402
 
@@ -73,6 +65,14 @@ from nomic_memory.memory import MemoryTracker
 from nomic_memory.model.collate import Prepared
 
 log = logging.getLogger("nomic_memory")
+
+# Starting a local cluster (at run time, after this import), Ray launches its daemons (GCS,
+# raylet, dashboard, log monitor...) from this process with a pre-exec hook, so Python's at-fork
+# handlers run in each child before it execs the daemon; LanceDB's handler (the store is open in the driver) then warns that "lancedb fork
+# support is experimental", once per daemon.  Those children replace themselves with another
+# program at once and never use LanceDB, so the warning does not apply to them: it is filtered here
+# (warning filters are inherited across fork), by its exact message, and no other warning is.
+warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
 
 #: Retries of a decode task whose worker died (Ray task ``max_retries``).
 DECODE_MAX_RETRIES = 3

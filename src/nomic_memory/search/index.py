@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from nomic_memory.search import approx as _approx
-from nomic_memory.errors import ModelLoadError, ModelMismatchError, SearchError, UsageError
+from nomic_memory.errors import ModelLoadError, ModelMismatchError, SearchError, UsageError, WrongTypeError
 from nomic_memory.search.scoring import ScanOptions, TopK
 from nomic_memory.store.table import EmbeddingTable, Store, TableInfo, default_store_path, embedding_to_numpy
 
@@ -137,7 +137,7 @@ def _as_loaded_model(model):
     from nomic_memory.model.loading import LoadedModel  # late: torch, as above
     lm = getattr(model, "loaded", model)
     if not isinstance(lm, LoadedModel):
-        raise TypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), not {type(model).__name__}")
+        raise WrongTypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), not {type(model).__name__}")
     return lm
 
 
@@ -189,7 +189,7 @@ class Index:
         self.tile_vectors = tile_vectors
         self.workers = workers
         if model is not None and not _holds_model(model):
-            raise TypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), "
+            raise WrongTypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), "
                             f"not {type(model).__name__}")
         self._given = model  # an Embedder may load its model lazily: resolved on first use
         self._lm = None

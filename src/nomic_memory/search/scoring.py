@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from nomic_memory.store.table import TableInfo
+from nomic_memory.errors import UsageError
 
 # The row columns a hit reports (in a Hit's field order: path, root, page).
 META_COLUMNS = ["root", "path", "page"]
@@ -80,12 +81,12 @@ class Scorer:
         self.device = torch.device(device)
         qs = [np.asarray(q, dtype=np.float32) for q in queries]
         if not qs:
-            raise ValueError("no queries")
+            raise UsageError("no queries")
         if kind == "colqwen":
             qs = [q.reshape(-1, dim) for q in qs]
             lens = [q.shape[0] for q in qs]
             if min(lens) == 0:
-                raise ValueError("a query has no vectors")
+                raise UsageError("a query has no vectors")
             self.qidx = torch.repeat_interleave(torch.arange(len(qs)), torch.tensor(lens)).to(self.device)
         else:
             qs = [q.reshape(dim) for q in qs]

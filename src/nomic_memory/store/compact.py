@@ -27,7 +27,8 @@ def compact_table(table) -> dict:
     passes = 0
     try:
         with table._lock():
-            for passes in range(1, MAX_PASSES + 1):
+            while passes < MAX_PASSES:
+                passes += 1
                 table.refresh()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)  # "removes every version" (older_than 0)

@@ -388,7 +388,7 @@ class EmbeddingTable:
     def version(self) -> int:
         return self.table.version
 
-    def index(self, root: str | None = None) -> dict[str, dict]:
+    def stored_keys(self, root: str | None = None) -> dict[tuple[str, int], dict]:
         """``(path, page) -> {content_hash, model_revision, proj_fingerprint, root}`` (for one root,
         if given).  Paths are given back as ``os.fsdecode`` gives them (see :func:`key_to_path`)."""
         cols = ["root", "path", "page", "content_hash", "model_revision", "proj_fingerprint"]
@@ -591,15 +591,6 @@ class EmbeddingTable:
         if drop:
             log.warning("table %s held %d duplicate rows (concurrent writers): removed", self.name, len(drop))
         return len(drop)
-
-    def delete_row_ids(self, row_ids: Iterable[int]) -> int:
-        ids = [int(r) for r in row_ids]
-        with self._lock():
-            self.refresh()
-            before = self.count()
-            for i in range(0, len(ids), 1000):
-                self.table.delete(f"_rowid IN ({', '.join(str(r) for r in ids[i:i + 1000])})")
-            return before - self.count()
 
     def drop_fragments(self, fragment_ids: Iterable[int]) -> int:
         """Remove whole fragments (data files) from the table: the only repair for a data file
