@@ -117,9 +117,8 @@ class Embedder:
         single = isinstance(queries, (str, os.PathLike)) or hasattr(queries, "getpixel")
         items = [queries] if single else list(queries)
         check_queries(items)
-        res = embed_any_queries(self.loaded, items, template=template, batch_size=batch_size)
-        if as_tensor:
-            res = [torch.from_numpy(e) for e in res]
+        arrays = embed_any_queries(self.loaded, items, template=template, batch_size=batch_size)
+        res: list = [torch.from_numpy(e) for e in arrays] if as_tensor else arrays
         return res[0] if single else res
 
     # ------------------------------------------------------------------ folders and stores
