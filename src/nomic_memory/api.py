@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from nomic_memory.model.loading import DEFAULT_SEED, LoadedModel, ModelSpec, Res
 from nomic_memory.run.driver import ProgressCallback, RunReport
 from nomic_memory.store.check import CheckReport, delete_bad_rows
 from nomic_memory.store.table import EmbeddingTable, Store, default_store_path, key_to_path
+
+if TYPE_CHECKING:
+    from nomic_memory.run.ray_engine import RayExecutor
 from nomic_memory.run.driver import run_embedding
 from nomic_memory.run.local_engine import LocalExecutor
 from nomic_memory.errors import UsageError
@@ -95,7 +99,7 @@ class Embedder:
 
         lm = self.loaded
         groups = [document_pages(x, lm.processor.image_processor) for x in items]
-        flat = embed_inputs(lm, flatten(items, groups), batch_size)
+        flat: list = embed_inputs(lm, flatten(items, groups), batch_size)
         if as_tensor:
             flat = [torch.from_numpy(e) for e in flat]
         out, i = [], 0
@@ -136,6 +140,7 @@ class Embedder:
         processes.  ``table_name``: the store table to fill (default: the model's own)."""
 
         store = store if store is not None else default_store_path()
+        executor: LocalExecutor | RayExecutor
         if engine == "ray":
             from nomic_memory.run.ray_engine import RayExecutor  # late: ray is an optional extra
 
@@ -156,7 +161,7 @@ class Embedder:
             close = getattr(executor, "close", None)
             if close is not None:
                 close()
-        if engine == "local" and self._loaded is None and executor.lm is not None:
+        if isinstance(executor, LocalExecutor) and self._loaded is None and executor.lm is not None:
             self._loaded = executor.lm  # loaded for this run: keep it for the next call
         return report
 

@@ -14,6 +14,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class ProcessorSource:
 @dataclass
 class LoadedModel:
     model: nn.Module
-    processor: object
+    processor: Any  # colpali-engine's ColQwen2_5_Processor / BiQwen2_5_Processor
     kind: str  # colqwen | biqwen
     model_id: str
     revision: str
