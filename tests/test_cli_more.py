@@ -73,7 +73,7 @@ def runs(setup, tiny_models, image_dir):
                             "--store", tmp / "s-rev"], env),
     }
     narrow = {**env, "COLUMNS": "80"}
-    for cmd in ([], ["embed"], ["export"], ["search"], ["make-tiny-model"], ["store"], ["store", "list"],
+    for cmd in ([], ["embed"], ["export"], ["import"], ["search"], ["make-tiny-model"], ["store"], ["store", "list"],
                 ["store", "drop"], ["store", "forget"], ["store", "compact"]):
         light["help " + " ".join(cmd)] = ([*cmd, "--help"], narrow)
     procs = {name: _start(args, e) for name, (args, e) in light.items()}

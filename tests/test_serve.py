@@ -221,7 +221,7 @@ def test_a_slow_client_blocks_no_one(env):
     slow = socket.create_connection((host, int(port)))
     try:
         body = b'{"queries": ["blue sky"], "k": 3}'
-        slow.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        slow.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
                      + b"\r\n\r\n" + body[:10])
         t = time.perf_counter()

@@ -18,6 +18,7 @@ import typer
 from nomic_memory.cli import bench as _bench
 from nomic_memory.cli import check as _check
 from nomic_memory.cli import embed as _embed
+from nomic_memory.cli import importing as _importing
 from nomic_memory.cli import samples as _samples
 from nomic_memory.cli import search as _search
 from nomic_memory.cli import serve as _serve
@@ -44,6 +45,7 @@ app.command("embed")(reports_errors(_embed.embed))
 app.command("search")(reports_errors(_search.search))
 app.command("serve")(reports_errors(_serve.serve))
 app.command("export")(reports_errors(_tools.export))
+app.command("import")(reports_errors(_importing.import_))
 app.command("bench")(reports_errors(_bench.bench))
 app.command("plan")(reports_errors(_bench.plan))
 app.command("make-tiny-model")(reports_errors(_tools.make_tiny_model))

@@ -46,12 +46,17 @@ def search(
     from nomic_memory.ingest.pageref import resolve_page_ref  # late: PIL, pypdfium2
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
+    from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow
     from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     texts = list(query or [])
     images = list(image or [])
     if not texts and not images and not build_index:
         raise fail("give a text query, --image FILE, or --build-index", EXIT_USAGE)
+    try:  # the same rule as the server's
+        texts = [check_text_query(t) for t in texts]
+    except QueryError as e:
+        raise fail(str(e), EXIT_USAGE)
     if index_method is not None and index_method not in APPROX_METHODS:
         raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)
     if index_method is not None and not (approx or build_index):

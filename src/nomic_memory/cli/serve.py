@@ -30,12 +30,14 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN", metavar="TOKEN",
                                         help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."),
+    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", metavar="HOST", help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted."),
     cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
     template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
     model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."),
     max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, metavar="MB", help="Largest request body (uploads included), MB."),
     max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, metavar="N", help="Largest uploaded image, pixels (judged before decoding)."),
+    max_query_tokens: int = typer.Option(512, "--max-query-tokens", min=8, metavar="N", help="Longest text query, in tokens (query prompt included); longer ones are refused (422)."),
     batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, metavar="MS", help="How long a search waits for others to share its forward and scan."),
     exact_batching: bool = typer.Option(False, "--exact-batching", help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log requests and what happens (INFO) on stderr."),
@@ -54,7 +56,8 @@ def serve(
     from nomic_memory.serve.service import SearchService, ServeConfig  # late: torch (a second); the CLI starts without it
     from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
-    cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []),
+    cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []), host=host,
+                      allow_hosts=list(allow_host or []), max_query_tokens=max_query_tokens,
                       max_body_bytes=int(max_body_mb * (1 << 20)), max_image_pixels=max_image_pixels,
                       batch_window_ms=batch_window_ms, exact_batching=exact_batching)
     try:

@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from nomic_memory.errors import SearchError
-from nomic_memory.model.collate import prepare_image
 from nomic_memory.ingest.batching import target_size
+from nomic_memory.model.collate import prepare_image
 
 
 class HeatmapUnavailable(SearchError):
@@ -59,6 +59,8 @@ def _layout_cached(processor_key: int, processor, height: int, width: int) -> La
 def layout(processor, width: int, height: int) -> Layout:
     """The visual-token layout of a page stored with this (original) width and height."""
 
+    if not width or not height:  # an imported row whose source did not record the page size
+        raise HeatmapUnavailable("the page's size was not recorded with its embedding, so its patch grid is unknown")
     try:
         h, w = target_size(int(width), int(height), processor.image_processor)
     except ValueError as e:  # an aspect ratio the processor refuses (the page was padded first)

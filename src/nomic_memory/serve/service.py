@@ -1,4 +1,4 @@
-"""The search service behind ``nomic-memory serve`` (the HTTP routes are in :mod:`.server`).
+"""The search service behind ``nomic-memory serve`` (the HTTP routes are in :mod:`.routes`).
 
 The model is loaded once; requests are answered over HTTP (FastAPI on uvicorn):
 * ``POST /search``: text and image queries -> the same hits, order and float32 scores as
@@ -6,7 +6,7 @@ The model is loaded once; requests are answered over HTTP (FastAPI on uvicorn):
 * ``POST /embed``: embeddings in the request/response shape of vLLM's ``/pooling`` endpoint;
 * ``GET /thumb/{id}``, ``GET|POST /heatmap/{id}``: a page's thumbnail, and the late-interaction map
   of which patches matched which query tokens (:mod:`nomic_memory.serve.heatmap`);
-* ``GET /health``, ``GET /stats``, ``/openapi.json``; the search page at ``/`` (no internet needed).
+* ``GET /health``, ``GET /stats``, ``/openapi.json``, ``/docs``; the search page at ``/``.
 
 **Micro-batching.**  Searches that arrive together share work: a single asyncio task takes the
 first waiting request, collects whatever else arrives within ``batch_window_ms``, then runs ONE
@@ -15,11 +15,15 @@ distinct ``where`` filter, at the largest ``k`` asked, each request's hits cut t
 (the scan's ranking does not depend on ``k`` or on which queries share it, so every request
 gets exactly what it would alone).  The model runs on one dedicated thread (it is not thread-safe)
 and never on the event loop, so a slow client or a long scan never stalls other connections.
+**A bad request fails alone**: each request's texts are tokenised on their own first (a text
+the tokenizer refuses, or one over ``max_query_tokens``, fails that request only), and if the
+shared forward fails anyway, each request is embedded alone so only the failing one learns why.
 
-**Safety.**  Files are served only by row id (a row of the store; never a client's path); bodies
-are capped in bytes, uploaded images in pixels; every error is a JSON ``{"error": ...}`` with a
-4xx status (a 500 says "internal error" and logs the traceback server-side, never to the client).
-Authentication (a bearer token) and CORS are the caller's choice (see :func:`create_app`).
+**Safety.**  Files are served only by row id (a row of the store; never a client's path), and
+only while their bytes match the stored content hash; bodies are capped in bytes, uploaded images
+in pixels, text queries in tokens; page decodes run at most ``max_decodes`` at a time; every
+error is a JSON ``{"error": ...}`` with a 4xx status (503 while the table is missing; a 500 says
+"internal error" and logs the traceback server-side, never to the client).
 """
 
 from __future__ import annotations
@@ -30,59 +34,30 @@ import binascii
 import hashlib
 import io
 import logging
-import os
 import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nomic_memory.errors import NomicMemoryError
-from nomic_memory.memory import trim_heap
 from nomic_memory.ingest.images import ImageError, load_image
+from nomic_memory.memory import trim_heap
 from nomic_memory.serve import heatmap as hm
-from nomic_memory.serve.thumbs import PageUnavailable, load_page
+from nomic_memory.serve.availability import TableWatch
+from nomic_memory.serve.config import HTTPError, ServeConfig
+from nomic_memory.serve.thumbs import PageChanged, PageUnavailable, load_page
 
-log = logging.getLogger("nomic_memory.serve.app")
+log = logging.getLogger("nomic_memory.serve")
 
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 ROW_ID = re.compile(r"^[0-9a-f]{16}$")
-
-
-# ------------------------------------------------------------------ configuration and errors
-@dataclass
-class ServeConfig:
-    """Limits and policy of one server (the CLI's options)."""
-
-    token: str | None = None  # bearer token required on every API route (None: no auth)
-    cors_origins: list[str] = field(default_factory=list)
-    max_body_bytes: int = 32 << 20  # one request body (JSON or multipart)
-    max_image_pixels: int = 40_000_000  # one uploaded image, judged from its header
-    max_queries: int = 64  # per request
-    max_k: int = 1000
-    batch_window_ms: float = 5.0  # how long the batcher waits for company
-    max_batch_queries: int = 512  # per batch
-    exact_batching: bool = False  # one forward per query length: bit-identical to Index.search
-    refresh_seconds: float = 5.0  # how often a batch first looks for rows other processes committed
-
-
-class HTTPError(NomicMemoryError):
-    """A request the server refuses: ``status`` and a message for the client."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def _payload_too_large(limit: int) -> HTTPError:
-    return HTTPError(413, f"request body larger than {limit} bytes")
 
 
 # ------------------------------------------------------------------ small helpers
@@ -110,21 +85,12 @@ class LRU(OrderedDict):
 def decode_image_bytes(data: bytes, max_pixels: int, name: str = "upload"):
     """An uploaded image -> RGB PIL image, through the same safe decoder as the pipeline
     (pixel limit judged from the header before decoding: decompression bombs are refused)."""
-
     if not data:
         raise HTTPError(400, f"{name}: empty image")
-    fd, tmp = tempfile.mkstemp(prefix="nomic-memory-upload-")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            img = load_image(tmp, max_image_pixels=max_pixels)
-        except ImageError as e:
-            status = 413 if "too large" in e.reason else 400
-            raise HTTPError(status, f"{name}: {e.reason}") from None
-    finally:
-        os.unlink(tmp)
-    return img
+        return load_image(name, data=data, max_image_pixels=max_pixels)
+    except ImageError as e:
+        raise HTTPError(413 if "too large" in e.reason else 400, f"{name}: {e.reason}") from None
 
 
 def b64_image(s: Any, name: str) -> bytes:
@@ -156,23 +122,40 @@ class SearchService:
     """The loaded index plus the micro-batcher; shared by all requests of one server."""
 
     def __init__(self, index, config: ServeConfig | None = None):
-        self.index = index
         self.config = config or ServeConfig()
         self.lm = index.model  # load (and check against the table) now, not on the first request
+        self.rows = LRU(4096)
+        self.watch = TableWatch(index, self.config.refresh_seconds, on_reopen=self._forget_rows)
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="nomic-memory-model")
         self.queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        self.rows = LRU(4096)
+        self._decodes: asyncio.Semaphore | None = None
+        self._decoding = 0
         self.query_cache = LRU(256)
         self.started = time.time()
         self._refreshed = time.monotonic()
         self.counters = {"requests": 0, "queries": 0, "batches": 0, "forwards": 0, "scans": 0,
-                         "max_batch_requests": 0, "max_batch_queries": 0,
+                         "max_batch_requests": 0, "max_batch_queries": 0, "refused_queries": 0,
+                         "decodes": 0, "max_concurrent_decodes": 0,
                          "embed_seconds": 0.0, "scan_seconds": 0.0}
+
+    @property
+    def index(self):
+        """The served index (a new one after its table was dropped and came back)."""
+        return self.watch.index
+
+    def available(self, force: bool = False):
+        """The index if its table can be served now, else :class:`HTTPError` 503 with the reason."""
+        return self.watch.current(force)
+
+    def _forget_rows(self) -> None:
+        with self.rows.lock:
+            self.rows.clear()
 
     # ---- lifecycle (inside the event loop)
     def start(self) -> None:
         self.queue = asyncio.Queue()
+        self._decodes = asyncio.Semaphore(max(1, self.config.max_decodes))
         self._task = asyncio.get_running_loop().create_task(self._batcher(), name="nomic-memory-batcher")
 
     async def stop(self) -> None:
@@ -188,6 +171,20 @@ class SearchService:
         """Run ``fn`` on the model thread (never on the event loop, never two at once)."""
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
 
+    async def decode(self, fn, *args):
+        """Run a page decode ``fn`` on a worker thread, at most ``config.max_decodes`` at once (a
+        large page costs hundreds of MB while it is decoded: concurrent requests wait their turn)."""
+        assert self._decodes is not None, "the service is not started"
+        async with self._decodes:
+            self._decoding += 1
+            c = self.counters
+            c["decodes"] += 1
+            c["max_concurrent_decodes"] = max(c["max_concurrent_decodes"], self._decoding)
+            try:
+                return await asyncio.to_thread(fn, *args)
+            finally:
+                self._decoding -= 1
+
     # ---- search
     async def search(self, queries: list, k: int, where: str | None) -> list[list]:
         fut = asyncio.get_running_loop().create_future()
@@ -195,32 +192,35 @@ class SearchService:
         await self.queue.put(_Job(queries, k, where, fut))
         return await fut
 
-    async def _batcher(self) -> None:
+    async def _collect(self) -> list[_Job]:
+        """The next batch: the first waiting job and whatever arrives within the window."""
         q = self.queue
         assert q is not None
-        window = self.config.batch_window_ms / 1000
+        loop = asyncio.get_running_loop()
+        jobs = [await q.get()]
+        n = len(jobs[0].queries)
+        deadline = loop.time() + self.config.batch_window_ms / 1000
+        while n < self.config.max_batch_queries:
+            timeout = deadline - loop.time()
+            try:
+                job = q.get_nowait() if timeout <= 0 else await asyncio.wait_for(q.get(), timeout)
+            except (TimeoutError, asyncio.QueueEmpty):
+                break
+            jobs.append(job)
+            n += len(job.queries)
+        return [j for j in jobs if not j.future.cancelled()]  # clients that went away
+
+    async def _batcher(self) -> None:
         while True:
-            jobs = [await q.get()]
-            n = len(jobs[0].queries)
-            deadline = asyncio.get_running_loop().time() + window
-            while n < self.config.max_batch_queries:
-                timeout = deadline - asyncio.get_running_loop().time()
-                try:
-                    job = q.get_nowait() if timeout <= 0 else await asyncio.wait_for(q.get(), timeout)
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
-                    break
-                jobs.append(job)
-                n += len(job.queries)
-            jobs = [j for j in jobs if not j.future.cancelled()]  # clients that went away
+            jobs = await self._collect()
             if not jobs:
                 continue
             try:
                 results = await self.run_model(self._run_batch, jobs)
-            except Exception as e:  # embedding failed: every request of the batch learns why
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(e)
-                continue
+            except Exception as e:  # the table is gone, or a bug: every request of the batch learns why
+                if not isinstance(e, HTTPError):
+                    log.exception("search batch failed")
+                results = [e] * len(jobs)
             for j, r in zip(jobs, results):
                 if j.future.done():
                     continue
@@ -229,7 +229,40 @@ class SearchService:
                 else:
                     j.future.set_result(r)
 
-    def _embed(self, queries: list) -> list[np.ndarray]:
+    # ---- query embedding (on the model thread)
+    def _template(self, texts: list[str]) -> list[str]:
+        t = self.index.template
+        if not t:
+            return texts
+        return [t.format(x) if "{}" in t else t + x for x in texts]
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text query's token ids as the model sees them (template and query prompt included)."""
+        b = self.lm.processor.process_queries(self._template(texts))
+        return [row[mask.bool()].tolist() for row, mask in zip(b["input_ids"], b["attention_mask"])]
+
+    def _admit(self, queries: list) -> dict[int, int]:
+        """Token count of each text query (by position), tokenised on their own: a text the tokenizer
+        refuses or one over ``max_query_tokens`` raises :class:`HTTPError` 422 for its request."""
+        cap = self.config.max_query_tokens
+        lengths: dict[int, int] = {}
+        texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
+        if not texts:
+            return lengths
+        try:
+            ids = self._token_ids([q for _, q in texts])
+        except Exception as e:  # noqa: BLE001 - the tokenizer's own reasons (ValueError, TypeError, ...)
+            self.counters["refused_queries"] += 1
+            raise HTTPError(422, f"a text query cannot be tokenised: {str(e).splitlines()[0][:200]}") from None
+        for (i, _), row in zip(texts, ids):
+            if len(row) > cap:
+                self.counters["refused_queries"] += 1
+                raise HTTPError(422, f"queries[{i}] is {len(row)} tokens long with the query prompt; text "
+                                     f"queries are limited to {cap} tokens (--max-query-tokens)")
+            lengths[i] = len(row)
+        return lengths
+
+    def _embed(self, queries: list, lengths: dict[int, int] | None = None) -> list[np.ndarray]:
         """Embed texts and images on the model thread: by default one forward for all texts
         and one for all images.
 
@@ -241,16 +274,15 @@ class SearchService:
         from nomic_memory.model.embed import embed_inputs  # late: transformers' model code, once the model is needed
         from nomic_memory.model.encode import embed_queries  # late: as above
         out: list = [None] * len(queries)
-        texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
-        images = [i for i, q in enumerate(queries) if not isinstance(q, str)]
-        groups: dict = {}
         exact = self.config.exact_batching
-        if texts:
-            lengths = self._text_lengths([queries[i] for i in texts]) if exact else [0] * len(texts)
-            for i, n in zip(texts, lengths):
-                groups.setdefault(("text", n), []).append(i)
-        for i in images:
-            groups.setdefault(("image", queries[i].size if exact else 0), []).append(i)
+        if exact and lengths is None:
+            lengths = self._admit(queries)
+        groups: dict = {}
+        for i, q in enumerate(queries):
+            if isinstance(q, str):
+                groups.setdefault(("text", lengths[i] if exact and lengths else 0), []).append(i)
+            else:
+                groups.setdefault(("image", q.size if exact else 0), []).append(i)
         t0 = time.perf_counter()
         for (kind, _), members in groups.items():
             items = [queries[i] for i in members]
@@ -265,87 +297,129 @@ class SearchService:
         self.counters["embed_seconds"] += time.perf_counter() - t0
         return out
 
-    def _text_lengths(self, texts: list[str]) -> list[int]:
-        """Token count of each text query (tokenising only)."""
-        t = self.index.template
-        if t:
-            texts = [t.format(x) if "{}" in t else t + x for x in texts]
-        b = self.lm.processor.process_queries(texts)
-        return [int(n) for n in b["attention_mask"].sum(dim=1)]
+    def embed_checked(self, queries: list) -> list[np.ndarray]:
+        """Admit (:meth:`_admit`) then embed ``queries`` (on the model thread)."""
+        return self._embed(queries, self._admit(queries))
 
-    def _refresh(self) -> None:
+    async def embed(self, queries: list) -> list[np.ndarray]:
+        """Embeddings of texts (as queries) and images (as pages), each text admitted first."""
+        return await self.run_model(self.embed_checked, queries)
+
+    def _embed_jobs(self, jobs: list[_Job]) -> tuple[list, list]:
+        """``(embeddings per job, error per job)``: admitted alone, embedded together; if the shared
+        forward fails, each job is embedded alone, so only a failing request fails."""
+        errors: list = [None] * len(jobs)
+        lengths: list = [None] * len(jobs)
+        for ji, j in enumerate(jobs):
+            try:
+                lengths[ji] = self._admit(j.queries)
+            except HTTPError as e:
+                errors[ji] = e
+        live = [ji for ji in range(len(jobs)) if errors[ji] is None]
+        flat: list = []
+        flat_lengths: dict[int, int] = {}
+        for ji in live:
+            flat_lengths.update({len(flat) + i: n for i, n in lengths[ji].items()})
+            flat.extend(jobs[ji].queries)
+        per_job: list = [None] * len(jobs)
+        try:
+            embs = self._embed(flat, flat_lengths) if flat else []
+        except Exception:  # noqa: BLE001 - whose fault? embed each request alone to find out
+            log.warning("a batch of %d requests failed to embed; embedding each alone", len(live))
+            for ji in live:
+                try:
+                    per_job[ji] = self._embed(jobs[ji].queries, lengths[ji])
+                except Exception as e:  # noqa: BLE001 - this request's queries cannot be embedded
+                    log.exception("a search request failed to embed")
+                    errors[ji] = HTTPError(422, f"the query cannot be embedded: {str(e).splitlines()[0][:200]}")
+            return per_job, errors
+        pos = 0
+        for ji in live:
+            n = len(jobs[ji].queries)
+            per_job[ji] = embs[pos:pos + n]
+            pos += n
+        return per_job, errors
+
+    def _refresh(self, index) -> None:
         """A resident server must see what `embed` runs commit to the store meanwhile: at most every
         ``refresh_seconds``, move the table to its latest version (one manifest read)."""
         now = time.monotonic()
         if now - self._refreshed < self.config.refresh_seconds:
             return
         self._refreshed = now
-        table = self.index.table
+        table = index.table
         before = table.version()
         table.refresh()
         if table.version() != before:
-            with self.rows.lock:
-                self.rows.clear()  # row metadata may have changed with the rows
+            self._forget_rows()  # row metadata may have changed with the rows
 
     def _run_batch(self, jobs: list[_Job]) -> list:
-        """Embed every job's queries at once, then one scan per distinct filter."""
-        self._refresh()
-        flat = [q for j in jobs for q in j.queries]
-        embs = self._embed(flat)
+        """Embed every job's queries at once, then one scan per distinct filter; a job that fails
+        gets its own error in its place of the result list."""
+        index = self.available()
+        self._refresh(index)
+        per_job, results = self._embed_jobs(jobs)
+        live = [ji for ji in range(len(jobs)) if results[ji] is None]
         c = self.counters
         c["batches"] += 1
         c["requests"] += len(jobs)
-        c["queries"] += len(flat)
+        c["queries"] += sum(len(j.queries) for j in jobs)
         c["max_batch_requests"] = max(c["max_batch_requests"], len(jobs))
-        c["max_batch_queries"] = max(c["max_batch_queries"], len(flat))
-        spans, a = [], 0
-        for j in jobs:
-            spans.append((a, a + len(j.queries)))
-            a += len(j.queries)
-        results: list = [None] * len(jobs)
+        c["max_batch_queries"] = max(c["max_batch_queries"], sum(len(j.queries) for j in jobs))
         groups: dict[str | None, list[int]] = {}
-        for ji, j in enumerate(jobs):
-            groups.setdefault(j.where, []).append(ji)
+        for ji in live:
+            groups.setdefault(jobs[ji].where, []).append(ji)
         for where, members in groups.items():
-            k = max(jobs[ji].k for ji in members)
-            group_embs = [embs[i] for ji in members for i in range(*spans[ji])]
-            t0 = time.perf_counter()
-            try:
-                hits = self.index.search_embeddings(group_embs, k, where=where)
-                c["scans"] += 1
-                c["scan_seconds"] += time.perf_counter() - t0
-            except NomicMemoryError as e:
-                err: BaseException = HTTPError(400, str(e))
-            except Exception as e:  # Lance's parse/planning errors for a bad filter
-                err = HTTPError(400, f"bad filter {where!r}: {str(e).splitlines()[0][:300]}") if where else e
-            else:
-                pos = 0
-                for ji in members:
-                    n = len(jobs[ji].queries)
-                    results[ji] = [hs[: jobs[ji].k] for hs in hits[pos:pos + n]]
-                    pos += n
-                continue
-            for ji in members:
-                results[ji] = err
+            out = self._scan(index, [jobs[ji] for ji in members], [per_job[ji] for ji in members], where)
+            for ji, r in zip(members, out):
+                results[ji] = r
         # A scan's float32 tiles and score buffers are freed in the scan threads' malloc arenas;
         # hand them back to the OS after each batch, or a resident server's RSS creeps up with
         # fragmentation over hours (a 10-minute soak grew 6 % without this).
         trim_heap()
         return results
 
+    def _scan(self, index, jobs: list[_Job], embs: list[list], where: str | None) -> list:
+        """One scan for ``jobs`` sharing a filter: each job's hits cut to its own k (or the error)."""
+        k = max(j.k for j in jobs)
+        t0 = time.perf_counter()
+        try:
+            hits = index.search_embeddings([e for je in embs for e in je], k, where=where)
+        except NomicMemoryError as e:
+            return [HTTPError(400, str(e))] * len(jobs)
+        except Exception as e:  # Lance's parse/planning errors for a bad filter, or the table went away
+            self.available(force=True)  # 503 if the table is gone
+            if not where:
+                raise
+            return [HTTPError(400, f"bad filter {where!r}: {str(e).splitlines()[0][:300]}")] * len(jobs)
+        self.counters["scans"] += 1
+        self.counters["scan_seconds"] += time.perf_counter() - t0
+        out, pos = [], 0
+        for j in jobs:
+            out.append([hs[: j.k] for hs in hits[pos:pos + len(j.queries)]])
+            pos += len(j.queries)
+        return out
+
     # ---- rows, query embeddings, heatmaps
     def row(self, row_id: str) -> dict:
+        """The row with this id (its metadata), or :class:`HTTPError` 404 / 503."""
         if not ROW_ID.match(row_id):
             raise HTTPError(404, f"no row {row_id!r} (ids are 16 hex digits, as /search returns them)")
-        r = self.rows.get_or(row_id, lambda: self.index.row(row_id))
+        index = self.available()
+        try:
+            r = self.rows.get_or(row_id, lambda: index.row(row_id))
+        except Exception:
+            self.available(force=True)  # 503 if the table is gone
+            raise
         if r is None:
             with self.rows.lock:
                 self.rows.pop(row_id, None)
-            raise HTTPError(404, f"no row {row_id!r} in table {self.index.table.name!r}")
+            raise HTTPError(404, f"no row {row_id!r} in table {index.table.name!r}")
         return r
 
     async def query_embedding(self, query) -> np.ndarray:
         """One query's embedding (cached by text / image bytes), computed on the model thread."""
+        key: tuple
         if isinstance(query, str):
             key = ("text", query)
         else:
@@ -354,31 +428,30 @@ class SearchService:
             hit = self.query_cache.get(key)
         if hit is not None:
             return hit
-        emb = (await self.run_model(self._embed, [query]))[0]
+        emb = (await self.embed([query]))[0]
         self.query_cache.get_or(key, lambda: emb)
         return emb
 
-    def query_tokens(self, text: str) -> list[str]:
-        """The query's tokens, one per query vector (what the per-token selector shows)."""
-        proc = self.lm.processor
-        t = self.index.template
-        if t:
-            text = t.format(text) if "{}" in t else t + text
-        b = proc.process_queries([text])
-        ids = b["input_ids"][0][b["attention_mask"][0].bool()].tolist()
-        toks = proc.tokenizer.convert_ids_to_tokens(ids)
-        return [proc.tokenizer.convert_tokens_to_string([t]) for t in toks]
+    def query_tokens(self, text: str) -> tuple[list[str], list[bool]]:
+        """The query's tokens, one per query vector (what the per-token selector shows), and which
+        of them are special tokens (the query prompt's padding, ``<|endoftext|>``)."""
+        self._admit([text])
+        ids = self._token_ids([text])[0]
+        tok = self.lm.processor.tokenizer
+        special = set(tok.all_special_ids)
+        texts = [tok.convert_tokens_to_string([t]) for t in tok.convert_ids_to_tokens(ids)]
+        return texts, [i in special for i in ids]
 
     def heatmap(self, row_id: str, qemb: np.ndarray, query_token: int | None, mode: str):
         """``(png bytes | None, json)`` of one row's heatmap (runs on a worker thread)."""
-
-        if self.index.info.kind != "colqwen":
+        index = self.available()
+        if index.info.kind != "colqwen":
             raise HTTPError(409, "this table holds Nomic (single-vector) embeddings: one vector per page, so "
                                  "there is no per-patch match to show; heatmaps need a ColNomic table")
         row = self.row(row_id)
         try:
             lay = hm.layout(self.lm.processor, row["width"], row["height"])
-            maps = hm.similarity_maps(qemb, self.index.row_embedding(row_id), lay)
+            maps = hm.similarity_maps(qemb, index.row_embedding(row_id), lay)
             grid = hm.combine(maps, query_token)
         except hm.HeatmapUnavailable as e:
             raise HTTPError(409, str(e)) from None
@@ -389,28 +462,41 @@ class SearchService:
         if mode == "json":
             return None, info
         h, w = lay.size
-        if mode == "heat":
-            img = hm.colourise(grid, (w, h))
-        else:
-            try:
-                page = load_page(row, (w, h))
-            except PageUnavailable as e:
-                raise HTTPError(404, str(e)) from None
-            img = hm.overlay(page, grid)
+        img = hm.colourise(grid, (w, h)) if mode == "heat" else hm.overlay(page_or_error(row, (w, h)), grid)
         buf = io.BytesIO()
         img.save(buf, "PNG")
         return buf.getvalue(), info
 
     def stats(self) -> dict:
-        info = self.index.info
-        return {"rows": self.index.table.count(), "store": str(self.index.store.path), "table": self.index.table.name,
+        index, reason = self.index, self.watch.reason
+        info = index.info
+        try:
+            rows = index.table.count() if reason is None else None
+        except Exception:  # noqa: BLE001 - the table went away since the last look
+            rows = None
+        return {"rows": rows, "available": reason is None, "reason": reason,
+                "store": str(index.store.path), "table": index.table.name,
                 "model_id": info.model_id, "revision": info.revision, "kind": info.kind, "dim": info.dim,
                 "fingerprint": info.fingerprint, "storage_dtype": info.storage_dtype,
                 "dtype": self.lm.backend.dtype_name, "device": self.lm.backend.name,
                 "uptime_seconds": round(time.time() - self.started, 3),
                 "counters": {k: round(v, 4) if isinstance(v, float) else v for k, v in self.counters.items()},
-                "exact_batching": self.config.exact_batching,
-                "warnings": list(self.index.warnings)}
+                "exact_batching": self.config.exact_batching, "max_query_tokens": self.config.max_query_tokens,
+                "warnings": list(index.warnings)}
 
 
-__all__ = ["ServeConfig", "SearchService", "HTTPError", "decode_image_bytes", "b64_image", "hit_json", "WEB_DIR"]
+def page_or_error(row: dict, size: tuple[int, int] | None = None, **kw):
+    """The row's page (:func:`.thumbs.load_page`), its failures as HTTP errors: 409 when the file
+    no longer holds the bytes that were embedded, 404 when it cannot be read."""
+    try:
+        return load_page(row, size, **kw)
+    except PageChanged as e:
+        raise HTTPError(409, str(e)) from None
+    except PageUnavailable as e:
+        raise HTTPError(404, str(e)) from None
+    except MemoryError:
+        raise HTTPError(503, f"{row['path']}: out of memory while decoding the page; try again later") from None
+
+
+__all__ = ["ServeConfig", "SearchService", "HTTPError", "decode_image_bytes", "b64_image", "hit_json", "WEB_DIR",
+           "page_or_error"]

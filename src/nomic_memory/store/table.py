@@ -135,11 +135,12 @@ class TableInfo:
 class Record:
     root: str  # as os.fsdecode gives it (the store converts to keys)
     path: str  # relative path, as os.fsdecode gives it
-    content_hash: str
-    size: int
-    mtime: float
-    width: int
-    height: int
+    # None: not known (an imported row whose source did not record it; ``embed`` always does)
+    content_hash: str | None
+    size: int | None
+    mtime: float | None
+    width: int | None
+    height: int | None
     embedding: np.ndarray  # (n, dim) for colqwen, (dim,) for biqwen
     dtype: str  # compute dtype of the model that made it (the vectors are stored in the table's storage dtype)
     page: int = 0

@@ -88,6 +88,19 @@ const drop = $("drop");
 drop.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) setImage(e.dataTransfer.files[0]); });
 
 // ---- search
+function clearResults() {
+  releaseURLs();
+  state.hits = [];
+  $("results").textContent = "";
+}
+
+function describe(query, n, ms) {
+  let what = query.text ? "“" + query.text + "”" : "the image " + query.label;
+  let s = n + " result" + (n === 1 ? "" : "s") + " for " + what + " in " + ms.toFixed(0) + " ms";
+  if (query.ignoredText) s += " (the typed text “" + query.ignoredText + "” was not searched: remove the image to search by text)";
+  return s;
+}
+
 $("search-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const text = $("q").value.trim();
@@ -95,30 +108,61 @@ $("search-form").addEventListener("submit", async (e) => {
   const body = { k: parseInt($("k").value, 10) || 10 };
   const where = $("where").value.trim();
   if (where) body.where = where;
-  // One query per search: the image if there is one, else the text.
-  if (state.imageB64) { body.images = [state.imageB64]; state.query = { image: state.imageB64, label: state.image.name }; }
-  else { body.queries = [text]; state.query = { text: text, label: text }; }
+  // One query per search: the image if there is one (the status says the text was not used), else the text.
+  if (state.imageB64) {
+    body.images = [state.imageB64];
+    state.query = { image: state.imageB64, label: state.image.name, ignoredText: text || null };
+  } else {
+    body.queries = [text];
+    state.query = { text: text, label: text };
+  }
   $("go").disabled = true;
   setStatus("Searching…");
   try {
     const res = await api("/search", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     const data = await res.json();
-    state.hits = data.results[0];
-    render(state.hits);
-    setStatus(state.hits.length + " result" + (state.hits.length === 1 ? "" : "s") + " for " +
-      (state.query.text ? "“" + state.query.text + "”" : "the image " + state.query.label) + " in " + data.took_ms.toFixed(0) + " ms");
+    render(data.results[0]);
+    setStatus(describe(state.query, state.hits.length, data.took_ms));
   } catch (err) {
+    clearResults();  // never an error above the previous query's results
     setStatus(err.message, true);
   } finally {
     $("go").disabled = false;
   }
 });
 
+// A path shown whole where it may wrap: break opportunities after separators, never mid-word.
+function breakable(el, text) {
+  el.textContent = "";
+  text.split(/(?<=[\/_\-. ])/).forEach((part, i) => {
+    if (i) el.appendChild(document.createElement("wbr"));
+    el.appendChild(document.createTextNode(part));
+  });
+}
+
+function pathLabel(h) {
+  const path = document.createElement("div");
+  path.className = "path";
+  path.title = h.root + "/" + h.path;
+  const cut = h.path.lastIndexOf("/");
+  if (cut >= 0) {
+    const dir = document.createElement("span");
+    dir.className = "dir";
+    dir.textContent = h.path.slice(0, cut + 1);
+    path.appendChild(dir);
+  }
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = h.path.slice(cut + 1);
+  path.appendChild(name);
+  return path;
+}
+
 function render(hits) {
-  releaseURLs();
+  clearResults();
+  state.hits = hits;
   const grid = $("results");
-  grid.textContent = "";
-  hits.forEach((h, i) => {
+  hits.forEach((h) => {
     const card = document.createElement("div");
     card.className = "card";
     card.tabIndex = 0;
@@ -130,17 +174,13 @@ function render(hits) {
     thumb.appendChild(img);
     const info = document.createElement("div");
     info.className = "info";
-    const path = document.createElement("div");
-    path.className = "path";
-    path.textContent = h.path;
-    path.title = h.root + "/" + h.path;
     const meta = document.createElement("div");
     meta.className = "meta";
     meta.innerHTML = '<span class="rank"></span><span class="page"></span><span class="score"></span>';
     meta.querySelector(".rank").textContent = "#" + h.rank;
     meta.querySelector(".page").textContent = h.page ? "page " + h.page : "";
     meta.querySelector(".score").textContent = h.score.toFixed(3);
-    info.append(path, meta);
+    info.append(pathLabel(h), meta);
     card.append(thumb, info);
     card.addEventListener("click", () => openViewer(h));
     card.addEventListener("keydown", (e) => { if (e.key === "Enter") openViewer(h); });
@@ -152,7 +192,7 @@ function render(hits) {
 // ---- the viewer: the page large, with the heatmap of why it matched
 async function openViewer(h) {
   state.current = h;
-  $("viewer-title").textContent = h.path;
+  breakable($("viewer-title"), h.path);
   $("viewer-meta").textContent = "rank " + h.rank + " · score " + h.score.toFixed(4) + (h.page ? " · page " + h.page : "") + " · " + h.root;
   $("viewer").hidden = false;
   const sel = $("token-select");
@@ -160,8 +200,9 @@ async function openViewer(h) {
   sel.value = "";
   if (state.query.text) {
     try {
-      const toks = (await (await api("/tokens?q=" + encodeURIComponent(state.query.text))).json()).tokens;
-      toks.forEach((t, i) => {
+      const data = await (await api("/tokens?q=" + encodeURIComponent(state.query.text))).json();
+      data.tokens.forEach((t, i) => {
+        if (data.special && data.special[i]) return;  // the query prompt's padding (<|endoftext|>): not words
         const o = document.createElement("option");
         o.value = String(i);
         o.textContent = i + ": " + (t.trim() ? t.replace(/ /g, "\u2423") : JSON.stringify(t));
