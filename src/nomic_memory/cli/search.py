@@ -43,7 +43,6 @@ def search(
         os.environ.setdefault("LANCE_LOG", "error")
         os.environ.setdefault("LANCEDB_LOG", "error")
     setup_logging(verbose)
-    from nomic_memory.ingest.pageref import resolve_page_ref  # late: PIL, pypdfium2
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow
@@ -63,11 +62,7 @@ def search(
         raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
     if template is not None and "{}" not in template:
         raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
-    try:  # before the model loads: a missing file or page is one line
-        for ref in images:
-            resolve_page_ref(ref)
-    except NomicMemoryError as e:
-        raise fail(f"--image {e}")
+    _check_images(images)
     store_path = store or default_store_path()
     try:
         idx = Index.open(store_path, table, backend=backend.value, model_name=model_name,
@@ -99,6 +94,17 @@ def search(
     else:
         print_results(idx, queries, results, approx=approx, where=where, timing=timing)
     raise typer.Exit(EXIT_OK)
+
+
+def _check_images(images: list[str]) -> None:
+    """Before the model loads: a missing file or page (``FILE#N``) is one line, exit 1."""
+    from nomic_memory.ingest.pageref import resolve_page_ref  # late: PIL, pypdfium2
+
+    try:
+        for ref in images:
+            resolve_page_ref(ref)
+    except NomicMemoryError as e:
+        raise fail(f"--image {e}")
 
 
 def _build_index(idx, method: str, pool_factor: int, print_json: bool) -> None:
