@@ -130,14 +130,17 @@ class Embedder:
                         batch_size: int = 8, max_batch_tokens: int | None = None, workers: int | None = None,
                         prune: bool = False, engine: str = "local", ray_address: str | None = None,
                         gpus_per_worker: float = 1.0, on_event: ProgressCallback | None = None,
-                        sort_by_tokens: bool = True, table_name: str | None = None) -> RunReport:
+                        sort_by_tokens: bool = True, table_name: str | None = None,
+                        paths: Sequence[str | Path] | None = None) -> RunReport:
         """Embed every image (and document page) under ``directory`` into ``store`` (default: the
         default store), resumably: unchanged inputs are skipped, changed ones re-embedded,
         ``prune`` drops rows of files that are gone.  The model is loaded only if there is work.
 
         ``engine="ray"`` runs the same batches on a Ray cluster (``ray_address``; ``workers``
         model actors, ``gpus_per_worker`` each); locally ``workers`` is the number of decode
-        processes.  ``table_name``: the store table to fill (default: the model's own)."""
+        processes.  ``table_name``: the store table to fill (default: the model's own).
+        ``paths``: only these files and folders under ``directory`` (say, the ones that changed):
+        listed, embedded and, with ``prune``, pruned as a whole run would; the rest is left alone."""
 
         store = store if store is not None else default_store_path()
         executor: LocalExecutor | RayExecutor
@@ -156,7 +159,7 @@ class Embedder:
             report = run_embedding(directory, store, executor, model_id=ident[0], revision=ident[1], seed=self.seed,
                                    table_name=table_name or ident[2], prune=prune, batch_size=batch_size,
                                    max_batch_tokens=max_batch_tokens, sort_by_tokens=sort_by_tokens,
-                                   on_event=on_event)
+                                   on_event=on_event, paths=paths)
         finally:
             close = getattr(executor, "close", None)
             if close is not None:

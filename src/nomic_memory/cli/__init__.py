@@ -24,6 +24,7 @@ from nomic_memory.cli import search as _search
 from nomic_memory.cli import serve as _serve
 from nomic_memory.cli import store as _store
 from nomic_memory.cli import tools as _tools
+from nomic_memory.cli import watch as _watch
 from nomic_memory.cli.common import reports_errors, version_callback
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -44,6 +45,7 @@ def _app_options(
 app.command("embed")(reports_errors(_embed.embed))
 app.command("search")(reports_errors(_search.search))
 app.command("serve")(reports_errors(_serve.serve))
+app.command("watch")(reports_errors(_watch.watch))
 app.command("export")(reports_errors(_tools.export))
 app.command("import")(reports_errors(_importing.import_))
 app.command("bench")(reports_errors(_bench.bench))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging, store_option
-from nomic_memory.errors import NomicMemoryError
+from nomic_memory.errors import NomicMemoryError, UsageError
 
 
 def is_loopback(host: str) -> bool:
@@ -40,6 +41,9 @@ def serve(
     max_query_tokens: int = typer.Option(512, "--max-query-tokens", min=8, metavar="N", help="Longest text query, in tokens (query prompt included); longer ones are refused (422)."),
     batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, metavar="MS", help="How long a search waits for others to share its forward and scan."),
     exact_batching: bool = typer.Option(False, "--exact-batching", help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding)."),
+    watch: Optional[List[Path]] = typer.Option(None, "--watch", metavar="DIR",
+                                               help="Keep the store in sync with this folder while serving, as "
+                                                    "`nomic-memory watch` does, with the server's model (repeatable)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log requests and what happens (INFO) on stderr."),
 ) -> None:
     """Serve a store over HTTP: a search API and a search page showing why pages matched."""
@@ -64,6 +68,8 @@ def serve(
         idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
                          allow_mismatch=allow_mismatch, template=template)
         service = SearchService(idx, cfg)  # loads and checks the model now
+        if watch:
+            _watch_in_background(watch, idx, service)
     except NomicMemoryError as e:
         raise fail(str(e), EXIT_FATAL)
     import uvicorn
@@ -72,6 +78,53 @@ def serve(
                                            access_log=verbose, timeout_keep_alive=30))
     _announce(server, idx, host)
     server.run()
+
+
+def _watch_in_background(dirs: list[Path], idx, service) -> None:
+    """A watcher thread that embeds with the server's loaded model into the served table; the
+    server sees its rows as they are committed, and stops it (after the batch in flight) on exit."""
+    import threading
+
+    from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
+    from nomic_memory.cli.watch import ConsoleListener  # late: only with --watch
+    from nomic_memory.run.watch import Watcher, WatchOptions  # late: pyarrow and watchdog; the CLI starts without them
+    from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
+
+    if idx.warnings:  # --allow-mismatch let another model serve this table: it must not write to it
+        raise UsageError("--watch embeds with the server's model, which does not match the table "
+                         f"{idx.table.name!r}: drop --allow-mismatch, or serve with the table's model")
+
+    class Listener(ConsoleListener):
+        def run_started(self, root, trigger, paths):
+            ui = super().run_started(root, trigger, paths)
+
+            def progress(kind: str, data: dict) -> None:
+                ui(kind, data)
+                if kind in ("batch", "pruned", "done"):
+                    service.table_changed()
+
+            return progress
+
+    emb = Embedder.from_loaded(service.lm)
+    store = Store(idx.store.path) if idx.store.local else idx.store
+    watcher = Watcher(emb, dirs, store, WatchOptions(table_name=idx.table.name),
+                      Listener(progress=False, json_out=False, batch_size=8, model=emb.loaded.model_id, err=True))
+    watcher.start_observing()  # events from now on; the catch-up runs in the thread
+
+    def run() -> None:
+        try:
+            watcher.run()
+        except NomicMemoryError as e:  # e.g. the model cannot embed documents: serving goes on
+            typer.echo(f"Error: watching stopped: {e}", err=True)
+
+    thread = threading.Thread(target=run, name="nomic-memory-watch", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        watcher.stop()
+        thread.join()
+
+    service.on_stop.append(stop)
 
 
 def _announce(server, idx, host: str) -> None:

@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_MAX_PADDED_PIXELS",
     "MAX_FILE_BYTES",
     "discover",
+    "discover_paths",
     "hash_bytes",
     "hash_file",
     "image_size",
@@ -232,6 +233,36 @@ def discover(root: str | os.PathLike[str], *, match=is_image_path) -> tuple[list
     found.sort(key=lambda item: item[0])
     skipped.sort()
     return [full for _rel, full in found], skipped
+
+
+def discover_paths(root: str | os.PathLike[str], paths, *, match=is_image_path
+                   ) -> tuple[list[Path], list[tuple[str, str]]]:
+    """:func:`discover` restricted to ``paths`` under ``root`` (files, or folders listed whole;
+    e.g. what a watcher saw change): the same files, reasons and order as :func:`discover` gives
+    for them.  Paths outside ``root``, paths that no longer exist and names ``match`` rejects are
+    left out (a vanished path is the caller's to prune)."""
+    base = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+    found: dict[str, Path] = {}
+    skipped: list[tuple[str, str]] = []
+    for p in paths:
+        full = Path(os.path.abspath(os.fspath(p)))
+        if full != base and base not in full.parents:
+            continue
+        rel = full.relative_to(base).as_posix()
+        if full.is_dir() and not full.is_symlink():
+            sub, sub_skipped = discover(full, match=match)
+            prefix = "" if full == base else rel + "/"
+            found.update((f.relative_to(base).as_posix(), f) for f in sub)
+            skipped.extend((prefix + r, reason) for r, reason in sub_skipped)
+        elif full.is_dir():
+            skipped.append((rel, "symbolic link to a directory (not followed)"))
+        elif match(full.name) and (os.path.lexists(full)):
+            reason = _not_regular_reason(full)
+            if reason is None:
+                found[rel] = full
+            elif reason != "file vanished":
+                skipped.append((rel, reason))
+    return [found[r] for r in sorted(found)], sorted(set(skipped))
 
 
 def _kind_of(mode: int) -> str:

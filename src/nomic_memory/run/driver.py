@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from nomic_memory.ingest.batching import MAX_PADDING, check_max_batch_tokens, ma
 from nomic_memory.errors import InputError, UsageError
 from nomic_memory.store.failures import FailureLog
 from nomic_memory.ingest.documents import is_input_path
-from nomic_memory.ingest.images import discover
+from nomic_memory.ingest.images import discover, discover_paths
 from nomic_memory.memory import MemoryReport
 from nomic_memory.ingest.listing import Item, SourceFile, inspect_files
 from nomic_memory.store.table import path_to_key
@@ -184,16 +185,18 @@ def _fail_listed(report: RunReport, emit, failures, new: list, rel: str, page: i
 
 def plan_run(table, root: Path, files: list[SourceFile], image_processor, report: RunReport, emit, *,
              fingerprints: frozenset[str] | None, revision: str, prune: bool, batch_size: int,
-             max_batch_tokens: int | None, sort_by_tokens: bool = True, failures=None) -> RunPlan:
+             max_batch_tokens: int | None, sort_by_tokens: bool = True, failures=None,
+             scope: Callable[[str], bool] | None = None) -> RunPlan:
     """The listing every engine shares: prune rows of vanished files (and of pages a changed
     document no longer has), report unreadable inputs, skip inputs stored unchanged (same content
     hash and model revision, and a projection fingerprint in ``fingerprints``; None when no stored
     row can be known to have the right projection), count visual tokens, cut batches.  Inputs that
     failed before and whose file has not changed since (``failures``) are reported, not retried.
     ``image_processor``: the processor's image processor, or a callable returning it (called only
-    when something is left to embed).  ``report`` and ``emit`` are updated."""
+    when something is left to embed).  ``report`` and ``emit`` are updated.  ``scope``: the
+    relative paths ``files`` speaks for (default: all of the root); only their rows are pruned."""
     existing = table.stored_keys(str(root)) if table is not None else {}
-    _prune(table, root, files, existing, report, emit, prune, failures)
+    _prune(table, root, files, existing, report, emit, prune, failures, scope)
     todo: list[Item] = []
     listed_bad: list[tuple[str, int, str, str]] = []
     for f in files:
@@ -227,7 +230,7 @@ def _unchanged(old: dict | None, f: SourceFile, revision: str, fingerprints: fro
 
 
 def _prune(table, root: Path, files: list[SourceFile], existing: dict, report: RunReport, emit, prune: bool,
-           failures) -> None:
+           failures, scope: Callable[[str], bool] | None = None) -> None:
     """Rows of files that are gone (with ``prune``), and rows of pages a document no longer has
     (always: its new content is what the store must hold)."""
     if table is None:
@@ -235,11 +238,11 @@ def _prune(table, root: Path, files: list[SourceFile], existing: dict, report: R
     present = {f.rel: f for f in files}
     n = 0
     if prune:
-        gone = sorted({p for p, _ in existing if p not in present})
+        gone = sorted({p for p, _ in existing if p not in present and (scope is None or scope(p))})
         if gone:
             n += table.delete_paths(str(root), gone)
         if failures is not None:
-            failures.forget([k for k in failures.known if k[0] not in present])
+            failures.forget([k for k in failures.known if k[0] not in present and (scope is None or scope(k[0]))])
     stale = [(p, pg) for p, pg in existing if p in present and not present[p].error
              and pg not in {it.page for it in present[p].items} | {pg_ for pg_, _ in present[p].page_errors}]
     if stale:
@@ -338,8 +341,11 @@ def _import_store_in_background() -> threading.Thread:
 def run_embedding(directory: str | Path, store, executor: Executor, *, model_id: str, revision: str,
                   seed: int, table_name: str, prune: bool = False, batch_size: int = 8,
                   max_batch_tokens: int | None = None, sort_by_tokens: bool = True,
-                  on_event: ProgressCallback | None = None) -> RunReport:
+                  on_event: ProgressCallback | None = None, paths: Iterable[str | Path] | None = None) -> RunReport:
     """Embed every input under ``directory`` into ``store`` with ``executor``; see the module docstring.
+
+    ``paths``: only these files and folders under ``directory`` (what changed, for a watcher):
+    they are listed, planned and pruned as a whole run would, and the rest of the root is left alone.
 
     ``model_id``/``revision``/``seed``/``table_name`` say which model the executor runs (known
     without loading it: :meth:`~nomic_memory.model.loading.ModelSpec.resolve`)."""
@@ -350,20 +356,15 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         raise UsageError("batch_size must be at least 1")
     importer = _import_store_in_background() if not isinstance(store, Store) else None
     root = Path(directory).expanduser().resolve()
-    try:
-        paths, skipped = discover(root, match=is_input_path)
-    except FileNotFoundError:
-        if not prune:
-            raise
-        paths, skipped = [], []  # a folder that is gone: --prune forgets what the store held of it
-    files = inspect_files(paths, root)
+    found, skipped, scope = _list_inputs(root, paths, prune)
+    files = inspect_files(found, root)
     inputs = len(skipped) + sum(1 if f.error else len(f.items) + len(f.page_errors) for f in files)
-    emit("discovered", {"count": len(paths) + len(skipped), "inputs": inputs, "directory": str(root)})
+    emit("discovered", {"count": len(found) + len(skipped), "inputs": inputs, "directory": str(root)})
     if importer is not None:
         importer.join()
     store = store if isinstance(store, Store) else Store(store)
     table = store.open_table(table_name) if table_name in store.table_names() else None
-    report = RunReport(str(root), str(store.path), table_name, discovered=len(paths) + len(skipped), inputs=inputs)
+    report = RunReport(str(root), str(store.path), table_name, discovered=len(found) + len(skipped), inputs=inputs)
     if table is not None:
         fixed = table.ensure_unique()  # a store written by racing runs of older versions
         if fixed:
@@ -389,7 +390,7 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
     if max_batch_tokens is not None:
         check_max_batch_tokens(max_batch_tokens, executor.processor().image_processor)
     opts = dict(revision=revision, prune=prune, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                sort_by_tokens=sort_by_tokens, failures=failures)
+                sort_by_tokens=sort_by_tokens, failures=failures, scope=scope)
     # The processor (transformers: seconds to import) only when something is left to embed.
     image_processor = lambda: executor.processor().image_processor  # noqa: E731
     plan = plan_run(table, root, files, image_processor, report, emit,
@@ -426,6 +427,42 @@ def _replanned(report: RunReport, n_listed: int) -> RunReport:
     return RunReport(report.directory, report.store, report.table, discovered=report.discovered,
                      inputs=report.inputs, failed=list(kept), remembered=[p for p in report.remembered if p in labels],
                      model_loaded=True)
+
+
+def _list_inputs(root: Path, changed, prune: bool):
+    """``(files, skipped, scope)``: every input under ``root``, or only those among ``changed``
+    (then ``scope`` says which stored paths the listing speaks for)."""
+    if changed is None:
+        try:
+            return (*discover(root, match=is_input_path), None)
+        except FileNotFoundError:
+            if not prune:
+                raise
+            return [], [], None  # a folder that is gone: --prune forgets what the store held of it
+    # Each path's folder resolved as the root is (a symlinked parent such as /tmp), not the file.
+    changed = [Path(os.path.realpath(Path(p).expanduser().absolute().parent)) / Path(p).name for p in changed]
+    return (*discover_paths(root, changed, match=is_input_path), path_scope(root, changed))
+
+
+def path_scope(root: Path, paths: Iterable[Path]) -> Callable[[str], bool]:
+    """Whether a stored relative path is one of ``paths`` or lies under one of them (as folders)."""
+    keys = set()
+    for p in paths:
+        try:
+            keys.add(Path(p).relative_to(root).as_posix())
+        except ValueError:
+            continue
+    if "." in keys:  # the root itself
+        return lambda rel: True
+
+    def inside(rel: str) -> bool:
+        while rel:
+            if rel in keys:
+                return True
+            rel = rel.rpartition("/")[0]
+        return False
+
+    return inside
 
 
 def _fingerprints(executor, stamp: ModelStamp | None) -> frozenset[str] | None:

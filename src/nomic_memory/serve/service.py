@@ -134,6 +134,7 @@ class SearchService:
         self.query_cache = LRU(256)
         self.started = time.time()
         self._refreshed = time.monotonic()
+        self.on_stop: list = []  # callables run (in a thread) when the service stops, e.g. a watcher's stop
         self.counters = {"requests": 0, "queries": 0, "batches": 0, "forwards": 0, "scans": 0,
                          "max_batch_requests": 0, "max_batch_queries": 0, "refused_queries": 0,
                          "decodes": 0, "max_concurrent_decodes": 0,
@@ -165,6 +166,8 @@ class SearchService:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for fn in self.on_stop:
+            await asyncio.to_thread(fn)
         self.model_thread.shutdown(wait=True)
 
     async def run_model(self, fn, *args):
@@ -352,6 +355,10 @@ class SearchService:
         table.refresh()
         if table.version() != before:
             self._forget_rows()  # row metadata may have changed with the rows
+
+    def table_changed(self) -> None:
+        """Rows were just committed (by a watcher in this process): the next search refreshes first."""
+        self._refreshed = float("-inf")
 
     def _run_batch(self, jobs: list[_Job]) -> list:
         """Embed every job's queries at once, then one scan per distinct filter; a job that fails

@@ -1,0 +1,155 @@
+"""``nomic-memory watch``: keep the store in sync with folders while they change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nomic_memory.cli.common import (
+    EXIT_OK,
+    BackendChoice,
+    DtypeChoice,
+    KindChoice,
+    VariantChoice,
+    fail,
+    fail_on,
+    plural,
+    say,
+    setup_logging,
+    store_option,
+)
+from nomic_memory.cli.embed import (
+    BACKEND,
+    BATCH_SIZE,
+    DTYPE,
+    IMAGE_ONLY,
+    MAX_BATCH_TOKENS,
+    MODEL_KIND,
+    MODEL_NAME,
+    MODEL_VARIANT,
+    PROGRESS,
+    REVISION,
+    SEED,
+    VERBOSE,
+    ConsoleProgress,
+    check_revision,
+    make_embedder,
+    report_backend,
+    summary,
+)
+from nomic_memory.errors import NomicMemoryError
+
+EXIT_INTERRUPTED = 130
+
+
+class ConsoleListener:
+    """A watcher's runs reported as ``embed`` reports a run: the plan line, skipped files on
+    stderr, a progress bar (catch-up runs on a terminal, or every run with ``--progress``), the
+    summary line; with ``--json`` one JSON report per run on stdout (``trigger`` and ``paths``
+    added: what started it and how many changed paths it covered)."""
+
+    def __init__(self, progress: bool | None, json_out: bool, batch_size: int, model: str = "", err: bool = False):
+        self.progress = progress
+        self.json_out = json_out
+        self.err = err or json_out  # human lines on stderr
+        self.batch_size = batch_size
+        self.model = model
+        self.ui: ConsoleProgress | None = None
+
+    def run_started(self, root: Path, trigger: str, paths) -> ConsoleProgress:
+        if trigger == "catch-up":
+            say(f"Catching up with {root}", self.err)
+        elif trigger == "changes":
+            say(f"Changes under {root}: {plural(len(paths), 'path')}", self.err)
+        else:
+            say(f"File-system events under {root} were lost: catching up with the whole folder", self.err)
+        bar = self.progress if self.progress is not None else (None if trigger == "catch-up" else False)
+        self.ui = ConsoleProgress(bar, json_out=self.err, directory=root, batch_size=self.batch_size,
+                                  model=self.model)
+        return self.ui
+
+    def run_finished(self, report, trigger: str, paths) -> None:
+        if self.ui is not None:
+            self.ui.close()
+        say(summary(report), self.err)
+        if self.json_out:
+            typer.echo(json.dumps({**report.to_dict(), "trigger": trigger,
+                                   "paths": None if paths is None else len(paths)}))
+
+    def ready(self, roots: list[Path]) -> None:
+        say(f"Watching {', '.join(map(str, roots))} for changes (Ctrl-C to stop)", self.err)
+
+    def error(self, root: Path, message: str) -> None:
+        if self.ui is not None:
+            self.ui.close()
+        typer.echo(f"Error: {root}: {message}", err=True)
+
+
+def watch(
+    directories: list[Path] = typer.Argument(..., metavar="DIRECTORY",
+                                             help="Folders to keep in sync (watched recursively)."),
+    model_variant: VariantChoice = MODEL_VARIANT,
+    model_name: Optional[str] = MODEL_NAME,
+    model_kind: Optional[KindChoice] = MODEL_KIND,
+    batch_size: int = BATCH_SIZE,
+    max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS,
+    backend: BackendChoice = BACKEND,
+    image_only: bool = IMAGE_ONLY,
+    dtype: DtypeChoice = DTYPE,
+    store: Optional[str] = store_option(),
+    seed: int = SEED,
+    revision: Optional[str] = REVISION,
+    debounce: float = typer.Option(0.5, "--debounce", min=0.0, metavar="SECONDS",
+                                   help="How long a changed file must stay unchanged before it is embedded."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON report per run on stdout (every other line "
+                                                        "goes to stderr)."),
+    progress: Optional[bool] = PROGRESS,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Keep the store in sync with DIRECTORY... while this runs: catch up first, then embed new and
+    changed files once they are written, remove the rows of deleted and moved ones (Ctrl-C stops)."""
+    setup_logging(verbose)
+    check_revision(model_name, revision)
+    for d in directories:
+        if not d.exists():
+            raise fail(f"no such directory: {d}")
+        if not d.is_dir():
+            raise fail(f"not a directory: {d}")
+    from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
+    from nomic_memory.run.watch import Watcher, WatchOptions  # late: pyarrow and watchdog; the CLI starts without them
+    from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
+
+    try:
+        emb = make_embedder(model_variant, model_name, model_kind, backend, dtype, image_only, seed, revision)
+        store_obj = Store(store or default_store_path())
+        report_backend(emb.backend, describe(emb.backend), json_out, False, image_only)
+        listener = ConsoleListener(progress, json_out, batch_size, emb.resolved.model_id)
+        options = WatchOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens, debounce=debounce)
+        watcher = Watcher(emb, directories, store_obj, options, listener)
+        watcher.start_observing()
+        _stop_on_signals(watcher)
+        say(f"Store: {store_obj.path}", json_out)
+        watcher.run()
+    except NomicMemoryError as e:
+        raise fail_on(e)
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once (committed batches stay)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    say("Stopped: every batch embedded so far is committed", json_out)
+    raise typer.Exit(EXIT_OK)
+
+
+def _stop_on_signals(watcher) -> None:
+    """Ctrl-C and SIGTERM stop after the batch in flight is committed; a second Ctrl-C at once."""
+    import signal
+
+    def stop(signum, frame) -> None:
+        if watcher.stopping and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        typer.echo("Stopping after the batch in flight is committed (Ctrl-C again to stop at once)", err=True)
+        watcher.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
