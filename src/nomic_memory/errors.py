@@ -60,6 +60,44 @@ class EngineError(NomicMemoryError):
     """A distributed run cannot start or go on (e.g. Ray workers cannot start)."""
 
 
+class OutOfMemory(NomicMemoryError):
+    """The machine (or the accelerator) ran out of memory for something that cannot be made
+    smaller: the run stops, with what it committed kept."""
+
+
+def out_of_memory_kind(e: BaseException) -> str | None:
+    """What ran out when ``e`` is an out-of-memory failure ("GPU memory", "CPU memory",
+    "memory"), else None.  Knows Python's ``MemoryError``, torch's (CUDA, MPS, the CPU allocator)
+    and oneDNN's way of saying it; imports nothing (torch's error is recognised by name)."""
+    if isinstance(e, MemoryError):
+        return "memory"
+    if isinstance(e, (OSError, ImportError)):  # a library that cannot be mapped under an address-space limit
+        text = str(e).lower()
+        return "memory" if "failed to map segment" in text or "cannot allocate memory" in text else None
+    if not isinstance(e, RuntimeError):
+        return None
+    text = str(e)
+    low = text.lower()
+    if type(e).__name__ == "OutOfMemoryError" or ("out of memory" in low and ("cuda" in low or "mps" in low)):
+        return "GPU memory"
+    if "defaultcpuallocator" in low or "could not create a primitive" in low or "cannot allocate memory" in low:
+        return "CPU memory"
+    if "out of memory" in low:
+        return "memory"
+    return None
+
+
+def out_of_memory_detail(e: BaseException) -> str:
+    """The library's own words about an out-of-memory failure, on one short line."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    for marker in ("DefaultCPUAllocator: ", "Tried to allocate", "could not create a primitive", "Original error was: "):
+        at = text.find(marker)
+        if at >= 0:
+            text = text[at:]
+            break
+    return (text[:160] + "...") if len(text) > 160 else text
+
+
 class InputError(NomicMemoryError):
     """One input (an image file, a document or one of its pages) cannot be embedded.
 
@@ -67,6 +105,7 @@ class InputError(NomicMemoryError):
     with the rest; it is never fatal."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str, page: int | None = None) -> None:
+        reason = " ".join(str(reason).split())  # one line, whatever a library's message held
         where = f"{path}" if page is None else f"{path} (page {page})"
         super().__init__(f"{where}: {reason}")
         self.path = path
@@ -79,5 +118,6 @@ class InputError(NomicMemoryError):
         return (type(self), (self.path, self.reason, self.page))
 
 
-__all__ = ["NomicMemoryError", "UsageError", "WrongTypeError", "BackendUnavailable", "ModelLoadError", "ModelKindError",
-           "StoreError", "SearchError", "ModelMismatchError", "EngineError", "InputError"]
+__all__ = ["NomicMemoryError", "UsageError", "WrongTypeError", "BackendUnavailable", "ModelLoadError",
+           "ModelKindError", "StoreError", "SearchError", "ModelMismatchError", "EngineError", "InputError",
+           "OutOfMemory", "out_of_memory_kind", "out_of_memory_detail"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,7 @@ from nomic_memory.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendC
 from nomic_memory.model.variants import VARIANTS
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import IMAGE_EXTENSIONS, discover_images
-from nomic_memory.errors import NomicMemoryError
+from nomic_memory.errors import NomicMemoryError, out_of_memory_detail, out_of_memory_kind
 
 RULE = "=" * 50
 
@@ -268,36 +269,54 @@ def embed(
     if legacy:
         for line in legacy_header(model_variant.value, model_name):
             say(line, json_out)
-    from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
-    from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
-
     ui = ConsoleProgress(progress, style=report_style, json_out=json_out, directory=directory,
                          batch_size=batch_size)
-    try:
-        emb = make_embedder(model_variant, model_name, model_kind, backend, dtype, image_only, seed, revision)
-        # Before any model work: a wrong --store must not cost a model load (opening a local
-        # store creates its directory, so after the backend check, which writes nothing).
-        store_obj = Store(store or default_store_path())
-        report_backend(emb.backend, describe(emb.backend), json_out, legacy, image_only)
-        if engine == EngineChoice.ray:
-            try:
-                import nomic_memory.run.ray_engine  # noqa: F401  (late: ray, an optional extra; sets its environment before ray starts)
-            except ImportError as e:
-                raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
-                           f"(or `pip install 'nomic-memory[ray]'`) ({e})")
-        ui.model = emb.resolved.model_id
-        report = emb.embed_directory(directory, store_obj, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                     workers=workers, prune=prune, engine=engine.value, ray_address=ray_address,
-                                     gpus_per_worker=gpus_per_worker, on_event=ui)
-    except NomicMemoryError as e:
-        raise fail_on(e)
-    finally:
-        ui.close()
+    with out_of_memory_exits(lambda: ui.loaded):
+        from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
+        from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
+
+        try:
+            emb = make_embedder(model_variant, model_name, model_kind, backend, dtype, image_only, seed, revision)
+            # Before any model work: a wrong --store must not cost a model load (opening a local
+            # store creates its directory, so after the backend check, which writes nothing).
+            store_obj = Store(store or default_store_path())
+            report_backend(emb.backend, describe(emb.backend), json_out, legacy, image_only)
+            if engine == EngineChoice.ray:
+                try:
+                    import nomic_memory.run.ray_engine  # noqa: F401  (late: ray, an optional extra; sets its environment before ray starts)
+                except ImportError as e:
+                    raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
+                               f"(or `pip install 'nomic-memory[ray]'`) ({e})")
+            ui.model = emb.resolved.model_id
+            report = emb.embed_directory(directory, store_obj, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                         workers=workers, prune=prune, engine=engine.value, ray_address=ray_address,
+                                         gpus_per_worker=gpus_per_worker, on_event=ui)
+        except NomicMemoryError as e:
+            raise fail_on(e)
+        finally:
+            ui.close()
     saved = emb.loaded.image_only_saved_bytes if emb.is_loaded else 0
     _final_report(report, json_out, saved, style=report_style, backend=emb.backend.name)
     # 3 only for failures this run found: files that failed before and have not changed since are
     # listed ("Still failing (remembered)") but do not fail every rerun.
     raise typer.Exit(EXIT_PARTIAL if report.new_failures else EXIT_OK)
+
+
+@contextmanager
+def out_of_memory_exits(model_loaded):
+    """Out of memory outside the encoder's split-and-retry (importing torch under an address-space
+    limit, loading the model, decoding, storing) as one line and exit 1, never a traceback."""
+    try:
+        yield
+    except (MemoryError, RuntimeError, OSError, ImportError) as e:
+        kind = out_of_memory_kind(e)
+        if kind is None:
+            raise
+        if model_loaded():
+            advice = "try a smaller --batch-size or --max-batch-tokens; the batches embedded so far are stored"
+            raise fail(f"out of {kind} while embedding ({out_of_memory_detail(e)}): {advice}") from None
+        raise fail(f"out of {kind} loading the model ({out_of_memory_detail(e)}): free memory, or raise the "
+                   "memory limit (ulimit -v)") from None
 
 
 def report_backend(be, described: list[str], json_out: bool, legacy: bool, image_only: bool) -> None:

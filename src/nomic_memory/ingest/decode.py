@@ -10,15 +10,25 @@ inputs is :mod:`nomic_memory.model.collate`'s job, and running decodes ahead of 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from nomic_memory.ingest.batching import target_size
 from nomic_memory.errors import InputError
-from nomic_memory.ingest.images import hash_bytes, hash_file, load_image, load_image_hashed, read_file_bounded
+from nomic_memory.ingest.batching import target_size
 from nomic_memory.ingest.documents import is_document_path, render_page
+from nomic_memory.ingest.images import (
+    hash_file,
+    image_size,
+    load_image,
+    load_image_hashed,
+    open_regular,
+    os_error_reason,
+)
 
 log = logging.getLogger("nomic_memory")
 
@@ -54,9 +64,8 @@ def decode_image(task: DecodeTask, image_processor) -> Image.Image:
     src_pixels = 0
     try:  # ask for a draft no smaller than what the model will see
         w, h = task.width, task.height
-        if not (w and h):
-            with Image.open(path) as probe:
-                w, h = probe.size
+        if not (w and h):  # the header, read through the same checked open as the decode
+            w, h = image_size(path) or (0, 0)
         src_pixels = w * h  # orientation only swaps the sides: the pixel count is the same
         th, tw = _safe_target(w, h, image_processor)
         target = th * tw
@@ -85,46 +94,70 @@ def fit_to_target(img: Image.Image, image_processor, always: bool = False) -> Im
 
 
 _CHANGED = "the file changed while the run was in progress; the next run embeds its new content"
-# Documents whose bytes this process has hashed: (path, planned hash) -> (size, mtime_ns) then.
-_VERIFIED: dict[tuple[str, str], tuple[int, int]] = {}
+# Content hashes of documents this process has read, by what identifies a file's version without
+# reading it: (path, size, mtime_ns, ctime_ns, inode).  A document's pages are decoded one by one,
+# possibly in many batches and threads: its bytes are hashed once, not once per page.
+_HASHES: OrderedDict[tuple, str] = OrderedDict()
+_HASHES_LOCK = threading.Lock()
+_HASHES_MAX = 256
 
 
-def _verify_document(task: DecodeTask) -> None:
-    """The stored hash must be the hash of the bytes drawn: a document's file is hashed once per
-    process (its pages are drawn one by one, possibly in several batches) and re-hashed whenever
-    its size or modification time moves."""
-    import os
+def _version(path, st: os.stat_result) -> tuple:
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
+
+def _hash_of(path, st: os.stat_result) -> str:
+    """The content hash of ``path`` as it is now (``st``), hashed at most once per version."""
+    key = _version(path, st)
+    with _HASHES_LOCK:
+        digest = _HASHES.get(key)
+        if digest is not None:
+            _HASHES.move_to_end(key)
+            return digest
+    digest, _ = hash_file(path)
+    if _version(path, os.stat(path)) != key:  # changed while hashed: the new version is the next run's
+        raise InputError(path, _CHANGED)
+    with _HASHES_LOCK:
+        _HASHES[key] = digest
+        while len(_HASHES) > _HASHES_MAX:
+            _HASHES.popitem(last=False)
+    return digest
+
+
+def _verify_document(task: DecodeTask, st: os.stat_result | None = None) -> None:
+    """The stored hash must be the hash of the bytes drawn: the file as it is now (``st``: of the
+    descriptor about to be read, else of the path) must be the version the plan hashed."""
     if not task.content_hash:
         return
-    key = (str(task.path), task.content_hash)
     try:
-        st = os.stat(task.path)
+        st = st or os.stat(task.path)
+        digest = _hash_of(task.path, st)
+    except InputError as e:
+        raise InputError(task.path, e.reason, task.page) from None
     except OSError as e:
-        raise InputError(task.path, f"cannot read file: {e.strerror or e}", task.page) from None
-    if _VERIFIED.get(key) == (st.st_size, st.st_mtime_ns):
-        return
-    digest, _ = hash_file(task.path)
+        raise InputError(task.path, os_error_reason(e), task.page) from None
     if digest != task.content_hash:
         raise InputError(task.path, _CHANGED, task.page)
-    _VERIFIED.clear()  # one document at a time, as the renderer keeps one open
-    _VERIFIED[key] = (st.st_size, st.st_mtime_ns)
 
 
 def _decode_page(task: DecodeTask, image_processor) -> Image.Image:
     """A page of a document: PDF pages are drawn straight at their planned size; TIFF frames are
-    decoded like any image, then resized once to the processor's target."""
+    decoded like any image (reading that frame only, never the whole file again), then resized
+    once to the processor's target."""
 
     if is_document_path(task.path):
         _verify_document(task)
         return render_page(task.path, task.page, (task.width, task.height))
-    if task.content_hash:
-        data = read_file_bounded(task.path)
-        if hash_bytes(data) != task.content_hash:
-            raise InputError(task.path, _CHANGED, task.page)
-        img = load_image(task.path, page=task.page, data=data)
-    else:
-        img = load_image(task.path, page=task.page)
+    try:
+        fp, _size = open_regular(task.path)
+    except InputError as e:
+        raise InputError(task.path, e.reason, task.page) from None
+    try:
+        _verify_document(task, os.fstat(fp.fileno()))
+    except BaseException:
+        fp.close()
+        raise
+    img = load_image(task.path, page=task.page, opened=fp)
     return fit_to_target(img, image_processor)
 
 

@@ -14,11 +14,14 @@ two things from this module, at two different moments:
   :func:`load_page` does the same for any paged file (TIFF frames go through
   :func:`nomic_memory.ingest.images.load_image`).
 
-PDFium (through pypdfium2) is not thread-safe, so every call into it in this process is
-serialised by one lock.  A decode worker keeps at most one document open (the last one it
-rendered from, keyed by path, size and modification time), so consecutive pages of the same
-file do not re-parse its cross-reference table, while pages themselves are loaded and closed
-one by one: memory does not grow with the page count.
+Pages are drawn in renderer processes (:mod:`nomic_memory.ingest.renderer`), each with a memory
+and a time limit, so a page that allocates without bound, never finishes or crashes PDFium costs
+that page only; :func:`render_page` is the one way to draw a page, :func:`draw_page_here` what a
+renderer runs.  PDFium is not thread-safe, so every call into it in one process is serialised by
+one lock.  A renderer keeps at most one document open (the last one it drew from, keyed by path,
+size and modification time), so consecutive pages of the same file do not re-parse its
+cross-reference table, while pages themselves are loaded and closed one by one: memory does not
+grow with the page count.
 
 PDFs are drawn as a viewer shows them: white paper, the page's ``/Rotate``, annotation
 appearances (form fields included).  Nothing is executed or followed: this PDFium build has no
@@ -32,6 +35,7 @@ loaded, an absurd render size) are :class:`DocumentError`, a
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import threading
@@ -40,10 +44,23 @@ from dataclasses import dataclass
 from PIL import Image
 
 from nomic_memory.errors import InputError
-from nomic_memory.ingest.images import DEFAULT_MAX_IMAGE_PIXELS, load_image, oriented_size, os_error_reason, register_plugins
-from nomic_memory.ingest.images import is_image_path
-from nomic_memory.ingest.images import ImageError
 from nomic_memory.ingest.batching import target_size
+from nomic_memory.ingest.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageError,
+    is_image_path,
+    load_image,
+    open_regular,
+    oriented_size,
+    os_error_reason,
+    register_plugins,
+)
+from nomic_memory.ingest.notices import decode_warnings, one_line
+from nomic_memory.ingest.pdf_images import damaged_images
+from nomic_memory.ingest.renderer import RenderFailure
+from nomic_memory.ingest.renderer import pool as renderer_pool
+
+log = logging.getLogger("nomic_memory")
 
 __all__ = [
     "DOCUMENT_EXTENSIONS",
@@ -51,6 +68,7 @@ __all__ = [
     "DocumentError",
     "PageGeometry",
     "close_cached_document",
+    "draw_page_here",
     "is_document_path",
     "is_input_path",
     "list_pages",
@@ -149,18 +167,20 @@ def _file_key(path: str | os.PathLike[str]) -> tuple:
 def _open_pdf(path: str | os.PathLike[str], key: tuple):
     """Open a PDF with PDFium (caller holds the lock), mapping failures to clear reasons."""
     pdfium = _pdfium()
-    try:
-        with open(key[0], "rb"):  # PDFium reports an unreadable file only as "cannot open"
-            pass
-    except PermissionError:
-        raise DocumentError(path, "permission denied") from None
-    except OSError as exc:
-        raise DocumentError(path, f"cannot read file: {exc.strerror or exc}") from None
     import pypdfium2.raw as c
 
-    # The raw open, not PdfDocument(path): pypdfium2 reports a document without pages as a
-    # failed open, with PDFium's *previous* error code (it is not reset on success).
-    raw = c.FPDF_LoadDocument(os.fsencode(key[0]) + b"\0", None)
+    try:  # PDFium reports an unreadable file only as "cannot open"; a FIFO would block it for ever
+        fp, _size = open_regular(key[0])
+    except ImageError as exc:
+        raise DocumentError(path, exc.reason) from None
+    with fp:
+        # PDFium opens by name: through the descriptor just checked to be a regular file where
+        # the system can (the same file, even if the name now points to a FIFO).
+        by_fd = f"/proc/self/fd/{fp.fileno()}"
+        name = os.fsencode(by_fd if os.path.exists(by_fd) else key[0])
+        # The raw open, not PdfDocument(path): pypdfium2 reports a document without pages as a
+        # failed open, with PDFium's *previous* error code (it is not reset on success).
+        raw = c.FPDF_LoadDocument(name + b"\0", None)
     if not raw:
         code = c.FPDF_GetLastError()
         raise DocumentError(path, _OPEN_ERRORS.get(code, f"cannot open PDF (PDFium error {code})"))
@@ -258,8 +278,9 @@ def _list_pdf_pages(path) -> list[PageGeometry]:
 
 def _list_image_frames(path) -> list[PageGeometry]:
     register_plugins()
+    fp, _size = open_regular(path)  # never a FIFO swapped in after the listing
     try:
-        with Image.open(path) as im:
+        with fp, decode_warnings(path, report=False), Image.open(fp) as im:  # decoding reports them
             frames = getattr(im, "n_frames", 1)
             if frames <= 1:
                 return []
@@ -270,9 +291,9 @@ def _list_image_frames(path) -> list[PageGeometry]:
                 pages.append(PageGeometry(frame + 1, float(w), float(h)))
             return pages
     except OSError as exc:
-        raise ImageError(path, f"cannot read pages: {exc}") from None
+        raise ImageError(path, f"cannot read pages: {one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on bad headers
-        raise ImageError(path, f"truncated or corrupt image data: {exc}") from None
+        raise ImageError(path, f"truncated or corrupt image data: {one_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- sizes
@@ -321,22 +342,53 @@ def render_page(
 ) -> Image.Image:
     """Draw page ``page`` (1-based) of a PDF as an RGB image of exactly ``size`` = (w, h).
 
-    The page is scaled straight to ``size`` (from :func:`render_size`): no full-resolution
-    bitmap ever exists, so a 200 x 200 inch poster costs what an A4 page costs.  Pages padded
-    by :func:`render_size` are centred on white.  ``size`` itself is bounded by
-    ``max_pixels`` before the bitmap is allocated.  With ``cache``, the document stays open
-    for the next call (one document per process).
+    The one way nomic-memory draws a PDF page (runs, the API, the server's thumbnails and
+    heatmaps): in a renderer process (:mod:`nomic_memory.ingest.renderer`) with a memory and a
+    time limit, so a page that allocates without bound, draws for ever or crashes PDFium costs
+    that page only.  Drawing itself is :func:`draw_page_here`.  Damaged images the page holds
+    (a JBIG2 or JPX image that cannot be decoded, drawn blank) are logged as one warning line.
+    ``cache`` is kept for compatibility: renderers always keep their last document open.
 
     Raises:
         DocumentError: the document cannot be opened, has no such page, the page cannot be
-            loaded (``page`` set; the other pages still render), or ``size`` is invalid.
+            loaded or drawn (``page`` set; the other pages still render), ``size`` is invalid,
+            or the page exceeded the renderer's memory or time limit.
     """
+    _check_size(path, page, size, max_pixels)
+    real = os.path.realpath(os.fspath(path))
+    try:
+        reply = renderer_pool().call(real, ("draw", os.fspath(path), page, tuple(int(v) for v in size), max_pixels))
+    except RenderFailure as e:
+        raise DocumentError(path, e.reason, page=page) from None
+    if reply[0] != "ok":
+        raise DocumentError(path, reply[1], page=page)
+    _, mode, got, pixels, notes = reply
+    for note in notes:
+        log.warning("%s (page %d): %s", path, page, note)
+    return Image.frombytes(mode, got, pixels)
+
+
+def _check_size(path, page: int, size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
     width, height = (int(v) for v in size)
     if width < 1 or height < 1:
         raise DocumentError(path, f"invalid render size {width} x {height}", page=page)
     if width * height > max_pixels:
         raise DocumentError(path, f"render size {width} x {height} pixels exceeds limit {max_pixels}",
                             page=page)
+    return width, height
+
+
+def draw_page_here(path: str | os.PathLike[str], page: int, size: tuple[int, int], *,
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, cache: bool = True) -> tuple[Image.Image, list[str]]:
+    """Draw a page in *this* process (what a renderer process runs; see :func:`render_page`):
+    ``(RGB image of exactly size, notes)``, the notes naming damaged images on the page.
+
+    The page is scaled straight to ``size`` (from :func:`render_size`): no full-resolution
+    bitmap ever exists, so a 200 x 200 inch poster costs what an A4 page costs.  Pages padded
+    by :func:`render_size` are centred on white.  ``size`` itself is bounded by
+    ``max_pixels`` before the bitmap is allocated.  With ``cache``, the document stays open
+    for the next call (one document per process)."""
+    width, height = _check_size(path, page, size, max_pixels)
     pdfium = _pdfium()
     with _PDFIUM_LOCK:
         pdf = _document(path, cache=cache)
@@ -349,7 +401,7 @@ def render_page(
             except pdfium.PdfiumError:
                 raise DocumentError(path, "page cannot be loaded (damaged page)", page=page) from None
             try:
-                return _draw(pdf_page, width, height)
+                return _draw(pdf_page, width, height), damaged_images(pdf_page)
             except ValueError as exc:
                 raise DocumentError(path, f"page cannot be drawn: {exc}", page=page) from None
             finally:

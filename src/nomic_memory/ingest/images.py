@@ -50,12 +50,12 @@ import logging
 import math
 import os
 import stat
-import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nomic_memory.errors import InputError
+from nomic_memory.ingest.notices import decode_warnings, one_line
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
@@ -395,8 +395,7 @@ def image_size(path: str | os.PathLike[str], data: bytes | None = None) -> tuple
             f, _size = open_regular(path)
         else:
             f = io.BytesIO(data)
-        with f, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with f, decode_warnings(path, report=False):  # the decode reports them
             with Image.open(f) as im:
                 w, h = im.size
                 orient = im.getexif().get(_ORIENTATION_TAG, 1) if hasattr(im, "getexif") else 1
@@ -600,6 +599,7 @@ def load_image(
     page: int | None = None,
     data: bytes | None = None,
     max_padded_pixels: int | None = DEFAULT_MAX_PADDED_PIXELS,
+    opened=None,
 ) -> Image.Image:
     """Decode one image file into a fully loaded 8-bit RGB ``PIL.Image``.
 
@@ -628,6 +628,8 @@ def load_image(
             ``path`` then only names the file in errors.
         max_padded_pixels: pixel budget of the padded canvas (see
             :func:`pad_extreme_aspect`).
+        opened: ``path`` already opened with :func:`open_regular` (read from there and closed;
+            for a caller that checked the descriptor, e.g. its version, first).
 
     The file is opened with :func:`open_regular`: FIFOs, devices, ``/proc``
     and files over :data:`MAX_FILE_BYTES` are refused, never read.
@@ -644,8 +646,12 @@ def load_image(
     frame = 0 if not page else page - 1
     err_page = page or None
     if frame < 0:
+        if opened is not None:
+            opened.close()
         raise ImageError(path, f"invalid page number {page}", page=page)
-    if data is not None:
+    if opened is not None:
+        fp = opened
+    elif data is not None:
         if not data:
             raise ImageError(path, "empty file", page=err_page)
         fp = io.BytesIO(data)
@@ -655,7 +661,7 @@ def load_image(
         except ImageError as e:
             raise ImageError(path, e.reason, page=err_page) from None
 
-    with fp:
+    with fp, decode_warnings(path, err_page):
         source: Image.Image | None = None
         try:
             source = _open_and_decode(fp, path, max_image_pixels, target_pixels, frame)
@@ -677,7 +683,7 @@ def load_image(
         except MemoryError:
             raise
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, ...
-            raise ImageError(path, f"truncated or corrupt image data: {exc}", page=err_page) from exc
+            raise ImageError(path, f"truncated or corrupt image data: {one_line(exc)}", page=err_page) from exc
         finally:
             if source is not None:
                 source.close()
@@ -695,44 +701,35 @@ def _open_and_decode(
     fp, path, max_image_pixels: int, target_pixels: int | None, frame: int = 0
 ) -> Image.Image:
     """Open ``fp``, enforce the pixel limit from the header, then decode ``frame``."""
-    global_limit = Image.MAX_IMAGE_PIXELS
-    # Pillow warns above its global limit.  Escalate that warning to an error
-    # when our limit is at least as strict (the local check would refuse the
-    # image anyway); ignore it when the caller deliberately allows more.
-    # Caveat: before Python 3.14 catch_warnings saves/restores the
-    # process-wide filter list, so threads loading images concurrently may
-    # briefly see each other's filter for this one warning category.
-    bomb_action = (
-        "error" if global_limit is None or max_image_pixels <= global_limit else "ignore"
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter(bomb_action, Image.DecompressionBombWarning)
-        img = Image.open(fp)
-        try:
-            if frame:
-                frames = getattr(img, "n_frames", 1)
-                if frame >= frames:
-                    raise ImageError(path, f"no page {frame + 1} (the file has {frames})")
-                img.seek(frame)  # reads that frame's header only
-            width, height = img.size
-            if width * height > max_image_pixels:
-                raise ImageError(
-                    path,
-                    f"image too large: {width} x {height} pixels exceeds limit "
-                    f"{max_image_pixels}",
-                )
-            # MPO (multi-picture JPEG, written by many cameras) is a JPEG
-            # subclass in Pillow and supports draft() the same way.
-            if img.format in ("JPEG", "MPO") and target_pixels:
-                scale = jpeg_draft_scale(width, height, target_pixels)
-                if scale > 1:
-                    # Request exactly 1/scale; Pillow picks the largest DCT
-                    # factor whose output is >= the requested size, i.e. scale.
-                    img.draft("RGB", (width // scale, height // scale))
-            img.load()  # the current frame: 0 unless seeked above
-        except BaseException:
-            img.close()
-            raise
+    # Pillow warns above its global limit (and raises at twice it): the warning is collected by
+    # the caller's decode_warnings, and dropped when the local limit below refuses the image.
+    # (No catch_warnings here: it swaps process-wide state, which decode threads would race on.)
+    img = Image.open(fp)
+    try:
+        if frame:
+            frames = getattr(img, "n_frames", 1)
+            if frame >= frames:
+                raise ImageError(path, f"no page {frame + 1} (the file has {frames})")
+            img.seek(frame)  # reads that frame's header only
+        width, height = img.size
+        if width * height > max_image_pixels:
+            raise ImageError(
+                path,
+                f"image too large: {width} x {height} pixels exceeds limit "
+                f"{max_image_pixels}",
+            )
+        # MPO (multi-picture JPEG, written by many cameras) is a JPEG
+        # subclass in Pillow and supports draft() the same way.
+        if img.format in ("JPEG", "MPO") and target_pixels:
+            scale = jpeg_draft_scale(width, height, target_pixels)
+            if scale > 1:
+                # Request exactly 1/scale; Pillow picks the largest DCT
+                # factor whose output is >= the requested size, i.e. scale.
+                img.draft("RGB", (width // scale, height // scale))
+        img.load()  # the current frame: 0 unless seeked above
+    except BaseException:
+        img.close()
+        raise
     return img
 
 

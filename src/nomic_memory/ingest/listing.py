@@ -13,10 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from nomic_memory.ingest.images import open_regular, oriented_size, register_plugins
-from nomic_memory.ingest.documents import is_document_path, list_pages, may_have_pages
+
 from nomic_memory.errors import InputError
-from nomic_memory.ingest.images import ImageError, hash_file, os_error_reason
+from nomic_memory.ingest.documents import is_document_path, list_pages, may_have_pages
+from nomic_memory.ingest.images import (
+    ImageError,
+    hash_file,
+    open_regular,
+    oriented_size,
+    os_error_reason,
+    register_plugins,
+)
+from nomic_memory.ingest.notices import decode_warnings
 
 
 @dataclass
@@ -67,7 +75,7 @@ def _image_geometry(path: Path) -> tuple[int, int]:
     register_plugins()
     try:
         f, _ = open_regular(path)  # the same checks as every read: never a FIFO swapped in
-        with f, Image.open(f) as im:
+        with f, decode_warnings(path, report=False), Image.open(f) as im:  # decoding reports them
             return oriented_size(im)
     except Exception:
         return 0, 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from nomic_memory.errors import InputError
+from nomic_memory.errors import InputError, out_of_memory_detail, out_of_memory_kind
 from nomic_memory.ingest.decode import DecodeTask, decode_image, fit_to_target
 from nomic_memory.ingest.documents import load_page
 from nomic_memory.ingest.images import pad_extreme_aspect, to_rgb
@@ -123,7 +123,9 @@ def decode_task(processor, task: DecodeTask, lock=None) -> Prepared | InputError
     except InputError as e:
         return e
     except Exception as e:  # a processor failure on one input must not stop the run
-        return InputError(task.path, f"{type(e).__name__}: {e}", task.page or None)
+        kind = out_of_memory_kind(e)
+        reason = f"out of {kind} decoding it ({out_of_memory_detail(e)})" if kind else f"{type(e).__name__}: {e}"
+        return InputError(task.path, reason, task.page or None)
 
 
 def decode_tasks(processor, tasks: list[DecodeTask]) -> list[Prepared | InputError]:

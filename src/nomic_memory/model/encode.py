@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
 
+from nomic_memory.errors import OutOfMemory, out_of_memory_detail, out_of_memory_kind
 from nomic_memory.model.collate import Prepared, collate_flat
 from nomic_memory.model.loading import LoadedModel
 from nomic_memory.memory import trim_heap
@@ -283,9 +284,16 @@ def forward_embeddings(lm: LoadedModel, inputs: dict) -> list[torch.Tensor]:
 
 
 def is_oom(e: BaseException) -> bool:
-    if isinstance(e, torch.OutOfMemoryError):
-        return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    """An allocation failure (CUDA, MPS, torch's CPU allocator, oneDNN, Python's MemoryError)."""
+    return isinstance(e, torch.OutOfMemoryError) or out_of_memory_kind(e) is not None
+
+
+def _unsplittable(e: BaseException, items: list[Prepared]) -> OutOfMemory:
+    kind = out_of_memory_kind(e) or "memory"
+    tokens = sum(int(it.image_grid_thw.prod()) // 4 for it in items)
+    return OutOfMemory(f"out of {kind} embedding a single image ({tokens} visual tokens) even after splitting "
+                       f"the batch ({out_of_memory_detail(e)}); the batches embedded so far are stored. Free "
+                       "memory, or use a smaller model or --image-only")
 
 
 class BatchEncoder:
@@ -310,8 +318,11 @@ class BatchEncoder:
                 trim_heap()
             return out
         except Exception as e:
-            if not is_oom(e) or len(items) == 1:
+            if not is_oom(e):
                 raise
+            if len(items) == 1:
+                self._free()
+                raise _unsplittable(e, items) from None
             self._free()
             self.splits += 1
             half = max(1, len(items) // 2)

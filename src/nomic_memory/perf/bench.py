@@ -41,7 +41,7 @@ from nomic_memory.model.variants import VARIANTS
 from nomic_memory.store.table import Store
 from nomic_memory.memory import current_rss_bytes
 from nomic_memory.ingest.batching import MAX_PADDING, make_batches, visual_tokens
-from nomic_memory.ingest.images import discover_images
+from nomic_memory.ingest.images import discover_images, image_size
 from nomic_memory.model.backends import select_backend
 from nomic_memory.model.loading import load_model
 from nomic_memory.api import Embedder
@@ -214,15 +214,11 @@ def _device_bytes(backend) -> int:
 def planned_batches(lm, directory: str | Path, batch_size: int) -> list[list[int]]:
     """Visual-token counts of the batches ``embed_directory`` will form for ``directory``
     (from image headers, as the pipeline computes them)."""
-    from PIL import Image
-
-
     ip = lm.processor.image_processor
     tokens = []
     for p in discover_images(directory):
         try:
-            with Image.open(p) as im:
-                w, h = im.size
+            w, h = image_size(p) or (0, 0)  # the one checked open: never blocks on a FIFO
             tokens.append(visual_tokens(w, h, ip))
         except Exception:
             tokens.append(ip.size["longest_edge"] // (28 * 28))

@@ -12,11 +12,9 @@ check can see) is refused with :class:`PageChanged` (a thumbnail already cached,
 embedded bytes, is still served).  Pages are decoded at the size they are
 shown at: PDF pages drawn straight at it, large JPEGs draft-decoded (DCT scaling).
 
-TODO(poisoned PDFs): PDF pages are drawn with ``ingest.documents.load_page`` (PDFium), today in
-this process, so a page that makes PDFium allocate without bound can still take the server down.
-The ingest layer's renderer processes (memory and time limits) draw through that same function
-once they land: then a runaway page costs its request only (404 with the reason), with no
-change here; a test of ``/thumb`` on such a PDF belongs with them.
+PDF pages are drawn with ``ingest.documents.load_page``, i.e. in the ingest layer's renderer
+processes (memory and time limits): a page that makes PDFium allocate without bound, draw for ever
+or crash costs its request only (:class:`PageUnavailable` with the reason), never the server.
 """
 
 from __future__ import annotations
