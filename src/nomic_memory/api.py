@@ -20,13 +20,15 @@ import torch
 from nomic_memory.model.backends import Backend, select_backend
 from nomic_memory.model.loading import DEFAULT_SEED, LoadedModel, ModelSpec, ResolvedModel
 from nomic_memory.run.driver import ProgressCallback, RunReport
-from nomic_memory.store.check import CheckReport, delete_bad_rows
-from nomic_memory.store.table import EmbeddingTable, Store, default_store_path, key_to_path
+from nomic_memory.store.check import CheckReport, present_keys, readable_keys, readable_roots
+from nomic_memory.store.roots import known_roots
+from nomic_memory.store.table import EmbeddingTable, Store, default_store_path, key_to_path, path_to_key
 
 if TYPE_CHECKING:
     from nomic_memory.run.ray_engine import RayExecutor
 from nomic_memory.run.driver import run_embedding
 from nomic_memory.run.local_engine import LocalExecutor
+from nomic_memory.run.repair import reembed, unstored
 from nomic_memory.errors import UsageError
 from nomic_memory.search.index import Index
 
@@ -181,23 +183,83 @@ class Embedder:
         return Index.open(store, table or self._identity()[2], model=self, **kwargs)
 
 
-def repair(store: Store, table: EmbeddingTable, report: CheckReport, backend: str = "auto", on_event=None) -> dict:
-    """Delete the bad rows of ``report`` (and duplicates), then re-embed their files with the
-    table's model: an ordinary, resumable run over each affected root.
+def repair(store: Store, table: EmbeddingTable, report: CheckReport, backend: str = "auto", on_event=None,
+           delete_unrestorable: bool = False, batch_size: int = 8) -> dict:
+    """Re-embed the bad and missing rows of ``report`` from their files with the table's model,
+    and only then remove the bad rows (:mod:`nomic_memory.run.repair`).
 
-    Returns ``{"deleted": rows, "reembedded": files, "failed": [(path, reason)]}``.  Files that no
-    longer exist are only deleted."""
-    deleted, roots = delete_bad_rows(table, report)
-    out: dict = {"deleted": deleted, "reembedded": 0, "failed": []}
-    if not roots:
-        return out
+    Never deletes a row it could not re-embed (its file gone, unreadable, changed) unless
+    ``delete_unrestorable``: such rows are kept and listed in ``kept``.  A data file whose rows
+    cannot even be named is removed only once every folder the table holds has been re-embedded
+    with at least as many rows as it held.  Returns ``{"deleted", "reembedded", "failed": [(path,
+    reason)], "kept": [{"root", "path", "page", "reason"}], "restored": bool}``."""
+    bad: dict[tuple, list[int]] = {}
+    for b in report.bad:
+        if b.path is not None and b.row_id is not None:
+            bad.setdefault((b.root, b.path, int(b.page or 0)), []).append(b.row_id)
+    wanted_keys = set(bad) | {(m.root, m.path, int(m.page)) for m in report.missing}
+    done = present_keys(table, report, set(bad))  # replaced by a repair killed before its delete
+    out: dict = {"deleted": 0, "reembedded": 0, "failed": [], "kept": []}
+    if done:
+        out["deleted"] += _delete_rows(table, [rid for k in done for rid in bad[k] if rid is not None])
+    todo: dict[str, dict[str, set[int]]] = {}
+    for root, path, page in sorted(wanted_keys - set(done)):
+        todo.setdefault(root, {}).setdefault(key_to_path(path), set()).add(page)
     info = table.info
     emb = Embedder(info.model_id, backend=backend, kind=info.kind, seed=info.seed, lazy=True)
-    for root in roots:
-        rep = emb.embed_directory(key_to_path(root), store=store, table_name=table.name, on_event=on_event)
-        out["reembedded"] += rep.embedded
-        out["failed"].extend(rep.failed)
+    executor = LocalExecutor(None, spec=emb.spec, backend=emb.backend, resolved=emb.resolved, workers=0)
+    for root, wanted in sorted(todo.items()):
+        replaces = {(key_to_path(p), pg): [r for r in ids if r is not None]
+                    for (r_, p, pg), ids in bad.items() if r_ == root}
+        res = reembed(store, table, executor, Path(key_to_path(root)), wanted, replaces,
+                      batch_size=batch_size, emit=on_event)
+        out["reembedded"] += res.embedded
+        out["deleted"] += sum(len(replaces.get(k, [])) for k in res.restored)
+        out["failed"].extend(res.failed)
+        out["kept"].extend({"root": root, "path": path_to_key(p), "page": pg, "reason": why} for p, pg, why in res.kept)
+    out["reembedded"] += _restore_nameless(store, table, report, executor, out, batch_size, on_event,
+                                           delete_unrestorable)
+    if delete_unrestorable and out["kept"]:
+        ids = [rid for k in out["kept"] for rid in bad.get((k["root"], k["path"], k["page"]), []) if rid is not None]
+        out["deleted"] += _delete_rows(table, ids)
+    if report.duplicates:
+        try:
+            out["deleted"] += table.dedupe()
+        except Exception:  # noqa: BLE001 - an unreadable data file is still there: reported as kept
+            pass
+    out["restored"] = not out["kept"]
     return out
+
+
+def _delete_rows(table: EmbeddingTable, row_ids: list[int]) -> int:
+    table.append_replacing([], row_ids)
+    return len(row_ids)
+
+
+def _restore_nameless(store: Store, table: EmbeddingTable, report: CheckReport, executor, out: dict,
+                      batch_size: int, on_event, delete_unrestorable: bool) -> int:
+    """Data files whose rows cannot be named: re-embed what every folder the table holds lacks,
+    then drop those files if at least as many rows were restored as they held."""
+    if not report.nameless_rows:
+        return 0
+    lost = sum(report.nameless_rows.values())
+    embedded = 0
+    for root in sorted(readable_roots(table, report) | known_roots(store, table.name)):
+        root_dir = Path(key_to_path(root))
+        wanted = unstored(root_dir, readable_keys(table, report, root)) if root_dir.is_dir() else {}
+        if wanted:
+            res = reembed(store, table, executor, root_dir, wanted, {}, batch_size=batch_size, emit=on_event)
+            embedded += res.embedded
+            out["failed"].extend(res.failed)
+    if embedded >= lost or delete_unrestorable:
+        out["deleted"] += lost
+        table.drop_fragments(report.nameless_rows)
+    else:
+        out["kept"].append({"root": None, "path": None, "page": None,
+                            "reason": f"data files {sorted(report.nameless_rows)} hold {lost} rows whose names "
+                                      f"cannot be read; {embedded} were re-embedded from the folders the table "
+                                      "holds: the files were kept"})
+    return embedded
 
 
 __all__ = ["Embedder", "repair"]

@@ -44,6 +44,10 @@ class BenchSetupError(NomicMemoryError):
     would fail the same way, so the sweep stops (an out-of-memory at one batch size does not)."""
 
 
+class FolderNotFoundError(NomicMemoryError, FileNotFoundError):
+    """The folder to embed does not exist (or is not a folder)."""
+
+
 class StoreError(NomicMemoryError):
     """The store cannot be opened, read or written as asked."""
 
@@ -118,6 +122,6 @@ class InputError(NomicMemoryError):
         return (type(self), (self.path, self.reason, self.page))
 
 
-__all__ = ["NomicMemoryError", "UsageError", "WrongTypeError", "BackendUnavailable", "ModelLoadError",
-           "ModelKindError", "StoreError", "SearchError", "ModelMismatchError", "EngineError", "InputError",
-           "OutOfMemory", "out_of_memory_kind", "out_of_memory_detail"]
+__all__ = ["NomicMemoryError", "UsageError", "WrongTypeError", "FolderNotFoundError", "BackendUnavailable",
+           "ModelLoadError", "ModelKindError", "StoreError", "SearchError", "ModelMismatchError", "EngineError",
+           "InputError", "OutOfMemory", "out_of_memory_kind", "out_of_memory_detail"]

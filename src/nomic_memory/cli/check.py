@@ -14,14 +14,18 @@ from nomic_memory.errors import NomicMemoryError
 def check(
     store: Optional[str] = store_option(),
     table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to check, if the store has several."),
-    repair: bool = typer.Option(False, "--repair", help="Delete bad rows and re-embed their files with the table's model."),
+    repair: bool = typer.Option(False, "--repair", help="Re-embed bad and missing rows from their files with the "
+                                "table's model, then remove the bad rows (what cannot be re-embedded is kept)."),
+    delete_unrestorable: bool = typer.Option(False, "--delete-unrestorable",
+                                             help="With --repair: also delete the bad rows that cannot be re-embedded "
+                                                  "(their files are gone or unreadable)."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for re-embedding (--repair)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (nothing else on stdout)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
-    """Verify every row (checksum, NaN, vector count, readable data files). Exit 0: clean; 1: problems."""
+    """Verify every row (every column readable, checksum, NaN, vector count) and find missing pages.
+    Exit 0: clean; 1: problems (after --repair: something could not be restored)."""
     setup_logging(verbose)
-    from nomic_memory.api import repair as do_repair  # late: torch (a second); the CLI starts without it
     from nomic_memory.store.check import verify_table  # late: pyarrow; the CLI starts without it
     from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
 
@@ -40,6 +44,8 @@ def check(
         for b in report.bad:
             where = f"{b.root}/{b.path}" if b.path is not None else f"fragment {b.fragment}"
             typer.echo(f"Bad row: {where}{f' (page {b.page})' if b.page else ''}: {b.reason}")
+        for m in report.missing:
+            typer.echo(f"Missing row: {m.root}/{m.path} (page {m.page}): {m.reason}")
         files = report.files()
         if files:
             typer.echo("Files to re-embed:")
@@ -47,21 +53,38 @@ def check(
                 for p in sorted(paths):
                     typer.echo(f"  {root}/{p}")
     if repair and not report.ok:
-        try:
-            fixed = do_repair(st, t, report, backend=backend.value)
-        except NomicMemoryError as e:
-            raise fail_on(e)
-        out["repair"] = {**fixed, "failed": [{"path": p, "reason": r} for p, r in fixed["failed"]]}
-        after = verify_table(st.open_table(t.name))
-        out["after_repair"] = after.to_dict()
-        if not json_out:
-            typer.echo(f"Repaired: deleted {fixed['deleted']} rows, re-embedded {fixed['reembedded']} files"
-                       + (f", {len(fixed['failed'])} could not be embedded" if fixed["failed"] else ""))
-        if json_out:
-            typer.echo(json.dumps(out))
-        raise typer.Exit(EXIT_OK if after.ok else EXIT_FATAL)
+        _repair(st, t, report, out, backend.value, delete_unrestorable, json_out)
     if json_out:
         typer.echo(json.dumps(out))
     elif report.ok:
         typer.echo("No problems found.")
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FATAL)
+
+
+def _repair(st, t, report, out: dict, backend: str, delete_unrestorable: bool, json_out: bool) -> None:
+    from nomic_memory.api import repair as do_repair  # late: torch (a second); the CLI starts without it
+    from nomic_memory.store.check import verify_table  # late: pyarrow; the CLI starts without it
+
+    try:
+        fixed = do_repair(st, t, report, backend=backend, delete_unrestorable=delete_unrestorable)
+        after = verify_table(st.open_table(t.name))
+    except NomicMemoryError as e:
+        raise fail_on(e)
+    out["repair"] = {**fixed, "failed": [{"path": p, "reason": r} for p, r in fixed["failed"]]}
+    out["after_repair"] = after.to_dict()
+    ok = after.ok and fixed["restored"]
+    if json_out:
+        typer.echo(json.dumps(out))
+        raise typer.Exit(EXIT_OK if ok else EXIT_FATAL)
+    typer.echo(f"Repaired: re-embedded {fixed['reembedded']} rows, removed {fixed['deleted']} bad rows"
+               + (f", {len(fixed['failed'])} could not be embedded" if fixed["failed"] else ""))
+    for k in fixed["kept"]:
+        page = f" (page {k['page']})" if k["page"] else ""
+        where = f"{k['root']}/{k['path']}{page}" if k["path"] else "data files"
+        typer.echo(f"Kept (cannot be re-embedded): {where}: {k['reason']}", err=True)
+    if fixed["kept"]:
+        typer.echo("Some rows could not be restored and were kept; to delete them: nomic-memory check --repair "
+                   "--delete-unrestorable", err=True)
+    elif not after.ok:
+        typer.echo("The table still has problems after the repair: run nomic-memory check again", err=True)
+    raise typer.Exit(EXIT_OK if ok else EXIT_FATAL)

@@ -24,19 +24,29 @@ def export(
 ) -> None:
     """Export embeddings: npz (key = relative path, value = float32 array) or parquet."""
     setup_logging(False)
-    from nomic_memory.store.export import export_store  # late: pyarrow; the CLI starts without it
+    from nomic_memory.store.export import export_store_table  # late: pyarrow; the CLI starts without it
     from nomic_memory.store.table import StoreError  # late: pyarrow; the CLI starts without it
 
     location = resolve_store(store)
     try:
-        n = export_store(location, format.value, out, table, str(Path(root).expanduser().resolve()) if root else None)
+        n, table = export_store_table(location, format.value, out, table, str(Path(root).expanduser().resolve()) if root else None)
     except (StoreError, ValueError) as e:
         raise fail(str(e))
     if json_out:
         typer.echo(json.dumps({"exported": n, "out": str(out), "format": format.value, "store": str(location),
                                "table": table}))
     else:
-        say(f"Exported {n} {'image' if n == 1 else 'images'} to {out}")
+        # Written to stderr when the export itself goes to standard output.
+        say(f"Exported {n} {'image' if n == 1 else 'images'} to {out}", json_out=_is_stdout(out))
+
+
+def _is_stdout(out: Path) -> bool:
+    import os
+
+    try:
+        return os.path.samefile(out, "/dev/stdout")
+    except (OSError, ValueError):
+        return False
 
 
 def make_tiny_model(

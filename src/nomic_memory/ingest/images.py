@@ -179,6 +179,10 @@ def discover_images(root: str | os.PathLike[str], *, match=is_image_path) -> lis
     return discover(root, match=match)[0]
 
 
+#: The reason :func:`discover` gives for a folder it could not list (what a prune must leave alone).
+UNLISTABLE = "cannot list directory"
+
+
 def discover(root: str | os.PathLike[str], *, match=is_image_path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files under ``root`` and the image-named entries skipped, with the reason.
 
@@ -193,8 +197,8 @@ def discover(root: str | os.PathLike[str], *, match=is_image_path) -> tuple[list
     no walking out of the folder) and is reported as skipped.  Only regular
     files are returned: FIFOs, sockets, devices, broken links and links into
     ``/proc`` or ``/sys`` are reported as skipped, so a run can list
-    them instead of hanging on them.  Sub-directories that cannot be listed are
-    reported too.
+    them instead of hanging on them.  Folders that cannot be listed are reported
+    too (reason :data:`UNLISTABLE`; the folder itself as ``"."``).
 
     Returns:
         ``(files, skipped)``: absolute paths, and ``(relative path, reason)``.
@@ -212,9 +216,10 @@ def discover(root: str | os.PathLike[str], *, match=is_image_path) -> tuple[list
     def rel_of(p: str) -> str:
         return Path(p).relative_to(base).as_posix()
 
-    def on_error(e: OSError) -> None:
-        if e.filename and os.path.abspath(e.filename) != str(base):
-            skipped.append((rel_of(e.filename), f"cannot list directory: {e.strerror or e}"))
+    def on_error(e: OSError) -> None:  # the folder itself is "." (nothing under it was seen)
+        if e.filename:
+            skipped.append((rel_of(e.filename) if os.path.abspath(e.filename) != str(base) else ".",
+                            f"{UNLISTABLE}: {e.strerror or e}"))
 
     for dirpath, dirnames, filenames in os.walk(base, onerror=on_error):
         for name in dirnames:  # os.walk lists symlinked directories here and does not enter them

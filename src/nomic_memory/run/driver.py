@@ -28,10 +28,11 @@ from typing import Callable, Iterable, Iterator, Protocol
 import numpy as np
 
 from nomic_memory.ingest.batching import MAX_PADDING, check_max_batch_tokens, make_batches, padding_overhead, visual_tokens
-from nomic_memory.errors import InputError, UsageError
+from nomic_memory.errors import FolderNotFoundError, InputError, UsageError
 from nomic_memory.store.failures import FailureLog
+from nomic_memory.store.roots import remember_root
 from nomic_memory.ingest.documents import is_input_path
-from nomic_memory.ingest.images import discover, discover_paths
+from nomic_memory.ingest.images import UNLISTABLE, discover, discover_paths
 from nomic_memory.memory import MemoryReport
 from nomic_memory.ingest.listing import Item, SourceFile, inspect_files
 from nomic_memory.store.table import path_to_key
@@ -186,7 +187,7 @@ def _fail_listed(report: RunReport, emit, failures, new: list, rel: str, page: i
 def plan_run(table, root: Path, files: list[SourceFile], image_processor, report: RunReport, emit, *,
              fingerprints: frozenset[str] | None, revision: str, prune: bool, batch_size: int,
              max_batch_tokens: int | None, sort_by_tokens: bool = True, failures=None,
-             scope: Callable[[str], bool] | None = None) -> RunPlan:
+             scope: Callable[[str], bool] | None = None, unlisted: tuple[str, ...] = ()) -> RunPlan:
     """The listing every engine shares: prune rows of vanished files (and of pages a changed
     document no longer has), report unreadable inputs, skip inputs stored unchanged (same content
     hash and model revision, and a projection fingerprint in ``fingerprints``; None when no stored
@@ -194,9 +195,11 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
     failed before and whose file has not changed since (``failures``) are reported, not retried.
     ``image_processor``: the processor's image processor, or a callable returning it (called only
     when something is left to embed).  ``report`` and ``emit`` are updated.  ``scope``: the
-    relative paths ``files`` speaks for (default: all of the root); only their rows are pruned."""
+    relative paths ``files`` speaks for (default: all of the root); only their rows are pruned.
+    ``unlisted``: folders (relative, ``"."`` for the root) that could not be listed: nothing under
+    them is pruned."""
     existing = table.stored_keys(str(root)) if table is not None else {}
-    _prune(table, root, files, existing, report, emit, prune, failures, scope)
+    _prune(table, root, files, existing, report, emit, prune, failures, scope, unlisted)
     todo: list[Item] = []
     listed_bad: list[tuple[str, int, str, str]] = []
     for f in files:
@@ -229,20 +232,29 @@ def _unchanged(old: dict | None, f: SourceFile, revision: str, fingerprints: fro
                 and fingerprints is not None and old["proj_fingerprint"] in fingerprints)
 
 
+def _unseen(rel: str, unlisted: tuple[str, ...]) -> bool:
+    """``rel`` lies in a folder that could not be listed (so its absence proves nothing)."""
+    return any(u == "." or rel == u or rel.startswith(u + "/") for u in unlisted)
+
+
 def _prune(table, root: Path, files: list[SourceFile], existing: dict, report: RunReport, emit, prune: bool,
-           failures, scope: Callable[[str], bool] | None = None) -> None:
-    """Rows of files that are gone (with ``prune``), and rows of pages a document no longer has
-    (always: its new content is what the store must hold)."""
+           failures, scope: Callable[[str], bool] | None = None, unlisted: tuple[str, ...] = ()) -> None:
+    """Rows of files that are gone (with ``prune``; only within ``scope``, never under a folder
+    that could not be listed), and rows of pages a document no longer has (always: its new
+    content is what the store must hold)."""
     if table is None:
         return
     present = {f.rel: f for f in files}
     n = 0
     if prune:
-        gone = sorted({p for p, _ in existing if p not in present and (scope is None or scope(p))})
+        def prunable(rel: str) -> bool:
+            return (scope is None or scope(rel)) and not _unseen(rel, unlisted)
+
+        gone = sorted({p for p, _ in existing if p not in present and prunable(p)})
         if gone:
             n += table.delete_paths(str(root), gone)
         if failures is not None:
-            failures.forget([k for k in failures.known if k[0] not in present and (scope is None or scope(k[0]))])
+            failures.forget([k for k in failures.known if k[0] not in present and prunable(k[0])])
     stale = [(p, pg) for p, pg in existing if p in present and not present[p].error
              and pg not in {it.page for it in present[p].items} | {pg_ for pg_, _ in present[p].page_errors}]
     if stale:
@@ -297,12 +309,14 @@ class StoreSink:
         if good:
             if self.table is None:
                 self.table = self.store.create_or_open(self.table_name, result.stamp.table_info())
+            if not getattr(self, "_root_known", False):  # once per run: what a repair re-embeds from
+                remember_root(self.store, self.table_name, path_to_key(str(plan.root)))
+                self._root_known = True
             stamp, root = result.stamp, str(plan.root)
             records = [Record(root, it.rel, it.file.content_hash, it.file.size, it.file.mtime, it.width, it.height,
                               e, stamp.dtype, page=it.page, model_revision=stamp.revision,
                               proj_fingerprint=stamp.fingerprint) for it, e in good]
-            refused = self.table.upsert(records, known_new={(it.rel, it.page) for it, _ in good
-                                                            if (it.rel, it.page) not in plan.existing})
+            refused = self._commit(plan, records)
             refused_ids = {id(r) for r, _ in refused}
             for r, reason in refused:  # e.g. a NaN embedding: never stored
                 label = r.path if not r.page else f"{r.path}#{r.page}"
@@ -313,6 +327,12 @@ class StoreSink:
         if self.failures is not None:
             self.failures.record(bad)
             self.failures.forget([(it.rel, it.page) for it, _ in good])
+
+
+    def _commit(self, plan: RunPlan, records: list[Record]) -> list[tuple[Record, str]]:
+        """One batch's commit; returns the records refused, with the reason."""
+        return self.table.upsert(records, known_new={(r.path, r.page) for r in records
+                                                     if (r.path, r.page) not in plan.existing})
 
 
 def _warn_other_weights(table, stamp: ModelStamp) -> None:
@@ -389,8 +409,9 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
             _warn_other_weights(table, stamp)
     if max_batch_tokens is not None:
         check_max_batch_tokens(max_batch_tokens, executor.processor().image_processor)
+    unlisted = tuple(rel for rel, reason in skipped if reason.startswith(UNLISTABLE))
     opts = dict(revision=revision, prune=prune, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                sort_by_tokens=sort_by_tokens, failures=failures, scope=scope)
+                sort_by_tokens=sort_by_tokens, failures=failures, scope=scope, unlisted=unlisted)
     # The processor (transformers: seconds to import) only when something is left to embed.
     image_processor = lambda: executor.processor().image_processor  # noqa: E731
     plan = plan_run(table, root, files, image_processor, report, emit,
@@ -437,8 +458,10 @@ def _list_inputs(root: Path, changed, prune: bool):
             return (*discover(root, match=is_input_path), None)
         except FileNotFoundError:
             if not prune:
-                raise
+                raise FolderNotFoundError(f"no such directory: {root}") from None
             return [], [], None  # a folder that is gone: --prune forgets what the store held of it
+        except NotADirectoryError:
+            raise FolderNotFoundError(f"not a directory: {root}") from None
     # Each path's folder resolved as the root is (a symlinked parent such as /tmp), not the file.
     changed = [Path(os.path.realpath(Path(p).expanduser().absolute().parent)) / Path(p).name for p in changed]
     return (*discover_paths(root, changed, match=is_input_path), path_scope(root, changed))

@@ -158,6 +158,17 @@ def _query_list(queries) -> list:
 
 
 # ------------------------------------------------------------------ the index
+def check_k(k) -> int:
+    """``k`` (results per query) must be a whole number of at least 1 (``True`` is not one)."""
+    import numbers
+
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise UsageError(f"k must be a whole number of results (at least 1), not {k!r}")
+    if k < 1:
+        raise UsageError("k must be at least 1")
+    return int(k)
+
+
 class Index:
     """A searchable view of one store table.
 
@@ -285,6 +296,7 @@ class Index:
     def search_many(self, queries, k: int = 10, *, approx: bool = False, where: str | None = None,
                     **kw) -> list[list[Hit]]:
         """Several queries sharing one scan of the table (one list of hits per query)."""
+        check_k(k)  # before a query is embedded
         queries = _query_list(queries)
         if not queries:
             return []
@@ -300,8 +312,7 @@ class Index:
         ``"page > 2 AND path LIKE 'reports/%'"``); the results are the best rows that match it.
         ``approx``: use the approximate index (``method`` pooled or lance; default whichever
         exists, pooled first), re-ranking the best ``rerank`` candidates exactly."""
-        if k < 1:
-            raise UsageError("k must be at least 1")
+        check_k(k)
         embs = self._query_arrays(embeddings)
         if not embs:
             return []

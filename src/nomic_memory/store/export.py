@@ -22,12 +22,41 @@ class ExportError(StoreError):
     """The export file cannot be written (a directory in the way, a full disk, no permission)."""
 
 
+def _user_mode(out: Path) -> int:
+    """The mode a new file gets from the user's umask (an existing file keeps its own)."""
+    try:
+        return out.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def _through_special_file(out: Path):
+    """Write to a temporary file (formats such as zip need to seek), then copy it through ``out``."""
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix="nomic-memory-export-") as d:
+        tmp = Path(d) / "export"
+        try:
+            yield tmp
+            with open(tmp, "rb") as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except OSError as e:
+            raise ExportError(f"cannot write {out}: {e.strerror or e}") from None
+
+
 @contextmanager
 def _atomic_output(out: Path):
-    """Yield a temporary path beside ``out``; on success it replaces ``out`` in one rename, on any
-    failure it is removed: an export never leaves a truncated file under the name asked for."""
+    """Yield the path to write: a temporary file beside ``out`` that replaces it in one rename
+    on success and is removed on any failure (an export never leaves a truncated file under the
+    name asked for), with the mode the user's umask gives.  A special file (``/dev/stdout``, a
+    FIFO, ``/dev/null``) is written through, never replaced."""
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'embeddings'}")
+    if out.exists() and not out.is_file():
+        yield from _through_special_file(out)
+        return
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
@@ -36,6 +65,7 @@ def _atomic_output(out: Path):
         raise ExportError(f"cannot write {out}: {e.strerror or e}") from None
     try:
         yield Path(tmp)
+        os.chmod(tmp, _user_mode(out))
         os.replace(tmp, out)
     except OSError as e:
         raise ExportError(f"cannot write {out}: {e.strerror or e}; nothing was written") from None
@@ -75,7 +105,8 @@ def _export(table: EmbeddingTable, fmt: str, out: Path, root: str | None) -> int
                 key = p if not pg else f"{p}#{pg}"  # a document's pages: report.pdf#3
                 arrays[key] = _row(emb, i, info.kind, info.dim)
         if len(roots_seen) > 1:
-            raise UsageError("the store holds several embedded directories; pass --root to choose one")
+            raise UsageError("the store holds several embedded directories (" + ", ".join(sorted(roots_seen))
+                             + "); pass --root to choose one")
         with open(out, "wb") as f:
             np.savez(f, **arrays)
         return len(arrays)
@@ -88,7 +119,8 @@ def _export(table: EmbeddingTable, fmt: str, out: Path, root: str | None) -> int
     else:
         f32 = emb.cast(pa.list_(pa.float32(), info.dim))
     t = t.set_column(t.schema.get_field_index("embedding"), "embedding", f32)
-    pq.write_table(t, out)
+    with open(out, "wb") as f:
+        pq.write_table(t, f)
     return t.num_rows
 
 
@@ -104,6 +136,12 @@ def _row(emb: pa.Array, i: int, kind: str, dim: int) -> np.ndarray:
 
 def export_store(store_path: str | Path, fmt: str, out: str | Path, table: str | None = None,
                  root: str | None = None) -> int:
+    return export_store_table(store_path, fmt, out, table, root)[0]
+
+
+def export_store_table(store_path: str | Path, fmt: str, out: str | Path, table: str | None = None,
+                       root: str | None = None) -> tuple[int, str]:
+    """:func:`export_store`, also returning the name of the table exported."""
     store = Store(store_path, create=False)
     t = store.open_table(table) if table else store.only_table()
-    return export_table(t, fmt, out, root)
+    return export_table(t, fmt, out, root), t.name

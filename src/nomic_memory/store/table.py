@@ -187,7 +187,8 @@ def embedding_checksum(stored: np.ndarray) -> int:
 
 
 from nomic_memory.errors import StoreError  # noqa: E402  (re-exported)
-from nomic_memory.store.failures import TABLE
+from nomic_memory.store.failures import TABLE  # noqa: E402
+from nomic_memory.store.roots import forget_roots  # noqa: E402
 
 
 def damaged(store_path, what: str, e: BaseException) -> StoreError:
@@ -294,10 +295,14 @@ class Store:
 
         lock = FileLock(str(Path(self.path) / f".{table}.lock"))
         try:
-            lock.acquire(timeout=wait_message_after)
-        except Timeout:
-            log.warning("waiting for another nomic-memory process writing to table %s of %s", table, self.path)
-            lock.acquire()
+            try:
+                lock.acquire(timeout=wait_message_after)
+            except Timeout:
+                log.warning("waiting for another nomic-memory process writing to table %s of %s", table, self.path)
+                lock.acquire()
+        except OSError as e:  # a store this user cannot write (the lock file cannot be created)
+            raise StoreError(f"cannot write to the store at {self.path}: {e.strerror or e} "
+                             f"(lock file {lock.lock_file})") from None
         try:
             yield
         finally:
@@ -310,8 +315,13 @@ class Store:
         if name not in self.table_names():
             raise StoreError(f"store {self.path} has no table {name!r} (tables: {', '.join(self.table_names()) or 'none'})")
         with self.lock(name):
-            self.db.drop_table(name)
-            self.forget_failures(f"\"table\" = {_sql_str(name)}")
+            try:
+                self.db.drop_table(name)
+                self.forget_failures(f"\"table\" = {_sql_str(name)}")
+                forget_roots(self, f"\"table\" = {_sql_str(name)}")
+            except Exception as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
+                raise StoreError(f"cannot drop table {name!r} in the store at {self.path}: {reason}") from None
         if self.local:  # search's pooled index: <store>/_nomic_memory_approx/<table>-<method>.lance
             import shutil
 
@@ -345,6 +355,11 @@ class EmbeddingTable:
             raise StoreError(f"table {self.name!r} was not written by nomic-memory")
         self.info = TableInfo.from_json(meta[META_KEY])
         self.schema_version = int(json.loads(meta[META_KEY]).get("schema_version", 1))
+        # (version, fragment ids) whose every row of root ``_seen_root`` this process knows: read
+        # by stored_keys(), written by itself, or keys of other writers' rows in ``_foreign``.
+        self._seen: tuple[int, frozenset[int]] | None = None
+        self._seen_root: str | None = None
+        self._foreign: set[tuple[str, str, int]] = set()
 
     @property
     def has_checksums(self) -> bool:
@@ -394,12 +409,14 @@ class EmbeddingTable:
         if given).  Paths are given back as ``os.fsdecode`` gives them (see :func:`key_to_path`)."""
         cols = ["root", "path", "page", "content_hash", "model_revision", "proj_fingerprint"]
         try:
+            seen = self._snapshot()  # taken before the read: at worst later lookups look at more
             q = self.table.search().select(cols)
             if root is not None:
                 q = q.where(f"root = {_sql_str(path_to_key(root))}")
             t = q.limit(None).to_arrow() if hasattr(q, "limit") else q.to_arrow()
         except Exception as e:
             raise damaged(self._where, f"table {self.name!r}", e) from None
+        self._seen, self._seen_root, self._foreign = seen, root, set()  # see _present_keys
         d = t.to_pydict()
         return {(key_to_path(p), int(pg or 0)): {"content_hash": h, "model_revision": r, "proj_fingerprint": f,
                                                  "root": key_to_path(ro)}
@@ -466,11 +483,13 @@ class EmbeddingTable:
         """Write one batch atomically, replacing rows with the same (root, path, page).
 
         Returns the records refused (:meth:`validate`) with the reason; the caller reports them
-        as failed files.  ``known_new``: paths (or ``(path, page)`` keys) the caller believes are not in the table (it read
-        the index at the start of the run).  Appending those costs O(batch) where
-        ``merge_insert``'s key join scans the table; but another process may have written them
-        since, so under the table's write lock the batch's keys are looked up again (a filtered
-        read of the key columns) and only the truly new rows are appended.
+        as failed files.  ``known_new``: paths (or ``(path, page)`` keys) the caller believes are
+        not in the table (it read :meth:`stored_keys` at the start of the run).  Appending those
+        costs O(batch) where ``merge_insert``'s key join scans the table; but another process may have written them
+        since, so under the table's write lock the batch's keys are looked up again in what other
+        writers committed since this process last saw the table (:meth:`_present_keys`), and only
+        the truly new rows are appended.  The commit's cost therefore does not grow with the rows
+        already stored.
         """
         records, refused = self.validate(records)
         if not records:
@@ -478,39 +497,97 @@ class EmbeddingTable:
         with self._write_errors("write a batch to"), self._lock():
             self.refresh()
             if known_new is not None:
+                tracked = self._catch_up()
                 fresh = [r for r in records if r.path in known_new or (r.path, r.page) in known_new]
                 if fresh:
-                    present = self._existing_keys(fresh)
+                    present = self._present_keys(fresh, tracked)
                     fresh = [r for r in fresh if (path_to_key(r.root), path_to_key(r.path), r.page) not in present]
                 fresh_ids = {id(r) for r in fresh}
                 rest = [r for r in records if id(r) not in fresh_ids]
-                if fresh and rest:
+                if rest:
                     self._merge(rest)
+                if fresh:
                     self.table.add(self._arrow(fresh))
-                elif fresh:
-                    self.table.add(self._arrow(fresh))
-                elif rest:
-                    self._merge(rest)
+                if tracked:
+                    self._seen = self._snapshot()  # our own commits: nothing in them to look up later
+                    self._compact_small()
             else:
                 self._merge(records)
         return refused
+
+    def _compact_small(self, max_fragments: int = 64, target_rows: int = 2048) -> None:
+        """Under the write lock, during a run: once the table has more than ``max_fragments``
+        fragments, merge the small ones (under ``target_rows`` rows) into fragments of about
+        ``target_rows``.  Each batch commit adds a fragment, and a commit's cost grows with the
+        fragments the manifest lists; merging only small fragments costs at most ``target_rows``
+        rows each time, so a long run's commits stay as cheap as its first ones."""
+        if self._seen is None or len(self._seen[1]) <= max_fragments:
+            return
+        try:
+            self.table.to_lance().optimize.compact_files(target_rows_per_fragment=target_rows)
+        except Exception as e:  # noqa: BLE001 - an optimisation; the end of the run compacts anyway
+            log.info("compaction of table %s during the run skipped: %s", self.name, e)
+        self.refresh()
+        self._seen = self._snapshot()  # our own rewrite: nothing new to look up
+
+    def _snapshot(self) -> tuple[int, frozenset[int]]:
+        """``(version, fragment ids)`` of the table as now checked out."""
+        ds = self.table.to_lance()
+        return ds.version, frozenset(f.fragment_id for f in ds.get_fragments())
+
+    def _catch_up(self) -> bool:
+        """Under the write lock: read the keys other writers committed since this process last saw
+        the table (their new fragments only) into ``_foreign``.  False when nothing is tracked
+        (no :meth:`stored_keys` read), and lookups must search the table."""
+        if self._seen is None:
+            return False
+        ds = self.table.to_lance()
+        if ds.version != self._seen[0]:
+            frags = [f for f in ds.get_fragments() if f.fragment_id not in self._seen[1]]
+            if frags:
+                d = ds.scanner(columns=list(KEY_COLUMNS), fragments=frags).to_table().to_pydict()
+                self._foreign.update(zip(d["root"], d["path"], [0 if p is None else p for p in d["page"]]))
+            self._seen = (ds.version, frozenset(f.fragment_id for f in ds.get_fragments()))
+        return True
+
+    def _present_keys(self, records: list[Record], tracked: bool) -> set[tuple[str, str, int]]:
+        """Which of the records' keys the table holds (under the write lock).
+
+        After :meth:`stored_keys` read the root's rows, only what other writers committed since can
+        hold them (:meth:`_catch_up` keeps their keys): the batch is compared with those, at a
+        cost that follows what others wrote, never the rows already stored.  Otherwise (no stored_keys
+        read, or another root): an exact (root, path, page) lookup over the table."""
+        keys = {(path_to_key(r.root), path_to_key(r.path), int(r.page)) for r in records}
+        if tracked and all(k[0] == path_to_key(self._seen_root or "") for k in keys):
+            return keys & self._foreign
+        ds = self.table.to_lance()
+        out: set[tuple[str, str, int]] = set()
+        for where in _key_filters(records):
+            d = ds.to_table(columns=list(KEY_COLUMNS), filter=where).to_pydict()
+            out.update(zip(d["root"], d["path"], [0 if p is None else p for p in d["page"]]))
+        return out
 
     def _merge(self, records: list[Record]) -> None:
         (self.table.merge_insert(list(KEY_COLUMNS)).when_matched_update_all()
          .when_not_matched_insert_all().execute(self._arrow(records)))
 
-    def _existing_keys(self, records: list[Record]) -> set[tuple[str, str, int]]:
-        by_root: dict[str, list[str]] = {}
-        for r in records:
-            by_root.setdefault(path_to_key(r.root), []).append(path_to_key(r.path))
-        out: set[tuple[str, str, int]] = set()
-        for root, paths in by_root.items():
-            for i in range(0, len(paths), 500):
-                where = (f"root = {_sql_str(root)} AND path IN ({', '.join(_sql_str(p) for p in paths[i:i + 500])})")
-                t = self.table.search().where(where).select(list(KEY_COLUMNS)).limit(None).to_arrow()
-                d = t.to_pydict()
-                out.update(zip(d["root"], d["path"], [0 if p is None else p for p in d["page"]]))
-        return out
+    def append_replacing(self, records: list[Record], old_row_ids: Iterable[int]) -> list[tuple[Record, str]]:
+        """Append ``records``, then delete the rows ``old_row_ids`` they replace (repair's write).
+
+        Needs to read nothing of the table, so it works beside a data file that cannot be read;
+        the new rows are committed before the old ones go, so a process killed between the two
+        commits leaves both (a duplicate the next check or run removes), never neither."""
+        records, refused = self.validate(records)
+        ids = [int(r) for r in old_row_ids]
+        if not records and not ids:
+            return refused
+        with self._write_errors("write repaired rows to"), self._lock():
+            self.refresh()
+            if records:
+                self.table.add(self._arrow(records))
+            for i in range(0, len(ids), 1000):
+                self.table.delete(f"_rowid IN ({', '.join(str(r) for r in ids[i:i + 1000])})")
+        return refused
 
     def delete_paths(self, root: str, paths: Iterable[str]) -> int:
         """Delete every row (all pages) of ``paths`` under ``root``; returns the rows deleted."""
@@ -619,7 +696,7 @@ class EmbeddingTable:
         except Exception:  # noqa: BLE001
             return 0
 
-    def optimize(self, cleanup_older_than: "dt.timedelta | None" = None) -> None:
+    def optimize(self, cleanup_older_than: "dt.timedelta | None" = None, strict: bool = False) -> None:
         """Compact the small per-batch fragments into few large ones and delete the files of
         versions older than ``cleanup_older_than`` (default :data:`CLEANUP_GRACE`).  Each batch
         commit makes a version; without the cleanup a store keeps every compacted fragment's
@@ -628,6 +705,8 @@ class EmbeddingTable:
         import warnings
 
         grace = CLEANUP_GRACE if cleanup_older_than is None else cleanup_older_than
+        if strict and self.store is not None and self.store.local and not os.access(self.store.path, os.W_OK):
+            raise StoreError(f"cannot compact table {self.name!r}: the store at {self._where} is not writable")
         try:
             with self._lock():
                 self.refresh()
@@ -635,6 +714,12 @@ class EmbeddingTable:
                     warnings.simplefilter("ignore", UserWarning)  # "removes every version" (grace 0)
                     self.table.optimize(cleanup_older_than=grace, delete_unverified=False)
         except Exception as e:  # compaction is an optimisation; a failure must not fail the run
+            if strict:  # ``store compact``: what was asked could not be done
+                if isinstance(e, StoreError):
+                    raise
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
+                raise StoreError(f"cannot compact table {self.name!r} in the store at {self._where}: "
+                                 f"{reason}") from None
             log.info("compaction of table %s skipped: %s", self.name, e)
 
     def maintain(self, max_fragments: int = 16, cleanup_older_than: "dt.timedelta | None" = None) -> bool:
@@ -698,6 +783,7 @@ class EmbeddingTable:
             self.table.delete(f"root = {_sql_str(path_to_key(root))}")
             if self.store is not None:
                 self.store.forget_failures(f"\"table\" = {_sql_str(self.name)} AND root = {_sql_str(root)}")
+                forget_roots(self.store, f"\"table\" = {_sql_str(self.name)} AND root = {_sql_str(path_to_key(root))}")
             return before - self.count()
 
     def stats(self) -> dict:
@@ -708,6 +794,18 @@ class EmbeddingTable:
         frag = frag if isinstance(frag, dict) else frag.__dict__
         return {"rows": self.count(), "fragments": frag.get("num_fragments"),
                 "versions": len(self.table.list_versions()), "data_bytes": st.get("total_bytes")}
+
+
+def _key_filters(records: list[Record], per_filter: int = 200) -> Iterator[str]:
+    """SQL filters matching exactly the records' (root, path, page) keys, ``per_filter`` paths each."""
+    by_path: dict[tuple[str, str], set[int]] = {}
+    for r in records:
+        by_path.setdefault((path_to_key(r.root), path_to_key(r.path)), set()).add(int(r.page))
+    items = sorted(by_path.items())
+    for i in range(0, len(items), per_filter):
+        yield " OR ".join(f"(root = {_sql_str(root)} AND path = {_sql_str(path)} AND page IN "
+                          f"({', '.join(str(p) for p in sorted(pages))}))"
+                          for (root, path), pages in items[i:i + per_filter])
 
 
 def _naive(ts):
