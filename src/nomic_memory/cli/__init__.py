@@ -20,6 +20,7 @@ from nomic_memory.cli import check as _check
 from nomic_memory.cli import embed as _embed
 from nomic_memory.cli import importing as _importing
 from nomic_memory.cli import mcp as _mcp
+from nomic_memory.cli import samples as _samples
 from nomic_memory.cli import search as _search
 from nomic_memory.cli import serve as _serve
 from nomic_memory.cli import store as _store
@@ -52,6 +53,7 @@ app.command("import")(reports_errors(_importing.import_))
 app.command("bench")(reports_errors(_bench.bench))
 app.command("plan")(reports_errors(_bench.plan))
 app.command("make-tiny-model")(reports_errors(_tools.make_tiny_model))
+app.command("samples")(reports_errors(_samples.samples))
 app.command("check")(reports_errors(_check.check))
 store_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.")

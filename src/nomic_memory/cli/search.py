@@ -10,28 +10,30 @@ from typing import List, Optional
 
 import typer
 
-from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
+from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging, store_option
 from nomic_memory.cli.remote import search_via_server
+from nomic_memory.cli.results import print_results
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.locations import default_store_path
 
 
 def search(
-    query: Optional[List[str]] = typer.Argument(None, help="Text query (several: one scan answers them all)."),
-    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
-    k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results per query."),
+    query: Optional[List[str]] = typer.Argument(None, metavar="QUERY",
+                                                help="Text query (several: one scan answers them all)."),
+    store: Optional[str] = store_option(),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, metavar="N", help="How many results per query."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to search, if the store has several."),
-    image: Optional[List[Path]] = typer.Option(None, "--image", help="Search by this image (repeatable)."),
-    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
-    where: Optional[str] = typer.Option(None, "--where", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
+    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to search, if the store has several."),
+    image: Optional[List[str]] = typer.Option(None, "--image", metavar="FILE", help="Search by this image, or by a page of a PDF or multi-page TIFF: FILE#N (page N; page 1 without #N). Repeatable."),
+    template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
+    where: Optional[str] = typer.Option(None, "--where", metavar="SQL", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
     approx: bool = typer.Option(False, "--approx", help="Use the approximate index (build it with --build-index)."),
     build_index: bool = typer.Option(False, "--build-index", help="Build (or rebuild) the approximate index first."),
-    index_method: Optional[str] = typer.Option(None, "--index-method", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
-    pool_factor: int = typer.Option(4, "--pool-factor", min=1, help="pooled index: vectors per pooled vector."),
-    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
+    index_method: Optional[str] = typer.Option(None, "--index-method", metavar="METHOD", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
+    pool_factor: int = typer.Option(4, "--pool-factor", min=1, metavar="N", help="pooled index: vectors per pooled vector."),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, metavar="N", help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
     no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a server of the store is running."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
@@ -63,9 +65,7 @@ def search(
         raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)
     if index_method is not None and not (approx or build_index):
         raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
-    for p in images:
-        if not p.is_file():
-            raise fail(f"no such image file: {p}")
+    _check_images(images)
     try:
         idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
                          allow_mismatch=allow_mismatch, template=template)
@@ -80,7 +80,7 @@ def search(
             _build_index(idx, index_method or "pooled", pool_factor, json_out and not texts and not images)
             if not texts and not images:
                 raise typer.Exit(EXIT_OK)
-        queries: list = texts + images
+        queries: list = texts + [Path(ref) for ref in images]  # a Path is an image query (a str is text)
         tl = time.perf_counter()
         _ = idx.model  # load (and check) the query model
         t0 = time.perf_counter()
@@ -112,7 +112,8 @@ def _output(meta: dict, queries: list, results: list, json_out: bool, **kw) -> N
     if json_out:
         _print_json(meta, queries, results, **kw)
     else:
-        _print_tables(meta, queries, results, **kw)
+        kw.pop("k", None)
+        print_results(meta, queries, results, **kw)
 
 
 def _build_index(idx, method: str, pool_factor: int, print_json: bool) -> None:
@@ -137,27 +138,12 @@ def _print_json(meta: dict, queries: list, results: list, *, k: int, approx: boo
     typer.echo(json.dumps(out))
 
 
-def _print_tables(meta: dict, queries: list, results: list, *, k: int, approx: bool, where, timing: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _check_images(images: list[str]) -> None:
+    """Before the model loads: a missing file or page (``FILE#N``) is one line, exit 1."""
+    from nomic_memory.ingest.pageref import resolve_page_ref  # late: PIL, pypdfium2
 
-    console = Console()
-    for q, hits in zip(queries, results):
-        t = Table(title=f"{'query' if isinstance(q, str) else 'image'}: {q}", title_justify="left")
-        t.add_column("rank", justify="right")
-        t.add_column("score", justify="right")
-        t.add_column("path", overflow="fold")
-        t.add_column("page", justify="right")
-        t.add_column("root", overflow="fold", style="dim")
-        for h in hits:
-            t.add_row(str(h["rank"]), f"{h['score']:.4f}", h["path"], str(h["page"]), h["root"])
-        console.print(t)
-    n = len(queries)
-    mode = "approximate" if approx else "exact"
-    head = f"{mode} search of {meta['table']} ({meta['kind']})" + (f" where {where}" if where else "")
-    if meta.get("server"):
-        tail = f": answered by the server at {meta['server']} in {timing['server_seconds']:.3f} s"
-    else:
-        tail = (f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
-                f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s")
-    console.print(head + tail, style="dim", markup=False, highlight=False)
+    try:
+        for ref in images:
+            resolve_page_ref(ref)
+    except NomicMemoryError as e:
+        raise fail(f"--image {e}")

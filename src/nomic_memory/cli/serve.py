@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
+from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging, store_option
 from nomic_memory.errors import NomicMemoryError, UsageError
 from nomic_memory.serve.registry import register, unregister
 
@@ -24,28 +24,28 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(
-    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to serve, if the store has several."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token or --no-auth."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to bind (0: any free port)."),
+    store: Optional[str] = store_option(),
+    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to serve, if the store has several."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to bind; anything but loopback needs --token or --no-auth."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, metavar="PORT", envvar="NOMIC_MEMORY_PORT", help="Port to bind (0: any free port)."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN",
+    token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN", metavar="TOKEN",
                                         help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."),
-    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted."),
-    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
-    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
+    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", metavar="HOST", help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted."),
+    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
+    template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."),
-    max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, help="Largest request body (uploads included), MB."),
-    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Largest uploaded image, pixels (judged before decoding)."),
-    max_query_tokens: int = typer.Option(512, "--max-query-tokens", min=8, help="Longest text query, in tokens (query prompt included); longer ones are refused (422)."),
-    batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, help="How long a search waits for others to share its forward and scan."),
+    max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, metavar="MB", help="Largest request body (uploads included), MB."),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, metavar="N", help="Largest uploaded image, pixels (judged before decoding)."),
+    max_query_tokens: int = typer.Option(512, "--max-query-tokens", min=8, metavar="N", help="Longest text query, in tokens (query prompt included); longer ones are refused (422)."),
+    batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, metavar="MS", help="How long a search waits for others to share its forward and scan."),
     exact_batching: bool = typer.Option(False, "--exact-batching", help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding)."),
     watch: Optional[List[Path]] = typer.Option(None, "--watch", metavar="DIR",
                                                help="Keep the store in sync with this folder while serving, as "
                                                     "`nomic-memory watch` does, with the server's model (repeatable)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log requests and what happens (INFO) on stderr."),
 ) -> None:
     """Serve a store over HTTP: a search API and a search page showing why pages matched."""
     setup_logging(verbose)

@@ -433,7 +433,7 @@ def make_image_only(lm: LoadedModel) -> int:
     lm.image_only = True
     lm.image_only_saved_bytes = saved
     lm.notes.append(f"image-only: kept {len(compact.kept_ids)} of {compact.num_full_embeddings} "
-                    f"text-embedding rows, freed {saved / 2**20:.1f} MB")
+                    f"text-embedding rows, saved {saved / 2**20:.2f} MB")
     return saved
 
 
