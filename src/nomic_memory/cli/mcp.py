@@ -28,16 +28,16 @@ class TransportChoice(str, Enum):
 
 def mcp(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to serve, if the store has several."),
+    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to serve, if the store has several."),
     transport: TransportChoice = typer.Option("stdio", "--transport", help="stdio (the client starts this command) or http (Streamable HTTP at /mcp)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="http: address to bind; anything but loopback needs --token."),
-    port: int = typer.Option(8765, "--port", min=0, max=65535, help="http: port to bind (0: any free port)."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_MCP_TOKEN",
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="http: address to bind; anything but loopback needs --token."),
+    port: int = typer.Option(8765, "--port", metavar="N", min=0, max=65535, help="http: port to bind (0: any free port)."),
+    token: Optional[str] = typer.Option(None, "--token", metavar="TOKEN", envvar="NOMIC_MEMORY_MCP_TOKEN",
                                         help="http: require 'Authorization: Bearer TOKEN' (or set NOMIC_MEMORY_MCP_TOKEN)."),
     allow_write: bool = typer.Option(False, "--allow-write", help="Offer the add_folder tool (embeds a folder into the store)."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
-    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
+    template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
     """Serve the store to AI assistants (Model Context Protocol): search, get_page, stats tools."""
