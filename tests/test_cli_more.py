@@ -176,7 +176,7 @@ def test_one_image_singular_wording(runs):
     r = runs["one_image"]
     assert r.returncode == 0, str(r)
     out = r.stdout
-    assert "Found 1 image to consider: 1 to embed, 0 unchanged (skipped)" in out, out
+    assert "Found 1 image (1 file) to consider: 1 to embed, 0 unchanged (skipped)" in out, out
     assert re.search(r"^1 batch, padding overhead 0\.0% of tokens$", out, re.M), out
     assert re.search(r"^Processed batch 1/1 \(1 image, \d+\.\d\d images/s\)$", out, re.M), out
     assert re.search(r"^Embedded 1 image in ", out, re.M), out

@@ -111,16 +111,20 @@ class Embedder:
             i += n
         return out[0] if single else out
 
-    def embed_queries(self, texts: str | Sequence[str], template: str | None = None, *, batch_size: int = 16,
+    def embed_queries(self, queries, template: str | None = None, *, batch_size: int = 16,
                       as_tensor: bool = False):
-        """Query embeddings as the model card makes them (``process_queries``); ``template``
-        formats each text first (``"Query: {}"``).  One text gives one array; a list gives a list."""
-        from nomic_memory.model.encode import embed_queries  # late: transformers' model code (seconds)
+        """Query embeddings: a ``str`` is a text query, embedded as the model card does it
+        (``process_queries``; ``template`` formats it first, ``"Query: {}"``); a ``pathlib.Path``
+        or a ``PIL.Image`` is an image query, embedded as a stored image (a path may name a
+        document's page: ``Path("report.pdf#3")``, page 1 without ``#N``).  One query gives one
+        array; a list gives a list, in input order."""
+        from nomic_memory.model.queries import check_queries, embed_any_queries  # late: transformers (seconds)
 
-        single = isinstance(texts, str)
-        items: list[str] = [texts] if isinstance(texts, str) else list(texts)
-        out = [e.float() for e in embed_queries(self.loaded, items, batch_size=batch_size, template=template)]
-        res = out if as_tensor else [e.numpy() for e in out]
+        single = isinstance(queries, (str, os.PathLike)) or hasattr(queries, "getpixel")
+        items = [queries] if single else list(queries)
+        check_queries(items)
+        arrays = embed_any_queries(self.loaded, items, template=template, batch_size=batch_size)
+        res: list = [torch.from_numpy(e) for e in arrays] if as_tensor else arrays
         return res[0] if single else res
 
     # ------------------------------------------------------------------ folders and stores

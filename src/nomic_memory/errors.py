@@ -64,6 +64,10 @@ class EngineError(NomicMemoryError):
     """A distributed run cannot start or go on (e.g. Ray workers cannot start)."""
 
 
+class MissingExtra(NomicMemoryError, ImportError):
+    """An optional feature whose library is not installed (the message names the extra to install)."""
+
+
 class OutOfMemory(NomicMemoryError):
     """The machine (or the accelerator) ran out of memory for something that cannot be made
     smaller: the run stops, with what it committed kept."""
@@ -124,4 +128,4 @@ class InputError(NomicMemoryError):
 
 __all__ = ["NomicMemoryError", "UsageError", "WrongTypeError", "FolderNotFoundError", "BackendUnavailable",
            "ModelLoadError", "ModelKindError", "StoreError", "SearchError", "ModelMismatchError", "EngineError",
-           "InputError", "OutOfMemory", "out_of_memory_kind", "out_of_memory_detail"]
+           "InputError", "OutOfMemory", "out_of_memory_kind", "out_of_memory_detail", "MissingExtra"]

@@ -19,7 +19,12 @@ from nomic_memory.cli import bench as _bench
 from nomic_memory.cli import check as _check
 from nomic_memory.cli import embed as _embed
 from nomic_memory.cli import importing as _importing
+<<<<<<< HEAD
 from nomic_memory.cli import index as _index
+=======
+from nomic_memory.cli import mcp as _mcp
+from nomic_memory.cli import samples as _samples
+>>>>>>> main
 from nomic_memory.cli import search as _search
 from nomic_memory.cli import serve as _serve
 from nomic_memory.cli import store as _store
@@ -46,11 +51,13 @@ app.command("embed")(reports_errors(_embed.embed))
 app.command("search")(reports_errors(_search.search))
 app.command("serve")(reports_errors(_serve.serve))
 app.command("watch")(reports_errors(_watch.watch))
+app.command("mcp")(reports_errors(_mcp.mcp))
 app.command("export")(reports_errors(_tools.export))
 app.command("import")(reports_errors(_importing.import_))
 app.command("bench")(reports_errors(_bench.bench))
 app.command("plan")(reports_errors(_bench.plan))
 app.command("make-tiny-model")(reports_errors(_tools.make_tiny_model))
+app.command("samples")(reports_errors(_samples.samples))
 app.command("check")(reports_errors(_check.check))
 store_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.")

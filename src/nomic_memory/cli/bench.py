@@ -61,38 +61,33 @@ def _batch_sizes(value: str) -> list[int]:
 
 # Long: twenty options to check against each other before the sweep starts, then the report.
 def bench(
-    directory: Optional[Path] = typer.Argument(None, help="Images to embed (default: a generated sample set)."),
-    model_variant: Optional[str] = typer.Option(None, "--model-variant", help=_VARIANT_HELP),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Hub id or local directory (comma-separated: several)."),
-    batch_sizes: str = typer.Option("1,2,4,8,16,32", "--batch-sizes", help="Batch sizes to sweep."),
-    backend: str = typer.Option("auto", "--backend", help="auto, cuda, mps, cpu (comma-separated: several)."),
+    directory: Optional[Path] = typer.Argument(None, metavar="DIR", help="Images to embed (default: a generated sample set)."),
+    model_variant: Optional[str] = typer.Option(None, "--model-variant", metavar="VARIANTS", help=_VARIANT_HELP),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAMES", help="Hub id or local directory (comma-separated: several)."),
+    batch_sizes: str = typer.Option("1,2,4,8,16,32", "--batch-sizes", metavar="N,N,...", help="Batch sizes to sweep."),
+    backend: str = typer.Option("auto", "--backend", metavar="BACKENDS", help="auto, cuda, mps, cpu (comma-separated: several)."),
     image_only: bool = typer.Option(False, "--image-only", help="Measure image-only mode only."),
     both_modes: bool = typer.Option(False, "--both-modes", help="Measure full and image-only mode."),
     synthetic_weights: bool = typer.Option(False, "--synthetic-weights", help="The variant's real architecture with random weights, built on the device (memory/throughput only; nothing is stored)."),
-    synthetic_layers: Optional[int] = typer.Option(None, "--synthetic-layers", min=1, help="Scale the synthetic model's text layers down (e.g. 2, for a quick CPU try)."),
-    synthetic_vision_depth: Optional[int] = typer.Option(None, "--synthetic-vision-depth", min=1, help="Scale the synthetic vision tower's depth down."),
-    visual_tokens: Optional[int] = typer.Option(None, "--visual-tokens", min=4, help="Cap on visual tokens per image (synthetic default 768)."),
-    images: int = typer.Option(24, "--images", min=1, help="Sample images to generate when DIR is omitted."),
-    runs: int = typer.Option(3, "--runs", min=1, help="Runs per configuration; the median is reported."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode worker processes (default: automatic)."),
+    synthetic_layers: Optional[int] = typer.Option(None, "--synthetic-layers", min=1, metavar="N", help="Scale the synthetic model's text layers down (e.g. 2, for a quick CPU try)."),
+    synthetic_vision_depth: Optional[int] = typer.Option(None, "--synthetic-vision-depth", min=1, metavar="N", help="Scale the synthetic vision tower's depth down."),
+    visual_tokens: Optional[int] = typer.Option(None, "--visual-tokens", min=4, metavar="N", help="Cap on visual tokens per image (synthetic default 768)."),
+    images: int = typer.Option(24, "--images", min=1, metavar="N", help="Sample images to generate when DIR is omitted."),
+    runs: int = typer.Option(3, "--runs", min=1, metavar="N", help="Runs per configuration; the median is reported."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N", help="Decode worker processes (default: automatic)."),
     dtype: DtypeChoice = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU."),
-    out_dir: Path = typer.Option(Path("bench_out"), "--out-dir", help="Where bench.json and bench.png go."),
+    out_dir: Path = typer.Option(Path("bench_out"), "--out-dir", metavar="DIR", help="Where bench.json and bench.png go."),
     in_process: bool = typer.Option(False, "--in-process", help="Measure in this process (faster; CPU peaks then carry over between configurations)."),
     json_out: bool = typer.Option(False, "--json", help="Also print the JSON results on stdout."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
     """Sweep batch sizes (x modes, models, backends): peak memory, time, images/s, and the plan."""
     setup_logging(verbose)
-    from nomic_memory.model.backends import BACKENDS  # late: torch (a second); the CLI starts without it
-    from nomic_memory.perf.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot  # late: torch (a second)
-
     sizes = _batch_sizes(batch_sizes)
     variants = _variants(model_variant)
     names = _split(model_name)
-    backends = _split(backend) or ["auto"]
-    for b in backends:
-        if b not in BACKENDS:
-            raise fail(f"unknown backend {b!r}; choose one of {', '.join(BACKENDS)}", EXIT_USAGE)
+    backends = _check_backends(_split(backend) or ["auto"])  # before torch loads and images are made
+    from nomic_memory.perf.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot  # late: torch (a second)
     if image_only and both_modes:
         raise fail("--image-only and --both-modes exclude each other", EXIT_USAGE)
     if synthetic_weights and names:
@@ -154,12 +149,38 @@ def bench(
     raise typer.Exit(EXIT_FATAL if failed and len(failed) == len(results) else EXIT_OK)
 
 
+def _check_backends(backends: list[str]) -> list[str]:
+    """Every backend named is known and present: refused in a moment (a machine with no NVIDIA
+    driver or no Apple silicon, without importing torch), then asked of torch (a driver but no
+    device), before any image is generated or any model loaded."""
+    known = [c.value for c in BackendChoice]
+    for b in backends:
+        if b not in known:
+            raise fail(f"unknown backend {b!r}; choose one of {', '.join(known)}", EXIT_USAGE)
+    present, _ = guess_backend()
+    for b in backends:
+        if b == "cuda" and present != "cuda":
+            raise fail("backend 'cuda' was requested but this machine has no NVIDIA driver (no CUDA device); "
+                       "use --backend auto or cpu")
+        if b == "mps" and present != "mps":
+            raise fail("backend 'mps' was requested but Apple MPS is not available on this machine; "
+                       "use --backend auto or cpu")
+    if any(b in ("cuda", "mps") for b in backends):
+        from nomic_memory.model.backends import select_backend  # late: torch (a second); only to ask it about a device
+
+        for b in backends:
+            if b != "auto":
+                select_backend(b)  # BackendUnavailable: one line, exit 1
+    return backends
+
+
 def plan(
-    model_variant: str = typer.Option("colnomic-7b", "--model-variant", help=_VARIANT_HELP),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Local model directories (their config.json) instead of variants (comma-separated: several)."),
-    batch_sizes: str = typer.Option("8", "--batch-sizes", "--batch-size", help="Batch sizes (comma-separated: several)."),
-    visual_tokens: int = typer.Option(768, "--visual-tokens", min=4, help="The processor's cap on visual tokens per image; without --image-size every image has this many."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="WIDTHxHEIGHT of the images (comma-separated: a batch cycles through them); each gets the tokens of the processor's resize under --visual-tokens."),
+    model_variant: Optional[str] = typer.Option(None, "--model-variant", metavar="VARIANTS",
+                                                help=_VARIANT_HELP + "; default colnomic-7b unless --model-name is given"),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="DIRS", help="Local model directories (their config.json) instead of variants (comma-separated: several)."),
+    batch_sizes: str = typer.Option("8", "--batch-sizes", "--batch-size", metavar="N,N,...", help="Batch sizes (comma-separated: several)."),
+    visual_tokens: int = typer.Option(768, "--visual-tokens", min=4, metavar="N", help="The processor's cap on visual tokens per image; without --image-size every image has this many."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", metavar="WxH,...", help="WIDTHxHEIGHT of the images (comma-separated: a batch cycles through them); each gets the tokens of the processor's resize under --visual-tokens."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="auto (CUDA if an NVIDIA driver is installed, MPS on Apple silicon, else CPU; guessed without loading torch), cuda (bf16), mps (fp16), cpu (fp32)."),
     dtype: DtypeChoice = typer.Option("auto", "--dtype", help="auto: the backend's (as embed)."),
     attn: AttnChoice = typer.Option("sdpa", "--attn", help="The attention implementation."),
@@ -174,8 +195,10 @@ def plan(
     images = [_image_size(v) for v in _split(image_size)]
     be, be_note = guess_backend() if backend is BackendChoice.auto else (backend.value, "")
     dtype_bytes = DTYPE_BYTES.get(dtype.value)
-    models = [(v, Arch.for_variant(v), VARIANTS[v].kind) for v in _variants(model_variant)]
-    models += [(Path(n).name, *_arch_from_dir(Path(n))) for n in _split(model_name)]
+    names = _split(model_name)
+    variants = _variants(model_variant) or ([] if names else ["colnomic-7b"])  # --model-name replaces the default
+    models = [(v, Arch.for_variant(v), VARIANTS[v].kind) for v in variants]
+    models += [(Path(n).name, *_arch_from_dir(Path(n))) for n in names]
     if not models:
         raise fail("give --model-variant or --model-name", EXIT_USAGE)
     note = ""

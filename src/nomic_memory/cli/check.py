@@ -13,7 +13,7 @@ from nomic_memory.errors import NomicMemoryError
 
 def check(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to check, if the store has several."),
+    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to check, if the store has several."),
     repair: bool = typer.Option(False, "--repair", help="Re-embed bad and missing rows from their files with the "
                                 "table's model, then remove the bad rows (what cannot be re-embedded is kept)."),
     delete_unrestorable: bool = typer.Option(False, "--delete-unrestorable",

@@ -16,10 +16,19 @@ import sys
 from enum import Enum
 
 import typer
+import typer.core
 from nomic_memory.errors import UsageError
 from nomic_memory.errors import ModelLoadError
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.logs import quiet_libraries
+
+def _argument_help_type(self, ctx):
+    """An argument's help shows its metavar alone (``DIR``), as an option's does; Typer would add
+    the Python type (``DIR <path>``, ``query... <list[str]>``)."""
+    return None if self.metavar is not None else self.display_type(ctx)
+
+
+typer.core.TyperArgument.display_type_rich = _argument_help_type
 
 EXIT_OK = 0
 EXIT_FATAL = 1

@@ -57,6 +57,7 @@ class ConsoleProgress:
         self.batch_size = batch_size
         self.model = model
         self.todo = 0
+        self.files = 0
         self.planned = self.loaded = False
         self.held: list[str] | None = [] if style is ReportStyle.legacy else None
         self.bar = None
@@ -83,7 +84,8 @@ class ConsoleProgress:
     def __call__(self, kind: str, data: dict) -> None:
         legacy = self.style is ReportStyle.legacy
         if kind == "failed":
-            self.line(f"Skipped {data['path']}: {data['reason']}", err=True, style="yellow")
+            what = "Still failing" if data.get("known") else "Skipped"  # known: remembered, not retried
+            self.line(f"{what} {data['path']}: {data['reason']}", err=True, style="yellow")
         elif kind == "model_loading":
             self.line(f"Loading model: {data.get('model_id') or self.model}")
         elif kind == "model_loaded":
@@ -98,9 +100,11 @@ class ConsoleProgress:
             self._release()
             if self.planned:
                 self._start_bar()
-        elif kind == "discovered":
+        elif kind == "discovered":  # images: image files and pages of documents
+            self.files = data["count"]
             if legacy:
-                self._report(f"Found {plural(data['count'], 'image')} in {self.directory or data.get('directory')}")
+                inputs = data.get("inputs", data["count"])
+                self._report(f"Found {plural(inputs, 'image')} in {self.directory or data.get('directory')}")
         elif kind == "pruned":
             self._report(f"Removed {plural(data['count'], 'row')} of files that no longer exist")
         elif kind == "todo":
@@ -110,9 +114,7 @@ class ConsoleProgress:
                     self._report(f"Skipping {plural(data['skipped'], 'unchanged image')} (already in the store)")
                 self._report(f"Processing {plural(data['count'], 'image')} with batch size {self.batch_size}")
             else:
-                total = data["count"] + data["skipped"]
-                self.line(f"Found {plural(total, 'image')} to consider: {data['count']} to embed, "
-                          f"{data['skipped']} unchanged (skipped)")
+                self.line(todo_line(data, self.files))
         elif kind == "plan":
             self.planned = True
             if not legacy and data["batches"]:
@@ -154,6 +156,20 @@ class ConsoleProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+def todo_line(data: dict, files: int) -> str:
+    """``Found 41 images (24 files) to consider: 39 to embed, 0 unchanged (skipped), 1 unreadable,
+    1 still failing (remembered)``: the parts add up to the images found."""
+    failed, known = data.get("failed", 0), data.get("remembered", 0)
+    total = data.get("inputs", data["count"] + data["skipped"] + failed + known)
+    line = (f"Found {plural(total, 'image')} ({plural(files, 'file')}) to consider: {data['count']} to embed, "
+            f"{data['skipped']} unchanged (skipped)")
+    if failed:
+        line += f", {failed} unreadable"
+    if known:
+        line += f", {known} still failing (remembered)"
+    return line
 
 
 def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
@@ -281,7 +297,9 @@ def embed(
             ui.close()
     saved = emb.loaded.image_only_saved_bytes if emb.is_loaded else 0
     _final_report(report, json_out, saved, style=report_style, backend=emb.backend.name)
-    raise typer.Exit(EXIT_PARTIAL if report.failed else EXIT_OK)
+    # 3 only for failures this run found: files that failed before and have not changed since are
+    # listed ("Still failing (remembered)") but do not fail every rerun.
+    raise typer.Exit(EXIT_PARTIAL if report.new_failures else EXIT_OK)
 
 
 @contextmanager
@@ -316,7 +334,9 @@ def summary(report) -> str:
     """``Embedded 97 images in 41.20 s (2.43 images/s); 3 unchanged, 0 skipped with errors``."""
     return (f"Embedded {plural(report.embedded, 'image')} in {report.embed_seconds:.2f} s "
             f"({report.images_per_second:.2f} images/s); {report.skipped_unchanged} unchanged, "
-            f"{len(report.failed)} skipped with errors" + (f", {report.pruned} pruned" if report.pruned else ""))
+            f"{len(report.new_failures)} skipped with errors"
+            + (f", {len(report.remembered)} still failing (remembered)" if report.remembered else "")
+            + (f", {report.pruned} pruned" if report.pruned else ""))
 
 
 def _final_report(report, json_out: bool, image_only_saved: int = 0, *,
@@ -334,8 +354,10 @@ def _final_report(report, json_out: bool, image_only_saved: int = 0, *,
         out(f"Total batches: {report.batches}")
         if report.skipped_unchanged:
             out(f"Unchanged images skipped: {report.skipped_unchanged}")
-        if report.failed:
-            out(f"Files skipped with errors: {len(report.failed)}")
+        if report.new_failures:
+            out(f"Images skipped with errors: {len(report.new_failures)}")
+        if report.remembered:
+            out(f"Images still failing (remembered): {len(report.remembered)}")
         if report.pruned:
             out(f"Rows removed (files gone): {report.pruned}")
         out(f"Embedding time: {report.embed_seconds:.2f} s ({rate})")
@@ -346,10 +368,6 @@ def _final_report(report, json_out: bool, image_only_saved: int = 0, *,
             out(line)
     if image_only_saved:
         out(f"Image-only mode saved {image_only_saved / 2**20:.2f} MB of text-embedding weights")
-    if report.failed:
-        typer.echo(f"Skipped files ({len(report.failed)}):", err=True)
-        for p, r in report.failed:
-            typer.echo(f"  {p}: {r}", err=True)
     out(f"Store: {report.store} (table {report.table})")
     if style is ReportStyle.legacy:
         out(RULE)

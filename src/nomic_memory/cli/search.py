@@ -10,15 +10,25 @@ from typing import List, Optional
 
 import typer
 
+<<<<<<< HEAD
 from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
 from nomic_memory.errors import NomicMemoryError
+=======
+from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging, store_option
+from nomic_memory.cli.remote import search_via_server
+from nomic_memory.cli.results import print_results
+from nomic_memory.errors import NomicMemoryError
+from nomic_memory.locations import default_store_path
+>>>>>>> main
 
 
 def search(
-    query: Optional[List[str]] = typer.Argument(None, help="Text query (several: one scan answers them all)."),
-    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
-    k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many results per query."),
+    query: Optional[List[str]] = typer.Argument(None, metavar="QUERY",
+                                                help="Text query (several: one scan answers them all)."),
+    store: Optional[str] = store_option(),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, metavar="N", help="How many results per query."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
+<<<<<<< HEAD
     table: Optional[str] = typer.Option(None, "--table", help="Table (model) to search, if the store has several."),
     image: Optional[List[Path]] = typer.Option(None, "--image", help="Search by this image (repeatable)."),
     template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
@@ -29,9 +39,21 @@ def search(
     index_method: Optional[str] = typer.Option(None, "--index-method", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
     pool_factor: int = typer.Option(4, "--pool-factor", min=1, help="pooled index: vectors per pooled vector."),
     rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="Candidates of the index re-ranked exactly (default 100; --approx: max(10k, 100))."),
+=======
+    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to search, if the store has several."),
+    image: Optional[List[str]] = typer.Option(None, "--image", metavar="FILE", help="Search by this image, or by a page of a PDF or multi-page TIFF: FILE#N (page N; page 1 without #N). Repeatable."),
+    template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
+    where: Optional[str] = typer.Option(None, "--where", metavar="SQL", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
+    approx: bool = typer.Option(False, "--approx", help="Use the approximate index (build it with --build-index)."),
+    build_index: bool = typer.Option(False, "--build-index", help="Build (or rebuild) the approximate index first."),
+    index_method: Optional[str] = typer.Option(None, "--index-method", metavar="METHOD", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
+    pool_factor: int = typer.Option(4, "--pool-factor", min=1, metavar="N", help="pooled index: vectors per pooled vector."),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, metavar="N", help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
+>>>>>>> main
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
+    no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a server of the store is running."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
     """Search the store: rank stored images against a text query or a query image."""
@@ -42,19 +64,22 @@ def search(
         os.environ.setdefault("LANCE_LOG", "error")
         os.environ.setdefault("LANCEDB_LOG", "error")
     setup_logging(verbose)
-    from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
-    from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
-    from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow
-    from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
-
     texts = list(query or [])
     images = list(image or [])
     if not texts and not images and not build_index:
         raise fail("give a text query, --image FILE, or --build-index", EXIT_USAGE)
+    if template is not None and "{}" not in template:
+        raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
+    if texts and not (images or no_server or approx or build_index or index_method or model_name or allow_mismatch):
+        _answer_from_server(store or default_store_path(), table, texts, k, where, template, json_out)
+    from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
+    from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
+    from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow
     try:  # the same rule as the server's
         texts = [check_text_query(t) for t in texts]
     except QueryError as e:
         raise fail(str(e), EXIT_USAGE)
+<<<<<<< HEAD
     _check_modes(exact, approx, build_index, index_method, APPROX_METHODS)
     if template is not None and "{}" not in template:
         raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
@@ -62,8 +87,15 @@ def search(
         if not p.is_file():
             raise fail(f"no such image file: {p}")
     store_path = store or default_store_path()
+=======
+    if index_method is not None and index_method not in APPROX_METHODS:
+        raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)
+    if index_method is not None and not (approx or build_index):
+        raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
+    _check_images(images)
+>>>>>>> main
     try:
-        idx = Index.open(store_path, table, backend=backend.value, model_name=model_name,
+        idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
                          allow_mismatch=allow_mismatch, template=template)
     except NomicMemoryError as e:
         raise fail_on(e)
@@ -76,7 +108,7 @@ def search(
             _build_index(idx, index_method or "pooled", pool_factor, json_out and not texts and not images)
             if not texts and not images:
                 raise typer.Exit(EXIT_OK)
-        queries: list = texts + images
+        queries: list = texts + [Path(ref) for ref in images]  # a Path is an image query (a str is text)
         tl = time.perf_counter()
         _ = idx.model  # load (and check) the query model
         t0 = time.perf_counter()
@@ -86,6 +118,7 @@ def search(
         t2 = time.perf_counter()
     except NomicMemoryError as e:
         raise fail_on(e)
+<<<<<<< HEAD
     timing = {"via": idx.last_via, "load_seconds": round(t0 - tl, 4), "embed_seconds": round(t1 - t0, 4), "search_seconds": round(t2 - t1, 4)}
     if json_out:
         _print_json(idx, queries, results, k=k, approx=approx, where=where, timing=timing)
@@ -102,6 +135,32 @@ def _check_modes(exact: bool, approx: bool, build_index: bool, index_method, met
         raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
     if exact and approx:
         raise fail("--exact and --approx exclude each other", EXIT_USAGE)
+=======
+    timing = {"load_seconds": round(t0 - tl, 4), "embed_seconds": round(t1 - t0, 4), "search_seconds": round(t2 - t1, 4)}
+    meta = {"store": str(idx.store.path), "table": idx.table.name, "model": idx.info.model_id,
+            "kind": idx.info.kind, "warnings": idx.warnings}
+    _output(meta, queries, [[h.to_dict() for h in hits] for hits in results], json_out, k=k, approx=approx,
+            where=where, timing=timing)
+    raise typer.Exit(EXIT_OK)
+
+
+def _answer_from_server(store_path, table, texts: list[str], k: int, where, template, json_out: bool) -> None:
+    """Print the answer of a running server of this store and exit, if one can give the in-process answer."""
+    where = where if where and where.strip() else None
+    found = search_via_server(store_path, table=table, texts=texts, k=k, where=where, template=template)
+    if found is not None:  # the same hits, and no model to load
+        meta, results, timing = found
+        _output(meta, texts, results, json_out, k=k, approx=False, where=where, timing=timing)
+        raise typer.Exit(EXIT_OK)
+
+
+def _output(meta: dict, queries: list, results: list, json_out: bool, **kw) -> None:
+    if json_out:
+        _print_json(meta, queries, results, **kw)
+    else:
+        kw.pop("k", None)
+        print_results(meta, queries, results, **kw)
+>>>>>>> main
 
 
 def _build_index(idx, method: str, pool_factor: int, print_json: bool) -> None:
@@ -116,21 +175,21 @@ def _kind(query) -> str:
     return "text" if isinstance(query, str) else "image"
 
 
-def _print_json(idx, queries: list, results: list, *, k: int, approx: bool, where, timing: dict) -> None:
+def _print_json(meta: dict, queries: list, results: list, *, k: int, approx: bool, where, timing: dict) -> None:
     """One JSON document: ``queries`` (each query with its own results) and ``results`` (one
     list of hits per query, in query order)."""
-    per_query = [[h.to_dict() for h in hits] for hits in results]
-    out = {"store": str(idx.store.path), "table": idx.table.name, "model": idx.info.model_id,
-           "kind": idx.info.kind, "k": k, "approx": approx, "where": where, **timing, "warnings": idx.warnings,
-           "results": per_query,
-           "queries": [{"query": str(q), "kind": _kind(q), "results": r} for q, r in zip(queries, per_query)]}
+    server = {"server": meta["server"]} if meta.get("server") else {}
+    out = {"store": meta["store"], "table": meta["table"], "model": meta["model"], "kind": meta["kind"], "k": k,
+           "approx": approx, "where": where, **server, **timing, "warnings": meta["warnings"], "results": results,
+           "queries": [{"query": str(q), "kind": _kind(q), "results": r} for q, r in zip(queries, results)]}
     typer.echo(json.dumps(out))
 
 
-def _print_tables(idx, queries: list, results: list, *, approx: bool, where, timing: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _check_images(images: list[str]) -> None:
+    """Before the model loads: a missing file or page (``FILE#N``) is one line, exit 1."""
+    from nomic_memory.ingest.pageref import resolve_page_ref  # late: PIL, pypdfium2
 
+<<<<<<< HEAD
     console = Console()
     for q, hits in zip(queries, results):
         t = Table(title=f"{'query' if isinstance(q, str) else 'image'}: {q}", title_justify="left")
@@ -148,3 +207,10 @@ def _print_tables(idx, queries: list, results: list, *, approx: bool, where, tim
                   + f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
                   f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s",
                   style="dim", markup=False, highlight=False)
+=======
+    try:
+        for ref in images:
+            resolve_page_ref(ref)
+    except NomicMemoryError as e:
+        raise fail(f"--image {e}")
+>>>>>>> main

@@ -8,8 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging
+from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging, store_option
 from nomic_memory.errors import NomicMemoryError, UsageError
+from nomic_memory.serve.registry import register, unregister
 
 
 def is_loopback(host: str) -> bool:
@@ -23,28 +24,28 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(
-    store: Optional[str] = typer.Option(None, "--store", help="Store directory or object-storage URI (s3://...; default: see README)."),
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to serve, if the store has several."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token or --no-auth."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to bind (0: any free port)."),
+    store: Optional[str] = store_option(),
+    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to serve, if the store has several."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to bind; anything but loopback needs --token or --no-auth."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, metavar="PORT", envvar="NOMIC_MEMORY_PORT", help="Port to bind (0: any free port)."),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN",
+    token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN", metavar="TOKEN",
                                         help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."),
-    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted."),
-    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
-    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Load the query model from here instead of the id the table records."),
+    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", metavar="HOST", help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted."),
+    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
+    template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
+    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."),
-    max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, help="Largest request body (uploads included), MB."),
-    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, help="Largest uploaded image, pixels (judged before decoding)."),
-    max_query_tokens: int = typer.Option(512, "--max-query-tokens", min=8, help="Longest text query, in tokens (query prompt included); longer ones are refused (422)."),
-    batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, help="How long a search waits for others to share its forward and scan."),
+    max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, metavar="MB", help="Largest request body (uploads included), MB."),
+    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, metavar="N", help="Largest uploaded image, pixels (judged before decoding)."),
+    max_query_tokens: int = typer.Option(512, "--max-query-tokens", min=8, metavar="N", help="Longest text query, in tokens (query prompt included); longer ones are refused (422)."),
+    batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, metavar="MS", help="How long a search waits for others to share its forward and scan."),
     exact_batching: bool = typer.Option(False, "--exact-batching", help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding)."),
     watch: Optional[List[Path]] = typer.Option(None, "--watch", metavar="DIR",
                                                help="Keep the store in sync with this folder while serving, as "
                                                     "`nomic-memory watch` does, with the server's model (repeatable)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log requests and what happens (INFO) on stderr."),
 ) -> None:
     """Serve a store over HTTP: a search API and a search page showing why pages matched."""
     setup_logging(verbose)
@@ -57,7 +58,10 @@ def serve(
                    "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open", EXIT_USAGE)
     from nomic_memory.search.index import Index  # late: pyarrow; the CLI starts without it
     from nomic_memory.serve.app import create_app  # late: torch and FastAPI (a second); the CLI starts without it
-    from nomic_memory.serve.service import SearchService, ServeConfig  # late: torch (a second); the CLI starts without it
+    from nomic_memory.serve.service import (  # late: torch (a second); the CLI starts without it
+        SearchService,
+        ServeConfig,
+    )
     from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []), host=host,
@@ -74,10 +78,46 @@ def serve(
         raise fail(str(e), EXIT_FATAL)
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(service, cfg), host=host, port=port, log_level="warning",
+    server = _uvicorn_server(uvicorn.Config(create_app(service, cfg), host=host, port=port, log_level="warning",
                                            access_log=verbose, timeout_keep_alive=30))
-    _announce(server, idx, host)
-    server.run()
+    entry = {"token": cfg.token, "table": idx.table.name, "table_given": table is not None,
+             "model_id": idx.info.model_id, "kind": idx.info.kind, "template": template, "model_name": model_name,
+             "warnings": list(idx.warnings), "max_k": cfg.max_k, "max_queries": cfg.max_queries}
+    _announce(server, idx, host, lambda url: server.registered.append(_register(idx.store.path, url, entry)))
+    try:
+        server.run()
+    finally:
+        unregister(server.registered[0] if server.registered else None)
+
+
+def _uvicorn_server(config):
+    """A uvicorn server that removes its address files (``registered``) as it starts shutting down."""
+    import uvicorn  # late: the CLI starts without it
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, removing its address file as it starts shutting down (uvicorn re-raises
+        SIGTERM/SIGINT once shut down, so code after ``run()`` never runs then)."""
+
+        registered: list
+
+        async def shutdown(self, sockets=None):
+            for path in getattr(self, "registered", []):
+                unregister(path)
+            await super().shutdown(sockets)
+
+    server = Server(config)
+    server.registered = []
+    return server
+
+
+def _register(store, url: str, entry: dict):
+    """Leave the address (and token) where `nomic-memory search` on this store finds it."""
+    import time
+
+    try:
+        return register(store, {**entry, "url": url, "started": time.time()})
+    except OSError:  # no writable per-user directory: searches simply do not find this server
+        return None
 
 
 def _watch_in_background(dirs: list[Path], idx, service) -> None:
@@ -127,7 +167,7 @@ def _watch_in_background(dirs: list[Path], idx, service) -> None:
     service.on_stop.append(stop)
 
 
-def _announce(server, idx, host: str) -> None:
+def _announce(server, idx, host: str, on_listening=None) -> None:
     """Print the URL once uvicorn is listening (port 0 resolves to the real port then)."""
     import sys
     import threading
@@ -142,6 +182,9 @@ def _announce(server, idx, host: str) -> None:
                 shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
                 print(f"Serving table {idx.table.name} ({idx.info.kind}, {idx.table.count()} rows) at "
                       f"http://{shown}:{addr[1]}/", file=sys.stderr, flush=True)
+                if on_listening is not None:
+                    local = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(addr[0], shown)
+                    on_listening(f"http://{local}:{addr[1]}")
                 return
 
     threading.Thread(target=wait, daemon=True).start()

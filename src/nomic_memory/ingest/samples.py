@@ -6,11 +6,15 @@ benchmarks in ``benchmarks/`` and the tests that need a folder of images of know
 * ``page``: off-white paper with lines of dark "words" and a margin: a page scan.
 
 Images are deterministic for a seed, so a benchmark folder is the same on every machine.
+:func:`write_try_out_folder` (``nomic-memory samples DIR``) writes a small folder to try the tool
+on: photos and a PDF of a few titled pages.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from nomic_memory.errors import InputError
 
 # (kind, width, height, format), repeated through the folder in this order.
 SAMPLE_SPECS = [("page", 1240, 1754, "png"), ("photo", 2000, 1500, "jpg"), ("screen", 1280, 720, "png"),
@@ -79,4 +83,76 @@ def make_sample_images(directory: str | Path, n: int = 24, seed: int = 0,
     return d
 
 
-__all__ = ["SAMPLE_SPECS", "make_sample_images", "page", "photo", "render"]
+
+
+# ------------------------------------------------------------------ the try-out folder
+#: What ``nomic-memory samples DIR`` writes: photos and a PDF of a few titled pages.
+TRY_OUT_PHOTOS = [("photos/photo_1.jpg", 1024, 768), ("photos/photo_2.jpg", 768, 1024),
+                  ("photos/photo_3.jpg", 1024, 768), ("photos/photo_4.jpg", 1024, 1024)]
+TRY_OUT_PAGES = ["Quarterly report", "Revenue by region", "Outlook for next year"]
+TRY_OUT_PDF = "report.pdf"
+
+
+class SampleConflict(InputError):
+    """A file the sample folder would write exists with other contents: never overwritten."""
+
+
+def _titled_page(title: str, number: int, rng):
+    """A page scan (:func:`page`) with a title and a page number in real letters."""
+    from PIL import ImageDraw, ImageFont
+
+    img = page(1240, 1754, rng)  # A4 at 150 DPI
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((100, 40, 1140, 150), fill=(245, 245, 245))
+    draw.text((124, 60), title, fill=(0, 0, 0), font=ImageFont.load_default(size=64))
+    draw.text((600, 1700), str(number), fill=(0, 0, 0), font=ImageFont.load_default(size=32))
+    return img
+
+
+def try_out_files(seed: int = 0) -> dict[str, bytes]:
+    """The try-out folder's files, ``relative path -> bytes``: the same bytes for a seed on every
+    run (the PDF's dates are fixed)."""
+    import io
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, bytes] = {}
+    for rel, w, h in TRY_OUT_PHOTOS:
+        buf = io.BytesIO()
+        photo(w, h, rng).save(buf, format="JPEG", quality=90)
+        out[rel] = buf.getvalue()
+    pages = [_titled_page(t, i + 1, rng) for i, t in enumerate(TRY_OUT_PAGES)]
+    buf = io.BytesIO()
+    fixed = time.struct_time((2025, 1, 1, 0, 0, 0, 2, 1, 0))
+    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=150.0,
+                  title="Quarterly report", creationDate=fixed, modDate=fixed)
+    out[TRY_OUT_PDF] = buf.getvalue()
+    return out
+
+
+def write_try_out_folder(directory: str | Path, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """Write :func:`try_out_files` under ``directory``; returns ``(written, already_there)``.
+    A file that exists with other contents is never overwritten (:class:`SampleConflict`,
+    checked before anything is written)."""
+    d = Path(directory).expanduser()
+    files = try_out_files(seed)
+    for rel in files:
+        p = d / rel
+        if p.exists() and (not p.is_file() or p.read_bytes() != files[rel]):
+            raise SampleConflict(p, "exists and is not the sample file: choose an empty or new directory")
+    written, there = [], []
+    for rel, data in files.items():
+        p = d / rel
+        if p.exists():
+            there.append(p)
+            continue
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        written.append(p)
+    return written, there
+
+
+__all__ = ["SAMPLE_SPECS", "SampleConflict", "TRY_OUT_PDF", "make_sample_images", "page", "photo", "render",
+           "try_out_files", "write_try_out_folder"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from nomic_memory.ingest.batching import make_batches
-from nomic_memory.ingest.decode import DecodeTask
-from nomic_memory.ingest.documents import DocumentError, PageGeometry, is_document_path, list_pages, may_have_pages, render_size
+from nomic_memory.ingest.documents import DocumentError, list_pages, may_have_pages
+from nomic_memory.ingest.pageref import page_task
 from nomic_memory.model.collate import decode_and_prepare
 from nomic_memory.model.encode import BatchEncoder
 from nomic_memory.model.loading import LoadedModel
@@ -27,15 +27,10 @@ def document_pages(x, image_processor) -> list | None:
     pages = list_pages(path)  # an unreadable document raises its InputError
     if not pages:
         return None
-    tasks = []
     for g in pages:
         if g.error:
             raise DocumentError(path, g.error, page=g.page)
-        # the page size rounded as the inspection rounds it: the same drawing as embed_directory's
-        g = PageGeometry(g.page, max(1, round(g.width)), max(1, round(g.height)))
-        w, h = render_size(g, image_processor) if is_document_path(path) else (0, 0)
-        tasks.append(DecodeTask(path, g.page, None, w, h))
-    return tasks
+    return [page_task(path, g, image_processor) for g in pages]  # drawn as embed_directory draws them
 
 
 def flatten(items: list, groups: list) -> list:

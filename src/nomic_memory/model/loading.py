@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.nn import functional as F
 
 from nomic_memory.errors import ModelLoadError, UsageError  # ModelLoadError: re-exported
 from nomic_memory.model.backends import Backend
+from nomic_memory.model.colpali import qwen2_5
 from nomic_memory.model.variants import DEFAULT_VARIANT, VARIANTS, KINDS, detect_kind_from_files, kind_from_name, variant_for_repo
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,8 @@ class ProcessorSource:
     revision: str | None = None
 
     def load(self):
-        from colpali_engine.models import BiQwen2_5_Processor, ColQwen2_5_Processor
-
-        cls = ColQwen2_5_Processor if self.kind == "colqwen" else BiQwen2_5_Processor
+        q = qwen2_5()
+        cls = q.ColQwen2_5_Processor if self.kind == "colqwen" else q.BiQwen2_5_Processor
         kw: dict = {"max_num_visual_tokens": self.max_visual_tokens} if self.max_visual_tokens else {}
         if self.revision:
             kw["revision"] = self.revision
@@ -331,11 +332,10 @@ def load_model(model_name: str | None = None, variant: str | None = None, *, bac
 
 def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedModel:
     check_weight_format(resolved.source)
-    # Imported only now: it takes seconds, and a bad model name should fail at once.
-    from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
-
+    q = qwen2_5()  # imported only now: it takes seconds, and a bad model name should fail at once
     kind, path, model_id, seed = resolved.kind, resolved.source, resolved.model_id, spec.seed
-    model_cls, proc_cls = (ColQwen2_5, ColQwen2_5_Processor) if kind == "colqwen" else (BiQwen2_5, BiQwen2_5_Processor)
+    model_cls, proc_cls = ((q.ColQwen2_5, q.ColQwen2_5_Processor) if kind == "colqwen"
+                           else (q.BiQwen2_5, q.BiQwen2_5_Processor))
     kwargs: dict = dict(dtype=backend.dtype, attn_implementation=backend.attn_implementation,
                         output_loading_info=True)
     if kind == "biqwen":
@@ -403,6 +403,8 @@ def _adapter_lacks_proj_base(path: Path) -> bool:
 def merge_lora(model: nn.Module) -> int:
     """Fold LoRA factors into the base weights (inference only): the forward then costs what the
     plain model costs instead of two extra matmuls per adapted layer."""
+    if "peft" not in sys.modules:
+        return 0  # no LoRA layer exists before peft is imported (loading an adapter imports it): skip its import
     try:
         from peft.tuners.lora import LoraLayer
     except ImportError:
@@ -431,7 +433,7 @@ def make_image_only(lm: LoadedModel) -> int:
     lm.image_only = True
     lm.image_only_saved_bytes = saved
     lm.notes.append(f"image-only: kept {len(compact.kept_ids)} of {compact.num_full_embeddings} "
-                    f"text-embedding rows, freed {saved / 2**20:.1f} MB")
+                    f"text-embedding rows, saved {saved / 2**20:.2f} MB")
     return saved
 
 

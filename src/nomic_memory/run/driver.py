@@ -45,6 +45,8 @@ from nomic_memory.store.table import Record
 log = logging.getLogger("nomic_memory")
 
 ProgressCallback = Callable[[str, dict], None]
+# Said of a failure remembered from an earlier run: the file was not tried again.
+REMEMBERED = " (failed before; the file has not changed since)"
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,11 @@ class RunReport:
     store: str
     table: str
     discovered: int = 0  # files found
+    inputs: int = 0  # images found: image files and pages of documents (what a row is made of)
     skipped_unchanged: int = 0  # inputs (images, pages) already stored unchanged
     embedded: int = 0  # inputs embedded and stored by this run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file or file#page, reason)
+    remembered: list[str] = field(default_factory=list)  # the labels in ``failed`` known from an earlier run
     pruned: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -93,13 +97,20 @@ class RunReport:
     worker_memory: dict[str, MemoryReport] = field(default_factory=dict)
 
     @property
+    def new_failures(self) -> list[tuple[str, str]]:
+        """The failures this run found: not remembered from an earlier run of the same file."""
+        known = set(self.remembered)
+        return [(p, r) for p, r in self.failed if p not in known]
+
+    @property
     def images_per_second(self) -> float:
         return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
         return {"directory": self.directory, "store": self.store, "table": self.table,
-                "discovered": self.discovered, "skipped_unchanged": self.skipped_unchanged,
-                "embedded": self.embedded, "failed": [{"path": p, "reason": r} for p, r in self.failed],
+                "discovered": self.discovered, "inputs": self.inputs, "skipped_unchanged": self.skipped_unchanged,
+                "embedded": self.embedded,
+                "failed": [{"path": p, "reason": r, "remembered": p in set(self.remembered)} for p, r in self.failed],
                 "pruned": self.pruned, "seconds": round(self.seconds, 3),
                 "embed_seconds": round(self.embed_seconds, 3),
                 "images_per_second": round(self.images_per_second, 3), "batches": self.batches,
@@ -151,10 +162,26 @@ class Executor(Protocol):
     def finish(self, report: RunReport) -> None: ...
 
 
-def _fail(report: RunReport, emit, label: str, reason: str, **extra) -> None:
+def _fail(report: RunReport, emit, label: str, reason: str, known: bool = False) -> None:
     label = path_to_key(label)  # printable even when the file name is not valid UTF-8
     report.failed.append((label, reason))
-    emit("failed", {"path": label, "reason": reason, **extra})
+    if known:
+        report.remembered.append(label)
+    emit("failed", {"path": label, "reason": reason, "known": known})
+
+
+def _fail_listed(report: RunReport, emit, failures, new: list, rel: str, page: int, content_hash: str,
+                 reason: str) -> None:
+    """A failure found while listing (an unreadable file, a page that cannot be sized, a FIFO):
+    remembered when the same file (same hash; same reason when it could not be hashed) failed
+    before, else new and added to ``new`` for the failure log."""
+    known = failures.unchanged(rel, page, content_hash) if failures is not None else None
+    label = rel if not page else f"{rel}#{page}"
+    if known is not None and (content_hash or known == reason):
+        _fail(report, emit, label, f"{reason}{REMEMBERED}", known=True)
+    else:
+        _fail(report, emit, label, reason)
+        new.append((rel, page, content_hash, reason))
 
 
 def plan_run(table, root: Path, files: list[SourceFile], image_processor, report: RunReport, emit, *,
@@ -174,21 +201,25 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
     existing = table.stored_keys(str(root)) if table is not None else {}
     _prune(table, root, files, existing, report, emit, prune, failures, scope, unlisted)
     todo: list[Item] = []
+    listed_bad: list[tuple[str, int, str, str]] = []
     for f in files:
         if f.error:
-            _fail(report, emit, f.rel, f.error)
+            _fail_listed(report, emit, failures, listed_bad, f.rel, 0, f.content_hash, f.error)
             continue
         for page, reason in f.page_errors:
-            _fail(report, emit, f"{f.rel}#{page}", reason)
+            _fail_listed(report, emit, failures, listed_bad, f.rel, page, f.content_hash, reason)
         for it in f.items:
             known = failures.unchanged(f.rel, it.page, f.content_hash) if failures is not None else None
             if known is not None:
-                _fail(report, emit, it.label, f"{known} (failed before; the file has not changed since)", known=True)
+                _fail(report, emit, it.label, f"{known}{REMEMBERED}", known=True)
             elif _unchanged(existing.get((f.rel, it.page)), f, revision, fingerprints):
                 report.skipped_unchanged += 1
             else:
                 todo.append(it)
-    emit("todo", {"count": len(todo), "skipped": report.skipped_unchanged})
+    if failures is not None:
+        failures.record(listed_bad)
+    emit("todo", {"count": len(todo), "skipped": report.skipped_unchanged, "inputs": report.inputs,
+                  "failed": len(report.failed) - len(report.remembered), "remembered": len(report.remembered)})
     if todo and callable(image_processor):
         image_processor = image_processor()
     batches = _cut_batches(todo, image_processor, report, batch_size, max_batch_tokens, sort_by_tokens)
@@ -346,21 +377,24 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
     importer = _import_store_in_background() if not isinstance(store, Store) else None
     root = Path(directory).expanduser().resolve()
     found, skipped, scope = _list_inputs(root, paths, prune)
-    emit("discovered", {"count": len(found), "directory": str(root)})
     files = inspect_files(found, root)
+    inputs = len(skipped) + sum(1 if f.error else len(f.items) + len(f.page_errors) for f in files)
+    emit("discovered", {"count": len(found) + len(skipped), "inputs": inputs, "directory": str(root)})
     if importer is not None:
         importer.join()
     store = store if isinstance(store, Store) else Store(store)
     table = store.open_table(table_name) if table_name in store.table_names() else None
-    report = RunReport(str(root), str(store.path), table_name, discovered=len(found))
-    for rel, reason in skipped:  # FIFOs, devices, broken links...: reported, never read
-        _fail(report, emit, rel, reason)
+    report = RunReport(str(root), str(store.path), table_name, discovered=len(found) + len(skipped), inputs=inputs)
     if table is not None:
         fixed = table.ensure_unique()  # a store written by racing runs of older versions
         if fixed:
             log.warning("removed %d duplicate rows from table %s", fixed, table.name)
     failures = FailureLog(store, table_name, str(root))
     failures.load()
+    skipped_bad: list[tuple[str, int, str, str]] = []
+    for rel, reason in skipped:  # FIFOs, devices, broken links...: reported, never read
+        _fail_listed(report, emit, failures, skipped_bad, rel, 0, "", reason)
+    failures.record(skipped_bad)
 
     # Rows made with this model (same revision and seed) carry the fingerprint the table records;
     # any other table state needs the model itself to tell which rows are still valid.
@@ -387,7 +421,7 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         fps = _fingerprints(executor, stamp)
         if stamp is not None and expected is not None and expected.fingerprint not in fps:
             _warn_other_weights(table, stamp)  # its rows are not this model's: plan them again
-            report = RunReport(str(root), str(store.path), table_name, discovered=len(found), model_loaded=True)
+            report = _replanned(report, len(skipped))
             plan = plan_run(table, root, files, image_processor, report, emit, fingerprints=fps, **opts)
     sink = StoreSink(store, table_name, table, failures)
     t_embed = time.perf_counter()
@@ -404,6 +438,16 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
         report.seconds = time.perf_counter() - t0
     emit("done", report.to_dict())
     return report
+
+
+def _replanned(report: RunReport, n_listed: int) -> RunReport:
+    """A fresh report for planning again, keeping the ``n_listed`` failures reported before the
+    plan (files that are not regular files)."""
+    kept = report.failed[:n_listed]
+    labels = {p for p, _ in kept}
+    return RunReport(report.directory, report.store, report.table, discovered=report.discovered,
+                     inputs=report.inputs, failed=list(kept), remembered=[p for p in report.remembered if p in labels],
+                     model_loaded=True)
 
 
 def _list_inputs(root: Path, changed, prune: bool):

@@ -66,6 +66,14 @@ from nomic_memory.model.collate import Prepared
 
 log = logging.getLogger("nomic_memory")
 
+# Starting a local cluster (at run time, after this import), Ray launches its daemons (GCS,
+# raylet, dashboard, log monitor...) from this process with a pre-exec hook, so Python's at-fork
+# handlers run in each child before it execs the daemon; LanceDB's handler (the store is open in the driver) then warns that "lancedb fork
+# support is experimental", once per daemon.  Those children replace themselves with another
+# program at once and never use LanceDB, so the warning does not apply to them: it is filtered here
+# (warning filters are inherited across fork), by its exact message, and no other warning is.
+warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
+
 #: Retries of a decode task whose worker died (Ray task ``max_retries``).
 DECODE_MAX_RETRIES = 3
 #: Restarts of a model actor whose process died, and retries of the batch it was running.  Finite

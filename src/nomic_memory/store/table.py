@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 import numpy as np
 import pyarrow as pa
 
+from nomic_memory.locations import default_store_path, is_uri  # noqa: F401  (re-exported: part of this module's API)
+
 log = logging.getLogger(__name__)
 
 META_KEY = b"nomic_memory"
@@ -93,20 +95,6 @@ def key_to_path(key: str) -> str:
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _HEX_ESCAPE = re.compile(r"x[0-9a-f]{2}")
 _UNESCAPE = re.compile(r"\\\\|\\x([89a-f][0-9a-f])")
-
-
-def is_uri(location: str | Path) -> bool:
-    """An object-storage (or other non-local) location such as ``s3://bucket/prefix``."""
-    return isinstance(location, str) and "://" in location and not location.startswith("file://")
-
-
-def default_store_path() -> Path | str:
-    """``$NOMIC_MEMORY_STORE``, else ``$XDG_DATA_HOME/nomic-memory/store`` (~/.local/share/...)."""
-    env = os.environ.get("NOMIC_MEMORY_STORE")
-    if env:
-        return env if is_uri(env) else Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "nomic-memory" / "store"
 
 
 @dataclass(frozen=True)
