@@ -19,12 +19,9 @@ from nomic_memory.cli import bench as _bench
 from nomic_memory.cli import check as _check
 from nomic_memory.cli import embed as _embed
 from nomic_memory.cli import importing as _importing
-<<<<<<< HEAD
 from nomic_memory.cli import index as _index
-=======
 from nomic_memory.cli import mcp as _mcp
 from nomic_memory.cli import samples as _samples
->>>>>>> main
 from nomic_memory.cli import search as _search
 from nomic_memory.cli import serve as _serve
 from nomic_memory.cli import store as _store

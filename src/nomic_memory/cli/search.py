@@ -10,16 +10,11 @@ from typing import List, Optional
 
 import typer
 
-<<<<<<< HEAD
-from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging
-from nomic_memory.errors import NomicMemoryError
-=======
 from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging, store_option
 from nomic_memory.cli.remote import search_via_server
 from nomic_memory.cli.results import print_results
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.locations import default_store_path
->>>>>>> main
 
 
 def search(
@@ -28,28 +23,16 @@ def search(
     store: Optional[str] = store_option(),
     k: int = typer.Option(10, "-k", "--top-k", min=1, metavar="N", help="How many results per query."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
-<<<<<<< HEAD
-    table: Optional[str] = typer.Option(None, "--table", help="Table (model) to search, if the store has several."),
-    image: Optional[List[Path]] = typer.Option(None, "--image", help="Search by this image (repeatable)."),
-    template: Optional[str] = typer.Option(None, "--template", help='Format text queries first, e.g. "Query: {}".'),
-    where: Optional[str] = typer.Option(None, "--where", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
-    exact: bool = typer.Option(False, "--exact", help="Score every row (do not use the search index, which large tables use by themselves)."),
-    approx: bool = typer.Option(False, "--approx", help="Deprecated: the older hand-built approximate index (build it with --build-index); the search index needs neither."),
-    build_index: bool = typer.Option(False, "--build-index", help="Deprecated: build (or rebuild) the older approximate index first."),
-    index_method: Optional[str] = typer.Option(None, "--index-method", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
-    pool_factor: int = typer.Option(4, "--pool-factor", min=1, help="pooled index: vectors per pooled vector."),
-    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="Candidates of the index re-ranked exactly (default 100; --approx: max(10k, 100))."),
-=======
     table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to search, if the store has several."),
     image: Optional[List[str]] = typer.Option(None, "--image", metavar="FILE", help="Search by this image, or by a page of a PDF or multi-page TIFF: FILE#N (page N; page 1 without #N). Repeatable."),
     template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
     where: Optional[str] = typer.Option(None, "--where", metavar="SQL", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
-    approx: bool = typer.Option(False, "--approx", help="Use the approximate index (build it with --build-index)."),
+    exact: bool = typer.Option(False, "--exact", help="Score every row (do not use the search index, which large tables use by themselves)."),
+    approx: bool = typer.Option(False, "--approx", help="Deprecated: the older hand-built approximate index (build it with --build-index); the search index needs neither."),
     build_index: bool = typer.Option(False, "--build-index", help="Build (or rebuild) the approximate index first."),
     index_method: Optional[str] = typer.Option(None, "--index-method", metavar="METHOD", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
     pool_factor: int = typer.Option(4, "--pool-factor", min=1, metavar="N", help="pooled index: vectors per pooled vector."),
     rerank: Optional[int] = typer.Option(None, "--rerank", min=1, metavar="N", help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
->>>>>>> main
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
     model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
@@ -79,21 +62,11 @@ def search(
         texts = [check_text_query(t) for t in texts]
     except QueryError as e:
         raise fail(str(e), EXIT_USAGE)
-<<<<<<< HEAD
-    _check_modes(exact, approx, build_index, index_method, APPROX_METHODS)
-    if template is not None and "{}" not in template:
-        raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
-    for p in images:
-        if not p.is_file():
-            raise fail(f"no such image file: {p}")
-    store_path = store or default_store_path()
-=======
     if index_method is not None and index_method not in APPROX_METHODS:
         raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(APPROX_METHODS)}", EXIT_USAGE)
     if index_method is not None and not (approx or build_index):
         raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
     _check_images(images)
->>>>>>> main
     try:
         idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
                          allow_mismatch=allow_mismatch, template=template)
@@ -114,28 +87,11 @@ def search(
         t0 = time.perf_counter()
         embs = idx.embed_queries(queries)
         t1 = time.perf_counter()
-        results = idx.search_embeddings(embs, k, exact=exact, approx=approx, rerank=rerank, method=index_method, where=where)
+        results = idx.search_embeddings(embs, k, exact=exact, approx=approx, rerank=rerank, method=index_method,
+                                        where=where)
         t2 = time.perf_counter()
     except NomicMemoryError as e:
         raise fail_on(e)
-<<<<<<< HEAD
-    timing = {"via": idx.last_via, "load_seconds": round(t0 - tl, 4), "embed_seconds": round(t1 - t0, 4), "search_seconds": round(t2 - t1, 4)}
-    if json_out:
-        _print_json(idx, queries, results, k=k, approx=approx, where=where, timing=timing)
-    else:
-        _print_tables(idx, queries, results, approx=approx, where=where, timing=timing)
-    raise typer.Exit(EXIT_OK)
-
-
-def _check_modes(exact: bool, approx: bool, build_index: bool, index_method, methods) -> None:
-    """Refuse (exit 2) option combinations that mean nothing."""
-    if index_method is not None and index_method not in methods:
-        raise fail(f"unknown --index-method {index_method!r}; choose {' or '.join(methods)}", EXIT_USAGE)
-    if index_method is not None and not (approx or build_index):
-        raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
-    if exact and approx:
-        raise fail("--exact and --approx exclude each other", EXIT_USAGE)
-=======
     timing = {"load_seconds": round(t0 - tl, 4), "embed_seconds": round(t1 - t0, 4), "search_seconds": round(t2 - t1, 4)}
     meta = {"store": str(idx.store.path), "table": idx.table.name, "model": idx.info.model_id,
             "kind": idx.info.kind, "warnings": idx.warnings}
@@ -160,7 +116,6 @@ def _output(meta: dict, queries: list, results: list, json_out: bool, **kw) -> N
     else:
         kw.pop("k", None)
         print_results(meta, queries, results, **kw)
->>>>>>> main
 
 
 def _build_index(idx, method: str, pool_factor: int, print_json: bool) -> None:
@@ -189,28 +144,8 @@ def _check_images(images: list[str]) -> None:
     """Before the model loads: a missing file or page (``FILE#N``) is one line, exit 1."""
     from nomic_memory.ingest.pageref import resolve_page_ref  # late: PIL, pypdfium2
 
-<<<<<<< HEAD
-    console = Console()
-    for q, hits in zip(queries, results):
-        t = Table(title=f"{'query' if isinstance(q, str) else 'image'}: {q}", title_justify="left")
-        t.add_column("rank", justify="right")
-        t.add_column("score", justify="right")
-        t.add_column("path", overflow="fold")
-        t.add_column("page", justify="right")
-        t.add_column("root", overflow="fold", style="dim")
-        for h in hits:
-            t.add_row(str(h.rank), f"{h.score:.4f}", h.path, str(h.page), h.root)
-        console.print(t)
-    n = len(queries)
-    mode = {"approx": "approximate", "index": "indexed (candidates re-ranked exactly)"}.get(timing["via"], "exact")
-    console.print(f"{mode} search of {idx.table.name} ({idx.info.kind})" + (f" where {where}" if where else "")
-                  + f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
-                  f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s",
-                  style="dim", markup=False, highlight=False)
-=======
     try:
         for ref in images:
             resolve_page_ref(ref)
     except NomicMemoryError as e:
         raise fail(f"--image {e}")
->>>>>>> main

@@ -315,39 +315,24 @@ class Index:
 
     # ---- query embedding
     def embed_queries(self, queries) -> list[np.ndarray]:
-<<<<<<< HEAD
-        """float32 numpy query embeddings: text with ``process_queries`` (and the template),
-        images (PIL images or ``os.PathLike`` paths) with the document path.  A single query is
-        taken as a list of one."""
-        from nomic_memory.model.embed import embed_inputs  # late: transformers' model code (seconds)
-        from nomic_memory.model.encode import embed_queries  # late: transformers' model code (seconds)
-=======
         """float32 numpy query embeddings.  A ``str`` is a text query (``process_queries``, after
         the template); a ``pathlib.Path`` (any ``os.PathLike``) or a ``PIL.Image`` is an image
         query, embedded as stored images are.  A path may name a page of a document:
         ``Path("report.pdf#3")``, or ``Path("report.pdf")`` for page 1.  A single query is taken
         as a list of one."""
         from nomic_memory.model.queries import check_queries, embed_any_queries  # late: transformers' model code (seconds)
->>>>>>> main
         queries = _query_list(queries)
         check_queries(queries)  # before the model loads
         return embed_any_queries(self.model, queries, template=self.template)
 
     # ---- search
-<<<<<<< HEAD
     def search(self, query, k: int = 10, *, exact: bool = False, approx: bool = False, where: str | None = None,
                **kw) -> list[Hit]:
-        """The ``k`` best images for one query: a text ``str``, a ``PIL.Image`` or a path
-        (``pathlib.Path``) to an image; ``where``: only rows matching this SQL predicate;
-        ``exact``: score every row (never the first-stage index)."""
-        return self.search_many([query], k, exact=exact, approx=approx, where=where, **kw)[0]
-=======
-    def search(self, query, k: int = 10, *, approx: bool = False, where: str | None = None, **kw) -> list[Hit]:
         """The ``k`` best images for one query: a text ``str``, or an image: a ``PIL.Image`` or a
         ``pathlib.Path`` to an image file or a document page (``Path("report.pdf#3")``; page 1
-        without ``#N``).  ``where``: only rows matching this SQL predicate."""
-        return self.search_many([query], k, approx=approx, where=where, **kw)[0]
->>>>>>> main
+        without ``#N``).  ``where``: only rows matching this SQL predicate; ``exact``: score every
+        row (never the first-stage index)."""
+        return self.search_many([query], k, exact=exact, approx=approx, where=where, **kw)[0]
 
     def search_many(self, queries, k: int = 10, *, exact: bool = False, approx: bool = False,
                     where: str | None = None, **kw) -> list[list[Hit]]:
