@@ -296,13 +296,11 @@ def test_cli_search_says_which_it_used_and_index_commands(loaded, image_dir, tin
     r = run_cli("search", "a red bicycle", *base, env=env)
     assert r.returncode == 0, r
     indexed = r.json()
-    assert indexed["via"] == "index" and {h["via"] for h in indexed["results"][0]} == {"index"}
+    assert {h["via"] for h in indexed["results"][0]} == {"index"}
     r = run_cli("search", "a red bicycle", *base, "--exact", env=env)
     exact = r.json()
-    assert exact["via"] == "exact"
+    assert {h["via"] for h in exact["results"][0]} == {"exact"}
     assert [h["path"] for h in indexed["results"][0]] == [h["path"] for h in exact["results"][0]]
-    r = run_cli("search", "a red bicycle", "--store", str(store), "--model-name", str(tiny_colqwen), env=env)
-    assert "indexed (candidates re-ranked exactly)" in r.stdout, r
     r = run_cli("index", "status", "--store", str(store), "--json")
     assert r.json()["tables"][0]["state"] == "current", r
     r = run_cli("store", "list", "--store", str(store), "--json")
