@@ -51,6 +51,8 @@ def search(
     images = list(image or [])
     if not texts and not images and not build_index:
         raise fail("give a text query, --image FILE, or --build-index", EXIT_USAGE)
+    if exact and approx:
+        raise fail("--exact and --approx exclude each other", EXIT_USAGE)
     if template is not None and "{}" not in template:
         raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
     if texts and not (images or no_server or approx or build_index or index_method or model_name or allow_mismatch):
