@@ -96,8 +96,8 @@ class Exact(Method):
         step = 2000
         for a in range(0, len(s), step):
             b = min(a + step, len(s))
-            o = self.offs[a:b + 1]
-            s[a:b] = maxsim_pages([q], self.v[o[0]:o[-1]], o - o[0])[0]
+            o = self.offs[a : b + 1]
+            s[a:b] = maxsim_pages([q], self.v[o[0] : o[-1]], o - o[0])[0]
         return np.argsort(-s)[:depth]
 
 
@@ -113,8 +113,8 @@ def pool_pages(v, offs, factor=4):
 
     out, lens = [], []
     for a in range(0, len(offs) - 1, 256):
-        o = offs[a:min(a + 257, len(offs))]
-        x = torch.from_numpy(v[o[0]:o[-1]].astype(np.float32))
+        o = offs[a : min(a + 257, len(offs))]
+        x = torch.from_numpy(v[o[0] : o[-1]].astype(np.float32))
         p, n = _pool_documents(x, o - o[0], factor, 4)
         out.append(torch.cat(p).numpy().astype(np.float16))
         lens.extend(n)
@@ -135,13 +135,14 @@ class Pooled(Method):
         s = np.zeros(len(self.po) - 1, np.float32)
         for a in range(0, len(s), 4000):
             b = min(a + 4000, len(s))
-            o = self.po[a:b + 1]
-            s[a:b] = maxsim_pages([q], self.pv[o[0]:o[-1]], o - o[0])[0]
+            o = self.po[a : b + 1]
+            s[a:b] = maxsim_pages([q], self.pv[o[0] : o[-1]], o - o[0])[0]
         return np.argsort(-s)[:depth]
 
 
 class Binary(Method):
     """Vespa-style: every patch vector binarised (sign bits, 16 bytes), MaxSim by Hamming."""
+
     name = "binarised patch vectors, Hamming MaxSim (full scan)"
 
     def build(self, v, offs, sample):
@@ -165,7 +166,7 @@ class Muvera(Method):
 
     def __init__(self, reps=10, ksim=4, dproj=16):
         self.reps, self.ksim, self.dproj = reps, ksim, dproj
-        self.name = f"MUVERA FDE ({reps} reps x {2 ** ksim} buckets x {dproj} dims), flat inner product"
+        self.name = f"MUVERA FDE ({reps} reps x {2**ksim} buckets x {dproj} dims), flat inner product"
         rng = np.random.default_rng(7)
         self.G = rng.standard_normal((reps, DIM, ksim)).astype(np.float32)
         self.P = (rng.choice([-1.0, 1.0], size=(reps, DIM, dproj)) / np.sqrt(dproj)).astype(np.float32)
@@ -173,7 +174,7 @@ class Muvera(Method):
     def _fde(self, x: np.ndarray, page: np.ndarray, n: int, doc: bool) -> np.ndarray:
         """Encodings ``(n, reps * B * dproj)`` of the vectors ``x`` belonging to pages ``page``:
         per repetition, the (document: mean, query: sum of) projections per SimHash bucket."""
-        B = 2 ** self.ksim
+        B = 2**self.ksim
         out = torch.zeros((self.reps, n * B, self.dproj))
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         pg = torch.from_numpy(page.astype(np.int64)) * B
@@ -188,9 +189,9 @@ class Muvera(Method):
     def build(self, v, offs, sample):
         parts = []
         for a in range(0, len(offs) - 1, 500):
-            o = offs[a:min(a + 501, len(offs))]
+            o = offs[a : min(a + 501, len(offs))]
             page = np.repeat(np.arange(len(o) - 1), np.diff(o))
-            parts.append(self._fde(v[o[0]:o[-1]], page, len(o) - 1, True).astype(np.float16))
+            parts.append(self._fde(v[o[0] : o[-1]], page, len(o) - 1, True).astype(np.float16))
         self.F = torch.from_numpy(np.concatenate(parts))
         self.bytes_per_page = self.F.shape[1] * 2
 
@@ -206,8 +207,10 @@ class TokenANN(Method):
 
     def __init__(self, kind="ivfpq", per_token=128):
         self.kind, self.per_token = kind, per_token
-        self.name = {"ivfpq": "faiss IVF-PQ over pooled x4 vectors (16-byte codes), per-token kNN",
-                     "hnsw": "usearch HNSW (int8) over pooled x4 vectors, per-token kNN"}[kind]
+        self.name = {
+            "ivfpq": "faiss IVF-PQ over pooled x4 vectors (16-byte codes), per-token kNN",
+            "hnsw": "usearch HNSW (int8) over pooled x4 vectors, per-token kNN",
+        }[kind]
 
     def build(self, v, offs, sample):
         import faiss
@@ -258,14 +261,17 @@ class Codes(Method):
 
     def build(self, v, offs, sample):
         coarse, cents = fs.train_codebook(sample, self.s)
+
         def batches():
             for a in range(0, len(offs) - 1, 500):
-                o = offs[a:min(a + 501, len(offs))]
-                yield v[o[0]:o[-1]].astype(np.float32), o - o[0]
+                o = offs[a : min(a + 501, len(offs))]
+                yield v[o[0] : o[-1]].astype(np.float32), o - o[0]
+
         self.ix, _ = fs.build_code_index(coarse, cents, batches())
         c = self.ix
-        self.bytes_per_page = sum(a.nbytes for a in (c.centroids, c.code_offsets, c.codes, c.inv_offsets,
-                                                     c.inv_entries)) / c.n
+        self.bytes_per_page = (
+            sum(a.nbytes for a in (c.centroids, c.code_offsets, c.codes, c.inv_offsets, c.inv_entries)) / c.n
+        )
 
     def candidates(self, q, depth):
         return self.ix.candidates(q, self.s, depth=depth)
@@ -280,12 +286,23 @@ def cmd_compare(a) -> dict:
     rng = np.random.default_rng(a.seed + 1)
     qp = rng.choice(a.pages, a.queries, replace=False)
     qs = [g.query(int(p)) for p in qp]
-    exact = np.concatenate([maxsim_pages(qs, v16[offs[i]:offs[j]], offs[i:j + 1] - offs[i])
-                            for i, j in zip(range(0, a.pages, 1000), [min(x + 1000, a.pages) for x in range(0, a.pages, 1000)])],
-                           axis=1)
-    sample = v16[:min(len(v16), 400_000)].astype(np.float32)
-    methods = {"exact": Exact(), "pooled": Pooled(), "binary": Binary(), "muvera": Muvera(),
-               "ivfpq": TokenANN("ivfpq"), "hnsw": TokenANN("hnsw"), "codes": Codes()}
+    exact = np.concatenate(
+        [
+            maxsim_pages(qs, v16[offs[i] : offs[j]], offs[i : j + 1] - offs[i])
+            for i, j in zip(range(0, a.pages, 1000), [min(x + 1000, a.pages) for x in range(0, a.pages, 1000)])
+        ],
+        axis=1,
+    )
+    sample = v16[: min(len(v16), 400_000)].astype(np.float32)
+    methods = {
+        "exact": Exact(),
+        "pooled": Pooled(),
+        "binary": Binary(),
+        "muvera": Muvera(),
+        "ivfpq": TokenANN("ivfpq"),
+        "hnsw": TokenANN("hnsw"),
+        "codes": Codes(),
+    }
     out = {}
     for key in a.methods.split(","):
         m = methods[key]
@@ -302,11 +319,16 @@ def cmd_compare(a) -> dict:
                 cpu.append(time.process_time() - c1)
                 rec.append(recall10(exact[qi], c))
             runs.append((pct(lat, 50), pct(lat, 95), float(np.mean(rec)), pct(cpu, 50)))
-        r = {"name": m.name, "build_s": round(build, 1), "bytes_per_page": round(m.bytes_per_page),
-             "p50_ms": round(1000 * statistics.median(x[0] for x in runs), 1),
-             "p95_ms": round(1000 * statistics.median(x[1] for x in runs), 1),
-             "recall10": round(statistics.median(x[2] for x in runs), 3),
-             "cpu_p50_ms": round(1000 * statistics.median(x[3] for x in runs), 1), "load": os.getloadavg()[0]}
+        r = {
+            "name": m.name,
+            "build_s": round(build, 1),
+            "bytes_per_page": round(m.bytes_per_page),
+            "p50_ms": round(1000 * statistics.median(x[0] for x in runs), 1),
+            "p95_ms": round(1000 * statistics.median(x[1] for x in runs), 1),
+            "recall10": round(statistics.median(x[2] for x in runs), 3),
+            "cpu_p50_ms": round(1000 * statistics.median(x[3] for x in runs), 1),
+            "load": os.getloadavg()[0],
+        }
         out[key] = r
         print(json.dumps(r), flush=True)
         del m
@@ -315,8 +337,9 @@ def cmd_compare(a) -> dict:
 
 
 # ------------------------------------------------------------------ the first stage alone at scale
-def stream_build(g: PageGenerator, n_pages: int, qs: list[np.ndarray], s: fs.Settings, batch: int = 500,
-                 with_exact: bool = True):
+def stream_build(
+    g: PageGenerator, n_pages: int, qs: list[np.ndarray], s: fs.Settings, batch: int = 500, with_exact: bool = True
+):
     """Train on the first pages, then one streamed pass: codes of every page and (optionally)
     the exact scores of every query against every page.  Nothing but codes is kept."""
     t0 = time.perf_counter()
@@ -334,7 +357,7 @@ def stream_build(g: PageGenerator, n_pages: int, qs: list[np.ndarray], s: fs.Set
         parts.append(c)
         counts.append(n)
         if with_exact:
-            exact[:, a:a + len(n)] = maxsim_pages(qs, v, o)
+            exact[:, a : a + len(n)] = maxsim_pages(qs, v, o)
         t3 = time.perf_counter()
         t_codes += t2 - t1
         t_exact += t3 - t2
@@ -345,9 +368,18 @@ def stream_build(g: PageGenerator, n_pages: int, qs: list[np.ndarray], s: fs.Set
     t_asm = time.perf_counter() - t4
     total = time.perf_counter() - t0
     t_gen = total - train - t_codes - t_exact - t_asm
-    return ix, exact, {"train_s": round(train, 1), "codes_s": round(t_codes, 1), "assemble_s": round(t_asm, 1),
-                       "generate_s": round(t_gen, 1), "exact_s": round(t_exact, 1),
-                       "build_s_without_generation_and_exact": round(train + t_codes + t_asm, 1)}
+    return (
+        ix,
+        exact,
+        {
+            "train_s": round(train, 1),
+            "codes_s": round(t_codes, 1),
+            "assemble_s": round(t_asm, 1),
+            "generate_s": round(t_gen, 1),
+            "exact_s": round(t_exact, 1),
+            "build_s_without_generation_and_exact": round(train + t_codes + t_asm, 1),
+        },
+    )
 
 
 def query_first_stage(ix: fs.CodeIndex, qs, exact, s: fs.Settings, runs: int, depth: int, sources=None):
@@ -365,12 +397,15 @@ def query_first_stage(ix: fs.CodeIndex, qs, exact, s: fs.Settings, runs: int, de
             if sources is not None:
                 found.append(int(sources[qi]) in set(c.tolist()))
         out.append((pct(lat, 50), pct(lat, 95), float(np.mean(rec)) if rec else None, pct(cpu, 50), pct(cpu, 95)))
-    return {"p50_ms": round(1000 * statistics.median(x[0] for x in out), 1),
-            "p95_ms": round(1000 * statistics.median(x[1] for x in out), 1),
-            "cpu_p50_ms": round(1000 * statistics.median(x[3] for x in out), 1),
-            "cpu_p95_ms": round(1000 * statistics.median(x[4] for x in out), 1), "load": os.getloadavg()[0],
-            "candidate_recall10": None if exact is None else round(statistics.median(x[2] for x in out), 3),
-            "source_page_in_candidates": None if sources is None else round(float(np.mean(found)), 3)}
+    return {
+        "p50_ms": round(1000 * statistics.median(x[0] for x in out), 1),
+        "p95_ms": round(1000 * statistics.median(x[1] for x in out), 1),
+        "cpu_p50_ms": round(1000 * statistics.median(x[3] for x in out), 1),
+        "cpu_p95_ms": round(1000 * statistics.median(x[4] for x in out), 1),
+        "load": os.getloadavg()[0],
+        "candidate_recall10": None if exact is None else round(statistics.median(x[2] for x in out), 3),
+        "source_page_in_candidates": None if sources is None else round(float(np.mean(found)), 3),
+    }
 
 
 def cmd_million(a) -> dict:
@@ -382,9 +417,15 @@ def cmd_million(a) -> dict:
     ix, exact, times = stream_build(g, a.pages, qs, s, with_exact=not a.no_exact)
     c = ix
     nbytes = sum(x.nbytes for x in (c.centroids, c.code_offsets, c.codes, c.inv_offsets, c.inv_entries))
-    res = {"pages": a.pages, "queries": a.queries, **times, "first_stage_bytes": nbytes,
-           "bytes_per_page": round(nbytes / a.pages), "codes_per_page": round(len(c.codes) / a.pages, 1),
-           "peak_rss_gib": round(rss_gib(), 2)}
+    res = {
+        "pages": a.pages,
+        "queries": a.queries,
+        **times,
+        "first_stage_bytes": nbytes,
+        "bytes_per_page": round(nbytes / a.pages),
+        "codes_per_page": round(len(c.codes) / a.pages, 1),
+        "peak_rss_gib": round(rss_gib(), 2),
+    }
     for depth in (100, 200):
         res[f"depth{depth}"] = query_first_stage(ix, qs, exact, s, a.runs, depth, sources)
     print(json.dumps(res), flush=True)

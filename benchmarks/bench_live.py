@@ -42,13 +42,20 @@ def _batch(g: PageGenerator, schema: pa.Schema, a: int, b: int, info) -> pa.Reco
     emb = pa.ListArray.from_arrays(pa.array(offs), inner)
     now = dt.datetime.now(dt.UTC)
     cols = {
-        "root": pa.array(["/synthetic"] * n), "path": pa.array([f"page{i:07d}.png" for i in range(a, b)]),
-        "page": pa.array(np.zeros(n, np.int32)), "content_hash": pa.array([f"h{i}" for i in range(a, b)]),
-        "size": pa.array(np.zeros(n, np.int64)), "mtime": pa.array(np.zeros(n)),
-        "width": pa.array(np.zeros(n, np.int32)), "height": pa.array(np.zeros(n, np.int32)),
-        "n_vectors": pa.array([len(d) for d in docs], pa.int32()), "model_id": pa.array(["synthetic"] * n),
-        "model_revision": pa.array([info.revision] * n), "proj_fingerprint": pa.array([""] * n),
-        "dtype": pa.array(["float16"] * n), "embedded_at": pa.array([now] * n, pa.timestamp("ms", tz="UTC")),
+        "root": pa.array(["/synthetic"] * n),
+        "path": pa.array([f"page{i:07d}.png" for i in range(a, b)]),
+        "page": pa.array(np.zeros(n, np.int32)),
+        "content_hash": pa.array([f"h{i}" for i in range(a, b)]),
+        "size": pa.array(np.zeros(n, np.int64)),
+        "mtime": pa.array(np.zeros(n)),
+        "width": pa.array(np.zeros(n, np.int32)),
+        "height": pa.array(np.zeros(n, np.int32)),
+        "n_vectors": pa.array([len(d) for d in docs], pa.int32()),
+        "model_id": pa.array(["synthetic"] * n),
+        "model_revision": pa.array([info.revision] * n),
+        "proj_fingerprint": pa.array([""] * n),
+        "dtype": pa.array(["float16"] * n),
+        "embedded_at": pa.array([now] * n, pa.timestamp("ms", tz="UTC")),
         "embedding_checksum": pa.array([embedding_checksum(d) for d in docs], pa.int64()),
         "embedding": emb.cast(schema.field("embedding").type),
     }
@@ -113,7 +120,7 @@ def cmd_live(a) -> dict:
     res["bytes_per_page"] = round(state.nbytes() / state.n)
     exact, secs = _time(lambda: idx.search_embeddings(qs, 10, exact=True))
     res["exact_batched_s_per_query"] = round(secs / len(qs), 3)
-    singles = [_time(lambda q=q: idx.search_embeddings([q], 10, exact=True))[1] for q in qs[:a.exact_singles]]
+    singles = [_time(lambda q=q: idx.search_embeddings([q], 10, exact=True))[1] for q in qs[: a.exact_singles]]
     res["exact_single_s"] = [round(x, 2) for x in singles]
     runs = []
     ds = t.table.to_lance()
@@ -129,15 +136,32 @@ def cmd_live(a) -> dict:
             first.append(fsecs)
             want = {h.path for h in exact[qi]}
             rec.append(len(want & {h.path for h in hits[0]}) / len(want))
-        runs.append((np.percentile(lat, 50), np.percentile(lat, 95), np.percentile(first, 50),
-                     np.percentile(first, 95), np.mean(rec), np.percentile(cpu, 50), np.percentile(cpu, 95)))
+        runs.append(
+            (
+                np.percentile(lat, 50),
+                np.percentile(lat, 95),
+                np.percentile(first, 50),
+                np.percentile(first, 95),
+                np.mean(rec),
+                np.percentile(cpu, 50),
+                np.percentile(cpu, 95),
+            )
+        )
     med = [statistics.median(r[i] for r in runs) for i in range(7)]
-    res.update({"search_p50_ms": round(1000 * med[0], 1), "search_p95_ms": round(1000 * med[1], 1),
-                "first_stage_p50_ms": round(1000 * med[2], 1), "first_stage_p95_ms": round(1000 * med[3], 1),
-                "rerank_from_disk_p50_ms": round(1000 * (med[0] - med[2]), 1), "recall10": round(med[4], 3),
-                "search_cpu_p50_ms": round(1000 * med[5], 1), "search_cpu_p95_ms": round(1000 * med[6], 1),
-                "load": os.getloadavg()[0],
-                "rss_gib_after_searches": round(rss_now_gib(), 2)})
+    res.update(
+        {
+            "search_p50_ms": round(1000 * med[0], 1),
+            "search_p95_ms": round(1000 * med[1], 1),
+            "first_stage_p50_ms": round(1000 * med[2], 1),
+            "first_stage_p95_ms": round(1000 * med[3], 1),
+            "rerank_from_disk_p50_ms": round(1000 * (med[0] - med[2]), 1),
+            "recall10": round(med[4], 3),
+            "search_cpu_p50_ms": round(1000 * med[5], 1),
+            "search_cpu_p95_ms": round(1000 * med[6], 1),
+            "load": os.getloadavg()[0],
+            "rss_gib_after_searches": round(rss_now_gib(), 2),
+        }
+    )
     print(json.dumps(res), flush=True)
     res["add_1000"] = _add_pages(a, st, t, idx, g, n)
     res["deleted_never_returned"] = _delete_check(st, t, idx, qs[0])
@@ -173,8 +197,7 @@ def _delete_check(st, t, idx, q) -> dict:
     t.table.delete(f"path = '{top.path}'")
     after = idx.search_embeddings([q], 10)[0]
     t.table.add(row)  # put it back
-    return {"deleted": top.path, "returned_after_delete": top.path in {h.path for h in after},
-            "via": after[0].via}
+    return {"deleted": top.path, "returned_after_delete": top.path in {h.path for h in after}, "via": after[0].via}
 
 
 def add_live_commands(sub) -> None:

@@ -40,8 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Between two measured calls: torch's OpenMP threads keep spinning for a while after a parallel
 # region, and on a 2-core machine the spinning of one side's threads would slow the other's call.
 PAUSE = 0.3
-WORDS = ("invoice revenue table chart scanned letter contract receipt diagram map signature photo page "
-         "quarterly annual report budget summary figure caption title total amount date address").split()
+WORDS = (
+    "invoice revenue table chart scanned letter contract receipt diagram map signature photo page "
+    "quarterly annual report budget summary figure caption title total amount date address"
+).split()
 
 
 def queries(n: int, seed: int = 0) -> list[str]:
@@ -79,8 +81,12 @@ async def measure(store: Path, qs: list[str], k: int, rounds: int) -> dict:
 
     idx = Index.open(store, backend="cpu")
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    params = StdioServerParameters(command=sys.executable, cwd=str(REPO), env={**os.environ, **env},
-                                   args=["-m", "nomic_memory.cli", "mcp", "--store", str(store), "--backend", "cpu"])
+    params = StdioServerParameters(
+        command=sys.executable,
+        cwd=str(REPO),
+        env={**os.environ, **env},
+        args=["-m", "nomic_memory.cli", "mcp", "--store", str(store), "--backend", "cpu"],
+    )
     a_times, w_times, b_times, ratios, w_ratios, stats_times, big_k = [], [], [], [], [], [], []
     a_cpu, b_cpu, bare_times, bare_ratios = [], [], [], []
     me = psutil.Process()
@@ -133,19 +139,28 @@ async def measure(store: Path, qs: list[str], k: int, rounds: int) -> dict:
             big_k.append(time.perf_counter() - t0)
             await anyio.sleep(PAUSE)
     med = statistics.median
-    return {"pages": idx.table.count(), "k": k, "queries": len(qs), "rounds": rounds, "pairs": len(ratios),
-            "in_process_ms": round(1000 * med(a_times), 2), "in_process_worker_thread_ms": round(1000 * med(w_times), 2),
-            "mcp_stdio_ms": round(1000 * med(b_times), 2),
-            "ratio_median": round(med(ratios), 3),
-            "ratio_p10_p90": [round(float(x), 3) for x in np.percentile(ratios, [10, 90])],
-            "ratio_vs_worker_thread_median": round(med(w_ratios), 3),
-            "ratio_vs_worker_thread_p10_p90": [round(float(x), 3) for x in np.percentile(w_ratios, [10, 90])],
-            "mcp_stdio_no_images_ms": round(1000 * med(bare_times), 2),
-            "ratio_no_images_median": round(med(bare_ratios), 3),
-            "in_process_cpu_ms": round(1000 * med(a_cpu), 1), "mcp_stdio_cpu_ms": round(1000 * med(b_cpu), 1),
-            "cpu_ratio": round(med(b_cpu) / med(a_cpu), 3),
-            "stats_tool_ms": round(1000 * med(stats_times), 2), "mcp_k50_ms": round(1000 * med(big_k), 2),
-            "first_call_s": round(first_call, 2)}
+    return {
+        "pages": idx.table.count(),
+        "k": k,
+        "queries": len(qs),
+        "rounds": rounds,
+        "pairs": len(ratios),
+        "in_process_ms": round(1000 * med(a_times), 2),
+        "in_process_worker_thread_ms": round(1000 * med(w_times), 2),
+        "mcp_stdio_ms": round(1000 * med(b_times), 2),
+        "ratio_median": round(med(ratios), 3),
+        "ratio_p10_p90": [round(float(x), 3) for x in np.percentile(ratios, [10, 90])],
+        "ratio_vs_worker_thread_median": round(med(w_ratios), 3),
+        "ratio_vs_worker_thread_p10_p90": [round(float(x), 3) for x in np.percentile(w_ratios, [10, 90])],
+        "mcp_stdio_no_images_ms": round(1000 * med(bare_times), 2),
+        "ratio_no_images_median": round(med(bare_ratios), 3),
+        "in_process_cpu_ms": round(1000 * med(a_cpu), 1),
+        "mcp_stdio_cpu_ms": round(1000 * med(b_cpu), 1),
+        "cpu_ratio": round(med(b_cpu) / med(a_cpu), 3),
+        "stats_tool_ms": round(1000 * med(stats_times), 2),
+        "mcp_k50_ms": round(1000 * med(big_k), 2),
+        "first_call_s": round(first_call, 2),
+    }
 
 
 def main() -> None:
@@ -154,8 +169,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="OMP_NUM_THREADS for both sides (torch's CPU threads; default: torch's own choice)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for both sides (torch's CPU threads; default: torch's own choice)",
+    )
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "nomic-memory-bench-mcp"))
     args = ap.parse_args()
     if args.threads:  # before torch is imported, here and in the server (which inherits the environment)

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from nomic_memory.ingest.samples import make_sample_images
 
-
 # A page scan, a 4:3 photo and a square photo, repeated (nomic_memory.ingest.samples).
 SPECS = [("page", 1240, 1754, "jpg"), ("photo", 1024, 768, "jpg"), ("photo", 800, 800, "jpg")]
 
@@ -64,12 +63,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
 
-    import nomic_memory.run.ray_engine  # noqa: F401  (before ray: opts out of the uv hook)
     import ray
 
+    import nomic_memory.run.ray_engine  # noqa: F401  (before ray: opts out of the uv hook)
+    from nomic_memory import Embedder
     from nomic_memory.model.backends import select_backend
     from nomic_memory.model.loading import load_model
-    from nomic_memory import Embedder
     from nomic_memory.model.tiny import build_tiny_model
 
     cpu = select_backend("cpu")
@@ -87,24 +86,41 @@ def main() -> None:
                 store = td / f"store-{cfg}-{run}"
                 clock = Clock()
                 if cfg == "local":
-                    rep = Embedder.from_loaded(lm).embed_directory(td / "imgs", store, batch_size=args.batch_size, on_event=clock)
+                    rep = Embedder.from_loaded(lm).embed_directory(
+                        td / "imgs", store, batch_size=args.batch_size, on_event=clock
+                    )
                 else:
                     rep = Embedder(str(model), backend=cpu, lazy=True).embed_directory(
-                        td / "imgs", store, engine="ray", batch_size=args.batch_size,
-                        workers=int(cfg.split("-")[1]), on_event=clock)
+                        td / "imgs",
+                        store,
+                        engine="ray",
+                        batch_size=args.batch_size,
+                        workers=int(cfg.split("-")[1]),
+                        on_event=clock,
+                    )
                 assert rep.embedded == args.images and not rep.failed, rep.to_dict()
                 peaks = [m.peak_bytes for m in rep.worker_memory.values()] or [rep.memory.peak_bytes]
-                r = {"images_per_second": rep.images_per_second, "steady_images_per_second": clock.steady(),
-                     "embed_seconds": rep.embed_seconds, "seconds": rep.seconds,
-                     "workers_used": len(rep.worker_memory) or 1, "peak_mb": max(peaks) / 2**20}
+                r = {
+                    "images_per_second": rep.images_per_second,
+                    "steady_images_per_second": clock.steady(),
+                    "embed_seconds": rep.embed_seconds,
+                    "seconds": rep.seconds,
+                    "workers_used": len(rep.worker_memory) or 1,
+                    "peak_mb": max(peaks) / 2**20,
+                }
                 results.setdefault(cfg, []).append(r)
-                print(f"run {run + 1} {cfg}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                                        for k, v in r.items()), flush=True)
+                print(
+                    f"run {run + 1} {cfg}: "
+                    + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()),
+                    flush=True,
+                )
                 shutil.rmtree(store, ignore_errors=True)
         ray.shutdown()
 
-    print(f"\n{args.images} images, batch {args.batch_size}, {args.size} ColQwen2.5, CPU backend, "
-          f"{os.cpu_count()} CPUs; medians of {args.runs} runs\n")
+    print(
+        f"\n{args.images} images, batch {args.batch_size}, {args.size} ColQwen2.5, CPU backend, "
+        f"{os.cpu_count()} CPUs; medians of {args.runs} runs\n"
+    )
     print("| engine | model actors | images/s (report) | steady images/s | embed wall (s) | peak RSS per worker (MB) |")
     print("|---|---:|---:|---:|---:|---:|")
     med = {}
@@ -112,8 +128,10 @@ def main() -> None:
         m = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "workers_used"}
         med[cfg] = m
         eng, n = ("local", "-") if cfg == "local" else ("ray", cfg.split("-")[1])
-        print(f"| {eng} | {n} | {m['images_per_second']:.3f} | {m['steady_images_per_second']:.3f} | "
-              f"{m['embed_seconds']:.1f} | {m['peak_mb']:.0f} |")
+        print(
+            f"| {eng} | {n} | {m['images_per_second']:.3f} | {m['steady_images_per_second']:.3f} | "
+            f"{m['embed_seconds']:.1f} | {m['peak_mb']:.0f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"results": results, "medians": med}, indent=1))
 

@@ -35,8 +35,8 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from nomic_memory.search.approx import recall_at_k  # noqa: E402
-from nomic_memory.search.scoring import Scorer, default_workers, exact_scan, multivector_matrix  # noqa: E402
 from nomic_memory.search.index import Index, to_hits  # noqa: E402
+from nomic_memory.search.scoring import Scorer, default_workers, exact_scan, multivector_matrix  # noqa: E402
 from nomic_memory.store.table import Store, TableInfo, schema_for  # noqa: E402
 
 DIM = 128
@@ -49,8 +49,9 @@ def unit(rng, n: int, dim: int = DIM) -> np.ndarray:
     return x
 
 
-def clustered_doc_vectors(rng, centers: np.ndarray, n_docs: int, vectors: int, words: int = 40,
-                          spread: float = 0.5) -> np.ndarray:
+def clustered_doc_vectors(
+    rng, centers: np.ndarray, n_docs: int, vectors: int, words: int = 40, spread: float = 0.5
+) -> np.ndarray:
     """Vectors with the structure of real page embeddings: each document draws its patches from a
     few (``words``) of the corpus-wide ``centers`` (background, text, figure patches recur within a
     page and across pages), each patch a unit vector at cosine ~0.9 to its center."""
@@ -59,17 +60,26 @@ def clustered_doc_vectors(rng, centers: np.ndarray, n_docs: int, vectors: int, w
         mine = rng.choice(len(centers), size=words, replace=False)
         pick = centers[mine[rng.integers(0, words, size=vectors)]]
         x = pick + spread * unit(rng, vectors)
-        out[d * vectors:(d + 1) * vectors] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[d * vectors : (d + 1) * vectors] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
 
-def build_store(path: Path, docs: int, vectors: int, seed: int = 0, batch_docs: int = 200,
-                storage_version: str | None = None, structure: str = "random") -> None:
+def build_store(
+    path: Path,
+    docs: int,
+    vectors: int,
+    seed: int = 0,
+    batch_docs: int = 200,
+    storage_version: str | None = None,
+    structure: str = "random",
+) -> None:
     """Write the synthetic table (all the columns nomic-memory writes) in streamed batches.
 
     ``storage_version``: the Lance file format (None: what ``Store`` creates today).
     ``structure``: ``random`` unit vectors, or ``clustered`` (see ``clustered_doc_vectors``)."""
-    info = TableInfo("synthetic", f"synthetic-{structure}-{docs}x{vectors}-s{seed}", "colqwen", DIM, "", "float16", seed)
+    info = TableInfo(
+        "synthetic", f"synthetic-{structure}-{docs}x{vectors}-s{seed}", "colqwen", DIM, "", "float16", seed
+    )
     store = Store(path)
     if TABLE in store.table_names():
         t = store.open_table(TABLE)
@@ -97,12 +107,18 @@ def build_store(path: Path, docs: int, vectors: int, seed: int = 0, batch_docs: 
             inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), DIM)
             emb = pa.ListArray.from_arrays(pa.array(np.arange(0, n * vectors + 1, vectors, dtype=np.int32)), inner)
             cols = {
-                "root": pa.array(["/synthetic"] * n), "path": pa.array([f"doc{i:07d}.png" for i in range(a, a + n)]),
-                "page": pa.array(np.zeros(n, np.int32)), "content_hash": pa.array([""] * n),
-                "size": pa.array(np.zeros(n, np.int64)), "mtime": pa.array(np.zeros(n)),
-                "width": pa.array(np.zeros(n, np.int32)), "height": pa.array(np.zeros(n, np.int32)),
-                "n_vectors": pa.array(np.full(n, vectors, np.int32)), "model_id": pa.array(["synthetic"] * n),
-                "model_revision": pa.array([info.revision] * n), "proj_fingerprint": pa.array([""] * n),
+                "root": pa.array(["/synthetic"] * n),
+                "path": pa.array([f"doc{i:07d}.png" for i in range(a, a + n)]),
+                "page": pa.array(np.zeros(n, np.int32)),
+                "content_hash": pa.array([""] * n),
+                "size": pa.array(np.zeros(n, np.int64)),
+                "mtime": pa.array(np.zeros(n)),
+                "width": pa.array(np.zeros(n, np.int32)),
+                "height": pa.array(np.zeros(n, np.int32)),
+                "n_vectors": pa.array(np.full(n, vectors, np.int32)),
+                "model_id": pa.array(["synthetic"] * n),
+                "model_revision": pa.array([info.revision] * n),
+                "proj_fingerprint": pa.array([""] * n),
                 "dtype": pa.array(["float16"] * n),
                 "embedded_at": pa.array(np.zeros(n, "datetime64[ms]")).cast(pa.timestamp("ms", tz="UTC")),
                 "embedding": emb.cast(schema.field("embedding").type),
@@ -166,7 +182,7 @@ def plain_matmul_rate(T: int, tile: int, total: int, pool_vectors: int, workers:
     def run(part):
         out = torch.empty(T, tile)
         for s in part:
-            torch.mm(Q, X[s:s + tile].T, out=out)
+            torch.mm(Q, X[s : s + tile].T, out=out)
 
     run(starts[:2])
     _, w1, c1 = timed(lambda: run(starts))
@@ -179,8 +195,12 @@ def plain_matmul_rate(T: int, tile: int, total: int, pool_vectors: int, workers:
     finally:
         torch.set_num_threads(prev)
     best = max(fl / w1, fl / w2)
-    return {"gflops": best, "gflops_per_cpu_s": max(fl / c1, fl / c2), "torch_threads_gflops": fl / w1,
-            "python_threads_gflops": fl / w2}
+    return {
+        "gflops": best,
+        "gflops_per_cpu_s": max(fl / c1, fl / c2),
+        "torch_threads_gflops": fl / w1,
+        "python_threads_gflops": fl / w2,
+    }
 
 
 def bare_scan_seconds(idx: Index) -> tuple[float, float]:
@@ -211,16 +231,26 @@ def main(argv=None) -> int:
     ap.add_argument("--single-runs", type=int, default=None, help="single-query scans (default: --runs)")
     ap.add_argument("--pool-factor", type=int, default=4)
     ap.add_argument("--rerank", type=int, default=100)
-    ap.add_argument("--lance-index", action="store_true", help="also build and measure LanceDB's IVF_PQ multivector index")
+    ap.add_argument(
+        "--lance-index", action="store_true", help="also build and measure LanceDB's IVF_PQ multivector index"
+    )
     ap.add_argument("--skip-batched", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--storage-version", default=None, help="Lance file format of the synthetic table (default: what Store creates)")
+    ap.add_argument(
+        "--storage-version", default=None, help="Lance file format of the synthetic table (default: what Store creates)"
+    )
     ap.add_argument("--skip-approx", action="store_true")
     ap.add_argument("--skip-single", action="store_true")
-    ap.add_argument("--paired", type=int, default=0, help="alternate engine/plain-matmul this many times (see paired())")
+    ap.add_argument(
+        "--paired", type=int, default=0, help="alternate engine/plain-matmul this many times (see paired())"
+    )
     ap.add_argument("--paired-docs", type=int, default=2000, help="documents per paired batched measurement")
-    ap.add_argument("--structure", choices=["random", "clustered"], default="random",
-                    help="random unit vectors (the issue's benchmark) or clustered ones (recall on realistic structure)")
+    ap.add_argument(
+        "--structure",
+        choices=["random", "clustered"],
+        default="random",
+        help="random unit vectors (the issue's benchmark) or clustered ones (recall on realistic structure)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
 
@@ -236,10 +266,20 @@ def main(argv=None) -> int:
     queries, sources = planted_queries(store_dir, a.queries, a.q_tokens, a.docs)
     rng = np.random.default_rng(7)
     random_q = [unit(rng, a.q_tokens) for _ in range(a.queries)]
-    res: dict = {"structure": a.structure, "docs": a.docs, "vectors_per_doc": a.vectors, "total_vectors": total, "dim": DIM,
-                 "storage": "float16", "queries": a.queries, "q_tokens": a.q_tokens, "k": a.k,
-                 "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                 "bytes_on_disk": sum(f.stat().st_size for f in (store_dir / f"{TABLE}.lance").rglob("*") if f.is_file())}
+    res: dict = {
+        "structure": a.structure,
+        "docs": a.docs,
+        "vectors_per_doc": a.vectors,
+        "total_vectors": total,
+        "dim": DIM,
+        "storage": "float16",
+        "queries": a.queries,
+        "q_tokens": a.q_tokens,
+        "k": a.k,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "bytes_on_disk": sum(f.stat().st_size for f in (store_dir / f"{TABLE}.lance").rglob("*") if f.is_file()),
+    }
     print(json.dumps({k: v for k, v in res.items()}), flush=True)
 
     # ---- exact, all queries in one scan
@@ -259,18 +299,32 @@ def main(argv=None) -> int:
             q = qs if label == "batched" else [qs[r % len(qs)]]
             top, w, c = timed(lambda: exact_scan(ds, idx.info, q, a.k))
             fl = flop_q * len(q) / 1e9
-            row = {"wall_s": w, "cpu_s": c, "gflops": fl / w, "gflops_per_cpu_s": fl / c,
-                   "plain_gflops": bw, "plain_gflops_per_cpu_s": bc, "fraction": fl / w / bw,
-                   "fraction_cpu": (fl / c) / bc, "plain_torch_threads_gflops": base["torch_threads_gflops"],
-                   "plain_python_threads_gflops": base["python_threads_gflops"]}
+            row = {
+                "wall_s": w,
+                "cpu_s": c,
+                "gflops": fl / w,
+                "gflops_per_cpu_s": fl / c,
+                "plain_gflops": bw,
+                "plain_gflops_per_cpu_s": bc,
+                "fraction": fl / w / bw,
+                "fraction_cpu": (fl / c) / bc,
+                "plain_torch_threads_gflops": base["torch_threads_gflops"],
+                "plain_python_threads_gflops": base["python_threads_gflops"],
+            }
             if label == "single":
                 row["bare_scan_wall_s"], row["bare_scan_cpu_s"] = bare_scan_seconds(idx)
             rows.append(row)
-            print(f"[{label} run {r + 1}] {w:.2f} s wall ({c:.2f} s CPU) for {len(q)} quer{'ies' if len(q) > 1 else 'y'} "
-                  f"= {w / len(q) * 1e3:.0f} ms/query, {fl / w:.1f} GFLOP/s; plain matmul {bw:.1f} GFLOP/s "
-                  f"-> {row['fraction']:.1%} (per CPU-second: {row['fraction_cpu']:.1%})"
-                  + (f"; bare Lance scan {row['bare_scan_wall_s']:.2f} s ({row['bare_scan_cpu_s']:.2f} s CPU)"
-                     if label == "single" else ""), flush=True)
+            print(
+                f"[{label} run {r + 1}] {w:.2f} s wall ({c:.2f} s CPU) for {len(q)} quer{'ies' if len(q) > 1 else 'y'} "
+                f"= {w / len(q) * 1e3:.0f} ms/query, {fl / w:.1f} GFLOP/s; plain matmul {bw:.1f} GFLOP/s "
+                f"-> {row['fraction']:.1%} (per CPU-second: {row['fraction_cpu']:.1%})"
+                + (
+                    f"; bare Lance scan {row['bare_scan_wall_s']:.2f} s ({row['bare_scan_cpu_s']:.2f} s CPU)"
+                    if label == "single"
+                    else ""
+                ),
+                flush=True,
+            )
         m = {key: med([r_[key] for r_ in rows]) for key in rows[0]}
         m["ms_per_query"] = m["wall_s"] / (len(qs) if label == "batched" else 1) * 1e3
         m["runs"] = rows
@@ -288,12 +342,22 @@ def main(argv=None) -> int:
             q = qs if label == "batched" else [qs[r % len(qs)]]
             _, w, c = timed(lambda: exact_scan(ds, idx.info, q, a.k, limit=docs_limit))
             base = plain_matmul_rate(T, tile, n_vec, 1 << 20 if T > 100 else 1 << 21, workers)
-            rows.append({"gflops": fl / w, "gflops_per_cpu_s": fl / c, "plain_gflops": base["gflops"],
-                         "plain_gflops_per_cpu_s": base["gflops_per_cpu_s"],
-                         "fraction": fl / w / base["gflops"], "fraction_cpu": fl / c / base["gflops_per_cpu_s"]})
-            print(f"[paired {label} {r + 1}] engine {fl / w:.1f} GFLOP/s ({fl / c:.1f} per CPU-s), plain "
-                  f"{base['gflops']:.1f} ({base['gflops_per_cpu_s']:.1f} per CPU-s) -> {rows[-1]['fraction']:.1%} "
-                  f"(per CPU-s {rows[-1]['fraction_cpu']:.1%})", flush=True)
+            rows.append(
+                {
+                    "gflops": fl / w,
+                    "gflops_per_cpu_s": fl / c,
+                    "plain_gflops": base["gflops"],
+                    "plain_gflops_per_cpu_s": base["gflops_per_cpu_s"],
+                    "fraction": fl / w / base["gflops"],
+                    "fraction_cpu": fl / c / base["gflops_per_cpu_s"],
+                }
+            )
+            print(
+                f"[paired {label} {r + 1}] engine {fl / w:.1f} GFLOP/s ({fl / c:.1f} per CPU-s), plain "
+                f"{base['gflops']:.1f} ({base['gflops_per_cpu_s']:.1f} per CPU-s) -> {rows[-1]['fraction']:.1%} "
+                f"(per CPU-s {rows[-1]['fraction_cpu']:.1%})",
+                flush=True,
+            )
         m = {key: med([r_[key] for r_ in rows]) for key in rows[0]}
         m.update(docs=min(docs_limit, a.docs), reps=reps, runs=rows)
         return m
@@ -321,7 +385,10 @@ def main(argv=None) -> int:
     desc = idx.build_approx_index("pooled", pool_factor=a.pool_factor)
     res["pooled_build_s"] = time.perf_counter() - t0
     res["pooled_vectors"] = desc["pooled_vectors"]
-    print(f"pooled index: {desc['pooled_vectors']} vectors (from {desc['vectors']}) in {res['pooled_build_s']:.1f} s", flush=True)
+    print(
+        f"pooled index: {desc['pooled_vectors']} vectors (from {desc['vectors']}) in {res['pooled_build_s']:.1f} s",
+        flush=True,
+    )
     if exact_hits is None:
         exact_hits = to_hits(exact_scan(ds, idx.info, queries, a.k))
     exact_random = to_hits(exact_scan(ds, idx.info, random_q, a.k))
@@ -336,10 +403,16 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             idx.search_embeddings([qs[r]], a.k, approx=True, rerank=a.rerank, method="pooled")
             lat_s.append(time.perf_counter() - t0)
-        approx[name] = {"recall_at_k": med(rec), "batched_ms_per_query": med(lat_b) * 1e3,
-                        "single_ms": med(lat_s) * 1e3}
-        print(f"pooled approx ({name} queries): recall@{a.k} {med(rec):.3f}, batched {med(lat_b) * 1e3:.0f} ms/query, "
-              f"single {med(lat_s) * 1e3:.0f} ms", flush=True)
+        approx[name] = {
+            "recall_at_k": med(rec),
+            "batched_ms_per_query": med(lat_b) * 1e3,
+            "single_ms": med(lat_s) * 1e3,
+        }
+        print(
+            f"pooled approx ({name} queries): recall@{a.k} {med(rec):.3f}, batched {med(lat_b) * 1e3:.0f} ms/query, "
+            f"single {med(lat_s) * 1e3:.0f} ms",
+            flush=True,
+        )
     res["pooled"] = approx
 
     if a.lance_index:
@@ -356,7 +429,10 @@ def main(argv=None) -> int:
                 lat_s.append((time.perf_counter() - t0) / len(qs))
                 rec.append(recall_at_k(hits, ex, a.k))
             la[name] = {"recall_at_k": med(rec), "ms_per_query": med(lat_s) * 1e3}
-            print(f"lance approx ({name} queries): recall@{a.k} {med(rec):.3f}, {med(lat_s) * 1e3:.0f} ms/query", flush=True)
+            print(
+                f"lance approx ({name} queries): recall@{a.k} {med(rec):.3f}, {med(lat_s) * 1e3:.0f} ms/query",
+                flush=True,
+            )
         res["lance"] = la
     print(json.dumps(res, indent=1))
     if a.out:

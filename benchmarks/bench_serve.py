@@ -40,8 +40,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("invoice revenue table chart scanned letter contract receipt diagram map signature photo page "
-         "quarterly annual report budget summary figure caption title total amount date address").split()
+WORDS = (
+    "invoice revenue table chart scanned letter contract receipt diagram map signature photo page "
+    "quarterly annual report budget summary figure caption title total amount date address"
+).split()
 
 
 def queries(n: int, seed: int = 0) -> list[str]:
@@ -56,8 +58,8 @@ def queries(n: int, seed: int = 0) -> list[str]:
 
 def build_store(path: Path, model_dir: Path, docs: int, vectors: int, seed: int = 0) -> str:
     """Write the synthetic table (once) and return its name."""
-    from nomic_memory.model.loading import load_model
     from nomic_memory.model.backends import select_backend
+    from nomic_memory.model.loading import load_model
     from nomic_memory.store.table import Record, Store, TableInfo
 
     with warnings.catch_warnings():
@@ -75,8 +77,20 @@ def build_store(path: Path, model_dir: Path, docs: int, vectors: int, seed: int 
         x = rng.standard_normal((n, vectors, info.dim), dtype=np.float32)
         x /= np.linalg.norm(x, axis=2, keepdims=True)
         x = x.astype(np.float16)
-        recs = [Record(root="/synthetic", path=f"doc{a + i:06d}.png", content_hash=f"{a + i:016x}", size=1,
-                       mtime=0.0, width=224, height=224, embedding=x[i], dtype="float32") for i in range(n)]
+        recs = [
+            Record(
+                root="/synthetic",
+                path=f"doc{a + i:06d}.png",
+                content_hash=f"{a + i:016x}",
+                size=1,
+                mtime=0.0,
+                width=224,
+                height=224,
+                embedding=x[i],
+                dtype="float32",
+            )
+            for i in range(n)
+        ]
         table.upsert(recs, known_new={r.path for r in recs})
     table.optimize()
     return lm.table_name
@@ -84,8 +98,13 @@ def build_store(path: Path, model_dir: Path, docs: int, vectors: int, seed: int 
 
 def start_server(store: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "nomic_memory.cli", "serve", "--store", str(store), "--port", "0",
-                             "--backend", "cpu"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nomic_memory.cli", "serve", "--store", str(store), "--port", "0", "--backend", "cpu"],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         line = proc.stderr.readline()
@@ -127,8 +146,14 @@ async def load(url: str, qs: list[str], clients: int, per_client: int, until: fl
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as c:
         await asyncio.gather(*[client(c, i) for i in range(clients)])
     wall = time.perf_counter() - t0
-    return {"queries": sent, "failures": failures, "seconds": wall, "qps": sent / wall,
-            "p50_ms": 1000 * float(np.percentile(lat, 50)), "p95_ms": 1000 * float(np.percentile(lat, 95))}
+    return {
+        "queries": sent,
+        "failures": failures,
+        "seconds": wall,
+        "qps": sent / wall,
+        "p50_ms": 1000 * float(np.percentile(lat, 50)),
+        "p95_ms": 1000 * float(np.percentile(lat, 95)),
+    }
 
 
 def cli_per_query(store: Path, qs: list[str]) -> list[float]:
@@ -136,8 +161,26 @@ def cli_per_query(store: Path, qs: list[str]) -> list[float]:
     out = []
     for q in qs:
         t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "nomic_memory.cli", "search", "--store", str(store), "--json",
-                            "-k", "10", "--backend", "cpu", q], cwd=REPO, env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nomic_memory.cli",
+                "search",
+                "--store",
+                str(store),
+                "--json",
+                "-k",
+                "10",
+                "--backend",
+                "cpu",
+                q,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise RuntimeError(r.stderr)
         out.append(time.perf_counter() - t)
@@ -158,8 +201,8 @@ def main() -> None:
 
     import psutil
 
-    from nomic_memory.search.index import Index
     from nomic_memory.model.tiny import build_tiny_model
+    from nomic_memory.search.index import Index
 
     args.path.mkdir(parents=True, exist_ok=True)
     model = args.path / "tiny-colqwen"
@@ -172,8 +215,15 @@ def main() -> None:
     qs = queries(args.clients * args.per_client)
 
     proc, url = start_server(store)
-    res: dict = {"docs": args.docs, "vectors": args.vectors, "clients": args.clients, "per_client": args.per_client,
-                 "cpus": os.cpu_count(), "server": [], "floor": []}
+    res: dict = {
+        "docs": args.docs,
+        "vectors": args.vectors,
+        "clients": args.clients,
+        "per_client": args.per_client,
+        "cpus": os.cpu_count(),
+        "server": [],
+        "floor": [],
+    }
     try:
         ps = psutil.Process(proc.pid)
         asyncio.run(load(url, qs[: args.clients], args.clients, 1))  # warm-up
@@ -188,8 +238,11 @@ def main() -> None:
             assert all(len(h) == 10 for h in hits)
             res["server"].append(s)
             res["floor"].append(floor)
-            print(f"run {r + 1}: server {s['qps']:.1f} q/s (p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms, "
-                  f"{s['failures']} failed); search_many {floor:.1f} q/s", file=sys.stderr)
+            print(
+                f"run {r + 1}: server {s['qps']:.1f} q/s (p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms, "
+                f"{s['failures']} failed); search_many {floor:.1f} q/s",
+                file=sys.stderr,
+            )
         res["counters"] = json.loads(__import__("httpx").get(url + "/stats").text)["counters"]
         cli = cli_per_query(store, qs[: args.cli_samples]) if args.runs else []
         res["cli_seconds"] = cli
@@ -210,24 +263,35 @@ def main() -> None:
         proc.terminate()
         proc.wait(60)
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
-    warm = [b for s, b in res["soak"]["rss_mb"] if s >= min(30.0, args.soak_seconds / 3)] or [b for _, b in res["soak"]["rss_mb"]]
+    warm = [b for s, b in res["soak"]["rss_mb"] if s >= min(30.0, args.soak_seconds / 3)] or [
+        b for _, b in res["soak"]["rss_mb"]
+    ]
     third = max(1, len(warm) // 3)
     res["summary"] = {
         "failures": sum(s["failures"] for s in res["server"]) + res["soak"]["failures"],
-        "soak_seconds": args.soak_seconds, "soak_queries": res["soak"]["queries"],
+        "soak_seconds": args.soak_seconds,
+        "soak_queries": res["soak"]["queries"],
         "soak_qps": round(res["soak"]["qps"], 2),
-        "rss_first_third_mb": med(warm[:third]), "rss_last_third_mb": med(warm[-third:]),
-        "rss_min_mb": min(warm), "rss_max_mb": max(warm),
+        "rss_first_third_mb": med(warm[:third]),
+        "rss_last_third_mb": med(warm[-third:]),
+        "rss_min_mb": min(warm),
+        "rss_max_mb": max(warm),
         "rss_growth": round(med(warm[-third:]) / med(warm[:third]) - 1, 4),
     }
     if res["server"]:
         server_qps, floor_qps = med([s["qps"] for s in res["server"]]), med(res["floor"])
-        res["summary"].update({
-            "server_qps": round(server_qps, 2), "server_p50_ms": round(med([s["p50_ms"] for s in res["server"]]), 1),
-            "server_p95_ms": round(med([s["p95_ms"] for s in res["server"]]), 1),
-            "floor_qps": round(floor_qps, 2), "server_vs_floor": round(server_qps / floor_qps, 3),
-            "server_vs_floor_paired": round(med([s["qps"] / f for s, f in zip(res["server"], res["floor"])]), 3),
-            "cli_qps": round(1 / med(cli), 4), "server_vs_cli": round(server_qps * med(cli), 1)})
+        res["summary"].update(
+            {
+                "server_qps": round(server_qps, 2),
+                "server_p50_ms": round(med([s["p50_ms"] for s in res["server"]]), 1),
+                "server_p95_ms": round(med([s["p95_ms"] for s in res["server"]]), 1),
+                "floor_qps": round(floor_qps, 2),
+                "server_vs_floor": round(server_qps / floor_qps, 3),
+                "server_vs_floor_paired": round(med([s["qps"] / f for s, f in zip(res["server"], res["floor"])]), 3),
+                "cli_qps": round(1 / med(cli), 4),
+                "server_vs_cli": round(server_qps * med(cli), 1),
+            }
+        )
     print(json.dumps(res["summary"], indent=1))
     out = args.path / "bench_serve.json"
     out.write_text(json.dumps(res, indent=1))

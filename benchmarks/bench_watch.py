@@ -60,10 +60,23 @@ class WatchProcess:
 
     def __init__(self, folder: Path, store: Path, model: Path, *extra: str):
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        cmd = [sys.executable, "-m", "nomic_memory.cli", "watch", str(folder), "--store", str(store),
-               "--model-name", str(model), "--backend", "cpu", "--json", "--no-progress", *extra]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "nomic_memory.cli",
+            "watch",
+            str(folder),
+            "--store",
+            str(store),
+            "--model-name",
+            str(model),
+            "--backend",
+            "cpu",
+            "--json",
+            "--no-progress",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.reports: list[tuple[float, dict]] = []
         self.ready = threading.Event()
         self.lock = threading.Lock()
@@ -148,10 +161,20 @@ def latency(base: Path, model: Path, rounds: int, files: int) -> dict:
             embed_s = sum(rep["embed_seconds"] for _, rep in w.reports[n_before:])
             lat.append(t)
             over.append(t - embed_s)
-        per_round.append({"p50": pct(lat, 50), "p95": pct(lat, 95), "max": max(lat),
-                          "overhead_p95": pct(over, 95), "embed_p95": pct([a - b for a, b in zip(lat, over)], 95)})
-        print(f"latency round {r + 1}: p50 {per_round[-1]['p50']:.3f} s, p95 {per_round[-1]['p95']:.3f} s, "
-              f"p95 beyond embedding {per_round[-1]['overhead_p95']:.3f} s", flush=True)
+        per_round.append(
+            {
+                "p50": pct(lat, 50),
+                "p95": pct(lat, 95),
+                "max": max(lat),
+                "overhead_p95": pct(over, 95),
+                "embed_p95": pct([a - b for a, b in zip(lat, over)], 95),
+            }
+        )
+        print(
+            f"latency round {r + 1}: p50 {per_round[-1]['p50']:.3f} s, p95 {per_round[-1]['p95']:.3f} s, "
+            f"p95 beyond embedding {per_round[-1]['overhead_p95']:.3f} s",
+            flush=True,
+        )
     w.stop()
     med = {k: statistics.median(p[k] for p in per_round) for k in per_round[0]}
     return {"rounds": per_round, "median": med, "files_per_round": files}
@@ -178,11 +201,20 @@ def burst(base: Path, model: Path, n: int, batch_size: int) -> dict:
     w.stop()
     total, unique, by_path = rows(store)
     want = {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.png")}
-    out = {"files": n, "seconds_to_write": t_written, "seconds_until_all_stored": t_done,
-           "runs": len(reports), "batches": sum(r["batches"] for r in reports),
-           "embedded_per_reports": sum(r["embedded"] for r in reports), "rows": total, "distinct_keys": unique,
-           "store_equals_folder": by_path == want, "failed": sum(len(r["failed"]) for r in reports),
-           "rss_idle_mb": rss0 / 2**20, "peak_rss_mb": peak / 2**20}
+    out = {
+        "files": n,
+        "seconds_to_write": t_written,
+        "seconds_until_all_stored": t_done,
+        "runs": len(reports),
+        "batches": sum(r["batches"] for r in reports),
+        "embedded_per_reports": sum(r["embedded"] for r in reports),
+        "rows": total,
+        "distinct_keys": unique,
+        "store_equals_folder": by_path == want,
+        "failed": sum(len(r["failed"]) for r in reports),
+        "rss_idle_mb": rss0 / 2**20,
+        "peak_rss_mb": peak / 2**20,
+    }
     out["embed_baseline"] = embed_baseline(folder, base / "burst-embed-store", model, batch_size)
     print(f"burst: {json.dumps(out)}", flush=True)
     return out
@@ -191,8 +223,23 @@ def burst(base: Path, model: Path, n: int, batch_size: int) -> dict:
 def embed_baseline(folder: Path, store: Path, model: Path, batch_size: int) -> dict:
     """The same files through ``nomic-memory embed`` (one process, one run): wall time and peak RSS."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "nomic_memory.cli", "embed", str(folder), "--store", str(store), "--model-name",
-           str(model), "--backend", "cpu", "--batch-size", str(batch_size), "--json", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nomic_memory.cli",
+        "embed",
+        str(folder),
+        "--store",
+        str(store),
+        "--model-name",
+        str(model),
+        "--backend",
+        "cpu",
+        "--batch-size",
+        str(batch_size),
+        "--json",
+        "--no-progress",
+    ]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = 0
@@ -209,9 +256,13 @@ def embed_baseline(folder: Path, store: Path, model: Path, batch_size: int) -> d
     wall = time.monotonic() - t0
     time.sleep(0.5)
     rep = json.loads(out[0].strip().splitlines()[-1]) if out and out[0].strip() else {}
-    return {"process_seconds": wall, "run_seconds": rep.get("seconds"), "embedded": rep.get("embedded"),
-            "embed_seconds": rep.get("embed_seconds"),
-            "peak_rss_mb": peak / 2**20}
+    return {
+        "process_seconds": wall,
+        "run_seconds": rep.get("seconds"),
+        "embedded": rep.get("embedded"),
+        "embed_seconds": rep.get("embed_seconds"),
+        "peak_rss_mb": peak / 2**20,
+    }
 
 
 # ------------------------------------------------------------------ soak
@@ -241,16 +292,28 @@ def soak(base: Path, model: Path, seconds: float, warmup: float) -> dict:
             next_sample += 5
         time.sleep(0.5)
     time.sleep(5)
-    w.wait(lambda: rows(store)[2] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                                      for p in folder.glob("*.png")}, 120, "the store to equal the folder")
+    w.wait(
+        lambda: rows(store)[2] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.png")},
+        120,
+        "the store to equal the folder",
+    )
     w.stop()
     vals = [v for _, v in samples]
     third = max(1, len(vals) // 3)
     first, last = statistics.median(vals[:third]), statistics.median(vals[-third:])
-    out = {"seconds": seconds, "warmup": warmup, "changes": 3 * (k - 200), "samples": len(vals),
-           "rss_first_third_mb": first / 2**20, "rss_last_third_mb": last / 2**20,
-           "growth_pct": 100 * (last / first - 1), "rss_min_mb": min(vals) / 2**20, "rss_max_mb": max(vals) / 2**20,
-           "runs": len(w.reports), "store_equals_folder": True}
+    out = {
+        "seconds": seconds,
+        "warmup": warmup,
+        "changes": 3 * (k - 200),
+        "samples": len(vals),
+        "rss_first_third_mb": first / 2**20,
+        "rss_last_third_mb": last / 2**20,
+        "growth_pct": 100 * (last / first - 1),
+        "rss_min_mb": min(vals) / 2**20,
+        "rss_max_mb": max(vals) / 2**20,
+        "runs": len(w.reports),
+        "store_equals_folder": True,
+    }
     print(f"soak: {json.dumps(out)}", flush=True)
     return out
 

@@ -40,13 +40,17 @@ def load_reference(model_dir: str | Path, kind: str, backend) -> tuple[torch.nn.
 
     torch.manual_seed(0)
     if kind == "colqwen":
-        model = ColQwen2_5.from_pretrained(str(model_dir), dtype=backend.dtype,
-                                           attn_implementation=backend.attn_implementation)
+        model = ColQwen2_5.from_pretrained(
+            str(model_dir), dtype=backend.dtype, attn_implementation=backend.attn_implementation
+        )
         processor = ColQwen2_5_Processor.from_pretrained(str(model_dir))
     else:
-        model = BiQwen2_5.from_pretrained(str(model_dir), dtype=backend.dtype,
-                                          attn_implementation=backend.attn_implementation,
-                                          key_mapping=dict(BIQWEN_KEY_MAPPING))
+        model = BiQwen2_5.from_pretrained(
+            str(model_dir),
+            dtype=backend.dtype,
+            attn_implementation=backend.attn_implementation,
+            key_mapping=dict(BIQWEN_KEY_MAPPING),
+        )
         processor = BiQwen2_5_Processor.from_pretrained(str(model_dir))
     return model.to(backend.device).eval(), processor
 
@@ -56,7 +60,7 @@ def card_loop(model, processor, paths: list[Path], batch_size: int, device) -> l
     keeps them)."""
     out: list[torch.Tensor] = []
     for i in range(0, len(paths), batch_size):
-        images = [Image.open(p).convert("RGB") for p in paths[i:i + batch_size]]
+        images = [Image.open(p).convert("RGB") for p in paths[i : i + batch_size]]
         batch = processor.process_images(images).to(device)
         with torch.no_grad():
             embeddings = model(**batch)
@@ -64,11 +68,12 @@ def card_loop(model, processor, paths: list[Path], batch_size: int, device) -> l
     return out
 
 
-def measure(directory: str | Path, model_dir: str | Path, batch_size: int, backend_name: str = "cpu",
-            kind: str | None = None) -> dict:
-    from nomic_memory.model.backends import select_backend
+def measure(
+    directory: str | Path, model_dir: str | Path, batch_size: int, backend_name: str = "cpu", kind: str | None = None
+) -> dict:
     from nomic_memory.ingest.images import discover_images
     from nomic_memory.memory import MemoryTracker, current_rss_bytes
+    from nomic_memory.model.backends import select_backend
     from nomic_memory.model.variants import detect_kind_from_files
 
     backend = select_backend(backend_name)
@@ -84,11 +89,19 @@ def measure(directory: str | Path, model_dir: str | Path, batch_size: int, backe
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     mem = tracker.stop()
-    return {"impl": "card-loop", "batch_size": batch_size, "images": len(embeddings), "seconds": seconds,
-            "images_per_second": len(embeddings) / seconds, "backend": backend.name,
-            "peak_bytes": mem.peak_bytes, "model_bytes": model_bytes,
-            "above_model_bytes": max(0, mem.peak_bytes - model_bytes),
-            "rss_after_bytes": current_rss_bytes(), "threads": torch.get_num_threads()}
+    return {
+        "impl": "card-loop",
+        "batch_size": batch_size,
+        "images": len(embeddings),
+        "seconds": seconds,
+        "images_per_second": len(embeddings) / seconds,
+        "backend": backend.name,
+        "peak_bytes": mem.peak_bytes,
+        "model_bytes": model_bytes,
+        "above_model_bytes": max(0, mem.peak_bytes - model_bytes),
+        "rss_after_bytes": current_rss_bytes(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,8 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--kind", default=None)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's own choice, as a user's script has)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's own choice, as a user's script has)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -16,6 +16,7 @@ medians of ``--runs`` runs, modes interleaved run by run.
 
     uv run python benchmarks/document_commits.py [--pages 5000] [--runs 3] [--vectors 16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,21 @@ def one_run(mode: str, pages: int, batch: int, vectors: int) -> dict:
         t.stored_keys("/docs")  # the run's one read of what is stored
         stamps = [time.perf_counter()]
         for start in range(0, pages, batch):
-            recs = [Record("/docs", "big.pdf", "h" * 64, 1, 0.0, 56, 72, rng.standard_normal((vectors, 128)),
-                           "float32", page=p + 1) for p in range(start, min(pages, start + batch))]
+            recs = [
+                Record(
+                    "/docs",
+                    "big.pdf",
+                    "h" * 64,
+                    1,
+                    0.0,
+                    56,
+                    72,
+                    rng.standard_normal((vectors, 128)),
+                    "float32",
+                    page=p + 1,
+                )
+                for p in range(start, min(pages, start + batch))
+            ]
             if mode == "upsert":
                 t.upsert(recs, known_new={(r.path, r.page) for r in recs})
             else:
@@ -62,10 +76,12 @@ def one_run(mode: str, pages: int, batch: int, vectors: int) -> dict:
             stamps.append(time.perf_counter())
         assert t.count() == pages
     per = 1000 // batch  # batches in 1,000 pages
-    return {"first_1000": per * batch / (stamps[per] - stamps[0]),
-            "last_1000": per * batch / (stamps[-1] - stamps[-1 - per]),
-            "overall": pages / (stamps[-1] - stamps[0]),
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "first_1000": per * batch / (stamps[per] - stamps[0]),
+        "last_1000": per * batch / (stamps[-1] - stamps[-1 - per]),
+        "overall": pages / (stamps[-1] - stamps[0]),
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -84,12 +100,28 @@ def main() -> None:
     res: dict[str, list[dict]] = {m: [] for m in modes}
     for _ in range(a.runs):
         for m in modes:
-            out = subprocess.run([sys.executable, __file__, "--child", m, "--pages", str(a.pages), "--batch-size",
-                                  str(a.batch_size), "--vectors", str(a.vectors)], capture_output=True, text=True,
-                                 check=True).stdout
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    m,
+                    "--pages",
+                    str(a.pages),
+                    "--batch-size",
+                    str(a.batch_size),
+                    "--vectors",
+                    str(a.vectors),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             res[m].append(json.loads(out.strip().splitlines()[-1]))
-    print(f"{a.pages} pages of one document, batches of {a.batch_size}, {a.vectors} vectors per page; "
-          f"medians of {a.runs} runs")
+    print(
+        f"{a.pages} pages of one document, batches of {a.batch_size}, {a.vectors} vectors per page; "
+        f"medians of {a.runs} runs"
+    )
     print(f"{'mode':12s} {'pages/s first 1000':>19s} {'last 1000':>10s} {'overall':>8s} {'peak RSS MB':>12s}")
     for m, runs in res.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}

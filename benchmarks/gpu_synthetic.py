@@ -31,9 +31,25 @@ import time
 from pathlib import Path
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name fragment.
-BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
-                    "GH200": 989.0, "B200": 2250.0, "A100": 312.0, "A10G": 70.0, "A10": 125.0, "L40S": 362.0,
-                    "L40": 181.0, "L4": 121.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 756.0,
+    "GH200": 989.0,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "L4": 121.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
 
 
 def bf16_peak(name: str) -> float | None:
@@ -67,8 +83,11 @@ def main() -> None:
     ap.add_argument("--image-only", action="store_true")
     ap.add_argument("--pipeline-pages", type=int, default=64)
     ap.add_argument("--out", default="bench_out/gpu_synthetic.json")
-    ap.add_argument("--smoke", action="store_true",
-                    help="check the script on a CPU: 1 text layer, 1 vision block, 16 visual tokens, batch 1,2")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check the script on a CPU: 1 text layer, 1 vision block, 16 visual tokens, batch 1,2",
+    )
     args = ap.parse_args()
     if args.smoke:
         args.batch_sizes, args.visual_tokens, args.reps, args.pipeline_pages = "1,2", 16, 1, 2
@@ -77,9 +96,9 @@ def main() -> None:
     from PIL import Image
 
     from nomic_memory.model.backends import select_backend
-    from nomic_memory.perf.bench import SYNTHETIC_LABEL, build_synthetic_model
     from nomic_memory.model.collate import collate_flat, prepare_image
     from nomic_memory.model.encode import forward_embeddings
+    from nomic_memory.perf.bench import SYNTHETIC_LABEL, build_synthetic_model
     from nomic_memory.perf.plan import Arch, forward_flops, plan_for_model
 
     cuda = torch.cuda.is_available() and not args.smoke
@@ -90,24 +109,35 @@ def main() -> None:
     peak_tflops = args.peak_tflops or bf16_peak(dev)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
-        allocated, max_allocated, max_reserved = (torch.cuda.memory_allocated, torch.cuda.max_memory_allocated,
-                                                  torch.cuda.max_memory_reserved)
+        allocated, max_allocated, max_reserved = (
+            torch.cuda.memory_allocated,
+            torch.cuda.max_memory_allocated,
+            torch.cuda.max_memory_reserved,
+        )
         reset_peak = torch.cuda.reset_peak_memory_stats
     else:
         from nomic_memory.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
-        allocated, max_allocated, max_reserved, reset_peak = current_rss_bytes, peak_rss_bytes, peak_rss_bytes, reset_peak_rss
+        allocated, max_allocated, max_reserved, reset_peak = (
+            current_rss_bytes,
+            peak_rss_bytes,
+            peak_rss_bytes,
+            reset_peak_rss,
+        )
     t = time.perf_counter()
     scale = {"layers": 1, "vision_depth": 1} if args.smoke else {}
-    lm = build_synthetic_model(args.variant, backend, image_only=args.image_only, visual_tokens=args.visual_tokens,
-                               **scale)
+    lm = build_synthetic_model(
+        args.variant, backend, image_only=args.image_only, visual_tokens=args.visual_tokens, **scale
+    )
     sync()
     build_s = time.perf_counter() - t
     model_bytes = allocated()
     arch = Arch.from_config(lm.model.config, args.variant)
-    print(f"{dev}: {args.variant} ({SYNTHETIC_LABEL}), {backend.dtype_name}, {backend.attn_implementation}; "
-          f"built in {build_s:.1f} s, {model_bytes / 2**30:.2f} GiB allocated; bf16 peak {peak_tflops} TFLOP/s",
-          flush=True)
+    print(
+        f"{dev}: {args.variant} ({SYNTHETIC_LABEL}), {backend.dtype_name}, {backend.attn_implementation}; "
+        f"built in {build_s:.1f} s, {model_bytes / 2**30:.2f} GiB allocated; bf16 peak {peak_tflops} TFLOP/s",
+        flush=True,
+    )
 
     # One page of exactly visual_tokens tokens: (h/28) x (w/28) = visual_tokens.
     side = {768: (672, 896), 1024: (784, 1148), 16: (112, 112)}.get(args.visual_tokens)
@@ -143,11 +173,19 @@ def main() -> None:
             peak = max_allocated()
             reserved = max_reserved()
             tfl = flops * bs / sec / 1e12
-            row = {"batch_size": bs, "visual_tokens": tokens, "seconds": sec, "pages_per_second": bs / sec,
-                   "tflops": tfl, "fraction_of_peak": (tfl / peak_tflops) if peak_tflops else None,
-                   "peak_allocated_bytes": peak, "peak_reserved_bytes": reserved,
-                   "above_model_bytes": peak - model_bytes,
-                   "planned_peak_bytes": plan.peak_bytes, "planned_activation_bytes": plan.activation_bytes}
+            row = {
+                "batch_size": bs,
+                "visual_tokens": tokens,
+                "seconds": sec,
+                "pages_per_second": bs / sec,
+                "tflops": tfl,
+                "fraction_of_peak": (tfl / peak_tflops) if peak_tflops else None,
+                "peak_allocated_bytes": peak,
+                "peak_reserved_bytes": reserved,
+                "above_model_bytes": peak - model_bytes,
+                "planned_peak_bytes": plan.peak_bytes,
+                "planned_activation_bytes": plan.activation_bytes,
+            }
         except torch.OutOfMemoryError as e:
             if cuda:
                 torch.cuda.empty_cache()
@@ -156,15 +194,18 @@ def main() -> None:
         if "error" in row:
             print(f"batch {bs}: {row['error']}", flush=True)
         else:
-            print(f"batch {bs:3d}: {row['pages_per_second']:7.2f} pages/s  {row['tflops']:6.1f} TFLOP/s"
-                  + (f" ({100 * row['fraction_of_peak']:.0f} % of peak)" if peak_tflops else "")
-                  + f"  peak {peak / 2**30:6.2f} GiB allocated, {reserved / 2**30:6.2f} GiB reserved"
-                  f" (planned {plan.peak_bytes / 2**30:.2f} GiB)", flush=True)
+            print(
+                f"batch {bs:3d}: {row['pages_per_second']:7.2f} pages/s  {row['tflops']:6.1f} TFLOP/s"
+                + (f" ({100 * row['fraction_of_peak']:.0f} % of peak)" if peak_tflops else "")
+                + f"  peak {peak / 2**30:6.2f} GiB allocated, {reserved / 2**30:6.2f} GiB reserved"
+                f" (planned {plan.peak_bytes / 2**30:.2f} GiB)",
+                flush=True,
+            )
 
     pipeline = None
     if args.pipeline_pages:
-        from nomic_memory.perf.bench import _null_store
         from nomic_memory import Embedder
+        from nomic_memory.perf.bench import _null_store
 
         with tempfile.TemporaryDirectory() as td:
             pages = make_pages(Path(td) / "pages", args.pipeline_pages)
@@ -175,14 +216,25 @@ def main() -> None:
             t = time.perf_counter()
             rep = Embedder.from_loaded(lm).embed_directory(pages, _null_store(), batch_size=bs)
             total = time.perf_counter() - t
-            pipeline = {"pages": rep.embedded, "batch_size": bs, "seconds": total,
-                        "pages_per_second": rep.embedded / total, "embed_pages_per_second": rep.images_per_second,
-                        "decode_workers": rep.decode_workers, "peak_allocated_bytes": rep.memory.peak_bytes}
-            print(f"pipeline: {rep.embedded} A4 JPEG pages at batch {bs}: {rep.embedded / total:.2f} pages/s "
-                  f"end to end ({rep.decode_workers} decode workers)", flush=True)
+            pipeline = {
+                "pages": rep.embedded,
+                "batch_size": bs,
+                "seconds": total,
+                "pages_per_second": rep.embedded / total,
+                "embed_pages_per_second": rep.images_per_second,
+                "decode_workers": rep.decode_workers,
+                "peak_allocated_bytes": rep.memory.peak_bytes,
+            }
+            print(
+                f"pipeline: {rep.embedded} A4 JPEG pages at batch {bs}: {rep.embedded / total:.2f} pages/s "
+                f"end to end ({rep.decode_workers} decode workers)",
+                flush=True,
+            )
 
-    print(f"\n{dev}, {args.variant}, {SYNTHETIC_LABEL}, {tokens} visual tokens per page, "
-          f"{flops / 1e12:.2f} TFLOP per page")
+    print(
+        f"\n{dev}, {args.variant}, {SYNTHETIC_LABEL}, {tokens} visual tokens per page, "
+        f"{flops / 1e12:.2f} TFLOP per page"
+    )
     print("| batch | pages/s | TFLOP/s | % of bf16 peak | peak allocated (GiB) | reserved (GiB) | planned (GiB) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -190,16 +242,32 @@ def main() -> None:
             print(f"| {r['batch_size']} | {r['error']} | | | | | |")
             continue
         frac = f"{100 * r['fraction_of_peak']:.0f}" if r["fraction_of_peak"] else "?"
-        print(f"| {r['batch_size']} | {r['pages_per_second']:.2f} | {r['tflops']:.1f} | {frac} | "
-              f"{r['peak_allocated_bytes'] / 2**30:.2f} | {r['peak_reserved_bytes'] / 2**30:.2f} | "
-              f"{r['planned_peak_bytes'] / 2**30:.2f} |")
+        print(
+            f"| {r['batch_size']} | {r['pages_per_second']:.2f} | {r['tflops']:.1f} | {frac} | "
+            f"{r['peak_allocated_bytes'] / 2**30:.2f} | {r['peak_reserved_bytes'] / 2**30:.2f} | "
+            f"{r['planned_peak_bytes'] / 2**30:.2f} |"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": dev, "variant": args.variant, "label": SYNTHETIC_LABEL,
-                               "dtype": backend.dtype_name, "attn": backend.attn_implementation,
-                               "model_bytes": model_bytes, "build_seconds": build_s, "flops_per_page": flops,
-                               "bf16_peak_tflops": peak_tflops, "rows": rows, "pipeline": pipeline,
-                               "torch": torch.__version__}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "device": dev,
+                "variant": args.variant,
+                "label": SYNTHETIC_LABEL,
+                "dtype": backend.dtype_name,
+                "attn": backend.attn_implementation,
+                "model_bytes": model_bytes,
+                "build_seconds": build_s,
+                "flops_per_page": flops,
+                "bf16_peak_tflops": peak_tflops,
+                "rows": rows,
+                "pipeline": pipeline,
+                "torch": torch.__version__,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

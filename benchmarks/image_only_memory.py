@@ -20,7 +20,6 @@ from pathlib import Path
 
 from nomic_memory.ingest.samples import make_sample_images
 
-
 # A page scan, a 4:3 photo and a square photo, repeated (nomic_memory.ingest.samples).
 SPECS = [("page", 1240, 1754, "jpg"), ("photo", 1024, 768, "jpg"), ("photo", 800, 800, "jpg")]
 
@@ -30,9 +29,27 @@ def make_images(d: Path, n: int) -> None:
 
 
 def run_once(model: Path, images: Path, store: Path, batch_size: int, image_only: bool, dtype: str) -> dict:
-    cmd = [sys.executable, "-m", "nomic_memory.cli", "embed", str(images), "--model-name", str(model),
-           "--backend", "cpu", "--store", str(store), "--batch-size", str(batch_size), "--workers", "0",
-           "--json", "--no-progress", "--dtype", dtype] + (["--image-only"] if image_only else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "nomic_memory.cli",
+        "embed",
+        str(images),
+        "--model-name",
+        str(model),
+        "--backend",
+        "cpu",
+        "--store",
+        str(store),
+        "--batch-size",
+        str(batch_size),
+        "--workers",
+        "0",
+        "--json",
+        "--no-progress",
+        "--dtype",
+        dtype,
+    ] + (["--image-only"] if image_only else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(out.stdout + out.stderr)
@@ -44,9 +61,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--dtypes", default="bfloat16,float32",
-                    help="compute dtypes to measure; on CPU, float32 weights stay a lazily paged mmap "
-                         "of the checkpoint, bfloat16 (like CUDA) materialises them")
+    ap.add_argument(
+        "--dtypes",
+        default="bfloat16,float32",
+        help="compute dtypes to measure; on CPU, float32 weights stay a lazily paged mmap "
+        "of the checkpoint, bfloat16 (like CUDA) materialises them",
+    )
     args = ap.parse_args()
     from nomic_memory.model.tiny import build_tiny_model
 
@@ -64,7 +84,9 @@ def main() -> None:
                     rep = run_once(model, td / "imgs", store, args.batch_size, mode == "image-only", dtype)
                     res[mode].append(rep["memory"])
             print(f"\ncompute dtype {dtype}")
-            print(f"{'mode':<11} {'model resident (MB)':>20} {'peak while embedding (MB)':>26} {'above model (MB)':>17}")
+            print(
+                f"{'mode':<11} {'model resident (MB)':>20} {'peak while embedding (MB)':>26} {'above model (MB)':>17}"
+            )
             rows = {}
             for mode, reps in res.items():
                 base = statistics.median(m["baseline_bytes"] for m in reps) / mb
@@ -72,8 +94,10 @@ def main() -> None:
                 rows[mode] = (base, peak)
                 print(f"{mode:<11} {base:>20.1f} {peak:>26.1f} {peak - base:>17.1f}")
             saved = rows["full"][1] - rows["image-only"][1]
-            print(f"image-only saves {saved:.1f} MB of peak RSS ({100 * saved / rows['full'][1]:.1f} %), "
-                  f"median of {args.runs} runs, {args.images} images, batch {args.batch_size}")
+            print(
+                f"image-only saves {saved:.1f} MB of peak RSS ({100 * saved / rows['full'][1]:.1f} %), "
+                f"median of {args.runs} runs, {args.images} images, batch {args.batch_size}"
+            )
 
 
 if __name__ == "__main__":

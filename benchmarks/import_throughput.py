@@ -47,8 +47,9 @@ def write_source(path: Path, vecs: list[np.ndarray], row_group_rows: int | None 
     flat = pa.array(np.concatenate([v.reshape(-1) for v in vecs]), type=pa.float16())
     inner = pa.FixedSizeListArray.from_arrays(flat, 128)
     emb = pa.ListArray.from_arrays(pa.array(np.arange(len(vecs) + 1, dtype=np.int32) * per_row), inner)
-    t = pa.table({"path": [f"d{i // 100}/p{i}.png" for i in range(len(vecs))], "page": [0] * len(vecs),
-                  "embedding": emb})
+    t = pa.table(
+        {"path": [f"d{i // 100}/p{i}.png" for i in range(len(vecs))], "page": [0] * len(vecs), "embedding": emb}
+    )
     pq.write_table(t, path, row_group_size=row_group_rows or len(vecs))
 
 
@@ -58,8 +59,10 @@ def embed_write(store: Path, vecs: list[np.ndarray]) -> float:
     t0 = time.perf_counter()
     table = Store(store).create_or_open(STAMP.table_name, info)
     for s in range(0, len(vecs), 8):
-        recs = [Record("/bench", f"d{i // 100}/p{i}.png", "h" * 64, 1000, 0.0, 640, 480, vecs[i], "bfloat16")
-                for i in range(s, min(s + 8, len(vecs)))]
+        recs = [
+            Record("/bench", f"d{i // 100}/p{i}.png", "h" * 64, 1000, 0.0, 640, 480, vecs[i], "bfloat16")
+            for i in range(s, min(s + 8, len(vecs)))
+        ]
         table.upsert(recs, known_new={(r.path, r.page) for r in recs})
     table.maintain()
     return time.perf_counter() - t0
@@ -109,9 +112,11 @@ def memory(tmp: Path, rows: int, per_row: int) -> None:
     p.start()
     grew, whole = q.get()
     p.join()
-    print(f"memory: {rows} rows x {per_row} vectors, float16 = {raw / 2**20:.0f} MiB of vectors in ONE row group "
-          f"({src.stat().st_size / 2**20:.0f} MiB file): the import's peak RSS rose {grew / 2**20:.0f} MiB; "
-          f"reading the file whole (pyarrow.parquet.read_table) {whole / 2**20:.0f} MiB")
+    print(
+        f"memory: {rows} rows x {per_row} vectors, float16 = {raw / 2**20:.0f} MiB of vectors in ONE row group "
+        f"({src.stat().st_size / 2**20:.0f} MiB file): the import's peak RSS rose {grew / 2**20:.0f} MiB; "
+        f"reading the file whole (pyarrow.parquet.read_table) {whole / 2**20:.0f} MiB"
+    )
 
 
 def main() -> None:

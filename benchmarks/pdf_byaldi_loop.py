@@ -51,11 +51,17 @@ def byaldi_loop(model, processor, pdfs: list[Path], device, dpi: int = 200) -> l
     return out
 
 
-def measure(corpus: str | Path, model_dir: str | Path, backend_name: str = "cpu", files: int | None = None,
-            kind: str | None = None, dpi: int = 200) -> dict:
+def measure(
+    corpus: str | Path,
+    model_dir: str | Path,
+    backend_name: str = "cpu",
+    files: int | None = None,
+    kind: str | None = None,
+    dpi: int = 200,
+) -> dict:
     """Load the model, run the loop over the corpus's PDFs (the first ``files``), report."""
-    from nomic_memory.model.backends import select_backend
     from nomic_memory.memory import MemoryTracker, current_rss_bytes
+    from nomic_memory.model.backends import select_backend
     from nomic_memory.model.variants import detect_kind_from_files
 
     backend = select_backend(backend_name)
@@ -71,11 +77,20 @@ def measure(corpus: str | Path, model_dir: str | Path, backend_name: str = "cpu"
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     mem = tracker.stop()
-    return {"impl": "byaldi-loop", "dpi": dpi, "files": len(pdfs), "pages": len(embeddings),
-            "seconds": seconds, "pages_per_second": len(embeddings) / seconds, "backend": backend.name,
-            "peak_bytes": mem.peak_bytes, "model_bytes": model_bytes,
-            "above_model_bytes": max(0, mem.peak_bytes - model_bytes),
-            "rss_after_bytes": current_rss_bytes(), "threads": torch.get_num_threads()}
+    return {
+        "impl": "byaldi-loop",
+        "dpi": dpi,
+        "files": len(pdfs),
+        "pages": len(embeddings),
+        "seconds": seconds,
+        "pages_per_second": len(embeddings) / seconds,
+        "backend": backend.name,
+        "peak_bytes": mem.peak_bytes,
+        "model_bytes": model_bytes,
+        "above_model_bytes": max(0, mem.peak_bytes - model_bytes),
+        "rss_after_bytes": current_rss_bytes(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

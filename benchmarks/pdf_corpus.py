@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-WORDS = ("retrieval memory vector page image embedding model query document index token patch "
-         "search layer scan figure table result corpus photo batch store").split()
+WORDS = (
+    "retrieval memory vector page image embedding model query document index token patch "
+    "search layer scan figure table result corpus photo batch store"
+).split()
 
 
 def _photo(seed: int, w: int = 900, h: int = 600) -> Image.Image:

@@ -69,9 +69,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="8,2", help="nomic-memory's batch sizes to measure")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
-    from pdf_corpus import write_corpus
-
     from nomic_memory.model.tiny import build_tiny_model
+    from pdf_corpus import write_corpus
 
     corpus = ROOT / f"pdfs-{args.files}x{args.pages}"
     if not corpus.is_dir() or len(list(corpus.glob("*.pdf"))) != args.files:
@@ -79,8 +78,7 @@ def main() -> None:
     model = ROOT / "models" / "medium-colqwen"
     if not (model / "config.json").is_file():
         build_tiny_model(model, "colqwen", "medium")
-    print(f"{args.files} PDFs x {args.pages} pages in {corpus}, medium random model, CPU, {args.runs} runs",
-          flush=True)
+    print(f"{args.files} PDFs x {args.pages} pages in {corpus}, medium random model, CPU, {args.runs} runs", flush=True)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     res: dict[str, list[dict]] = {"byaldi-style loop": [], **{f"nomic-memory, batch {b}": [] for b in sizes}}
     for r in range(args.runs):
@@ -89,22 +87,36 @@ def main() -> None:
             if label.startswith("nomic-memory"):
                 out = _json_line([sys.executable, "-c", NOMIC, str(corpus), str(model), label.rsplit(" ", 1)[-1]])
             else:
-                out = _json_line([sys.executable, str(HERE / "pdf_byaldi_loop.py"), str(corpus),
-                                  "--model-name", str(model)])
+                out = _json_line(
+                    [sys.executable, str(HERE / "pdf_byaldi_loop.py"), str(corpus), "--model-name", str(model)]
+                )
             res[label].append(out)
-            print(f"  run {r + 1} {label:<18} {out['pages_per_second']:6.3f} pages/s  "
-                  f"{out['above_model_bytes'] / MB:8.1f} MB above model  ({time.perf_counter() - t:.0f} s)", flush=True)
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("pages_per_second", "above_model_bytes")}
-           for k, v in res.items()}
+            print(
+                f"  run {r + 1} {label:<18} {out['pages_per_second']:6.3f} pages/s  "
+                f"{out['above_model_bytes'] / MB:8.1f} MB above model  ({time.perf_counter() - t:.0f} s)",
+                flush=True,
+            )
+    med = {
+        k: {m: statistics.median(x[m] for x in v) for m in ("pages_per_second", "above_model_bytes")}
+        for k, v in res.items()
+    }
     base = med["byaldi-style loop"]
-    ratios = {k: (m["pages_per_second"] / base["pages_per_second"], m["above_model_bytes"] / max(1, base["above_model_bytes"]))
-              for k, m in med.items() if k.startswith("nomic")}
+    ratios = {
+        k: (
+            m["pages_per_second"] / base["pages_per_second"],
+            m["above_model_bytes"] / max(1, base["above_model_bytes"]),
+        )
+        for k, m in med.items()
+        if k.startswith("nomic")
+    }
     print(f"\n| configuration | pages/s (median of {args.runs}) | peak above model (MB) |\n|---|---:|---:|")
     for k, m in med.items():
         print(f"| {k} | {m['pages_per_second']:.3f} | {m['above_model_bytes'] / MB:.1f} |")
     for k, (ratio, mem) in ratios.items():
-        print(f"{k} / byaldi-style loop: {ratio:.2f}x pages/s (goal >= 2x); peak above model "
-              f"{100 * mem:.0f} % of the loop's (goal <= 33 %)")
+        print(
+            f"{k} / byaldi-style loop: {ratio:.2f}x pages/s (goal >= 2x); peak above model "
+            f"{100 * mem:.0f} % of the loop's (goal <= 33 %)"
+        )
     out = Path("bench_out") / "pdf_embed.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"medians": med, "ratios": ratios, "all": res}, indent=2))

@@ -36,8 +36,14 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = ("render_page", "in-process", "render_page-2threads", "in-process-2threads", "pdfium-200dpi",
-           "pdf2image-200dpi")
+CONFIGS = (
+    "render_page",
+    "in-process",
+    "render_page-2threads",
+    "in-process-2threads",
+    "pdfium-200dpi",
+    "pdf2image-200dpi",
+)
 
 
 def _rss_mb() -> float:
@@ -55,7 +61,7 @@ def _renderer_cpu(renderer, since: dict | None = None) -> float:
     """CPU seconds the running renderer processes have used (from /proc), minus ``since``'s."""
     total = 0.0
     p = renderer._POOL
-    for r in (p._idle if p is not None else []):
+    for r in p._idle if p is not None else []:
         with open(f"/proc/{r.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -74,8 +80,11 @@ def run_once(config: str, pdfs: list[Path], size: str = "medium", warm: bool = F
 
         g = list_pages(pdfs[0])[0]
         for _ in range(2 if config.endswith("2threads") else 1):
-            (render_page(pdfs[0], 1, render_size(g, ip)) if config.startswith("render_page")
-             else draw_page_here(pdfs[0], 1, render_size(g, ip)))
+            (
+                render_page(pdfs[0], 1, render_size(g, ip))
+                if config.startswith("render_page")
+                else draw_page_here(pdfs[0], 1, render_size(g, ip))
+            )
     start_rss = _rss_mb()
     pages = 0
     pixels = 0
@@ -135,10 +144,15 @@ def run_once(config: str, pdfs: list[Path], size: str = "medium", warm: bool = F
     cpu = sum(getattr(resource.getrusage(resource.RUSAGE_SELF), f) for f in ("ru_utime", "ru_stime")) - cpu0
     cpu += cpu_renderers
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"config": config, "pages": pages, "seconds": round(seconds, 3),
-            "pages_per_second": round(pages / seconds, 2),
-            "cpu_ms_per_page": round(1000 * cpu / max(pages, 1), 1), "mean_pixels": int(pixels / max(pages, 1)),
-            "peak_above_start_mb": round(max(0.0, peak_mb - start_rss), 1)}
+    return {
+        "config": config,
+        "pages": pages,
+        "seconds": round(seconds, 3),
+        "pages_per_second": round(pages / seconds, 2),
+        "cpu_ms_per_page": round(1000 * cpu / max(pages, 1), 1),
+        "mean_pixels": int(pixels / max(pages, 1)),
+        "peak_above_start_mb": round(max(0.0, peak_mb - start_rss), 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,8 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--size", default="medium", help="tiny model size whose processor sets the target")
     ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--warm", action="store_true", help="draw one page before the clock starts (renderers up, "
-                    "fonts loaded): the steady-state cost per page of a long run")
+    ap.add_argument(
+        "--warm",
+        action="store_true",
+        help="draw one page before the clock starts (renderers up, "
+        "fonts loaded): the steady-state cost per page of a long run",
+    )
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one run, one config
     args = ap.parse_args(argv)
     corpus = Path(args.corpus)
@@ -164,18 +182,41 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[dict]] = {c: [] for c in args.configs.split(",")}
     for run in range(args.runs):
         for config in results:  # interleaved, each in a fresh process
-            out = subprocess.run([sys.executable, __file__, str(corpus), "--one", config,
-                                  "--files", str(args.files), "--size", args.size] + (["--warm"] if args.warm else []),
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    str(corpus),
+                    "--one",
+                    config,
+                    "--files",
+                    str(args.files),
+                    "--size",
+                    args.size,
+                ]
+                + (["--warm"] if args.warm else []),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             results[config].append(r)
-            print(f"run {run + 1} {config}: {r['pages_per_second']} pages/s, {r['cpu_ms_per_page']} CPU ms/page, "
-                  f"peak {r['peak_above_start_mb']} MB", file=sys.stderr)
-    summary = {c: {"pages_per_second": statistics.median(r["pages_per_second"] for r in rs),
-                   "cpu_ms_per_page": statistics.median(r["cpu_ms_per_page"] for r in rs),
-                   "peak_above_start_mb": statistics.median(r["peak_above_start_mb"] for r in rs),
-                   "mean_pixels": rs[0]["mean_pixels"], "pages": rs[0]["pages"], "runs": rs}
-               for c, rs in results.items()}
+            print(
+                f"run {run + 1} {config}: {r['pages_per_second']} pages/s, {r['cpu_ms_per_page']} CPU ms/page, "
+                f"peak {r['peak_above_start_mb']} MB",
+                file=sys.stderr,
+            )
+    summary = {
+        c: {
+            "pages_per_second": statistics.median(r["pages_per_second"] for r in rs),
+            "cpu_ms_per_page": statistics.median(r["cpu_ms_per_page"] for r in rs),
+            "peak_above_start_mb": statistics.median(r["peak_above_start_mb"] for r in rs),
+            "mean_pixels": rs[0]["mean_pixels"],
+            "pages": rs[0]["pages"],
+            "runs": rs,
+        }
+        for c, rs in results.items()
+    }
     print(json.dumps(summary, indent=1))
 
 

@@ -74,8 +74,9 @@ def make_store(base: Path, side: int) -> Path:
 def one_run(store: Path, max_decodes: int, n: int = 6) -> float:
     """MB of peak RSS over the RSS before ``n`` simultaneous first thumbnail requests."""
     shutil.rmtree(store / "_nomic_memory_thumbs", ignore_errors=True)
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(store), str(max_decodes)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(store), str(max_decodes)], stdout=subprocess.PIPE, text=True
+    )
     try:
         url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
         hit = httpx.post(url + "/search", json={"queries": ["poster"], "k": 1}, timeout=300).json()["results"][0][0]

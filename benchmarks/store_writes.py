@@ -4,6 +4,7 @@ write lock, then append: what ``EmbeddingTable.upsert`` does now), and ``merge_i
 
     uv run python benchmarks/store_writes.py [--rows 5000] [--batches 20] [--vectors 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,20 @@ from nomic_memory.store.table import Record, Store, TableInfo
 
 
 def records(start: int, n: int, vectors: int, rng) -> list[Record]:
-    return [Record("/photos", f"dir{i % 50}/img{i:07d}.jpg", "h" * 64, 1000, 0.0, 640, 480,
-                   rng.standard_normal((vectors, 128)).astype(np.float32), "bfloat16") for i in range(start, start + n)]
+    return [
+        Record(
+            "/photos",
+            f"dir{i % 50}/img{i:07d}.jpg",
+            "h" * 64,
+            1000,
+            0.0,
+            640,
+            480,
+            rng.standard_normal((vectors, 128)).astype(np.float32),
+            "bfloat16",
+        )
+        for i in range(start, start + n)
+    ]
 
 
 def main() -> None:

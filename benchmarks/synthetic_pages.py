@@ -57,8 +57,12 @@ class PageGenerator:
         self.spec = spec
         rng = np.random.default_rng([spec.seed, 0])
         topic_dirs = _unit(rng.standard_normal((spec.topics, DIM), dtype=np.float32))
-        words = topic_dirs[:, None, :] + spec.word_spread * _unit(
-            rng.standard_normal((spec.topics, spec.topic_words, DIM), dtype=np.float32)) * 1.2
+        words = (
+            topic_dirs[:, None, :]
+            + spec.word_spread
+            * _unit(rng.standard_normal((spec.topics, spec.topic_words, DIM), dtype=np.float32))
+            * 1.2
+        )
         self.words = _unit(words).astype(np.float32)  # (topics, topic_words, DIM)
         bg_dir = _unit(rng.standard_normal(DIM, dtype=np.float32))
         self.bg = _unit(bg_dir + 0.5 * _unit(rng.standard_normal((spec.background_words, DIM), dtype=np.float32)))
@@ -79,8 +83,10 @@ class PageGenerator:
         rng = np.random.default_rng([s.seed, 1, p])
         topic = int(rng.choice(s.topics, p=self.topic_p))
         mine = rng.choice(s.topic_words, size=s.words_per_page, replace=False)
-        own = _unit(self.words[topic, rng.integers(0, s.topic_words, s.own_words)]
-                    + 0.9 * _unit(rng.standard_normal((s.own_words, DIM), dtype=np.float32)))
+        own = _unit(
+            self.words[topic, rng.integers(0, s.topic_words, s.own_words)]
+            + 0.9 * _unit(rng.standard_normal((s.own_words, DIM), dtype=np.float32))
+        )
         n = int(rng.integers(s.vectors[0], s.vectors[1] + 1))
         vocab = np.concatenate([self.words[topic, mine], own])  # content words of this page
         zipf = 1.0 / np.arange(1, len(vocab) + 1) ** 0.8
@@ -91,7 +97,9 @@ class PageGenerator:
 
     def page(self, p: int) -> np.ndarray:
         rng, vocab, is_bg, word, n = self._layout(p)
-        proto = np.where(is_bg[:, None], self.bg[np.minimum(word, len(self.bg) - 1)], vocab[np.minimum(word, len(vocab) - 1)])
+        proto = np.where(
+            is_bg[:, None], self.bg[np.minimum(word, len(self.bg) - 1)], vocab[np.minimum(word, len(vocab) - 1)]
+        )
         return _unit(proto + self._noise(rng, n, self.spec.patch_noise)).astype(np.float32)
 
     def pages(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

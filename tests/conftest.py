@@ -57,8 +57,9 @@ def _pixels(w: int, h: int, seed: int) -> np.ndarray:
     """A smooth gradient plus noise: real structure (so embeddings differ by image), some texture."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)),
-                     ((xx + yy) * 127 // max(w + h - 2, 1))], axis=-1)
+    base = np.stack(
+        [(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) * 127 // max(w + h - 2, 1))], axis=-1
+    )
     noise = rng.integers(-40, 40, size=(h, w, 3))
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
@@ -164,8 +165,9 @@ class CliResult:
         raise AssertionError(f"no JSON report in stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}")
 
     def __str__(self) -> str:
-        return (f"$ {' '.join(self.args)}\n[exit {self.returncode}]\n--- stdout:\n{self.stdout}"
-                f"\n--- stderr:\n{self.stderr}")
+        return (
+            f"$ {' '.join(self.args)}\n[exit {self.returncode}]\n--- stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}"
+        )
 
 
 # Where CLI subprocesses cache compiled bytecode when the environment forbids writing it next to
@@ -175,8 +177,9 @@ PYCACHE = Path(tempfile.gettempdir()) / "nomic-memory-tests-pycache"
 
 def cli_env(tmp: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               COLUMNS="200", NO_COLOR="1")
+    env.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", COLUMNS="200", NO_COLOR="1"
+    )
     if env.pop("PYTHONDONTWRITEBYTECODE", None) and "PYTHONPYCACHEPREFIX" not in env:
         env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     if tmp is not None:  # never write to the user's default store
@@ -191,8 +194,14 @@ def cli_cmd(*args: str, legacy: bool = False) -> list[str]:
 
 
 def start_cli(*args: str, legacy: bool = False, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(cli_cmd(*map(str, args), legacy=legacy), cwd=REPO, env=env or cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cli_cmd(*map(str, args), legacy=legacy),
+        cwd=REPO,
+        env=env or cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> CliResult:
@@ -209,8 +218,9 @@ def run_cli(*args: str, legacy: bool = False, env: dict | None = None, timeout: 
     return finish(start_cli(*args, legacy=legacy, env=env), timeout)
 
 
-def run_cli_many(commands: dict[str, list], env: dict | None = None, timeout: float = 300,
-                 parallel: int = 4) -> dict[str, CliResult]:
+def run_cli_many(
+    commands: dict[str, list], env: dict | None = None, timeout: float = 300, parallel: int = 4
+) -> dict[str, CliResult]:
     """Run several CLI invocations, ``parallel`` at a time (each pays the torch import; they
     overlap).  Commands are started in the order given: put the slow ones first."""
     from concurrent.futures import ThreadPoolExecutor

@@ -28,11 +28,14 @@ def _stream(dictionary: bytes, data: bytes) -> bytes:
 
 
 def _page(resources: bytes, content: bytes) -> dict[int, bytes]:
-    return {1: b"<< /Type /Catalog /Pages 2 0 R >>",
-            2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents 4 0 R /Resources << "
-               + resources + b" >> >>",
-            4: _stream(b"", content)}
+    return {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents 4 0 R /Resources << "
+        + resources
+        + b" >> >>",
+        4: _stream(b"", content),
+    }
 
 
 def nested_forms_pdf(depth: int = 32, copies: int = 2) -> bytes:
@@ -54,8 +57,9 @@ def nested_forms_pdf(depth: int = 32, copies: int = 2) -> bytes:
 def image_pdf(filter_name: bytes, data: bytes, w: int = 64, h: int = 64, colour: bytes = b"") -> bytes:
     """One page filled by one image XObject whose stream is ``data`` under ``filter_name``."""
     objs = _page(b"/XObject << /Im0 5 0 R >>", b"q 200 0 0 200 0 0 cm /Im0 Do Q")
-    objs[5] = _stream(b"/Type /XObject /Subtype /Image /Width %d /Height %d %s/Filter /%s"
-                      % (w, h, colour, filter_name), data)
+    objs[5] = _stream(
+        b"/Type /XObject /Subtype /Image /Width %d /Height %d %s/Filter /%s" % (w, h, colour, filter_name), data
+    )
     return write_pdf(objs)
 
 
@@ -75,7 +79,7 @@ def jbig2_stream(w: int = 64, h: int = 64) -> bytes:
     im.save(buf, "TIFF", compression="group4")
     with Image.open(io.BytesIO(buf.getvalue())) as t:
         off, cnt = t.tag_v2[273][0], t.tag_v2[279][0]
-    g4 = buf.getvalue()[off:off + cnt]
+    g4 = buf.getvalue()[off : off + cnt]
 
     def segment(number: int, kind: int, data: bytes) -> bytes:
         return struct.pack(">IBBBI", number, kind, 0, 1, len(data)) + data

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from colpali_engine.models import BiQwen2_5, ColQwen2_5, ColQwen2_5_Processor
 from PIL import Image
 
-from colpali_engine.models import BiQwen2_5, ColQwen2_5, ColQwen2_5_Processor
 from nomic_memory.model.backends import select_backend
 from nomic_memory.model.collate import collate, prepare_image
 from nomic_memory.model.encode import forward_embeddings
@@ -44,8 +44,7 @@ def test_adapter_matches_colpali_engine(adapters, kind):
     if kind == "colqwen":
         ref_model = ColQwen2_5.from_pretrained(str(d), dtype=torch.float32).eval()
     else:
-        ref_model = BiQwen2_5.from_pretrained(str(d), dtype=torch.float32,
-                                              key_mapping=dict(BIQWEN_KEY_MAPPING)).eval()
+        ref_model = BiQwen2_5.from_pretrained(str(d), dtype=torch.float32, key_mapping=dict(BIQWEN_KEY_MAPPING)).eval()
     batch = proc.process_images(images)
     with torch.no_grad():
         ref = ref_model(**batch)
@@ -53,8 +52,9 @@ def test_adapter_matches_colpali_engine(adapters, kind):
     lm = load_model(str(d), backend=select_backend("cpu"), seed=0)
     assert lm.kind == kind
     assert any("merged" in n for n in lm.notes), lm.notes
-    got = forward_embeddings(lm, collate([prepare_image(lm.processor, im) for im in images],
-                                         lm.processor.tokenizer.pad_token_id))
+    got = forward_embeddings(
+        lm, collate([prepare_image(lm.processor, im) for im in images], lm.processor.tokenizer.pad_token_id)
+    )
     for i, g in enumerate(got):
         r = ref[i][batch["attention_mask"][i].bool()] if kind == "colqwen" else ref[i]
         torch.testing.assert_close(g, r, atol=1e-4, rtol=0)

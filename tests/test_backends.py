@@ -14,9 +14,9 @@ import shutil
 import pytest
 import torch
 
+from nomic_memory.memory import MB, MemoryReport, MemoryTracker
 from nomic_memory.model.backends import Backend, BackendUnavailable, describe, select_backend
 from nomic_memory.model.loading import ModelLoadError, load_model
-from nomic_memory.memory import MB, MemoryReport, MemoryTracker
 from nomic_memory.model.variants import ModelKindError, detect_kind_from_files
 
 
@@ -45,9 +45,13 @@ def test_forced_backends_when_available():
 
 
 def test_forcing_unavailable_backend_raises_clear_error():
-    with pytest.raises(BackendUnavailable, match=r"'cuda' was requested but no CUDA device is available.*--backend auto or cpu"):
+    with pytest.raises(
+        BackendUnavailable, match=r"'cuda' was requested but no CUDA device is available.*--backend auto or cpu"
+    ):
         select_backend("cuda", cuda=False, mps=True)
-    with pytest.raises(BackendUnavailable, match=r"'mps' was requested but Apple MPS is not available.*--backend auto or cpu"):
+    with pytest.raises(
+        BackendUnavailable, match=r"'mps' was requested but Apple MPS is not available.*--backend auto or cpu"
+    ):
         select_backend("mps", cuda=True, mps=False)
     with pytest.raises(BackendUnavailable, match="unknown backend 'tpu'"):
         select_backend("tpu")
@@ -56,7 +60,9 @@ def test_forcing_unavailable_backend_raises_clear_error():
 def test_dtype_override():
     be = select_backend("cuda", cuda=True, flash_attn=True, dtype="float32")
     assert be.dtype == torch.float32 and be.attn_implementation == "sdpa"  # flash-attn needs 16-bit
-    assert select_backend("cuda", cuda=True, flash_attn=True, dtype="float16").attn_implementation == "flash_attention_2"
+    assert (
+        select_backend("cuda", cuda=True, flash_attn=True, dtype="float16").attn_implementation == "flash_attention_2"
+    )
     assert select_backend("cpu", dtype="bfloat16").dtype == torch.bfloat16
     assert select_backend("mps", mps=True, dtype="auto").dtype == torch.float16
     with pytest.raises(BackendUnavailable, match="unknown dtype 'float8'"):
@@ -65,8 +71,11 @@ def test_dtype_override():
 
 def test_describe_lines():
     auto = select_backend("auto", cuda=True, mps=False, flash_attn=False)
-    assert describe(auto) == ["Auto-detected backend: cuda", "Using dtype: torch.bfloat16",
-                              "Attention implementation: sdpa"]
+    assert describe(auto) == [
+        "Auto-detected backend: cuda",
+        "Using dtype: torch.bfloat16",
+        "Attention implementation: sdpa",
+    ]
     forced = select_backend("cpu")
     assert describe(forced)[:2] == ["Using backend: cpu", "Using dtype: torch.float32"]
 
@@ -91,24 +100,37 @@ def test_detect_kind_full_checkpoints(tiny_colqwen, tiny_biqwen):
 
 
 def test_detect_kind_adapters(tmp_path):
-    col = _write(tmp_path / "adapter-a", "adapter_config.json",
-                 {"peft_type": "LORA", "base_model_name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct",
-                  "modules_to_save": ["custom_text_proj"], "target_modules": "(.*(model).*(q_proj|v_proj).*$)"})
+    col = _write(
+        tmp_path / "adapter-a",
+        "adapter_config.json",
+        {
+            "peft_type": "LORA",
+            "base_model_name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct",
+            "modules_to_save": ["custom_text_proj"],
+            "target_modules": "(.*(model).*(q_proj|v_proj).*$)",
+        },
+    )
     assert detect_kind_from_files(col) == "colqwen"
     # A regex target naming the head (Nomic's colnomic repos) also marks a ColQwen adapter.
-    col2 = _write(tmp_path / "adapter-b", "adapter_config.json",
-                  {"modules_to_save": None, "target_modules": "(.*(model).*(q_proj).*$|.*(custom_text_proj).*$)"})
+    col2 = _write(
+        tmp_path / "adapter-b",
+        "adapter_config.json",
+        {"modules_to_save": None, "target_modules": "(.*(model).*(q_proj).*$|.*(custom_text_proj).*$)"},
+    )
     assert detect_kind_from_files(col2) == "colqwen"
     # No head anywhere in the config: the adapter's weights decide.
     from safetensors.torch import save_file
 
     bi = _write(tmp_path / "adapter-c", "adapter_config.json", {"modules_to_save": None, "target_modules": ["q_proj"]})
-    save_file({"base_model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 2)},
-              str(bi / "adapter_model.safetensors"))
+    save_file(
+        {"base_model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 2)},
+        str(bi / "adapter_model.safetensors"),
+    )
     assert detect_kind_from_files(bi) == "biqwen"
     col3 = _write(tmp_path / "adapter-d", "adapter_config.json", {"target_modules": ["q_proj"]})
-    save_file({"base_model.model.custom_text_proj.lora_A.weight": torch.zeros(2, 2)},
-              str(col3 / "adapter_model.safetensors"))
+    save_file(
+        {"base_model.model.custom_text_proj.lora_A.weight": torch.zeros(2, 2)}, str(col3 / "adapter_model.safetensors")
+    )
     assert detect_kind_from_files(col3) == "colqwen"
 
 
@@ -160,9 +182,11 @@ def test_memory_report_lines_keep_original_format():
     cuda = MemoryReport("cuda", int(14663.45 * MB))
     assert cuda.lines() == ["Peak CUDA memory used: 14.32 GB (14663.45 MB)"]
     cuda = MemoryReport("cuda", int(14663.45 * MB), {"reserved": 16 * 1024 * MB}, baseline_bytes=int(663.45 * MB))
-    assert cuda.lines() == ["Peak CUDA memory used: 14.32 GB (14663.45 MB)",
-                            "Peak CUDA memory reserved: 16.00 GB (16384.00 MB)",
-                            "Memory above loaded model: 13.67 GB (14000.00 MB)"]
+    assert cuda.lines() == [
+        "Peak CUDA memory used: 14.32 GB (14663.45 MB)",
+        "Peak CUDA memory reserved: 16.00 GB (16384.00 MB)",
+        "Memory above loaded model: 13.67 GB (14000.00 MB)",
+    ]
     assert MemoryReport("mps", 512 * MB).lines() == ["Peak MPS memory used: 0.50 GB (512.00 MB)"]
     assert MemoryReport("cpu", 3 * 1024 * MB).lines() == ["Peak CPU memory used (RSS): 3.00 GB (3072.00 MB)"]
     d = cuda.to_dict()
@@ -172,7 +196,7 @@ def test_memory_report_lines_keep_original_format():
 def test_cpu_tracker_measures_a_phase():
     with MemoryTracker("cpu") as mt:
         block = bytearray(64 * MB)
-        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
     rep = mt.report()
     del block
     assert rep.backend == "cpu" and rep.peak_bytes >= rep.baseline_bytes > 0

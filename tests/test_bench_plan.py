@@ -115,14 +115,25 @@ def test_plan_cli():
     assert r.exit_code == 0, r.output
     d = json.loads(r.output.strip().splitlines()[-1])
     assert d["batch_size"] == 32 and d["arch"] == "qwen2.5-vl-7b" and d["peak_bytes"] > d["weights_bytes"]
-    r = CliRunner().invoke(app, ["plan", "--model-variant", "colnomic-3b", "--batch-size", "4", "--image-only",
-                                 "--backend", "cuda"])
+    r = CliRunner().invoke(
+        app, ["plan", "--model-variant", "colnomic-3b", "--batch-size", "4", "--image-only", "--backend", "cuda"]
+    )
     assert r.exit_code == 0 and "image-only" in r.output and "Predicted peak" in r.output
     # what it assumes is printed: tokens per image, attention, forward, what is counted
-    assert "Assumes: 768 visual tokens per image" in r.output and "sdpa attention, nomic-memory's lean forward" in r.output
-    for bad in (["--model-variant", "nope"], ["--model-variant", "nomic-3b,nope"], ["--dtype", "foo"],
-                ["--backend", "tpu"], ["--attn", "magic"], ["--forward", "fast"], ["--batch-sizes", "1,x"],
-                ["--image-size", "4032"], ["--image-size", "1x900"]):
+    assert (
+        "Assumes: 768 visual tokens per image" in r.output and "sdpa attention, nomic-memory's lean forward" in r.output
+    )
+    for bad in (
+        ["--model-variant", "nope"],
+        ["--model-variant", "nomic-3b,nope"],
+        ["--dtype", "foo"],
+        ["--backend", "tpu"],
+        ["--attn", "magic"],
+        ["--forward", "fast"],
+        ["--batch-sizes", "1,x"],
+        ["--image-size", "4032"],
+        ["--image-size", "1x900"],
+    ):
         res = CliRunner().invoke(app, ["plan", *bad])
         assert res.exit_code == 2, (bad, res.output)
 
@@ -134,22 +145,53 @@ def test_plan_cli_lists_auto_backend_and_image_sizes():
     r = CliRunner().invoke(app, ["plan", "--model-variant", "nomic-3b,colnomic-7b", "--batch-sizes", "1,32", "--json"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.output.strip().splitlines()]
-    assert [(x["model"], x["batch_size"]) for x in rows] == [("nomic-3b", 1), ("nomic-3b", 32),
-                                                             ("colnomic-7b", 1), ("colnomic-7b", 32)]
+    assert [(x["model"], x["batch_size"]) for x in rows] == [
+        ("nomic-3b", 1),
+        ("nomic-3b", 32),
+        ("colnomic-7b", 1),
+        ("colnomic-7b", 32),
+    ]
     assert {x["backend"] for x in rows} == {guess_backend()[0]}  # auto, as documented
     assert any("auto" in a for a in rows[0]["assumptions"])
     # several plans: one table; a photo of 4032x3024 under the 768-token cap is 896x672 = 768 tokens,
     # with the 16384-token cap of Qwen2.5-VL's own processor it would be 15552
-    r = CliRunner().invoke(app, ["plan", "--model-variant", "nomic-3b", "--batch-sizes", "1,4,8,16,32",
-                                 "--image-size", "4032x3024", "--forward", "colpali-dense-mask", "--backend", "cuda"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "--model-variant",
+            "nomic-3b",
+            "--batch-sizes",
+            "1,4,8,16,32",
+            "--image-size",
+            "4032x3024",
+            "--forward",
+            "colpali-dense-mask",
+            "--backend",
+            "cuda",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "4032x3024 -> 896x672 under a cap of 768 tokens" in r.output
     assert "dense N x N vision masks" in r.output
     table = [line for line in r.output.splitlines() if line.startswith("| nomic-3b |")]
     peaks = [float(line.split("|")[6]) for line in table]
     assert len(peaks) == 5 and all(abs(p - m) / m < 0.15 for p, m in zip(peaks, ORIGINAL_NOMIC_3B.values()))
-    r = CliRunner().invoke(app, ["plan", "--model-variant", "nomic-3b", "--image-size", "4032x3024",
-                                 "--visual-tokens", "16384", "--json", "--backend", "cuda"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "--model-variant",
+            "nomic-3b",
+            "--image-size",
+            "4032x3024",
+            "--visual-tokens",
+            "16384",
+            "--json",
+            "--backend",
+            "cuda",
+        ],
+    )
     assert json.loads(r.output)["visual_tokens"] == 15552
 
 
@@ -159,25 +201,53 @@ def test_plan_help_and_export_do_not_import_torch(tmp_path):
     import subprocess
     import sys
 
-    for args in (["--help"], ["plan", "--model-variant", "nomic-3b", "--batch-sizes", "1,32"], ["export", "--help"],
-                 ["bench", "--help"]):
-        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "nomic_memory", *args],
-                           capture_output=True, text=True, timeout=120)
+    for args in (
+        ["--help"],
+        ["plan", "--model-variant", "nomic-3b", "--batch-sizes", "1,32"],
+        ["export", "--help"],
+        ["bench", "--help"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "nomic_memory", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
-        assert "torch" not in imported and "transformers" not in imported, (args, sorted(imported & {"torch", "transformers"}))
+        assert "torch" not in imported and "transformers" not in imported, (
+            args,
+            sorted(imported & {"torch", "transformers"}),
+        )
 
 
 # ---------------------------------------------------------------- bench
 @pytest.mark.slow
 def test_bench_tiny_model_two_batch_sizes(tiny_colqwen, image_dir, tmp_path):
-    from nomic_memory.perf.bench import TABLE_COLUMNS
     from nomic_memory.cli import app
+    from nomic_memory.perf.bench import TABLE_COLUMNS
 
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["bench", str(image_dir), "--model-name", str(tiny_colqwen), "--batch-sizes", "1,4",
-                                 "--runs", "1", "--backend", "cpu", "--in-process", "--workers", "0",
-                                 "--out-dir", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(image_dir),
+            "--model-name",
+            str(tiny_colqwen),
+            "--batch-sizes",
+            "1,4",
+            "--runs",
+            "1",
+            "--backend",
+            "cpu",
+            "--in-process",
+            "--workers",
+            "0",
+            "--out-dir",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     header = next(line for line in r.output.splitlines() if line.startswith("| Model"))
     assert [c.strip() for c in header.strip("|").split("|")] == TABLE_COLUMNS
@@ -206,8 +276,17 @@ def test_bench_synthetic_weights_scaled_down(tmp_path):
     from nomic_memory.perf.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, measure_isolated
 
     imgs = make_sample_images(tmp_path / "imgs", 4)
-    cfg = BenchConfig(str(imgs), 2, backend="cpu", variant="colnomic-3b", synthetic=True, synthetic_layers=1,
-                      synthetic_vision_depth=1, visual_tokens=16, workers=0)
+    cfg = BenchConfig(
+        str(imgs),
+        2,
+        backend="cpu",
+        variant="colnomic-3b",
+        synthetic=True,
+        synthetic_layers=1,
+        synthetic_vision_depth=1,
+        visual_tokens=16,
+        workers=0,
+    )
     res = measure_isolated(cfg, timeout=300)
     assert "error" not in res, res.get("error")
     assert res["synthetic"] and res["synthetic_label"] == SYNTHETIC_LABEL
@@ -231,9 +310,24 @@ def test_bench_stops_at_the_first_model_or_backend_failure(image_dir, tmp_path):
     from nomic_memory.cli import app
 
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["bench", str(image_dir), "--model-name", str(tmp_path / "no-such-model"),
-                                 "--batch-sizes", "1,2,4", "--runs", "3", "--backend", "cpu", "--in-process",
-                                 "--out-dir", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(image_dir),
+            "--model-name",
+            str(tmp_path / "no-such-model"),
+            "--batch-sizes",
+            "1,2,4",
+            "--runs",
+            "3",
+            "--backend",
+            "cpu",
+            "--in-process",
+            "--out-dir",
+            str(out),
+        ],
+    )
     assert r.exit_code == 1, r.output
     errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "cannot benchmark" in errors[0] and "no-such-model" in errors[0]
@@ -244,9 +338,23 @@ def test_bench_stops_at_the_first_model_or_backend_failure(image_dir, tmp_path):
 def test_bench_stops_at_the_first_failure_in_fresh_processes(image_dir, tmp_path):
     from nomic_memory.cli import app
 
-    r = CliRunner().invoke(app, ["bench", str(image_dir), "--model-name", str(tmp_path / "no-such-model"),
-                                 "--batch-sizes", "1,2,4", "--runs", "3", "--backend", "cpu",
-                                 "--out-dir", str(tmp_path / "out")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(image_dir),
+            "--model-name",
+            str(tmp_path / "no-such-model"),
+            "--batch-sizes",
+            "1,2,4",
+            "--runs",
+            "3",
+            "--backend",
+            "cpu",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ],
+    )
     assert r.exit_code == 1 and r.output.count("Error:") == 1 and "no-such-model" in r.output, r.output
 
 
@@ -310,8 +418,9 @@ def test_oom_splits_the_batch_remembers_the_cap_and_loses_nothing(tiny_colqwen, 
         return real_forward(lm, inputs)
 
     monkeypatch.setattr(encode, "forward_embeddings", small_gpu)
-    report = Embedder(str(tiny_colqwen), backend="cpu").embed_directory(images, tmp_path / "store", batch_size=8,
-                                                                          workers=0)
+    report = Embedder(str(tiny_colqwen), backend="cpu").embed_directory(
+        images, tmp_path / "store", batch_size=8, workers=0
+    )
     assert report.embedded == 12 and not report.failed
     assert report.oom_splits >= 1 and report.final_batch_cap == 2
     oversized = [b for b in sizes if b > 2]
@@ -359,17 +468,16 @@ def test_thread_tuner_keeps_the_faster_count():
 def test_decoder_workers_match_inline_decoding(tiny_colqwen, image_dir):
     """Worker processes (here without the main thread's help, so they do all the work) hand
     back exactly what inline decoding produces, batch by batch, in order."""
-    from nomic_memory.model.backends import select_backend
-    from nomic_memory.ingest.images import discover_images
-    from nomic_memory.model.loading import load_model
     from nomic_memory.ingest.decode import DecodeTask
-    from nomic_memory.model.loading import ProcessorSource
+    from nomic_memory.ingest.images import discover_images
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.model.loading import ProcessorSource, load_model
     from nomic_memory.run.prefetch import Decoder
 
     lm = load_model(str(tiny_colqwen), backend=select_backend("cpu"))
     source = ProcessorSource(str(lm.source), lm.kind)
     paths = [DecodeTask(p) for p in discover_images(image_dir)]
-    batches = [paths[i:i + 3] for i in range(0, len(paths), 3)]
+    batches = [paths[i : i + 3] for i in range(0, len(paths), 3)]
     inline = list(Decoder(lm.processor, source, 0).map(batches))
     dec = Decoder(lm.processor, source, 1, start_after=0.0, assist=False)
     try:

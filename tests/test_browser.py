@@ -16,13 +16,21 @@ from PIL import Image
 from test_serve import TOKEN, Running, make_pages, query_image
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
-                 if p and Path(p).exists()), None)
+CHROMIUM = next(
+    (
+        p
+        for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+        if p and Path(p).exists()
+    ),
+    None,
+)
 
 LONG_NAME = "IMG_1006_city_at_night_over_the_harbour_from_the_hill.JPG"
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +71,14 @@ def test_search_page_end_to_end(server, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: errors.append(f"off-site request {r.url}")
-                    if not r.url.startswith(server["url"]) and not r.url.startswith(("blob:", "data:")) else None)
+            page.on(
+                "request",
+                lambda r: (
+                    errors.append(f"off-site request {r.url}")
+                    if not r.url.startswith(server["url"]) and not r.url.startswith(("blob:", "data:"))
+                    else None
+                ),
+            )
             page.goto(server["url"] + "/#token=" + TOKEN)  # the token from the fragment
             expect(page.locator("#table-info")).to_contain_text("pages")
 
@@ -86,8 +100,12 @@ def test_search_page_end_to_end(server, tmp_path):
             assert page.locator("#token-select option").count() > 2
             first_src = heat.get_attribute("src")
             page.select_option("#token-select", index=2)
-            page.wait_for_function("(s) => document.getElementById('heatmap').src !== s && "
-                                   "document.getElementById('heatmap').naturalWidth > 0", arg=first_src, timeout=30_000)
+            page.wait_for_function(
+                "(s) => document.getElementById('heatmap').src !== s && "
+                "document.getElementById('heatmap').naturalWidth > 0",
+                arg=first_src,
+                timeout=30_000,
+            )
             _shot(page, tmp_path, "serve-heatmap.png")
             page.click("#viewer-close")
 
@@ -114,8 +132,14 @@ def _watch(page, server) -> list[str]:
     """Page errors, off-site requests and failed responses (a favicon 404 included)."""
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("request", lambda r: problems.append(f"off-site request {r.url}")
-            if not r.url.startswith(server["url"]) and not r.url.startswith(("blob:", "data:")) else None)
+    page.on(
+        "request",
+        lambda r: (
+            problems.append(f"off-site request {r.url}")
+            if not r.url.startswith(server["url"]) and not r.url.startswith(("blob:", "data:"))
+            else None
+        ),
+    )
     page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     return problems
 
@@ -134,7 +158,8 @@ def test_docs_render_the_operations(server, tmp_path):
             expect(ops.first).to_be_visible(timeout=30_000)
             paths = set(ops.all_inner_texts())
             assert {"/search", "/embed", "/thumb/{row_id}", "/heatmap/{row_id}", "/tokens", "/stats"} <= {
-                x.replace("\u200b", "") for x in paths}, paths
+                x.replace("\u200b", "") for x in paths
+            }, paths
             assert "valid version field" not in page.content()
             _shot(page, tmp_path, "serve-docs.png")
             assert not problems, problems

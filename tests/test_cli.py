@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import BAD_FILES, CLEAN_IMAGES, cli_env, run_cli_many
 
+from conftest import BAD_FILES, CLEAN_IMAGES, cli_env, run_cli_many
 from nomic_memory.store.export import export_store
 from nomic_memory.store.table import Store, embedding_to_numpy
 
@@ -57,10 +57,30 @@ def runs(setup, tiny_models, messy_dir, image_dir):
     tmp = setup["tmp"]
     common = ["--backend", "cpu", "--workers", "0", "--no-progress"]
     commands = {
-        "messy": ["embed", messy_dir, "--model-name", tiny_models["colqwen"], "--store", tmp / "s-messy",
-                  "--batch-size", "3", "--json", *common],
-        "kind_override": ["embed", image_dir, "--model-name", setup["mystery"], "--model-kind", "colqwen",
-                          "--image-only", "--store", tmp / "s-kind", *common],
+        "messy": [
+            "embed",
+            messy_dir,
+            "--model-name",
+            tiny_models["colqwen"],
+            "--store",
+            tmp / "s-messy",
+            "--batch-size",
+            "3",
+            "--json",
+            *common,
+        ],
+        "kind_override": [
+            "embed",
+            image_dir,
+            "--model-name",
+            setup["mystery"],
+            "--model-kind",
+            "colqwen",
+            "--image-only",
+            "--store",
+            tmp / "s-kind",
+            *common,
+        ],
         # auto backend: prints the detection lines before it fails on the model.
         "no_model": ["embed", image_dir, "--model-name", NO_MODEL, "--store", tmp / "s-x"],
         "no_dir": ["embed", tmp / "does-not-exist", "--model-name", tiny_models["colqwen"]],
@@ -69,8 +89,15 @@ def runs(setup, tiny_models, messy_dir, image_dir):
         "usage_option": ["embed", image_dir, "--frobnicate"],
         "usage_format": ["export", "--store", setup["stores"]["colqwen"], "--format", "csv", "--out", tmp / "x.csv"],
         "export_npz": ["export", "--store", setup["stores"]["colqwen"], "--format", "npz", "--out", tmp / "e.npz"],
-        "export_parquet": ["export", "--store", setup["stores"]["colqwen"], "--format", "parquet",
-                           "--out", tmp / "e.parquet"],
+        "export_parquet": [
+            "export",
+            "--store",
+            setup["stores"]["colqwen"],
+            "--format",
+            "parquet",
+            "--out",
+            tmp / "e.parquet",
+        ],
         "export_missing": ["export", "--store", tmp / "no-store", "--format", "npz", "--out", tmp / "m.npz"],
     }
     if not torch.cuda.is_available():
@@ -166,8 +193,10 @@ def test_no_images_exit_1(runs, setup):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_backend_cuda_unavailable_exit_1(runs, setup):
     line = _one_line_error(runs["no_cuda"])
-    assert line == ("Error: backend 'cuda' was requested but no CUDA device is available "
-                    "(torch.cuda.is_available() is False); use --backend auto or cpu")
+    assert line == (
+        "Error: backend 'cuda' was requested but no CUDA device is available "
+        "(torch.cuda.is_available() is False); use --backend auto or cpu"
+    )
     assert not (setup["tmp"] / "s-cuda").exists()  # nothing was written
 
 
@@ -188,8 +217,13 @@ def test_usage_errors_exit_2(runs, name):
 # ---------------------------------------------------------------- export round trips
 def _stored(store_path) -> tuple[dict[str, np.ndarray], dict]:
     t = Store(store_path).only_table()
-    return ({r["path"]: embedding_to_numpy(r["embedding"], t.info.kind, t.info.dim)
-             for r in t.to_arrow(["path", "embedding"]).to_pylist()}, t.info)
+    return (
+        {
+            r["path"]: embedding_to_numpy(r["embedding"], t.info.kind, t.info.dim)
+            for r in t.to_arrow(["path", "embedding"]).to_pylist()
+        },
+        t.info,
+    )
 
 
 @pytest.mark.parametrize("kind", ["colqwen", "biqwen"])

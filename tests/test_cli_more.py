@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import CLEAN_IMAGES, REPO, cli_cmd, cli_env, finish, make_image
 
+from conftest import CLEAN_IMAGES, REPO, cli_cmd, cli_env, finish, make_image
 from nomic_memory.cli.common import plural
 from nomic_memory.store.table import Store
 
@@ -47,8 +47,15 @@ def setup(tmp_path_factory, tiny_models, loaded, image_dir):
     for name in ("s-drop", "s-drop-refused", "s-forget", "s-compact"):
         shutil.copytree(default, tmp / name)
     tables = Store(default).table_names()
-    return {"tmp": tmp, "one": one, "default": default, "gone": gone, "unchanged": unchanged,
-            "tables": tables, "col_table": Store(unchanged).only_table().name}
+    return {
+        "tmp": tmp,
+        "one": one,
+        "default": default,
+        "gone": gone,
+        "unchanged": unchanged,
+        "tables": tables,
+        "col_table": Store(unchanged).only_table().name,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,42 +71,82 @@ def runs(setup, tiny_models, image_dir):
         "forget": (["store", "forget", setup["gone"], "--store", tmp / "s-forget", "--json"], env),
         "forget_unknown": (["store", "forget", tmp / "never-embedded"], env),  # the default store
         "compact": (["store", "compact", "--store", tmp / "s-compact", "--json"], env),
-        "export_default_store": (["export", "--format", "npz", "--out", tmp / "default.npz", "--json",
-                                  "--table", setup["col_table"], "--root", image_dir], env),
+        "export_default_store": (
+            [
+                "export",
+                "--format",
+                "npz",
+                "--out",
+                tmp / "default.npz",
+                "--json",
+                "--table",
+                setup["col_table"],
+                "--root",
+                image_dir,
+            ],
+            env,
+        ),
         "version": (["--version"], env),
         "dtype_bad": (["embed", image_dir, "--dtype", "foo"], env),
         "size_bad": (["make-tiny-model", tmp / "huge-model", "--size", "huge"], env),
-        "revision_local": (["embed", image_dir, "--model-name", col, "--revision", "main",
-                            "--store", tmp / "s-rev"], env),
+        "revision_local": (
+            ["embed", image_dir, "--model-name", col, "--revision", "main", "--store", tmp / "s-rev"],
+            env,
+        ),
     }
     narrow = {**env, "COLUMNS": "80"}
-    for cmd in ([], ["embed"], ["export"], ["import"], ["search"], ["make-tiny-model"], ["store"], ["store", "list"],
-                ["store", "drop"], ["store", "forget"], ["store", "compact"]):
+    for cmd in (
+        [],
+        ["embed"],
+        ["export"],
+        ["import"],
+        ["search"],
+        ["make-tiny-model"],
+        ["store"],
+        ["store", "list"],
+        ["store", "drop"],
+        ["store", "forget"],
+        ["store", "compact"],
+    ):
         light["help " + " ".join(cmd)] = ([*cmd, "--help"], narrow)
     procs = {name: _start(args, e) for name, (args, e) in light.items()}
     common = ["--backend", "cpu", "--workers", "0", "--no-progress"]
     heavy = {  # name: (arguments, through main.py)
         # the original entry point, backend auto: every line of its report
-        "legacy": ([image_dir, "--model-name", col, "--batch-size", "3", "--workers", "0",
-                    "--store", tmp / "s-legacy"], True),
-        "legacy_unchanged": ([image_dir, "--model-name", col, "--store", setup["unchanged"], "--backend", "cpu",
-                              "--workers", "0"], True),
+        "legacy": (
+            [image_dir, "--model-name", col, "--batch-size", "3", "--workers", "0", "--store", tmp / "s-legacy"],
+            True,
+        ),
+        "legacy_unchanged": (
+            [image_dir, "--model-name", col, "--store", setup["unchanged"], "--backend", "cpu", "--workers", "0"],
+            True,
+        ),
         "one_image": (["embed", setup["one"], "--model-name", col, "--store", tmp / "s-one", *common], False),
         # a hub model this offline machine does not have: the header, then one error line
-        "offline_variant": ([image_dir, "--model-variant", HUB_ONLY_VARIANT, "--backend", "cpu",
-                             "--store", tmp / "s-offline"], True),
+        "offline_variant": (
+            [image_dir, "--model-variant", HUB_ONLY_VARIANT, "--backend", "cpu", "--store", tmp / "s-offline"],
+            True,
+        ),
     }
     with ThreadPoolExecutor(max_workers=3) as ex:  # each pays the torch import
-        futures = {name: ex.submit(lambda a=args, lg=lg: finish(_start(a, env, lg)))
-                   for name, (args, lg) in heavy.items()}
+        futures = {
+            name: ex.submit(lambda a=args, lg=lg: finish(_start(a, env, lg))) for name, (args, lg) in heavy.items()
+        }
         heavy = {name: f.result() for name, f in futures.items()}
     return {**heavy, **{name: finish(p) for name, p in procs.items()}}
 
 
 def _start(args: list, env: dict, legacy: bool = False) -> subprocess.Popen:
     """conftest.start_cli with stdin closed: a command that would ask a question must not wait."""
-    return subprocess.Popen(cli_cmd(*map(str, args), legacy=legacy), cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cli_cmd(*map(str, args), legacy=legacy),
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 # ---------------------------------------------------------------- main.py's report
@@ -142,8 +189,11 @@ def test_main_py_prints_the_original_report_in_order(runs, image_dir):
     m = _in_order(LEGACY_LINES, r.stdout)
     batches = int(m[8].group(1))
     assert int(m[13].group(1)) == batches
-    per_batch = [re.fullmatch(r"Processing batch (\d+)/(\d+) \((\d+) (images?)\)", line)
-                 for line in r.stdout.splitlines() if line.startswith("Processing batch")]
+    per_batch = [
+        re.fullmatch(r"Processing batch (\d+)/(\d+) \((\d+) (images?)\)", line)
+        for line in r.stdout.splitlines()
+        if line.startswith("Processing batch")
+    ]
     assert [int(x.group(1)) for x in per_batch] == list(range(1, batches + 1))
     assert sum(int(x.group(3)) for x in per_batch) == len(CLEAN_IMAGES)
     for x in per_batch:  # "1 image", "3 images"
@@ -154,20 +204,36 @@ def test_main_py_prints_the_original_report_in_order(runs, image_dir):
 def test_main_py_variant_line_names_the_hub_id(runs):
     r = runs["offline_variant"]  # not in this offline machine's cache: fails after the header
     assert r.returncode == 1, str(r)
-    _in_order([rf"Using model variant: {HUB_ONLY_VARIANT} \(nomic-ai/colnomic-embed-multimodal-3b\)",
-               r"Using backend: cpu", r"Image-only mode: False"], r.stdout)
+    _in_order(
+        [
+            rf"Using model variant: {HUB_ONLY_VARIANT} \(nomic-ai/colnomic-embed-multimodal-3b\)",
+            r"Using backend: cpu",
+            r"Image-only mode: False",
+        ],
+        r.stdout,
+    )
     assert "Model loaded successfully" not in r.stdout
 
 
 def test_main_py_nothing_to_do_prints_what_applies(runs):
     r = runs["legacy_unchanged"]
     assert r.returncode == 0, str(r)
-    _in_order([r"Using backend: cpu", r"Image-only mode: False",
-               rf"Found {len(CLEAN_IMAGES)} images in \S+",
-               rf"Skipping {len(CLEAN_IMAGES)} unchanged images \(already in the store\)",
-               r"Processing 0 images with batch size 8", r"={50}", r"Processing complete!", r"Backend: cpu",
-               r"Total images processed: 0", r"Total batches: 0", rf"Unchanged images skipped: {len(CLEAN_IMAGES)}"],
-              r.stdout)
+    _in_order(
+        [
+            r"Using backend: cpu",
+            r"Image-only mode: False",
+            rf"Found {len(CLEAN_IMAGES)} images in \S+",
+            rf"Skipping {len(CLEAN_IMAGES)} unchanged images \(already in the store\)",
+            r"Processing 0 images with batch size 8",
+            r"={50}",
+            r"Processing complete!",
+            r"Backend: cpu",
+            r"Total images processed: 0",
+            r"Total batches: 0",
+            rf"Unchanged images skipped: {len(CLEAN_IMAGES)}",
+        ],
+        r.stdout,
+    )
     assert "Auto-detected" not in r.stdout  # --backend cpu was asked for
     assert "Processing batch" not in r.stdout
 
@@ -207,8 +273,11 @@ def test_plan_line_is_not_glued_to_the_progress_bar(capsys):
     out = capsys.readouterr()
     lines = out.out.splitlines()
     first_bar = min([i for i, line in enumerate(lines) if "Embedding" in line] or [len(lines)])
-    for whole in ("2 batches, padding overhead 0.0% of tokens", "Loading model: some/model",
-                  "Model: some/model (colqwen, 128-d, revision abc)"):
+    for whole in (
+        "2 batches, padding overhead 0.0% of tokens",
+        "Loading model: some/model",
+        "Model: some/model (colqwen, 128-d, revision abc)",
+    ):
         assert whole in lines and lines.index(whole) < first_bar, out.out
     assert any(line.strip() == "Skipped x.png: empty file" for line in lines + out.err.splitlines())
 
@@ -245,8 +314,11 @@ def test_store_drop(runs, setup):
     assert refused.returncode == 2 and "--yes" in refused.stderr, str(refused)
     assert setup["col_table"] in Store(setup["tmp"] / "s-drop-refused").table_names()
     r = runs["drop"]
-    assert json.loads(r.stdout) == {"store": str(setup["tmp"] / "s-drop"), "dropped": setup["col_table"],
-                                    "rows": 2 * len(CLEAN_IMAGES)}
+    assert json.loads(r.stdout) == {
+        "store": str(setup["tmp"] / "s-drop"),
+        "dropped": setup["col_table"],
+        "rows": 2 * len(CLEAN_IMAGES),
+    }
     left = Store(setup["tmp"] / "s-drop").table_names()
     assert left == [t for t in setup["tables"] if t != setup["col_table"]]
 
@@ -287,8 +359,14 @@ def test_version(runs):
     assert r.returncode == 0 and re.fullmatch(r"nomic-memory \d+\.\d+\.\d+\S*\n", r.stdout), str(r)
 
 
-@pytest.mark.parametrize("name,needle", [("dtype_bad", "'foo' is not one of"), ("size_bad", "'huge' is not one of"),
-                                         ("revision_local", "is a local directory")])
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("dtype_bad", "'foo' is not one of"),
+        ("size_bad", "'huge' is not one of"),
+        ("revision_local", "is a local directory"),
+    ],
+)
 def test_bad_options_are_usage_errors(runs, name, needle):
     r = runs[name]
     assert r.returncode == 2, str(r)
@@ -381,8 +459,8 @@ def test_load_model_draws_no_weight_loading_bar(tiny_models, capfd):
 
 def test_max_batch_tokens_below_one_image_is_refused(loaded, tiny_colqwen, image_dir, tmp_path):
     from nomic_memory import Embedder
-    from nomic_memory.ingest.batching import check_max_batch_tokens
     from nomic_memory.errors import UsageError
+    from nomic_memory.ingest.batching import check_max_batch_tokens
 
     ip = loaded["colqwen"].loaded.processor.image_processor
     most = ip.size["longest_edge"] // (ip.patch_size * ip.merge_size) ** 2

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
+from nomic_memory.errors import InputError
+from nomic_memory.ingest.batching import visual_tokens
 from nomic_memory.ingest.documents import (
     DocumentError,
     PageGeometry,
@@ -30,10 +32,8 @@ from nomic_memory.ingest.documents import (
     render_page,
     render_size,
 )
-from nomic_memory.ingest.batching import visual_tokens
-from nomic_memory.model.collate import prepare_page
-from nomic_memory.errors import InputError
 from nomic_memory.ingest.images import ImageError, discover_images, load_image, oriented_size
+from nomic_memory.model.collate import prepare_page
 from nomic_memory.model.tiny import SIZES, build_processor
 
 pdfium = pytest.importorskip("pypdfium2")
@@ -112,14 +112,15 @@ def test_names():
 # --------------------------------------------------------------------------- listing
 def test_list_pages_pillow_pdf(tmp_path):
     pages = list_pages(_pillow_pdf(tmp_path / "p.pdf"))
-    assert [(g.page, round(g.width), round(g.height)) for g in pages] == [
-        (1, 200, 300), (2, 300, 200), (3, 150, 150)]
+    assert [(g.page, round(g.width), round(g.height)) for g in pages] == [(1, 200, 300), (2, 300, 200), (3, 150, 150)]
     assert all(g.error is None for g in pages)
 
 
 def test_list_pages_sizes_and_rotation(tmp_path):
-    path = _reportlab_pdf(tmp_path / "r.pdf", [{"size": A4}, {"size": letter}, {"size": A4, "rotate": 90},
-                                                {"size": letter, "rotate": 180}])
+    path = _reportlab_pdf(
+        tmp_path / "r.pdf",
+        [{"size": A4}, {"size": letter}, {"size": A4, "rotate": 90}, {"size": letter, "rotate": 180}],
+    )
     got = [(g.page, round(g.width, 1), round(g.height, 1)) for g in list_pages(path)]
     assert got == [(1, 595.3, 841.9), (2, 612.0, 792.0), (3, 841.9, 595.3), (4, 612.0, 792.0)]
 
@@ -184,8 +185,9 @@ def test_render_solid_pages_exact_size(tmp_path):
 
 
 def test_render_content_position_and_rotation(tmp_path):
-    path = _reportlab_pdf(tmp_path / "sq.pdf", [{"size": A4, "square": True},
-                                                 {"size": A4, "square": True, "rotate": 90}])
+    path = _reportlab_pdf(
+        tmp_path / "sq.pdf", [{"size": A4, "square": True}, {"size": A4, "square": True, "rotate": 90}]
+    )
     upright = _arr(render_page(path, 1, (280, 392)).convert("L"))
     assert upright[:60, :60].mean() < 10  # the square (70 px) in the top-left corner
     assert upright[-100:, -100:].min() == 255 and upright[:60, -100:].min() == 255
@@ -196,8 +198,10 @@ def test_render_content_position_and_rotation(tmp_path):
 
 def test_render_matches_pdfium_full_scale_render(tmp_path, processor):
     """Drawing straight at the target size looks like drawing large and downscaling."""
-    path = _reportlab_pdf(tmp_path / "t.pdf", [{"size": letter, "text": "Hello PDF", "square": True},
-                                               {"size": A4, "text": "Turned", "rotate": 270}])
+    path = _reportlab_pdf(
+        tmp_path / "t.pdf",
+        [{"size": letter, "text": "Hello PDF", "square": True}, {"size": A4, "text": "Turned", "rotate": 270}],
+    )
     for g in list_pages(path):
         size = render_size(g, processor.image_processor)
         ours = render_page(path, g.page, size)
@@ -218,8 +222,9 @@ def test_render_matches_pdfium_full_scale_render(tmp_path, processor):
 def test_prepared_page_has_the_planned_tokens(tmp_path, processor):
     """The driver plans with render_size/visual_tokens before drawing; the processor agrees."""
     ip = processor.image_processor
-    path = _reportlab_pdf(tmp_path / "t.pdf", [{"size": letter, "text": "x"}, {"size": (300, 20)},
-                                               {"size": A4, "rotate": 90}])
+    path = _reportlab_pdf(
+        tmp_path / "t.pdf", [{"size": letter, "text": "x"}, {"size": (300, 20)}, {"size": A4, "rotate": 90}]
+    )
     for g in list_pages(path):
         w, h = render_size(g, ip)
         prepared = prepare_page(processor, path, g.page, (w, h))
@@ -232,8 +237,9 @@ def test_form_field_values_are_drawn(tmp_path):
     """A filled form field shows its value, as in a viewer (PDFium's form environment)."""
     path = tmp_path / "form.pdf"
     c = canvas_mod.Canvas(str(path), pagesize=letter)
-    c.acroForm.textfield(name="name", value="FILLEDFILLED", x=50, y=600, width=400, height=60,
-                         fontSize=40, borderWidth=0, fillColor=None)
+    c.acroForm.textfield(
+        name="name", value="FILLEDFILLED", x=50, y=600, width=400, height=60, fontSize=40, borderWidth=0, fillColor=None
+    )
     c.showPage()
     c.save()
     a = _arr(render_page(path, 1, (612, 792)).convert("L"))
@@ -298,8 +304,11 @@ def test_threads_share_pdfium_safely(tmp_path):
 def test_encrypted_pdf(tmp_path):
     from reportlab.lib import pdfencrypt
 
-    path = _reportlab_pdf(tmp_path / "e.pdf", [{"text": "secret"}],
-                          encrypt=pdfencrypt.StandardEncryption("userpw", ownerPassword="ownerpw"))
+    path = _reportlab_pdf(
+        tmp_path / "e.pdf",
+        [{"text": "secret"}],
+        encrypt=pdfencrypt.StandardEncryption("userpw", ownerPassword="ownerpw"),
+    )
     with pytest.raises(DocumentError, match="encrypted PDF"):
         list_pages(path)
     with pytest.raises(DocumentError, match="encrypted PDF"):
@@ -310,8 +319,11 @@ def test_pdf_without_user_password_renders(tmp_path):
     """Owner-password-only PDFs open in every viewer: they are embedded."""
     from reportlab.lib import pdfencrypt
 
-    path = _reportlab_pdf(tmp_path / "o.pdf", [{"square": True}],
-                          encrypt=pdfencrypt.StandardEncryption("", ownerPassword="ownerpw", canCopy=0))
+    path = _reportlab_pdf(
+        tmp_path / "o.pdf",
+        [{"square": True}],
+        encrypt=pdfencrypt.StandardEncryption("", ownerPassword="ownerpw", canCopy=0),
+    )
     assert len(list_pages(path)) == 1
     assert _arr(render_page(path, 1, (280, 392)).convert("L"))[:60, :60].mean() < 10
 
@@ -345,11 +357,12 @@ def test_zero_pages(tmp_path):
 def test_one_damaged_page_among_good_ones(tmp_path):
     good = _reportlab_pdf(tmp_path / "g.pdf", [{"square": True, "size": letter}] * 3, pageCompression=0)
     data = good.read_bytes()
-    kids = data[data.index(b"/Kids [") + 7: data.index(b"]", data.index(b"/Kids ["))].split(b" R")
+    kids = data[data.index(b"/Kids [") + 7 : data.index(b"]", data.index(b"/Kids ["))].split(b" R")
     second = kids[1].strip()  # e.g. b"4 0"
     damaged = tmp_path / "d.pdf"
-    damaged.write_bytes(data.replace(b"/Kids [" + kids[0] + b" R " + second + b" R",
-                                     b"/Kids [" + kids[0] + b" R 999 0 R", 1))
+    damaged.write_bytes(
+        data.replace(b"/Kids [" + kids[0] + b" R " + second + b" R", b"/Kids [" + kids[0] + b" R 999 0 R", 1)
+    )
     pages = list_pages(damaged)
     assert [g.page for g in pages] == [1, 2, 3]
     assert pages[1].error and pages[0].error is None and pages[2].error is None
@@ -402,8 +415,11 @@ def test_huge_page_renders_at_target_size_in_bounded_memory(tmp_path, processor)
 # --------------------------------------------------------------------------- TIFF pages
 def test_multipage_tiff(tmp_path):
     path = tmp_path / "scan.TIFF"
-    frames = [Image.new("RGB", (40, 60), RED), Image.new("RGBA", (70, 30), (0, 0, 255, 0)),
-              Image.new("L", (30, 30), 80)]
+    frames = [
+        Image.new("RGB", (40, 60), RED),
+        Image.new("RGBA", (70, 30), (0, 0, 255, 0)),
+        Image.new("L", (30, 30), 80),
+    ]
     frames[0].save(path, save_all=True, append_images=frames[1:])
     pages = list_pages(path)
     assert [(g.page, g.width, g.height) for g in pages] == [(1, 40, 60), (2, 70, 30), (3, 30, 30)]
@@ -432,8 +448,7 @@ def test_tiff_page_orientation(tmp_path):
 
 def test_corrupt_tiff_page(tmp_path):
     path = tmp_path / "t.tif"
-    Image.new("RGB", (200, 200), RED).save(path, save_all=True,
-                                           append_images=[Image.new("RGB", (200, 200), BLUE)])
+    Image.new("RGB", (200, 200), RED).save(path, save_all=True, append_images=[Image.new("RGB", (200, 200), BLUE)])
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 3 // 4])  # the second frame's pixels are cut
     assert load_image(path, page=1).getpixel((0, 0)) == RED
@@ -477,8 +492,7 @@ def test_heic_orientation_alpha_and_ten_bit(tmp_path):
 
     ramp = np.linspace(0, 1023, 64 * 48).reshape(48, 64).astype(np.uint16)
     rgb16 = np.repeat((ramp << 6)[..., None], 3, axis=2)  # 10 significant bits in 16
-    pillow_heif.from_bytes(mode="RGB;16", size=(64, 48), data=rgb16.tobytes()).save(
-        tmp_path / "deep.heic", quality=-1)
+    pillow_heif.from_bytes(mode="RGB;16", size=(64, 48), data=rgb16.tobytes()).save(tmp_path / "deep.heic", quality=-1)
     assert pillow_heif.open_heif(tmp_path / "deep.heic").info["bit_depth"] == 10
     got = _arr(load_image(tmp_path / "deep.heic"))[..., 1]
     assert got.dtype == np.float64 and got[0, 0] <= 3 and got[-1, -1] >= 252
@@ -536,8 +550,9 @@ def test_oriented_size_agrees_with_load_image(tmp_path):
 
 def test_long_pdf_streams_in_constant_memory(tmp_path):
     """Rendering every page of a long PDF one by one does not accumulate pages in memory."""
-    path = _reportlab_pdf(tmp_path / "long.pdf",
-                          [{"size": letter, "text": f"Page {i}", "square": True} for i in range(600)])
+    path = _reportlab_pdf(
+        tmp_path / "long.pdf", [{"size": letter, "text": f"Page {i}", "square": True} for i in range(600)]
+    )
     script = textwrap.dedent(f"""
         import resource
         from nomic_memory.ingest.documents import list_pages, render_page

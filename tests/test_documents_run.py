@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_env, finish, kill_when_rows, make_image, run_cli, start_cli
 from PIL import Image
 
+from conftest import cli_env, finish, kill_when_rows, make_image, run_cli, start_cli
 from nomic_memory import Embedder, Store
 from nomic_memory.store.table import embedding_to_numpy
 
@@ -69,8 +69,15 @@ def test_pages_are_rows_and_match_colpali_engine(tiny_colqwen, docs_dir, tmp_pat
     rep = emb.embed_directory(docs_dir, tmp_path / "store", workers=0, batch_size=2)
     assert not rep.failed and rep.discovered == 4 and rep.embedded == 3 + 1 + 2 + 1
     got = {(r["path"], r["page"]): r for r in rows(tmp_path / "store")}
-    assert sorted(got) == [("photo.png", 0), ("report.pdf", 1), ("report.pdf", 2), ("report.pdf", 3),
-                           ("scan.tiff", 1), ("scan.tiff", 2), ("sub/letter.PDF", 1)]
+    assert sorted(got) == [
+        ("photo.png", 0),
+        ("report.pdf", 1),
+        ("report.pdf", 2),
+        ("report.pdf", 3),
+        ("scan.tiff", 1),
+        ("scan.tiff", 2),
+        ("sub/letter.PDF", 1),
+    ]
 
     # A page's stored embedding equals colpali-engine's forward on that page drawn to a PNG at the
     # same size (the processor then has no resize to do).
@@ -93,8 +100,9 @@ def test_pages_are_rows_and_match_colpali_engine(tiny_colqwen, docs_dir, tmp_pat
     pages = emb.embed_images(docs_dir / "report.pdf")
     assert isinstance(pages, list) and len(pages) == 3
     for page, e in enumerate(pages, 1):
-        np.testing.assert_allclose(e, embedding_to_numpy(got[("report.pdf", page)]["embedding"], "colqwen", 128),
-                                   atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            e, embedding_to_numpy(got[("report.pdf", page)]["embedding"], "colqwen", 128), atol=1e-4, rtol=0
+        )
 
     # export: npz keys name the page, parquet has a page column
     from nomic_memory.store.export import export_store
@@ -132,11 +140,23 @@ def test_bad_documents_reported_good_pages_stored(tiny_colqwen, tmp_path):
     (d / "empty.pdf").write_bytes(b"")
     # one damaged page among good ones: page 2's entry in the page tree points nowhere
     data = write_pdf(tmp_path / "src.pdf", ["first", "second", "third"], pageCompression=0).read_bytes()
-    kids = data[data.index(b"/Kids [") + 7: data.index(b"]", data.index(b"/Kids ["))].split(b" R")
-    (d / "damaged.pdf").write_bytes(data.replace(b"/Kids [" + kids[0] + b" R " + kids[1].strip() + b" R",
-                                                 b"/Kids [" + kids[0] + b" R 999 0 R", 1))
-    r = run_cli("embed", d, "--model-name", tiny_colqwen, "--backend", "cpu", "--store", tmp_path / "s",
-                "--no-progress", "--json", env=cli_env(tmp_path))
+    kids = data[data.index(b"/Kids [") + 7 : data.index(b"]", data.index(b"/Kids ["))].split(b" R")
+    (d / "damaged.pdf").write_bytes(
+        data.replace(b"/Kids [" + kids[0] + b" R " + kids[1].strip() + b" R", b"/Kids [" + kids[0] + b" R 999 0 R", 1)
+    )
+    r = run_cli(
+        "embed",
+        d,
+        "--model-name",
+        tiny_colqwen,
+        "--backend",
+        "cpu",
+        "--store",
+        tmp_path / "s",
+        "--no-progress",
+        "--json",
+        env=cli_env(tmp_path),
+    )
     assert r.returncode == 3, r
     report = r.json()
     failed = {f["path"]: f["reason"] for f in report["failed"]}
@@ -158,8 +178,21 @@ def test_kill9_mid_document_then_resume(tiny_colqwen, tmp_path):
     write_pdf(d / "long.pdf", [f"page {i}" for i in range(1, n + 1)])
     store = tmp_path / "store"
     env = cli_env(tmp_path)
-    args = ["embed", d, "--model-name", tiny_colqwen, "--backend", "cpu", "--store", store, "--batch-size", "2",
-            "--workers", "0", "--no-progress"]
+    args = [
+        "embed",
+        d,
+        "--model-name",
+        tiny_colqwen,
+        "--backend",
+        "cpu",
+        "--store",
+        store,
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     proc = start_cli(*args, env=env)
     w, seen = kill_when_rows(proc, store, n // 4, n)
     w.join()

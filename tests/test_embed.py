@@ -14,10 +14,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import CLEAN_IMAGES
 
-from nomic_memory.model.collate import DOC_KEYS, collate, collate_flat, prepare_image
+from conftest import CLEAN_IMAGES
 from nomic_memory.ingest.images import discover_images, load_image
+from nomic_memory.model.collate import DOC_KEYS, collate, collate_flat, prepare_image
 from nomic_memory.model.loading import BIQWEN_KEY_MAPPING, CompactEmbedding
 from nomic_memory.store.table import Store, embedding_to_numpy
 
@@ -51,8 +51,7 @@ def reference(tiny_models, paths, image_dir):
             model = ColQwen2_5.from_pretrained(str(d), dtype=torch.float32).eval()
             proc = ColQwen2_5_Processor.from_pretrained(str(d))
         else:
-            model = BiQwen2_5.from_pretrained(str(d), dtype=torch.float32,
-                                              key_mapping=dict(BIQWEN_KEY_MAPPING)).eval()
+            model = BiQwen2_5.from_pretrained(str(d), dtype=torch.float32, key_mapping=dict(BIQWEN_KEY_MAPPING)).eval()
             proc = BiQwen2_5_Processor.from_pretrained(str(d))
         batch = proc.process_images(images)
         # The Qwen2.5-VL processor marks image positions in mm_token_type_ids; it is part of what
@@ -77,8 +76,7 @@ def test_pipeline_feeds_mm_token_type_ids(loaded, paths, kind):
     proc = loaded[kind].loaded.processor
     items = [prepare_image(proc, load_image(p)) for p in paths[:3]]
     assert all(it.mm_token_type_ids is not None for it in items)
-    for batch in (collate(items, proc.tokenizer.pad_token_id),
-                  collate_flat(items, proc.tokenizer.pad_token_id)):
+    for batch in (collate(items, proc.tokenizer.pad_token_id), collate_flat(items, proc.tokenizer.pad_token_id)):
         assert set(batch) == set(DOC_KEYS)
         # image positions are typed 1, prompt tokens 0, padding 0
         image_token = proc.image_token_id
@@ -140,8 +138,10 @@ def test_directory_batch_size_independence(loaded, image_dir, tmp_path, kind):
     for bs in (1, 8):
         emb.embed_directory(image_dir, store=tmp_path / f"s{bs}", batch_size=bs, workers=0)
         t = Store(tmp_path / f"s{bs}").only_table()
-        stores[bs] = {r["path"]: embedding_to_numpy(r["embedding"], t.info.kind, t.info.dim)
-                      for r in t.to_arrow(["path", "embedding"]).to_pylist()}
+        stores[bs] = {
+            r["path"]: embedding_to_numpy(r["embedding"], t.info.kind, t.info.dim)
+            for r in t.to_arrow(["path", "embedding"]).to_pylist()
+        }
     assert stores[1].keys() == stores[8].keys()
     for p in stores[1]:
         _close(stores[8][p], stores[1][p], f"{kind} {p}")

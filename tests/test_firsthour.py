@@ -55,8 +55,13 @@ def sample_store(tmp_path_factory, loaded, samples) -> Path:
 @pytest.mark.slow  # embeds folders (or generates the samples twice): several seconds
 def test_samples_are_the_same_bytes_every_time_and_never_overwrite(tmp_path):
     a, b = try_out_files(), try_out_files()
-    assert a == b and sorted(a) == ["photos/photo_1.jpg", "photos/photo_2.jpg", "photos/photo_3.jpg",
-                                    "photos/photo_4.jpg", "report.pdf"]
+    assert a == b and sorted(a) == [
+        "photos/photo_1.jpg",
+        "photos/photo_2.jpg",
+        "photos/photo_3.jpg",
+        "photos/photo_4.jpg",
+        "report.pdf",
+    ]
     written, there = write_try_out_folder(tmp_path / "s")
     assert len(written) == 5 and there == []
     assert {p.relative_to(tmp_path / "s").as_posix(): p.read_bytes() for p in written} == a
@@ -84,8 +89,12 @@ def test_page_references(samples, tmp_path):
     odd = tmp_path / "odd#2.png"  # a name that really ends in #N is taken whole
     Image.new("RGB", (32, 32)).save(odd)
     assert split_page_ref(odd) == (odd, None) and resolve_page_ref(odd) == (odd, 0)
-    for ref, reason in ((f"{pdf}#4", "has 3 pages: #4 is not one of them"), (f"{pdf}#0", "is not one of them"),
-                        (f"{photo}#2", "has no pages"), (tmp_path / "nope.pdf", "no such file")):
+    for ref, reason in (
+        (f"{pdf}#4", "has 3 pages: #4 is not one of them"),
+        (f"{pdf}#0", "is not one of them"),
+        (f"{photo}#2", "has no pages"),
+        (tmp_path / "nope.pdf", "no such file"),
+    ):
         with pytest.raises(InputError, match=re.escape(reason)):
             resolve_page_ref(ref)
 
@@ -120,10 +129,15 @@ def test_a_document_page_is_an_image_query(loaded, sample_store, samples):
 # ---------------------------------------------------------------- search output
 def test_wrap_path_breaks_at_separators():
     assert wrap_path("/a/b/c.jpg", 40) == "/a/b/c.jpg"
-    assert wrap_path("/home/someone/Pictures/IMG_1006_city_at_night.JPG", 26).split("\n") == \
-        ["/home/someone/Pictures/", "IMG_1006_city_at_night.JPG"]
-    assert wrap_path("/p/IMG_1006_city_at_night_and_day.JPG", 20).split("\n") == \
-        ["/p/", "IMG_1006_city_at_", "night_and_day.JPG"]
+    assert wrap_path("/home/someone/Pictures/IMG_1006_city_at_night.JPG", 26).split("\n") == [
+        "/home/someone/Pictures/",
+        "IMG_1006_city_at_night.JPG",
+    ]
+    assert wrap_path("/p/IMG_1006_city_at_night_and_day.JPG", 20).split("\n") == [
+        "/p/",
+        "IMG_1006_city_at_",
+        "night_and_day.JPG",
+    ]
     long = "x" * 30
     assert wrap_path(long, 12).split("\n") == ["x" * 12, "x" * 12, "x" * 6]  # one word wider: folded
 
@@ -144,7 +158,9 @@ def test_search_table_at_80_columns_keeps_names_whole(capsys):
     from rich.console import Console
 
     console = Console(width=80, force_terminal=True, color_system=None, record=True)
-    print_results(META, ["city"], [[h.to_dict() for h in _hits()]], approx=False, where=None, timing=TIMING, console=console)
+    print_results(
+        META, ["city"], [[h.to_dict() for h in _hits()]], approx=False, where=None, timing=TIMING, console=console
+    )
     text = console.export_text()
     lines = text.splitlines()
     assert max(map(len, lines)) <= 80, text
@@ -303,7 +319,11 @@ def test_todo_line_adds_up():
     from nomic_memory.cli.embed import todo_line
 
     line = todo_line({"count": 37, "skipped": 2, "inputs": 41, "failed": 1, "remembered": 1}, 24)
-    assert line == ("Found 41 images (24 files) to consider: 37 to embed, 2 unchanged (skipped), 1 unreadable, "
-                    "1 still failing (remembered)")
-    assert todo_line({"count": 1, "skipped": 0, "inputs": 1}, 1) == \
-        "Found 1 image (1 file) to consider: 1 to embed, 0 unchanged (skipped)"
+    assert line == (
+        "Found 41 images (24 files) to consider: 37 to embed, 2 unchanged (skipped), 1 unreadable, "
+        "1 still failing (remembered)"
+    )
+    assert (
+        todo_line({"count": 1, "skipped": 0, "inputs": 1}, 1)
+        == "Found 1 image (1 file) to consider: 1 to embed, 0 unchanged (skipped)"
+    )

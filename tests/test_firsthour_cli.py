@@ -31,8 +31,8 @@ def readme_block(after: str) -> list[str]:
     """The commands of the first ```bash block following the line containing ``after``."""
     text = (REPO / "README.md").read_text()
     start = text.index(after)
-    block = text[text.index("```bash\n", start) + len("```bash\n"):]
-    block = block[:block.index("```")]
+    block = text[text.index("```bash\n", start) + len("```bash\n") :]
+    block = block[: block.index("```")]
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -45,21 +45,30 @@ def fresh_account(tmp: Path) -> dict[str, str]:
     env = cli_env()
     for var in ("NOMIC_MEMORY_STORE", "XDG_DATA_HOME", "XDG_CACHE_HOME", "NOMIC_MEMORY_TOKEN"):
         env.pop(var, None)
-    env.update(HOME=str(home), PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", NOMIC_MEMORY_PORT="0",
-               COLUMNS="80")
+    env.update(HOME=str(home), PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", NOMIC_MEMORY_PORT="0", COLUMNS="80")
     return env
 
 
 def bash(line: str, env: dict, **kw) -> subprocess.Popen:
     script = f'uv() {{ [ "$1" = run ] && shift; "$@"; }}\ncd {shlex.quote(str(REPO))}\n{line}\n'
-    return subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, **kw)
+    return subprocess.Popen(
+        ["bash", "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def test_readme_try_out_runs_as_written_on_a_fresh_account(tmp_path):
     lines = readme_block("**Try-out, offline.**")
-    assert [shlex.split(line)[:3] for line in lines[:4]] == [
-        ["uv", "run", "nomic-memory"]] * 4 and "make-tiny-model" in lines[0] and "samples" in lines[1]
+    assert (
+        [shlex.split(line)[:3] for line in lines[:4]] == [["uv", "run", "nomic-memory"]] * 4
+        and "make-tiny-model" in lines[0]
+        and "samples" in lines[1]
+    )
     assert "~/Pictures" not in "\n".join(lines)
     env = fresh_account(tmp_path)
     home = Path(env["HOME"])
@@ -75,8 +84,9 @@ def test_readme_try_out_runs_as_written_on_a_fresh_account(tmp_path):
             assert "Traceback" not in err, err
             outputs[i] = out
     assert "Wrote 5 sample files" in outputs[1]
-    assert re.search(r"^Found 7 images \(5 files\) to consider: 7 to embed, 0 unchanged \(skipped\)$",
-                     outputs[2], re.MULTILINE), outputs[2]
+    assert re.search(
+        r"^Found 7 images \(5 files\) to consider: 7 to embed, 0 unchanged \(skipped\)$", outputs[2], re.MULTILINE
+    ), outputs[2]
     assert f"{home}/nomic-try/samples  (7 rows)" in outputs[3]
     text_hits = [line for line in outputs[4].splitlines() if re.match(r"^\s+\d+\s", line)]
     assert len(text_hits) == 7 and all(f"{home}/nomic-try/samples/" in h for h in text_hits)
@@ -138,10 +148,28 @@ def counted(tmp_path_factory, tiny_colqwen):
     out = {"legacy": run_cli(folder, *common, legacy=True, env=env)}
     out["rerun"] = run_cli("embed", folder, *common, "--no-progress", env=env)
     (folder / "cut2.jpg").write_bytes((folder / "photos" / "photo_2.jpg").read_bytes()[:4000])
-    out.update(run_cli_many({
-        "new_bad": ["embed", folder, *common, "--no-progress", "--json"],
-        "image_only": ["embed", folder, "--model-name", tiny_colqwen, "--store", tmp / "store-io", "--backend",
-                       "cpu", "--workers", "0", "--image-only", "--no-progress"]}, env=env))
+    out.update(
+        run_cli_many(
+            {
+                "new_bad": ["embed", folder, *common, "--no-progress", "--json"],
+                "image_only": [
+                    "embed",
+                    folder,
+                    "--model-name",
+                    tiny_colqwen,
+                    "--store",
+                    tmp / "store-io",
+                    "--backend",
+                    "cpu",
+                    "--workers",
+                    "0",
+                    "--image-only",
+                    "--no-progress",
+                ],
+            },
+            env=env,
+        )
+    )
     return out
 
 
@@ -157,11 +185,16 @@ def test_main_py_counts_pages_as_images(counted):
 def test_unchanged_rerun_with_a_remembered_failure_exits_0(counted):
     r = counted["rerun"]
     assert r.returncode == 0, str(r)
-    assert re.search(r"^Found 8 images \(6 files\) to consider: 0 to embed, 7 unchanged \(skipped\), "
-                     r"1 still failing \(remembered\)$", r.stdout, re.MULTILINE), r.stdout
+    assert re.search(
+        r"^Found 8 images \(6 files\) to consider: 0 to embed, 7 unchanged \(skipped\), "
+        r"1 still failing \(remembered\)$",
+        r.stdout,
+        re.MULTILINE,
+    ), r.stdout
     assert r.stderr.count("cut.jpg") == 1, r.stderr
-    assert re.search(r"^Still failing cut\.jpg: .*\(failed before; the file has not changed since\)$", r.stderr,
-                     re.MULTILINE), r.stderr
+    assert re.search(
+        r"^Still failing cut\.jpg: .*\(failed before; the file has not changed since\)$", r.stderr, re.MULTILINE
+    ), r.stderr
     assert "0 skipped with errors, 1 still failing (remembered)" in r.stdout
 
 
@@ -172,7 +205,9 @@ def test_a_new_failure_exits_3_and_is_told_apart(counted):
     assert {f["path"]: f["remembered"] for f in doc["failed"]} == {"cut.jpg": True, "cut2.jpg": False}
     assert doc["inputs"] == 9 and doc["discovered"] == 7
     assert r.stderr.count("cut2.jpg") == 1 and r.stderr.count("cut.jpg") == 1, r.stderr
-    assert re.search(r"^Skipped cut2\.jpg: ", r.stderr, re.MULTILINE) and re.search(r"^Still failing cut\.jpg: ", r.stderr, re.MULTILINE)
+    assert re.search(r"^Skipped cut2\.jpg: ", r.stderr, re.MULTILINE) and re.search(
+        r"^Still failing cut\.jpg: ", r.stderr, re.MULTILINE
+    )
 
 
 def test_image_only_saving_is_said_once_the_same_way(counted):
@@ -194,8 +229,24 @@ def test_ray_local_cluster_prints_no_lancedb_fork_warning(tmp_path, tiny_colqwen
     make_sample_images(folder, 2, specs=[("photo", 320, 240, "jpg")])
     env = {**cli_env(tmp_path), "RAY_ADDRESS": ""}
     shutil.rmtree(tmp_path / "store", ignore_errors=True)
-    r = run_cli("embed", folder, "--engine", "ray", "--workers", "1", "--backend", "cpu", "--model-name",
-                tiny_colqwen, "--store", tmp_path / "store", "--no-progress", "--json", env=env, timeout=600)
+    r = run_cli(
+        "embed",
+        folder,
+        "--engine",
+        "ray",
+        "--workers",
+        "1",
+        "--backend",
+        "cpu",
+        "--model-name",
+        tiny_colqwen,
+        "--store",
+        tmp_path / "store",
+        "--no-progress",
+        "--json",
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, str(r)
     assert json.loads(r.stdout)["embedded"] == 2
     assert "fork support is experimental" not in r.stderr, r.stderr

@@ -52,8 +52,19 @@ def _pillow_globals_untouched():
 
 
 def test_image_extensions_constant():
-    assert IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-                                ".heic", ".heif", ".avif")
+    assert IMAGE_EXTENSIONS == (
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".heic",
+        ".heif",
+        ".avif",
+    )
     assert is_image_path("x/Y.TiFf") and not is_image_path("x.jpg.bak")
 
 

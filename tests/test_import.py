@@ -73,9 +73,12 @@ def _vectors(rng, kind: str, dim: int, n: int) -> list[np.ndarray]:
 def _write_parquet(path, vecs, vtype, kind: str, paths=None, pages=None, **extra):
     vt = pa.float16() if vtype == "float16" else pa.float32()
     t = pa.list_(pa.list_(vt)) if kind == "colqwen" else pa.list_(vt)
-    cols = {"path": paths or [f"doc{i // 3}.pdf" for i in range(len(vecs))],
-            "page": pages or [i % 3 + 1 for i in range(len(vecs))],
-            "embedding": pa.array([v.astype(vtype).tolist() for v in vecs], type=t), **extra}
+    cols = {
+        "path": paths or [f"doc{i // 3}.pdf" for i in range(len(vecs))],
+        "page": pages or [i % 3 + 1 for i in range(len(vecs))],
+        "embedding": pa.array([v.astype(vtype).tolist() for v in vecs], type=t),
+        **extra,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(cols), path)
     return path
@@ -106,8 +109,13 @@ def embedded(tmp_path_factory, loaded, image_dir):
 def test_model_files_tell_what_loading_tells(loaded, tiny_models, kind):
     lm = loaded[kind].loaded
     f = model_facts(ModelSpec.of(str(tiny_models[kind])))
-    assert (f.model_id, f.revision, f.kind, f.dim, f.table_name) == (lm.model_id, lm.revision, lm.kind, lm.dim,
-                                                                     lm.table_name)
+    assert (f.model_id, f.revision, f.kind, f.dim, f.table_name) == (
+        lm.model_id,
+        lm.revision,
+        lm.kind,
+        lm.dim,
+        lm.table_name,
+    )
     assert f.fingerprint == lm.fingerprint and f.fingerprints == lm.fingerprints
 
 
@@ -117,7 +125,12 @@ def test_hub_model_not_on_this_machine_needs_a_commit(monkeypatch):
         model_facts(ModelSpec.of("nomic-3b"))
     f = model_facts(ModelSpec.of("nomic-3b", revision=COMMIT))
     assert (f.model_id, f.revision, f.kind, f.dim, f.fingerprint) == (
-        "nomic-ai/nomic-embed-multimodal-3b", COMMIT, "biqwen", 2048, "")
+        "nomic-ai/nomic-embed-multimodal-3b",
+        COMMIT,
+        "biqwen",
+        2048,
+        "",
+    )
     assert model_facts(ModelSpec.of("colnomic-7b", revision=COMMIT)).fingerprint is None  # unknown
 
 
@@ -154,8 +167,9 @@ def test_export_import_round_trip_is_lossless(embedded, loaded, tiny_models, ima
     orig = shutil.copytree(src["store"], tmp_path / "original")
     for s in (orig, store):
         _table(s).optimize(dt.timedelta(0))
-    assert _hits(Index.open(store, model=index.model).search_embeddings(q, k=5)) == \
-        _hits(Index.open(orig, model=index.model).search_embeddings(q, k=5))
+    assert _hits(Index.open(store, model=index.model).search_embeddings(q, k=5)) == _hits(
+        Index.open(orig, model=index.model).search_embeddings(q, k=5)
+    )
 
 
 def test_rerun_writes_nothing(embedded, tiny_colqwen, tmp_path):
@@ -216,9 +230,15 @@ def test_folder_of_parquets(tiny_colqwen, tmp_path):
     vecs = _vectors(rng, "colqwen", 128, 24)
     src = tmp_path / "src"
     for part in range(3):
-        chunk = vecs[part * 8:(part + 1) * 8]
-        _write_parquet(src / f"sub{part % 2}" / f"part{part}.parquet", chunk, "float16", "colqwen",
-                       paths=[f"p{part}/img{i}.png" for i in range(8)], pages=[0] * 8)
+        chunk = vecs[part * 8 : (part + 1) * 8]
+        _write_parquet(
+            src / f"sub{part % 2}" / f"part{part}.parquet",
+            chunk,
+            "float16",
+            "colqwen",
+            paths=[f"p{part}/img{i}.png" for i in range(8)],
+            pages=[0] * 8,
+        )
     (src / "README.txt").write_text("made by another tool\n")
     report = import_embeddings(src, tmp_path / "s", str(tiny_colqwen), root=tmp_path / "imgs")
     assert (report.files, report.imported, report.ignored) == (3, 24, [str(src / "README.txt")])
@@ -227,8 +247,9 @@ def test_folder_of_parquets(tiny_colqwen, tmp_path):
 
 # ---------------------------------------------------------------- bad input
 def _good(tmp_path, name="good.parquet", n=6, **kw):
-    return _write_parquet(tmp_path / name, _vectors(np.random.default_rng(1), "colqwen", 128, n), "float32",
-                          "colqwen", **kw)
+    return _write_parquet(
+        tmp_path / name, _vectors(np.random.default_rng(1), "colqwen", 128, n), "float32", "colqwen", **kw
+    )
 
 
 class _Boom:
@@ -252,12 +273,14 @@ def _bad_source(tmp_path, case: str):
         return _write_parquet(tmp_path / "x.parquet", [v[0] for v in vecs], "float32", "biqwen"), "one vector per row"
     if case in ("nan", "inf"):
         vecs[3][1, 5] = np.nan if case == "nan" else np.inf
-        return _write_parquet(tmp_path / "x.parquet", vecs, "float32", "colqwen"), \
-            "row 3 (doc1.pdf, page 1): " + ("NaN" if case == "nan" else "infinite")
+        return _write_parquet(tmp_path / "x.parquet", vecs, "float32", "colqwen"), "row 3 (doc1.pdf, page 1): " + (
+            "NaN" if case == "nan" else "infinite"
+        )
     if case == "beyond_float16":
         vecs[2][0, 0] = 1e6
-        return _write_parquet(tmp_path / "x.parquet", vecs, "float32", "colqwen", dtype=["bfloat16"] * 5), \
-            "beyond float16's range"
+        return _write_parquet(
+            tmp_path / "x.parquet", vecs, "float32", "colqwen", dtype=["bfloat16"] * 5
+        ), "beyond float16's range"
     if case == "no_embedding":
         pq.write_table(pa.table({"path": ["a.png"], "vectors": [[[0.1] * 128]]}), tmp_path / "x.parquet")
         return tmp_path / "x.parquet", "no 'embedding' column"
@@ -265,11 +288,13 @@ def _bad_source(tmp_path, case: str):
         pq.write_table(pa.table({"file": ["a.png"], "embedding": [[[0.1] * 128]]}), tmp_path / "x.parquet")
         return tmp_path / "x.parquet", "no 'path' column"
     if case == "duplicate":
-        return _write_parquet(tmp_path / "x.parquet", vecs[:2], "float32", "colqwen", paths=["a.png"] * 2,
-                              pages=[0, 0]), "'a.png' (page 0) appears twice in this file"
+        return _write_parquet(
+            tmp_path / "x.parquet", vecs[:2], "float32", "colqwen", paths=["a.png"] * 2, pages=[0, 0]
+        ), "'a.png' (page 0) appears twice in this file"
     if case == "escaping_path":
-        return _write_parquet(tmp_path / "x.parquet", vecs[:1], "float32", "colqwen", paths=["../a.png"],
-                              pages=[0]), "not a plain relative path"
+        return _write_parquet(
+            tmp_path / "x.parquet", vecs[:1], "float32", "colqwen", paths=["../a.png"], pages=[0]
+        ), "not a plain relative path"
     if case in ("pkl", "pt", "bin"):
         (tmp_path / f"x.{case}").write_bytes(pickle.dumps({"a.png": _Boom(sentinel)}))
         return tmp_path / f"x.{case}", "a Python pickle"
@@ -290,8 +315,24 @@ def _bad_source(tmp_path, case: str):
     raise AssertionError(case)
 
 
-BAD_CASES = ["wrong_dim", "one_vector_per_row", "nan", "inf", "beyond_float16", "no_embedding", "no_path", "duplicate",
-             "escaping_path", "pkl", "pt", "bin", "pickle_named_parquet", "npz_objects", "truncated", "garbage"]
+BAD_CASES = [
+    "wrong_dim",
+    "one_vector_per_row",
+    "nan",
+    "inf",
+    "beyond_float16",
+    "no_embedding",
+    "no_path",
+    "duplicate",
+    "escaping_path",
+    "pkl",
+    "pt",
+    "bin",
+    "pickle_named_parquet",
+    "npz_objects",
+    "truncated",
+    "garbage",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -337,15 +378,21 @@ def test_rows_of_another_model_are_refused(embedded, tmp_path):
     # other weights (a local directory's revision digests its configs and tensor layout, the
     # same here: the projection tells them apart)
     other = build_tiny_model(tmp_path / "other-colqwen", "colqwen", seed=5)
-    with pytest.raises(ImportRefused, match="its rows were made with projection [0-9a-f]{16}, but .*other-colqwen has "
-                                            "projection [0-9a-f]{16}"):
+    with pytest.raises(
+        ImportRefused,
+        match="its rows were made with projection [0-9a-f]{16}, but .*other-colqwen has projection [0-9a-f]{16}",
+    ):
         import_embeddings(embedded["colqwen"]["parquet"], tmp_path / "s", str(other))
     t = pq.read_table(embedded["colqwen"]["parquet"])  # rows another revision made
-    t = t.set_column(t.schema.get_field_index("model_revision"), "model_revision",
-                     pa.array(["local-0123456789abcdef"] * t.num_rows))
+    t = t.set_column(
+        t.schema.get_field_index("model_revision"), "model_revision", pa.array(["local-0123456789abcdef"] * t.num_rows)
+    )
     pq.write_table(t, tmp_path / "other-revision.parquet")
-    with pytest.raises(ImportRefused, match="its rows were made by .* at revision local-0123456789abcdef, but "
-                                            ".* is revision local-.*import them with the model that made them"):
+    with pytest.raises(
+        ImportRefused,
+        match="its rows were made by .* at revision local-0123456789abcdef, but "
+        ".* is revision local-.*import them with the model that made them",
+    ):
         import_embeddings(tmp_path / "other-revision.parquet", tmp_path / "s", str(other))
     with pytest.raises(ImportRefused, match="one vector per row"):  # a Nomic export is not ColNomic's
         import_embeddings(embedded["biqwen"]["parquet"], tmp_path / "s", str(other))
@@ -381,7 +428,10 @@ def test_variant_width_is_checked(tmp_path, monkeypatch):
     report = import_embeddings(src, tmp_path / "s", "nomic-3b", revision=COMMIT, root=tmp_path)
     info = _table(tmp_path / "s").info
     assert report.imported == 4 and (info.model_id, info.revision, info.dim) == (
-        "nomic-ai/nomic-embed-multimodal-3b", COMMIT, 2048)
+        "nomic-ai/nomic-embed-multimodal-3b",
+        COMMIT,
+        2048,
+    )
 
 
 # ---------------------------------------------------------------- unknown projection
@@ -393,8 +443,11 @@ def headless(tmp_path_factory, tiny_colqwen):
 
     d = shutil.copytree(tiny_colqwen, tmp_path_factory.mktemp("headless") / "tiny-headless")
     weights = load_file(d / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if "custom_text_proj" not in k}, d / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if "custom_text_proj" not in k},
+        d / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     return d
 
 
@@ -430,9 +483,11 @@ def _byaldi_index(folder):
 
     (folder / "embeddings").mkdir(parents=True)
     torch.save([torch.zeros(3, 128), torch.zeros(4, 128)], folder / "embeddings" / "embeddings_0.pt")
-    for name, obj in {"index_config.json.gz": {"model_name": "vidore/colqwen2-v1.0", "library_version": "0.0.7"},
-                      "embed_id_to_doc_id.json.gz": {"0": {"doc_id": 0, "page_id": 1}},
-                      "doc_ids_to_file_names.json.gz": {"0": "report.pdf"}}.items():
+    for name, obj in {
+        "index_config.json.gz": {"model_name": "vidore/colqwen2-v1.0", "library_version": "0.0.7"},
+        "embed_id_to_doc_id.json.gz": {"0": {"doc_id": 0, "page_id": 1}},
+        "doc_ids_to_file_names.json.gz": {"0": "report.pdf"},
+    }.items():
         with gzip.open(folder / name, "wt") as f:
             json.dump(obj, f)
     return folder
@@ -457,11 +512,28 @@ N_KILL = 3000
 @pytest.mark.slow
 def test_kill9_mid_import_then_resume(tiny_colqwen, tmp_path):
     vecs = _vectors(np.random.default_rng(9), "colqwen", 128, N_KILL)
-    src = _write_parquet(tmp_path / "big.parquet", vecs, "float16", "colqwen",
-                         paths=[f"d{i // 100}/img{i}.png" for i in range(N_KILL)], pages=[0] * N_KILL)
+    src = _write_parquet(
+        tmp_path / "big.parquet",
+        vecs,
+        "float16",
+        "colqwen",
+        paths=[f"d{i // 100}/img{i}.png" for i in range(N_KILL)],
+        pages=[0] * N_KILL,
+    )
     store, env = tmp_path / "s", cli_env(tmp_path)
-    args = ["import", src, "--model-name", tiny_colqwen, "--store", store, "--root", tmp_path / "imgs",
-            "--batch-rows", "20", "--json"]
+    args = [
+        "import",
+        src,
+        "--model-name",
+        tiny_colqwen,
+        "--store",
+        store,
+        "--root",
+        tmp_path / "imgs",
+        "--batch-rows",
+        "20",
+        "--json",
+    ]
     proc = start_cli(*args, env=env)
     watcher, seen = kill_when_rows(proc, store, 200, N_KILL - 200)
     clean = import_embeddings(src, tmp_path / "clean", str(tiny_colqwen), root=tmp_path / "imgs")  # reference
@@ -491,12 +563,29 @@ def test_cli_bad_inputs_one_line_exit_1(tiny_colqwen, embedded, tmp_path):
         d.mkdir()
         src, reason = _bad_source(d, case)
         cases[case] = (src, reason, d / "s")
-    commands = {c: ["import", src, "--model-name", tiny_colqwen, "--store", s, "--root", tmp_path]
-                for c, (src, _, s) in cases.items()}
+    commands = {
+        c: ["import", src, "--model-name", tiny_colqwen, "--store", s, "--root", tmp_path]
+        for c, (src, _, s) in cases.items()
+    }
     commands["no_model"] = ["import", embedded["colqwen"]["npz"], "--store", tmp_path / "s0"]
-    commands["both_models"] = ["import", embedded["colqwen"]["npz"], "--model-variant", "nomic-3b", "--model-name",
-                               tiny_colqwen, "--store", tmp_path / "s0"]
-    commands["no_root"] = ["import", embedded["colqwen"]["npz"], "--model-name", tiny_colqwen, "--store", tmp_path / "s0"]
+    commands["both_models"] = [
+        "import",
+        embedded["colqwen"]["npz"],
+        "--model-variant",
+        "nomic-3b",
+        "--model-name",
+        tiny_colqwen,
+        "--store",
+        tmp_path / "s0",
+    ]
+    commands["no_root"] = [
+        "import",
+        embedded["colqwen"]["npz"],
+        "--model-name",
+        tiny_colqwen,
+        "--store",
+        tmp_path / "s0",
+    ]
     runs = run_cli_many(commands, env=env, parallel=3)
     for case, (src, reason, store) in cases.items():
         r = runs[case]

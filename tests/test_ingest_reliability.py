@@ -32,8 +32,9 @@ CAP = "import resource; resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))\n
 
 def _py(code: str, *, cap: int | None = 3 * GiB, timeout: float = 120, env: dict | None = None):
     script = (CAP.format(cap=cap) if cap else "") + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env or cli_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _env(**limits: str) -> dict:
@@ -43,8 +44,9 @@ def _env(**limits: str) -> dict:
 
 
 def _good_pdf(path: Path, pages: int = 2) -> Path:
-    Image.new("RGB", (200, 260), (255, 0, 0)).save(path, save_all=True,
-                                                  append_images=[Image.new("RGB", (200, 260), (0, 0, 255))] * (pages - 1))
+    Image.new("RGB", (200, 260), (255, 0, 0)).save(
+        path, save_all=True, append_images=[Image.new("RGB", (200, 260), (0, 0, 255))] * (pages - 1)
+    )
     return path
 
 
@@ -55,7 +57,8 @@ def test_page_that_allocates_without_bound_fails_alone(tmp_path):
     bomb = tmp_path / "bomb.pdf"
     bomb.write_bytes(nested_forms_pdf())
     good = _good_pdf(tmp_path / "good.pdf")
-    r = _py(f"""
+    r = _py(
+        f"""
         from nomic_memory.ingest.documents import DocumentError, render_page
         from nomic_memory.ingest import renderer
         from nomic_memory.serve.thumbs import PageUnavailable, load_page
@@ -72,7 +75,9 @@ def test_page_that_allocates_without_bound_fails_alone(tmp_path):
         except PageUnavailable as e:
             print("thumb", e)
         print("restarts", renderer.pool().restarts)
-    """, env=_env(NOMIC_MEMORY_RENDER_MEMORY_MB="400"))
+    """,
+        env=_env(NOMIC_MEMORY_RENDER_MEMORY_MB="400"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[0] == "before True"
@@ -85,7 +90,8 @@ def test_page_that_allocates_without_bound_fails_alone(tmp_path):
 def test_page_that_draws_for_too_long_is_stopped(tmp_path):
     bomb = tmp_path / "slow.pdf"
     bomb.write_bytes(nested_forms_pdf())
-    r = _py(f"""
+    r = _py(
+        f"""
         import time
         from nomic_memory.ingest.documents import DocumentError, render_page
         t = time.monotonic()
@@ -94,7 +100,10 @@ def test_page_that_draws_for_too_long_is_stopped(tmp_path):
         except DocumentError as e:
             print(e.reason)
         print(time.monotonic() - t < 20)
-    """, cap=6 * GiB, env=_env(NOMIC_MEMORY_RENDER_MEMORY_MB="3000", NOMIC_MEMORY_RENDER_TIMEOUT="0.5"))
+    """,
+        cap=6 * GiB,
+        env=_env(NOMIC_MEMORY_RENDER_MEMORY_MB="3000", NOMIC_MEMORY_RENDER_TIMEOUT="0.5"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.splitlines() == ["page rendering took longer than 0.5 s", "True"]
 
@@ -108,7 +117,8 @@ def test_run_stores_everything_but_the_poisoned_page(tiny_biqwen, tmp_path):
     _good_pdf(root / "good.pdf")
     (root / "bomb.pdf").write_bytes(nested_forms_pdf())
     store = tmp_path / "store"
-    r = _py(f"""
+    r = _py(
+        f"""
         import json, resource
         from nomic_memory import Embedder, Store
         emb = Embedder({str(tiny_biqwen)!r}, backend="cpu")
@@ -118,7 +128,11 @@ def test_run_stores_everything_but_the_poisoned_page(tiny_biqwen, tmp_path):
         runs = [emb.embed_directory({str(root)!r}, store={str(store)!r}, workers=0) for _ in range(2)]
         rows = Store({str(store)!r}).open_table(runs[0].table).stored_keys({str(root)!r})
         print(json.dumps({{"runs": [[r.embedded, r.failed] for r in runs], "rows": sorted(map(list, rows))}}))
-    """, cap=64 * GiB, timeout=300, env=_env(NOMIC_MEMORY_RENDER_MEMORY_MB="400"))
+    """,
+        cap=64 * GiB,
+        timeout=300,
+        env=_env(NOMIC_MEMORY_RENDER_MEMORY_MB="400"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.splitlines()[-1])
     (embedded1, failed1), (embedded2, failed2) = out["runs"]
@@ -132,10 +146,12 @@ def test_damaged_jbig2_and_jpx_images_are_reported(tmp_path, caplog):
     from nomic_memory.ingest.documents import render_page
     from nomic_memory.ingest.pdf_images import jbig2_damaged
 
-    files = {"jbig2-bad.pdf": image_pdf(b"JBIG2Decode", garbage(), colour=JBIG2_COLOUR),
-             "jbig2-cut.pdf": image_pdf(b"JBIG2Decode", jbig2_stream()[:60], colour=JBIG2_COLOUR),
-             "jbig2-ok.pdf": image_pdf(b"JBIG2Decode", jbig2_stream(), colour=JBIG2_COLOUR),
-             "jpx-bad.pdf": image_pdf(b"JPXDecode", garbage())}
+    files = {
+        "jbig2-bad.pdf": image_pdf(b"JBIG2Decode", garbage(), colour=JBIG2_COLOUR),
+        "jbig2-cut.pdf": image_pdf(b"JBIG2Decode", jbig2_stream()[:60], colour=JBIG2_COLOUR),
+        "jbig2-ok.pdf": image_pdf(b"JBIG2Decode", jbig2_stream(), colour=JBIG2_COLOUR),
+        "jpx-bad.pdf": image_pdf(b"JPXDecode", garbage()),
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     assert jbig2_damaged(garbage()) and not jbig2_damaged(jbig2_stream())
@@ -189,7 +205,8 @@ def test_fifo_swapped_in_after_the_scan_never_blocks(tmp_path):
     decode refuses it at once (a fresh process: a blocking open fails the test by its timeout)."""
     jpg = tmp_path / "garbage.jpg"
     tif = tmp_path / "scan.tif"
-    r = _py(f"""
+    r = _py(
+        f"""
         import os
         from pathlib import Path
         from nomic_memory.errors import InputError
@@ -206,7 +223,10 @@ def test_fifo_swapped_in_after_the_scan_never_blocks(tmp_path):
                 call()
             except InputError as e:
                 print(e.reason)
-    """, cap=None, timeout=300)  # importing torch takes a minute on a loaded machine; a hang, for ever
+    """,
+        cap=None,
+        timeout=300,
+    )  # importing torch takes a minute on a loaded machine; a hang, for ever
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.splitlines() == ["not a regular file: a FIFO (named pipe)"] * 3
 
@@ -215,14 +235,18 @@ def test_fifo_swapped_in_after_the_scan_never_blocks(tmp_path):
 def test_embed_images_on_a_fifo_never_blocks(tiny_biqwen, tmp_path):
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
-    r = _py(f"""
+    r = _py(
+        f"""
         from nomic_memory import Embedder
         from nomic_memory.errors import InputError
         try:
             Embedder({str(tiny_biqwen)!r}, backend="cpu").embed_images({str(fifo)!r})
         except InputError as e:
             print(e.reason)
-    """, cap=None, timeout=120)
+    """,
+        cap=None,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.splitlines() == ["not a regular file: a FIFO (named pipe)"]
 
@@ -239,7 +263,7 @@ def test_library_warnings_are_one_line_per_file(tmp_path):
     exif[0x010E] = "x" * 40
     data = bytearray(exif.tobytes())
     at = data.find(struct.pack(">HH", 0x010E, 2))
-    data[at + 4:at + 8] = struct.pack(">I", 4000)  # the description's length: past the end
+    data[at + 4 : at + 8] = struct.pack(">I", 4000)  # the description's length: past the end
     pal = tmp_path / "exif.jpg"
     Image.new("RGB", (32, 32), (0, 128, 0)).save(pal, exif=bytes(data))
     r = _py(f"""
@@ -271,7 +295,8 @@ def test_error_reasons_are_one_line(tmp_path):
 def test_out_of_memory_with_nothing_left_to_split_is_one_clear_error(tiny_biqwen):
     """Under a real address-space limit, a batch the encoder cannot fit even one image at a time
     ends in one OutOfMemory error saying what ran out and what to do (was torch's traceback)."""
-    r = _py(f"""
+    r = _py(
+        f"""
         import resource
         import numpy as np
         from PIL import Image
@@ -291,13 +316,17 @@ def test_out_of_memory_with_nothing_left_to_split_is_one_clear_error(tiny_biqwen
         except OutOfMemory as e:
             print(encoder.splits, encoder.cap)
             print(e)
-    """, cap=None, timeout=300)
+    """,
+        cap=None,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     splits, message = r.stdout.splitlines()
     assert splits == "1 1"
     assert message.startswith("out of CPU memory embedding a single image (4") and "\n" not in message
-    assert message.endswith("the batches embedded so far are stored. Free memory, or use a smaller model or "
-                            "--image-only")
+    assert message.endswith(
+        "the batches embedded so far are stored. Free memory, or use a smaller model or --image-only"
+    )
 
 
 @pytest.mark.slow
@@ -306,8 +335,21 @@ def test_embed_out_of_memory_is_one_line(tmp_path, tiny_biqwen):
     traceback of torch's import."""
     root = tmp_path / "imgs"
     make_image(root / "a.png", 64, 64)
-    cmd = ["prlimit", f"--as={1500 * 1024**2}", sys.executable, "-m", "nomic_memory.cli", "embed", str(root),
-           "--model-name", str(tiny_biqwen), "--backend", "cpu", "--store", str(tmp_path / "s")]
+    cmd = [
+        "prlimit",
+        f"--as={1500 * 1024**2}",
+        sys.executable,
+        "-m",
+        "nomic_memory.cli",
+        "embed",
+        str(root),
+        "--model-name",
+        str(tiny_biqwen),
+        "--backend",
+        "cpu",
+        "--store",
+        str(tmp_path / "s"),
+    ]
     r = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]

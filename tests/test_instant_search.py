@@ -73,8 +73,7 @@ def served(tmp_path_factory, tiny_colqwen):
     env = cli_env(base)
     (base / "run").mkdir(mode=0o700)
     env["XDG_RUNTIME_DIR"] = str(base / "run")
-    proc = start_cli("serve", "--store", base / "store", "--backend", "cpu", "--port", "0", "--token", "tok",
-                     env=env)
+    proc = start_cli("serve", "--store", base / "store", "--backend", "cpu", "--port", "0", "--token", "tok", env=env)
     files: list[Path] = []
     deadline = time.time() + 180
     while not files and time.time() < deadline and proc.poll() is None:
@@ -101,14 +100,21 @@ def test_cli_search_through_the_server_equals_in_process(served):
     assert stat.S_IMODE(served["file"].stat().st_mode) == 0o600
     assert entry["token"] == "tok" and re.fullmatch(r"http://127\.0\.0\.1:\d+", entry["url"])
     idx = Index.open(served["store"], backend="cpu")
-    for args in (["a red bicycle", "-k", "5"], ["blue sky", "invoice", "-k", "3"],
-                 ["chart", "-k", "8", "--where", "width > 200"]):
+    for args in (
+        ["a red bicycle", "-k", "5"],
+        ["blue sky", "invoice", "-k", "3"],
+        ["chart", "-k", "8", "--where", "width > 200"],
+    ):
         via = search_json(served, *args)
         local = search_json(served, *args, "--no-server")
         assert via["server"] == entry["url"] and "server" not in local
         assert via["results"] == local["results"] and via["queries"] == local["queries"]
-        assert (via["table"], via["model"], via["kind"], via["store"]) == \
-            (local["table"], local["model"], local["kind"], local["store"])
+        assert (via["table"], via["model"], via["kind"], via["store"]) == (
+            local["table"],
+            local["model"],
+            local["kind"],
+            local["store"],
+        )
         texts = [a for a in args if not a.startswith("-") and not a[0].isdigit() and "width" not in a]
         k = int(args[args.index("-k") + 1])
         where = args[args.index("--where") + 1] if "--where" in args else None

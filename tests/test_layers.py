@@ -35,8 +35,9 @@ def late_imports_without_reason() -> list[str]:
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(fn):
-                in_pkg = (isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("nomic_memory"))) \
-                    or (isinstance(node, ast.Import) and any(a.name.startswith("nomic_memory") for a in node.names))
+                in_pkg = (
+                    isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("nomic_memory"))
+                ) or (isinstance(node, ast.Import) and any(a.name.startswith("nomic_memory") for a in node.names))
                 if in_pkg and not _commented(lines, node.lineno):
                     out.append(f"{p.relative_to(PKG)}:{node.lineno} ({fn.name})")
     return sorted(set(out))
@@ -45,8 +46,12 @@ def late_imports_without_reason() -> list[str]:
 def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     """Lines of a function's body, its docstring left out (a docstring that explains is welcome)."""
     body = fn.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-            and isinstance(body[0].value.value, str):
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(getattr(body[0], "value", None), ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
         body = body[1:]
     if not body:
         return 0
@@ -76,14 +81,18 @@ def test_import_contracts_hold():
 
 def test_late_in_package_imports_say_why():
     missing = late_imports_without_reason()
-    assert not missing, ("in-package imports inside functions without a one-line reason (a comment on the line or the "
-                         "line above; or move them to the top of the module):\n  " + "\n  ".join(missing))
+    assert not missing, (
+        "in-package imports inside functions without a one-line reason (a comment on the line or the "
+        "line above; or move them to the top of the module):\n  " + "\n  ".join(missing)
+    )
 
 
 def test_long_functions_say_why():
     missing = long_functions_without_reason()
-    assert not missing, (f"functions over {MAX_FUNCTION_LINES} lines (docstring aside) without a comment above them "
-                         "saying why:\n  " + "\n  ".join(missing))
+    assert not missing, (
+        f"functions over {MAX_FUNCTION_LINES} lines (docstring aside) without a comment above them "
+        "saying why:\n  " + "\n  ".join(missing)
+    )
 
 
 def test_the_checks_can_fail(tmp_path, monkeypatch):

@@ -41,7 +41,9 @@ def _page(p: int, salt: int = 0) -> np.ndarray:
 def _query(p: int) -> np.ndarray:
     x = _page(p)
     rng = np.random.default_rng([p, 99])
-    return _unit(x[rng.choice(len(x), 8, replace=False)] + 0.6 * _unit(rng.standard_normal((8, DIM)))).astype(np.float32)
+    return _unit(x[rng.choice(len(x), 8, replace=False)] + 0.6 * _unit(rng.standard_normal((8, DIM)))).astype(
+        np.float32
+    )
 
 
 def _rec(p: int, salt: int = 0, kind: str = "colqwen") -> Record:
@@ -88,10 +90,10 @@ def test_reverse_assignment_equals_maximum_at():
     sims = q @ ix.centroids.T
     ref = np.zeros((6, ix.n), np.float32)
     for t in range(6):
-        best = np.argsort(-sims[t])[:s.probe]
+        best = np.argsort(-sims[t])[: s.probe]
         ref[t] = sims[t, best[-1]]
         for c in best:
-            ents = ix.inv_entries[ix.inv_offsets[c]:ix.inv_offsets[c + 1]]
+            ents = ix.inv_entries[ix.inv_offsets[c] : ix.inv_offsets[c + 1]]
             np.maximum.at(ref[t], ents, sims[t, c])
     np.testing.assert_allclose(got, ref.sum(0), rtol=1e-6)
 
@@ -204,8 +206,9 @@ def test_single_vector_table_has_a_vector_index(tmp_path):
     _assert_same(got, idx.search_embeddings(qs, 10, exact=True))
     assert "p0005.png" not in _paths(got)[0]
     where = "page = 2"
-    _assert_same(idx.search_embeddings(qs, 5, where=where, rerank=400),
-                 idx.search_embeddings(qs, 5, where=where, exact=True))
+    _assert_same(
+        idx.search_embeddings(qs, 5, where=where, rerank=400), idx.search_embeddings(qs, 5, where=where, exact=True)
+    )
     assert liveindex.verify(st, t)["problems"] == []
 
 
@@ -269,8 +272,11 @@ def test_kill9_during_index_updates_then_search_and_check(tmp_path):
     script.write_text(UPDATER)
     rng = np.random.default_rng(0)
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "store"), str(REPO / "tests")],
-                                stdout=subprocess.PIPE, env=cli_env())
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "store"), str(REPO / "tests")],
+            stdout=subprocess.PIPE,
+            env=cli_env(),
+        )
         assert proc.stdout.readline().strip() == b"ready"
         time.sleep(float(rng.uniform(0.5, 3.0)))
         os.kill(proc.pid, signal.SIGKILL)

@@ -43,8 +43,13 @@ def env(tmp_path_factory, tiny_colqwen):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Embedder(str(tiny_colqwen), backend="cpu").embed_directory(pages, store=base / "store", workers=0)
-    return {"base": base, "pages": pages, "store": base / "store", "model": tiny_colqwen,
-            "idx": Index.open(base / "store", backend="cpu")}
+    return {
+        "base": base,
+        "pages": pages,
+        "store": base / "store",
+        "model": tiny_colqwen,
+        "idx": Index.open(base / "store", backend="cpu"),
+    }
 
 
 def server_for(store, **kw):
@@ -78,8 +83,9 @@ def hits_of(result) -> list[dict]:
 
 
 def assert_equal_hits(got: list[dict], want) -> None:
-    assert [(h["id"], h["path"], h["root"], h["page"], h["rank"]) for h in got] == \
-        [(w.id, w.path, w.root, w.page, w.rank) for w in want]
+    assert [(h["id"], h["path"], h["root"], h["page"], h["rank"]) for h in got] == [
+        (w.id, w.path, w.root, w.page, w.rank) for w in want
+    ]
     assert [h["score"] for h in got] == [w.score for w in want]  # one query, one forward: bit-identical
 
 
@@ -109,8 +115,9 @@ def test_search_equals_index_search_with_page_images(env):
         return [await c.call_tool("search", {"query": q, "k": 12}) for q in QUERIES], bare
 
     results, bare = call(srv, go)
-    assert len(bare.content) == 1 and hits_of(bare) == [{k: v for k, v in h.items() if k != "image"}
-                                                          for h in hits_of(results[0])]
+    assert len(bare.content) == 1 and hits_of(bare) == [
+        {k: v for k, v in h.items() if k != "image"} for h in hits_of(results[0])
+    ]
     for q, r in zip(QUERIES, results):
         hits = hits_of(r)
         assert_equal_hits(hits, env["idx"].search(q, k=12))
@@ -203,8 +210,16 @@ def test_hostile_calls_are_clear_tool_errors(env):
     assert len(hits_of(results[-1])) == 2
 
 
-@pytest.mark.parametrize("uri", ["page://../../etc/passwd", "page://0123456789abcdef", "page:///etc/passwd",
-                                 "file:///etc/passwd", "page://%2e%2e%2f%2e%2e%2fetc%2fpasswd"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "page://../../etc/passwd",
+        "page://0123456789abcdef",
+        "page:///etc/passwd",
+        "file:///etc/passwd",
+        "page://%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    ],
+)
 def test_hostile_resource_reads_are_protocol_errors(env, uri):
     srv = server_for(env["store"])
     with pytest.raises(MCPError) as e:
@@ -286,8 +301,9 @@ def test_add_folder_with_progress_only_when_allowed(env, tmp_path):
 
 # ------------------------------------------------------------------ real subprocesses
 def stdio_params(*args: str) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "nomic_memory.cli", "mcp", *args],
-                                 env=cli_env(), cwd=str(REPO))
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "nomic_memory.cli", "mcp", *args], env=cli_env(), cwd=str(REPO)
+    )
 
 
 @pytest.mark.slow
@@ -331,8 +347,19 @@ def test_http_transport_requires_the_token(env):
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
-    proc = start_cli("mcp", "--store", str(env["store"]), "--backend", "cpu", "--transport", "http",
-                     "--port", "0", "--token", "tok-123")
+    proc = start_cli(
+        "mcp",
+        "--store",
+        str(env["store"]),
+        "--backend",
+        "cpu",
+        "--transport",
+        "http",
+        "--port",
+        "0",
+        "--token",
+        "tok-123",
+    )
     try:
         url = None
         for line in proc.stderr:

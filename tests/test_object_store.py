@@ -12,8 +12,8 @@ import socket
 
 import numpy as np
 import pytest
-from conftest import CLEAN_IMAGES, cli_env, run_cli
 
+from conftest import CLEAN_IMAGES, cli_env, run_cli
 from nomic_memory.store.table import Store, embedding_to_numpy
 
 pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
@@ -34,20 +34,37 @@ def s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-           "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"}
-    options = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "aws_region": "us-east-1",
-               "aws_endpoint": endpoint, "allow_http": "true"}
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=BUCKET)
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+    }
+    options = {
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "aws_region": "us-east-1",
+        "aws_endpoint": endpoint,
+        "allow_http": "true",
+    }
     yield env, options
     server.stop()
 
 
 def _embeddings(store: Store) -> dict[str, np.ndarray]:
     t = store.only_table()
-    return {r["path"]: embedding_to_numpy(r["embedding"], t.info.kind, t.info.dim)
-            for r in t.to_arrow(["path", "embedding"]).to_pylist()}
+    return {
+        r["path"]: embedding_to_numpy(r["embedding"], t.info.kind, t.info.dim)
+        for r in t.to_arrow(["path", "embedding"]).to_pylist()
+    }
 
 
 def test_s3_store_same_as_local_reopens_and_resumes(s3, loaded, image_dir, tmp_path):
@@ -77,8 +94,19 @@ def test_cli_embed_and_search_on_s3(s3, tiny_colqwen, image_dir, tmp_path):
     env_vars, _ = s3
     env = {**cli_env(tmp_path), **env_vars}
     uri = f"s3://{BUCKET}/cli-store"
-    r = run_cli("embed", image_dir, "--model-name", tiny_colqwen, "--backend", "cpu", "--store", uri,
-                "--json", "--no-progress", env=env)
+    r = run_cli(
+        "embed",
+        image_dir,
+        "--model-name",
+        tiny_colqwen,
+        "--backend",
+        "cpu",
+        "--store",
+        uri,
+        "--json",
+        "--no-progress",
+        env=env,
+    )
     assert r.returncode == 0, r
     rep = r.json()
     assert rep["embedded"] == len(CLEAN_IMAGES) and rep["store"] == uri
@@ -95,10 +123,19 @@ def test_cli_embed_and_search_on_s3(s3, tiny_colqwen, image_dir, tmp_path):
     assert b.returncode != 0 and "--index-method lance" in b.stderr, b
 
 
-
 def test_unusable_store_is_refused_before_the_model_loads(tiny_colqwen, image_dir, tmp_path):
-    r = run_cli("embed", image_dir, "--model-name", tiny_colqwen, "--backend", "cpu", "--store", "nosuch://x/y",
-                "--no-progress", env=cli_env(tmp_path))
+    r = run_cli(
+        "embed",
+        image_dir,
+        "--model-name",
+        tiny_colqwen,
+        "--backend",
+        "cpu",
+        "--store",
+        "nosuch://x/y",
+        "--no-progress",
+        env=cli_env(tmp_path),
+    )
     assert r.returncode == 1, r
     assert "cannot open the store at nosuch://x/y" in r.stderr
     assert "Loading model" not in r.stdout

@@ -33,13 +33,13 @@ def cluster():
         pytest.skip("ray is not installed (uv sync --extra ray)")
     # The engine module first: it opts out of Ray's `uv run` worker hook before Ray is imported
     # (CI runs `uv run pytest`; with the hook, workers start without the project's venv and die).
-    import nomic_memory.run.ray_engine  # noqa: F401
     import ray
+
+    import nomic_memory.run.ray_engine  # noqa: F401
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-                 object_store_memory=400 * 2**20)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", object_store_memory=400 * 2**20)
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
@@ -108,8 +108,7 @@ def test_same_embeddings_as_local_and_bad_files_skipped(cluster, models, tmp_pat
     """Two model actors; a text file named .png and a truncated JPEG are reported and skipped."""
     folder = make_folder(tmp_path / "imgs", 9, bad=True)
     events: list[tuple[str, dict]] = []
-    rep = ray_run(models["colqwen"], folder, tmp_path / "ray", workers=2,
-                  on_event=lambda k, d: events.append((k, d)))
+    rep = ray_run(models["colqwen"], folder, tmp_path / "ray", workers=2, on_event=lambda k, d: events.append((k, d)))
     assert rep.discovered == 11 and rep.embedded == 9
     assert {p for p, _ in rep.failed} == {"notes.png", "truncated.jpg"}
     reasons = dict(rep.failed)
@@ -168,11 +167,30 @@ def test_interrupted_run_resumes(cluster, models, tmp_path):
 def test_cli_engine_ray(cluster, models, tmp_path):
     """The CLI end to end, joining the running cluster with --ray-address."""
     folder = make_folder(tmp_path / "imgs", 4)
-    cmd = [sys.executable, "-m", "nomic_memory.cli", "embed", str(folder), "--engine", "ray", "--workers", "1",
-           "--ray-address", cluster, "--model-name", str(models["colqwen"]), "--backend", "cpu",
-           "--store", str(tmp_path / "store"), "--batch-size", "2", "--json", "--no-progress"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "RAY_ADDRESS": ""})
+    cmd = [
+        sys.executable,
+        "-m",
+        "nomic_memory.cli",
+        "embed",
+        str(folder),
+        "--engine",
+        "ray",
+        "--workers",
+        "1",
+        "--ray-address",
+        cluster,
+        "--model-name",
+        str(models["colqwen"]),
+        "--backend",
+        "cpu",
+        "--store",
+        str(tmp_path / "store"),
+        "--batch-size",
+        "2",
+        "--json",
+        "--no-progress",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
     assert out.returncode == 0, out.stdout + out.stderr
     rep = json.loads(out.stdout)  # one JSON document, nothing else
     assert rep["embedded"] == 4 and rep["failed"] == [] and len(rep["worker_memory"]) == 1
@@ -190,7 +208,8 @@ def test_cli_without_ray_says_how_to_get_it(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "imgs", 1)
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     monkeypatch.delitem(sys.modules, "nomic_memory.run.ray_engine", raising=False)
-    res = CliRunner().invoke(app, ["embed", str(folder), "--engine", "ray", "--backend", "cpu",
-                                   "--store", str(tmp_path / "s")])
+    res = CliRunner().invoke(
+        app, ["embed", str(folder), "--engine", "ray", "--backend", "cpu", "--store", str(tmp_path / "s")]
+    )
     assert res.exit_code == 1
     assert "uv sync --extra ray" in res.output

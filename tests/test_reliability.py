@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, make_image
 
+from conftest import REPO, cli_env, make_image
 from nomic_memory.errors import ModelLoadError, StoreError
 from nomic_memory.ingest.images import ImageError, discover, hash_bytes, hash_file, load_image, read_file_bounded
 from nomic_memory.store.table import Record, Store, TableInfo, key_to_path, path_to_key
@@ -24,8 +24,14 @@ from nomic_memory.store.table import Record, Store, TableInfo, key_to_path, path
 
 def _py(code: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (its own memory accounting, limits and crashes)."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env or cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------- 9. dtype-independent fingerprint
@@ -122,7 +128,10 @@ def test_non_utf8_file_names_embed_skip_prune(loaded, tmp_path):
     os.unlink(broot + b"/bad\xff.png")
     pruned = emb.embed_directory(root, store=store, workers=0, prune=True)
     assert pruned.pruned == 1
-    assert sorted(Store(store).only_table().to_arrow(["path"]).column("path").to_pylist()) == ["dir\\xfe/in.png", "ok.png"]
+    assert sorted(Store(store).only_table().to_arrow(["path"]).column("path").to_pylist()) == [
+        "dir\\xfe/in.png",
+        "ok.png",
+    ]
 
     # Export shows the readable key.
     from nomic_memory.store.export import export_store
@@ -203,7 +212,8 @@ def test_fifo_and_proc_never_read(tmp_path):
     os.mkfifo(fifo)
     link = tmp_path / "pm.png"
     os.symlink("/proc/self/pagemap", link)
-    r = _py(f"""
+    r = _py(
+        f"""
         from nomic_memory.ingest.images import ImageError, load_image, read_file_bounded, hash_file
         for f in (load_image, read_file_bounded, hash_file):
             for p in ({str(fifo)!r}, {str(link)!r}):
@@ -213,7 +223,9 @@ def test_fifo_and_proc_never_read(tmp_path):
                     print(f.__name__, e.reason)
                 else:
                     raise SystemExit("read " + p)
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 6
@@ -228,8 +240,10 @@ def test_run_with_non_regular_files_completes(loaded, tmp_path):
     os.mkfifo(root / "pipe.png")
     os.symlink("/proc/self/pagemap", root / "pagemap.png")
     result = {}
-    th = threading.Thread(target=lambda: result.update(
-        r=loaded["biqwen"].embed_directory(root, store=tmp_path / "s", workers=0)), daemon=True)
+    th = threading.Thread(
+        target=lambda: result.update(r=loaded["biqwen"].embed_directory(root, store=tmp_path / "s", workers=0)),
+        daemon=True,
+    )
     th.start()
     th.join(120)
     assert not th.is_alive(), "the run hung on a FIFO or /proc file"
@@ -274,8 +288,12 @@ for b in range(0, 120, 6):
 def test_two_processes_racing_on_one_store_leave_unique_keys(tmp_path):
     store = str(tmp_path / "store")
     Store(store).create_or_open("t", TableInfo("m", "r", "biqwen", 8, "fp", "float16"))
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, store, str(s)], cwd=REPO, env=cli_env(),
-                              stderr=subprocess.PIPE, text=True) for s in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, store, str(s)], cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, text=True
+        )
+        for s in (1, 2)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     t = Store(store).open_table("t")
@@ -326,14 +344,13 @@ def _flip_embedding_bytes(store: Path) -> None:
         data = bytearray(f.read_bytes())
         # The embedding column is written last and is most of the file: the middle is vectors.
         mid = len(data) // 2
-        data[mid:mid + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+        data[mid : mid + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
         f.write_bytes(bytes(data))
 
 
 @pytest.mark.slow
 def test_check_finds_and_repairs_damaged_rows(loaded, tiny_colqwen, image_dir, tmp_path):
     from conftest import run_cli
-
     from nomic_memory.store.check import verify_table
 
     store = tmp_path / "store"
@@ -345,8 +362,9 @@ def test_check_finds_and_repairs_damaged_rows(loaded, tiny_colqwen, image_dir, t
     _flip_embedding_bytes(store)
     rep = verify_table(Store(store).only_table())
     assert not rep.ok and rep.bad
-    assert all(b.reason.startswith(("checksum mismatch", "unreadable", "embedding contains", "wrong vector"))
-               for b in rep.bad)
+    assert all(
+        b.reason.startswith(("checksum mismatch", "unreadable", "embedding contains", "wrong vector")) for b in rep.bad
+    )
 
     r = run_cli("check", "--store", store, "--json", env=cli_env(tmp_path))
     assert r.returncode == 1, str(r)
@@ -442,8 +460,10 @@ def test_maintain_compacts_and_cleans_up(tmp_path):
     rng = np.random.default_rng(0)
     for b in range(60):  # per-batch commits: 40 batches of new files, then 20 re-embedding some
         paths = [f"p{(b * 4 + i) % 160}" for i in range(4)]
-        t.upsert([Record("/r", p, "h", 1, 0.0, 1, 1, rng.standard_normal((16, 128)), "f") for p in paths],
-                 known_new=set(paths) if b < 40 else set())
+        t.upsert(
+            [Record("/r", p, "h", 1, 0.0, 1, 1, rng.standard_normal((16, 128)), "f") for p in paths],
+            known_new=set(paths) if b < 40 else set(),
+        )
     frags, disk = t.fragment_count(), _disk(store)
     assert frags > 16
     assert t.maintain(cleanup_older_than=dt.timedelta(0))
@@ -465,8 +485,7 @@ def test_tables_made_before_checksums_still_work(tmp_path):
     new = schema_for(info)
     meta = json.loads(new.metadata[META_KEY])
     meta["schema_version"] = 1
-    old = pa.schema([f for f in new if f.name != "embedding_checksum"],
-                    metadata={META_KEY: json.dumps(meta).encode()})
+    old = pa.schema([f for f in new if f.name != "embedding_checksum"], metadata={META_KEY: json.dumps(meta).encode()})
     store = Store(tmp_path / "s")
     store.db.create_table("t", schema=old)
     t = store.open_table("t")
@@ -487,12 +506,15 @@ def test_cli_errors_are_one_line(tmp_path):
     store = Store(tmp_path / "s")
     t = store.create_or_open("t", TableInfo("m", "r", "biqwen", 4, "fp", "float32"))
     t.upsert([Record("/r", "a", "h", 1, 0.0, 1, 1, np.ones(4), "float32")])
-    res = run_cli_many({
-        "check_file": ["check", "--store", f],
-        "export_file": ["export", "--store", f, "--out", tmp_path / "e.npz"],
-        "export_dir": ["export", "--store", tmp_path / "s", "--out", outdir],
-        "check_ok": ["check", "--store", tmp_path / "s"],
-    }, env=cli_env(tmp_path))
+    res = run_cli_many(
+        {
+            "check_file": ["check", "--store", f],
+            "export_file": ["export", "--store", f, "--out", tmp_path / "e.npz"],
+            "export_dir": ["export", "--store", tmp_path / "s", "--out", outdir],
+            "check_ok": ["check", "--store", tmp_path / "s"],
+        },
+        env=cli_env(tmp_path),
+    )
     for name in ("check_file", "export_file", "export_dir"):
         r = res[name]
         assert r.returncode in (1, 2), str(r)

@@ -44,7 +44,7 @@ def _damage_hashes(f: Path, root: Path) -> None:
     h = hashlib.sha256((root / "a0.png").read_bytes()).hexdigest().encode()
     pos = data.find(h)
     assert pos >= 0
-    data[pos:pos + 100] = b"\xff" * 100
+    data[pos : pos + 100] = b"\xff" * 100
     f.write_bytes(bytes(data))
 
 
@@ -160,7 +160,7 @@ def test_repair_killed_with_sigkill_is_reported_and_completed(pdf_store, tmp_pat
     _spoil(store, list(range(1, 601, 5)))  # 120 bad pages: several batches of repair
     env = cli_env(tmp_path)
     proc = start_cli("check", "--store", store, "--repair", "--backend", "cpu", env=env)
-    watcher, seen = kill_when_rows(proc, store, 601, 10 ** 9)  # a batch appended, its old rows not yet gone
+    watcher, seen = kill_when_rows(proc, store, 601, 10**9)  # a batch appended, its old rows not yet gone
     finish(proc)
     watcher.join()
     assert seen, "the repair finished before it could be killed"
@@ -177,12 +177,18 @@ def test_repair_killed_with_sigkill_is_reported_and_completed(pdf_store, tmp_pat
 def test_embeddings_after_repair_match_the_originals(pdf_store, tmp_path):
     docs, store = _copy_store(pdf_store, tmp_path)
     t = Store(store).only_table()
-    want = {r["page"]: np.asarray(r["embedding"], np.float32) for r in t.to_arrow(["page", "embedding"]).to_pylist()
-            if r["page"] in (10, 20)}
+    want = {
+        r["page"]: np.asarray(r["embedding"], np.float32)
+        for r in t.to_arrow(["page", "embedding"]).to_pylist()
+        if r["page"] in (10, 20)
+    }
     _spoil(store, [10, 20])
     st = Store(store)
     repair(st, st.only_table(), verify_table(st.only_table()), backend="cpu")
-    got = {r["page"]: np.asarray(r["embedding"], np.float32)
-           for r in Store(store).only_table().to_arrow(["page", "embedding"]).to_pylist() if r["page"] in (10, 20)}
+    got = {
+        r["page"]: np.asarray(r["embedding"], np.float32)
+        for r in Store(store).only_table().to_arrow(["page", "embedding"]).to_pylist()
+        if r["page"] in (10, 20)
+    }
     for p in want:
         np.testing.assert_allclose(got[p], want[p], atol=1e-3)

@@ -64,9 +64,18 @@ def test_langchain_documents_equal_index_search(store, index):
         docs = r.invoke(q)
         want = index.search(q, k=8)
         assert all(isinstance(d, Document) for d in docs)
-        assert [(d.id, d.metadata["id"], d.metadata["path"], d.metadata["root"], d.metadata["page"],
-                 d.metadata["rank"], d.metadata["score"]) for d in docs] == \
-            [(w.id, w.id, w.path, w.root, w.page, w.rank, w.score) for w in want]
+        assert [
+            (
+                d.id,
+                d.metadata["id"],
+                d.metadata["path"],
+                d.metadata["root"],
+                d.metadata["page"],
+                d.metadata["rank"],
+                d.metadata["score"],
+            )
+            for d in docs
+        ] == [(w.id, w.id, w.path, w.root, w.page, w.rank, w.score) for w in want]
         for d in docs:
             assert d.metadata["image_mime_type"] == "image/jpeg"
             assert decoded(d.metadata["image_base64"]).size == expected_size(d.metadata["file"])
@@ -93,8 +102,10 @@ def test_llamaindex_nodes_equal_index_search(store, index):
         nodes = r.retrieve(q)
         want = index.search(q, k=8)
         assert all(isinstance(n, NodeWithScore) and isinstance(n.node, ImageNode) for n in nodes)
-        assert [(n.node.node_id, n.score, n.node.metadata["path"], n.node.metadata["page"],
-                 n.node.metadata["rank"]) for n in nodes] == [(w.id, w.score, w.path, w.page, w.rank) for w in want]
+        assert [
+            (n.node.node_id, n.score, n.node.metadata["path"], n.node.metadata["page"], n.node.metadata["rank"])
+            for n in nodes
+        ] == [(w.id, w.score, w.path, w.page, w.rank) for w in want]
         for n in nodes:
             assert n.node.image_mimetype == "image/jpeg" and n.node.image_path == n.node.metadata["file"]
             assert decoded(n.node.image).size == expected_size(n.node.image_path)

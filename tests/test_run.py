@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 
 from conftest import add_bad_files, copy_tree, make_image
-
 from nomic_memory import Embedder, Store
 
 
@@ -103,8 +102,11 @@ def test_file_replaced_between_listing_and_decoding(tiny_colqwen, image_dir, tmp
 
     rep2 = emb.embed_directory(folder, store, workers=0)
     assert rep2.embedded == 1 and not rep2.failed  # not remembered as a bad file: it was fine
-    row = [r for r in Store(store).only_table().to_arrow(["path", "content_hash", "embedding"]).to_pylist()
-           if r["path"] == "sub/f_photo.jpg"][0]
+    row = [
+        r
+        for r in Store(store).only_table().to_arrow(["path", "content_hash", "embedding"]).to_pylist()
+        if r["path"] == "sub/f_photo.jpg"
+    ][0]
     assert row["content_hash"] == hashlib.sha256(target.read_bytes()).hexdigest()
     want = emb.embed_images(target)
     np_ = embedding_to_numpy(row["embedding"], "colqwen", 128)

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from nomic_memory.cli import app
 from nomic_memory.search.approx import recall_at_k
-from nomic_memory.search.scoring import Scorer, fixed_size_list_matrix, multivector_matrix
 from nomic_memory.search.index import Hit, Index, ModelMismatchError, SearchError, check_model
+from nomic_memory.search.scoring import Scorer, fixed_size_list_matrix, multivector_matrix
 from nomic_memory.store.table import Record, Store, TableInfo
 
 N_IMAGES = 10
@@ -54,8 +54,16 @@ def env(tmp_path_factory):
         col_emb.embed_directory(base / "imgs", store=base / "col_store", workers=0)
         bi_emb = Embedder(str(bi), backend="cpu")
         bi_emb.embed_directory(base / "imgs", store=base / "bi_store", workers=0)
-    return {"base": base, "col": col, "bi": bi, "images": images, "col_emb": col_emb, "bi_emb": bi_emb,
-            "col_store": base / "col_store", "bi_store": base / "bi_store"}
+    return {
+        "base": base,
+        "col": col,
+        "bi": bi,
+        "images": images,
+        "col_emb": col_emb,
+        "bi_emb": bi_emb,
+        "col_store": base / "col_store",
+        "bi_store": base / "bi_store",
+    }
 
 
 def _colpali_embeddings(lm, images: list[Path], texts: list[str]):
@@ -144,11 +152,27 @@ def test_other_seed_model_is_refused(env):
     assert len(idx.search("hello", k=2)) == 2
     assert idx.warnings and "fingerprint" in idx.warnings[0]
     # the same through the CLI: exit status 1, a one-line reason
-    r = CliRunner().invoke(app, ["search", "hello", "--store", str(env["col_store"]), "--backend", "cpu",
-                                 "--model-name", str(other)])
+    r = CliRunner().invoke(
+        app, ["search", "hello", "--store", str(env["col_store"]), "--backend", "cpu", "--model-name", str(other)]
+    )
     assert r.exit_code == 1 and "--allow-mismatch" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(app, ["search", "hello", "--store", str(env["col_store"]), "--backend", "cpu",
-                                 "--model-name", str(other), "--allow-mismatch", "--json", "-k", "2"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "search",
+            "hello",
+            "--store",
+            str(env["col_store"]),
+            "--backend",
+            "cpu",
+            "--model-name",
+            str(other),
+            "--allow-mismatch",
+            "--json",
+            "-k",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["warnings"]
 
@@ -294,8 +318,23 @@ def test_cli_json_and_table(env, tmp_path):
     assert [h["id"] for h in out["results"][0]] == [h.id for h in api]
     # image query, several queries in one scan
     img = env["images"][7]
-    r = runner.invoke(app, ["search", "one", "two", "--image", str(img), "--store", str(env["col_store"]),
-                            "--backend", "cpu", "-k", "2", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "search",
+            "one",
+            "two",
+            "--image",
+            str(img),
+            "--store",
+            str(env["col_store"]),
+            "--backend",
+            "cpu",
+            "-k",
+            "2",
+            "--json",
+        ],
+    )
     out = json.loads(r.stdout)
     assert [q["kind"] for q in out["queries"]] == ["text", "text", "image"]
     assert out["queries"][2]["results"][0]["path"] == img.name
@@ -315,8 +354,24 @@ def test_cli_build_index_then_approx(env, tmp_path):
     r = runner.invoke(app, ["search", "--store", str(store), "--build-index", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["index"]["method"] == "pooled"
-    r = runner.invoke(app, ["search", "--image", str(env["images"][1]), "--store", str(store), "--backend", "cpu",
-                            "--approx", "--rerank", "3", "-k", "2", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "search",
+            "--image",
+            str(env["images"][1]),
+            "--store",
+            str(store),
+            "--backend",
+            "cpu",
+            "--approx",
+            "--rerank",
+            "3",
+            "-k",
+            "2",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["approx"] and out["results"][0][0]["path"] == env["images"][1].name
@@ -331,7 +386,10 @@ def _widths(env) -> dict[str, int]:
 FILTERS = [
     ("width = 168", lambda name, w: w == 168),
     ("path LIKE 'img0%' AND width > 170", lambda name, w: name.startswith("img0") and w > 170),
-    ("path IN ('img01.png', 'img05.png') OR width < 200", lambda name, w: name in ("img01.png", "img05.png") or w < 200),
+    (
+        "path IN ('img01.png', 'img05.png') OR width < 200",
+        lambda name, w: name in ("img01.png", "img05.png") or w < 200,
+    ),
     ("page = 0 AND size > 0 AND mtime > 0 AND height = 224 AND root LIKE '%imgs'", lambda name, w: True),
     ("path = 'nothing.png'", lambda name, w: False),
 ]
@@ -398,7 +456,7 @@ def test_invalid_where_is_a_search_error(env):
         "content_hash = 'x'": "unknown column 'content_hash'",  # a real column, not a filter column
         "embedding IS NULL": "unknown column 'embedding'",
         "nosuch > 1 AND page = 0": "unknown column 'nosuch'",
-        '"model_id" = \'m\'': "unknown column 'model_id'",
+        "\"model_id\" = 'm'": "unknown column 'model_id'",
         "page >": "invalid where",
         "page > 'abc'": "invalid where",
         "path = 'unterminated": "invalid where",
@@ -410,8 +468,15 @@ def test_invalid_where_is_a_search_error(env):
             assert ".rs:" not in str(e.value) and "\n" not in str(e.value), str(e.value)
             assert "path, root, page" in str(e.value) or "unknown column" not in msg
     # names inside strings, function names, keywords and case are not columns
-    for where in ("path = 'content_hash'", "lower(path) LIKE '%img0%'", "PAGE = 0 and Width > 1", "page IS NOT NULL",
-                  "CAST(page AS BIGINT) < 1e3", "\"path\" <> 'it''s'", "  "):
+    for where in (
+        "path = 'content_hash'",
+        "lower(path) LIKE '%img0%'",
+        "PAGE = 0 and Width > 1",
+        "page IS NOT NULL",
+        "CAST(page AS BIGINT) < 1e3",
+        "\"path\" <> 'it''s'",
+        "  ",
+    ):
         idx.search_embeddings(q, where=where)
 
 
@@ -451,13 +516,24 @@ def test_row_ids_are_stable_and_rows_match_the_store(env, tmp_path):
 
     # the id map follows the table: a new row is found, a deleted one is gone
     src = stored[0]
-    new = Record(src["root"], "new.png", "h-new", 1, 1.0, 7, 9,
-                 embedding_to_numpy(np.asarray(src["embedding"]), "colqwen", 128)[:5], "float32")
+    new = Record(
+        src["root"],
+        "new.png",
+        "h-new",
+        1,
+        1.0,
+        7,
+        9,
+        embedding_to_numpy(np.asarray(src["embedding"]), "colqwen", 128)[:5],
+        "float32",
+    )
     reopened.table.upsert([new])
     new_row = reopened.row(row_id(src["root"], "new.png", 0))
     assert (new_row["width"], new_row["height"], new_row["n_vectors"]) == (7, 9, 5)
     stored_dtype = np.float16 if reopened.info.storage_dtype == "float16" else np.float32
-    np.testing.assert_array_equal(reopened.row_embedding(new_row["id"]), new.embedding.astype(stored_dtype).astype(np.float32))
+    np.testing.assert_array_equal(
+        reopened.row_embedding(new_row["id"]), new.embedding.astype(stored_dtype).astype(np.float32)
+    )
     reopened.table.delete_paths(src["root"], [src["path"]])
     assert reopened.row(row_id(src["root"], src["path"], src["page"])) is None
 
@@ -465,7 +541,6 @@ def test_row_ids_are_stable_and_rows_match_the_store(env, tmp_path):
 # ------------------------------------------------------------------ a shared model
 def test_index_reuses_an_embedders_model(env, monkeypatch):
     import nomic_memory.model.loading
-
     from nomic_memory.api import Embedder
 
     own = Index.open(env["col_store"], backend="cpu")
@@ -476,7 +551,7 @@ def test_index_reuses_an_embedders_model(env, monkeypatch):
     assert not lazy.is_loaded
     got = idx.search_many(QUERIES, k=N_IMAGES)
     assert lazy.is_loaded and idx.model is lazy.loaded
-    assert [[h.path for h in g] for g in got] == [[h.path for h in w] for w in want[:len(QUERIES)]]
+    assert [[h.path for h in g] for g in got] == [[h.path for h in w] for w in want[: len(QUERIES)]]
 
     def no_second_model(*a, **k):
         raise AssertionError("the Index loaded a model of its own")
@@ -512,13 +587,16 @@ def test_single_queries_are_not_split(env):
 def test_cli_where_and_one_result_list_per_query(env):
     runner = CliRunner()
     base = ["--store", str(env["col_store"]), "--backend", "cpu"]
-    r = runner.invoke(app, ["search", "a red bicycle", "the cat sat on the mat", *base, "-k", "10", "--json",
-                            "--where", "width = 168"])
+    r = runner.invoke(
+        app,
+        ["search", "a red bicycle", "the cat sat on the mat", *base, "-k", "10", "--json", "--where", "width = 168"],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)  # stdout is the one JSON document
     assert out["where"] == "width = 168"
-    api = Index.open(env["col_store"], backend="cpu").search_many(["a red bicycle", "the cat sat on the mat"], k=10,
-                                                                  where="width = 168")
+    api = Index.open(env["col_store"], backend="cpu").search_many(
+        ["a red bicycle", "the cat sat on the mat"], k=10, where="width = 168"
+    )
     assert len(out["results"]) == 2
     for i, hits in enumerate(api):
         assert [h["path"] for h in out["results"][i]] == [h.path for h in hits]
@@ -531,10 +609,12 @@ def test_cli_where_and_one_result_list_per_query(env):
     assert r.exit_code == 0 and "where width = 168" in r.stdout
     assert [line.split(None, 3)[3] for line in r.stdout.splitlines()[2:5]] == [h.file for h in api[0][:3]]
     # refused, exit status 2, one line each
-    for args, msg in ((["--where", "content_hash = 'x'"], "unknown column 'content_hash'"),
-                      (["--where", "page >"], "invalid where"),
-                      (["--index-method", "lance"], "--approx or --build-index"),
-                      (["--template", "Query:"], "{}")):
+    for args, msg in (
+        (["--where", "content_hash = 'x'"], "unknown column 'content_hash'"),
+        (["--where", "page >"], "invalid where"),
+        (["--index-method", "lance"], "--approx or --build-index"),
+        (["--template", "Query:"], "{}"),
+    ):
         r = runner.invoke(app, ["search", "x", *base, *args])
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.output and "Traceback" not in r.output
@@ -550,8 +630,24 @@ def test_cli_approx_prints_no_library_warnings(env, tmp_path):
 
     store = tmp_path / "store"
     shutil.copytree(env["col_store"], store)
-    r = run_cli("search", "a red bicycle", "--store", store, "--backend", "cpu", "--build-index", "--index-method",
-                "lance", "--approx", "--where", "width > 0", "-k", "3", "--json", env=cli_env(tmp_path))
+    r = run_cli(
+        "search",
+        "a red bicycle",
+        "--store",
+        store,
+        "--backend",
+        "cpu",
+        "--build-index",
+        "--index-method",
+        "lance",
+        "--approx",
+        "--where",
+        "width > 0",
+        "-k",
+        "3",
+        "--json",
+        env=cli_env(tmp_path),
+    )
     assert r.returncode == 0, r
     out = json.loads(r.stdout)  # nothing but the document on stdout
     assert len(out["results"][0]) == 3 and out["approx"]
@@ -571,8 +667,15 @@ def test_concurrent_searches_share_one_index(env):
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(lambda j: idx.search_embeddings([embs[j[0]]], k=5, where=j[1])[0], jobs))
     for (qi, where), hits in zip(jobs, got):
-        ref = want[qi] if where is None else [h for h in idx.search_embeddings([embs[qi]], k=N_IMAGES)[0]
-                                              if h.path in {"img00.png", "img03.png", "img06.png", "img09.png"}][:5]
+        ref = (
+            want[qi]
+            if where is None
+            else [
+                h
+                for h in idx.search_embeddings([embs[qi]], k=N_IMAGES)[0]
+                if h.path in {"img00.png", "img03.png", "img06.png", "img09.png"}
+            ][:5]
+        )
         assert [(h.path, h.id) for h in hits] == [(h.path, h.id) for h in ref]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in ref], rtol=1e-6)
     ids = [h.id for h in want[0]]
@@ -633,8 +736,12 @@ def test_document_pages_have_their_own_ids_and_filter_by_page(env, tmp_path):
     folder = tmp_path / "docs"
     folder.mkdir()
     first = Image.new("RGB", (200, 300), (200, 20, 20))
-    first.save(folder / "doc.pdf", save_all=True, resolution=72.0,
-               append_images=[Image.new("RGB", (300, 200), (20, 20, 200)), Image.new("RGB", (150, 150), (0, 160, 0))])
+    first.save(
+        folder / "doc.pdf",
+        save_all=True,
+        resolution=72.0,
+        append_images=[Image.new("RGB", (300, 200), (20, 20, 200)), Image.new("RGB", (150, 150), (0, 160, 0))],
+    )
     shutil.copy(env["images"][0], folder / "photo.png")
     env["col_emb"].embed_directory(folder, store=tmp_path / "store", workers=0)
     idx = Index.open(tmp_path / "store", model=env["col_emb"])

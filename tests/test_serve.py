@@ -34,7 +34,7 @@ PAGE = 224  # the tiny model's largest page: an 8 x 8 grid of 28-pixel patches
 
 def query_image() -> Image.Image:
     """A smooth gradient (nothing like the noise pages): the planted region."""
-    yy, xx = np.mgrid[0:PAGE // 2, 0:PAGE // 2]
+    yy, xx = np.mgrid[0 : PAGE // 2, 0 : PAGE // 2]
     arr = np.stack([xx * 255 // (PAGE // 2), yy * 255 // (PAGE // 2), np.full_like(xx, 128)], -1)
     return Image.fromarray(arr.astype(np.uint8))
 
@@ -104,8 +104,10 @@ def env(tmp_path_factory, tiny_colqwen, tiny_biqwen):
             out[f"{kind}_idx"] = Index.open(base / f"{kind}_store", backend="cpu")  # the reference
     cfg = ServeConfig(token=TOKEN, batch_window_ms=40, max_body_bytes=2 << 20, max_image_pixels=1_000_000)
     out["col_service"] = SearchService(Index.open(base / "col_store", backend="cpu"), cfg)
-    servers = {"col": Running(create_app(out["col_service"])),
-               "bi": Running(create_app(SearchService(Index.open(base / "bi_store", backend="cpu"), ServeConfig())))}
+    servers = {
+        "col": Running(create_app(out["col_service"])),
+        "bi": Running(create_app(SearchService(Index.open(base / "bi_store", backend="cpu"), ServeConfig()))),
+    }
     out.update(col=servers["col"].url, bi=servers["bi"].url)
     yield out
     for s in servers.values():
@@ -120,7 +122,9 @@ def assert_same_hits(got: list[dict], want, exact: bool = False) -> None:
     """Same rows, order and float32 scores (to float32 rounding: a padded batch of queries moves
     a score of ~20 by one ulp, 2e-6; with exact batching, bit-identical)."""
     assert [h["id"] for h in got] == [w.id for w in want]
-    assert [(h["path"], h["root"], h["page"], h["rank"]) for h in got] == [(w.path, w.root, w.page, w.rank) for w in want]
+    assert [(h["path"], h["root"], h["page"], h["rank"]) for h in got] == [
+        (w.path, w.root, w.page, w.rank) for w in want
+    ]
     if exact:
         assert [h["score"] for h in got] == [w.score for w in want]
     np.testing.assert_allclose([h["score"] for h in got], [w.score for w in want], rtol=1e-6, atol=1e-6)
@@ -148,8 +152,13 @@ def test_image_query_json_and_multipart(env):
     assert_same_hits(r.json()["results"][0], want)
     buf = io.BytesIO()
     q.save(buf, "PNG")
-    r = httpx.post(env["col"] + "/search", headers=AUTH, timeout=120, data={"k": "4", "queries": ["blue sky"]},
-                   files={"images": ("q.png", buf.getvalue(), "image/png")})
+    r = httpx.post(
+        env["col"] + "/search",
+        headers=AUTH,
+        timeout=120,
+        data={"k": "4", "queries": ["blue sky"]},
+        files={"images": ("q.png", buf.getvalue(), "image/png")},
+    )
     assert r.status_code == 200, r.text
     text_hits, image_hits = r.json()["results"]  # texts first, then images
     assert_same_hits(text_hits, env["col_idx"].search("blue sky", k=4))
@@ -192,7 +201,9 @@ def test_mixed_lengths_and_filters_in_one_batch(env, exact):
     scores with exact batching, where each query length gets its own forward)."""
     env["col_service"].config.exact_batching = exact
     reqs = [({"queries": [t], "k": 3}, t, None) for t in TEXTS]
-    reqs += [({"queries": ["blue sky"], "k": 2, "where": "page = 0 AND width < 200"}, "blue sky", "page = 0 AND width < 200")]
+    reqs += [
+        ({"queries": ["blue sky"], "k": 2, "where": "page = 0 AND width < 200"}, "blue sky", "page = 0 AND width < 200")
+    ]
 
     async def many():
         async with httpx.AsyncClient(base_url=env["col"], headers=AUTH, timeout=120) as c:
@@ -221,9 +232,15 @@ def test_a_slow_client_blocks_no_one(env):
     slow = socket.create_connection((host, int(port)))
     try:
         body = b'{"queries": ["blue sky"], "k": 3}'
-        slow.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
-                     + b"\r\n\r\n" + body[:10])
+        slow.sendall(
+            b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer "
+            + TOKEN.encode()
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body[:10]
+        )
         t = time.perf_counter()
         r = post(env["col"], "/search", {"queries": ["blue sky"], "k": 3})
         assert r.status_code == 200 and time.perf_counter() - t < 20
@@ -242,7 +259,9 @@ def test_a_slow_client_blocks_no_one(env):
 # ------------------------------------------------------------------ embed (vLLM /pooling shape)
 def test_embed_matches_embedder(env):
     img = Image.open(env["pages"] / "page01.png")
-    body = {"input": ["a red bicycle", {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_b64(img)}}]}
+    body = {
+        "input": ["a red bicycle", {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_b64(img)}}]
+    }
     for kind in ("col", "bi"):
         headers = AUTH if kind == "col" else {}
         r = httpx.post(env[kind] + "/embed", json=body, headers=headers, timeout=120)
@@ -258,9 +277,14 @@ def test_embed_matches_embedder(env):
         assert got_t.ndim == (2 if kind == "col" else 1)  # per token for ColNomic, pooled for Nomic
         np.testing.assert_allclose(got_t, want_t, atol=1e-5, rtol=0)
         np.testing.assert_allclose(got_i, want_i, atol=1e-5, rtol=0)
-    r = post(env["col"], "/embed", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a red bicycle"}]}]})
-    np.testing.assert_allclose(np.asarray(r.json()["data"][0]["data"], np.float32),
-                               env["col_emb"].embed_queries(["a red bicycle"])[0], atol=1e-5)
+    r = post(
+        env["col"], "/embed", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a red bicycle"}]}]}
+    )
+    np.testing.assert_allclose(
+        np.asarray(r.json()["data"][0]["data"], np.float32),
+        env["col_emb"].embed_queries(["a red bicycle"])[0],
+        atol=1e-5,
+    )
 
 
 # ------------------------------------------------------------------ heatmaps
@@ -296,10 +320,16 @@ def test_heatmap_from_stored_vectors_per_token(env):
     qemb = idx.embed_queries(["a red bicycle"])[0]
     assert len(toks) == qemb.shape[0]
     row = idx.row(hit["id"])
-    maps = hm.similarity_maps(qemb, idx.row_embedding(hit["id"]), hm.layout(idx.model.processor, row["width"], row["height"]))
+    maps = hm.similarity_maps(
+        qemb, idx.row_embedding(hit["id"]), hm.layout(idx.model.processor, row["width"], row["height"])
+    )
     r = httpx.get(env["col"] + f"/heatmap/{hit['id']}", params={"q": "a red bicycle", "mode": "json"}, headers=AUTH)
     np.testing.assert_allclose(r.json()["grid"], maps.max(axis=0), atol=1e-6)
-    r = httpx.get(env["col"] + f"/heatmap/{hit['id']}", params={"q": "a red bicycle", "mode": "json", "query_token": 2}, headers=AUTH)
+    r = httpx.get(
+        env["col"] + f"/heatmap/{hit['id']}",
+        params={"q": "a red bicycle", "mode": "json", "query_token": 2},
+        headers=AUTH,
+    )
     np.testing.assert_allclose(r.json()["grid"], maps[2], atol=1e-6)
     r = httpx.get(env["col"] + f"/heatmap/{hit['id']}", params={"q": "a red bicycle", "query_token": 999}, headers=AUTH)
     assert r.status_code == 400 and "query_token" in r.json()["error"]
@@ -323,8 +353,17 @@ def test_thumbnail_cached_beside_the_store(env):
     assert len(cached) == 1 and cached[0].read_bytes() == r.content
 
 
-@pytest.mark.parametrize("bad", ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-                                 "0123456789abcdef", "DEADBEEFDEADBEEF", "a" * 64])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../../etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "0123456789abcdef",
+        "DEADBEEFDEADBEEF",
+        "a" * 64,
+    ],
+)
 def test_traversal_and_unknown_ids_are_404(env, bad):
     for path in (f"/thumb/{bad}", f"/heatmap/{bad}?q=x"):
         r = httpx.get(env["col"] + path, headers=AUTH)
@@ -346,8 +385,15 @@ def test_symlink_out_of_the_root_is_refused(tmp_path):
 
 
 def test_auth(env):
-    for method, path in (("POST", "/search"), ("GET", "/stats"), ("POST", "/embed"), ("GET", "/thumb/0123456789abcdef"),
-                         ("GET", "/heatmap/0123456789abcdef?q=x"), ("GET", "/tokens?q=x"), ("GET", "/openapi.json")):
+    for method, path in (
+        ("POST", "/search"),
+        ("GET", "/stats"),
+        ("POST", "/embed"),
+        ("GET", "/thumb/0123456789abcdef"),
+        ("GET", "/heatmap/0123456789abcdef?q=x"),
+        ("GET", "/tokens?q=x"),
+        ("GET", "/openapi.json"),
+    ):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             r = httpx.request(method, env["col"] + path, headers=headers, json={"queries": ["x"]})
             assert r.status_code == 401, (method, path, headers, r.status_code)
@@ -365,7 +411,9 @@ def test_auth(env):
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
         assert httpx.get(env["col"] + "/docs-assets/" + asset).status_code == 200
     # CORS is off unless asked for
-    r = httpx.options(env["col"] + "/search", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    r = httpx.options(
+        env["col"] + "/search", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in r.headers
 
 
@@ -411,8 +459,13 @@ def test_oversized_uploads_are_413(env):
     assert httpx.get(env["col"] + "/health").status_code == 200  # the server is fine
 
 
-def test_object_storage_store(s3, env,  # noqa: F811  (the fixture)
-                                tiny_colqwen, tmp_path, monkeypatch):
+def test_object_storage_store(
+    s3,  # noqa: F811  (the fixture)
+    env,
+    tiny_colqwen,
+    tmp_path,
+    monkeypatch,
+):
     """An s3:// store: search, heatmaps, and thumbnails cached locally (not in the bucket)."""
     from nomic_memory.search.index import Index
     from nomic_memory.serve.app import create_app
@@ -453,8 +506,18 @@ def test_cli_refuses_open_bind_without_token(tmp_path):
 
 @pytest.mark.slow
 def test_cli_serves_with_token(env, tmp_path):
-    proc = start_cli("serve", "--store", str(env["base"] / "col_store"), "--port", "0", "--token", TOKEN,
-                     "--backend", "cpu", env=cli_env(tmp_path))
+    proc = start_cli(
+        "serve",
+        "--store",
+        str(env["base"] / "col_store"),
+        "--port",
+        "0",
+        "--token",
+        TOKEN,
+        "--backend",
+        "cpu",
+        env=cli_env(tmp_path),
+    )
     try:
         line = ""
         deadline = time.time() + 180
@@ -492,7 +555,10 @@ def test_document_pages_render(tmp_path):
     w, h = (round(v) for v in A6)
     p2 = load_page({"root": root, "path": "doc.pdf", "page": 2, "width": w, "height": h})
     assert max(p2.size) == 1024 and abs(p2.width / p2.height - w / h) < 0.01
-    assert load_page({"root": root, "path": "doc.pdf", "page": 2, "width": w, "height": h}, (112, 168)).size == (112, 168)
+    assert load_page({"root": root, "path": "doc.pdf", "page": 2, "width": w, "height": h}, (112, 168)).size == (
+        112,
+        168,
+    )
     assert p2.getpixel((5, 5))[0] > 200 and p2.getpixel((5, 5))[2] < 50  # the second (red) page
     assert load_page({"root": root, "path": "scan.tif", "page": 3}).getpixel((1, 1)) == (0, 0, 255)
     for path, page in (("doc.pdf", 3), ("scan.tif", 4)):
@@ -522,7 +588,9 @@ def test_pdf_pages_thumbnails_and_heatmaps(env, tmp_path):
         env["col_emb"].embed_directory(tmp_path / "docs", store=tmp_path / "store", workers=0)
     running = Running(create_app(SearchService(Index.open(tmp_path / "store", backend="cpu"))))
     try:
-        hits = httpx.post(running.url + "/search", json={"queries": ["invoice"], "k": 5}, timeout=120).json()["results"][0]
+        hits = httpx.post(running.url + "/search", json={"queries": ["invoice"], "k": 5}, timeout=120).json()[
+            "results"
+        ][0]
         assert sorted(h["page"] for h in hits) == [1, 2]
         grids = {}
         for h in hits:
@@ -558,8 +626,9 @@ def test_a_running_server_sees_rows_embedded_meanwhile(tiny_colqwen, tmp_path):
     store = tmp_path / "store"
     emb = Embedder(str(tiny_colqwen), backend="cpu")
     emb.embed_directory(pages, store, workers=0)
-    server = Running(create_app(SearchService(Index.open(store, backend="cpu", model=emb),
-                                              ServeConfig(refresh_seconds=0.2))))
+    server = Running(
+        create_app(SearchService(Index.open(store, backend="cpu", model=emb), ServeConfig(refresh_seconds=0.2)))
+    )
     try:
         before = post(server.url, "/search", {"queries": ["page"], "k": 100}).json()["results"][0]
         assert len(before) == 3  # two pages and sub/wide.jpg

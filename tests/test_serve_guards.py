@@ -40,8 +40,7 @@ def served(tmp_path_factory, tiny_colqwen):
     cfg = ServeConfig(batch_window_ms=60, refresh_seconds=0.2, max_query_tokens=64)
     service = SearchService(Index.open(base / "store", backend="cpu", model=emb), cfg)
     running = Running(create_app(service))
-    yield {"url": running.url, "base": base, "service": service, "emb": emb,
-           "port": running.url.rsplit(":", 1)[1]}
+    yield {"url": running.url, "base": base, "service": service, "emb": emb, "port": running.url.rsplit(":", 1)[1]}
     running.stop()
 
 
@@ -116,16 +115,21 @@ def test_a_failing_forward_fails_only_its_request(served, tmp_path):
     from nomic_memory.search.index import Index
     from nomic_memory.serve.service import SearchService, ServeConfig
 
-    service = SearchService(Index.open(served["base"] / "store", backend="cpu", model=served["emb"]),
-                            ServeConfig(batch_window_ms=200))
+    service = SearchService(
+        Index.open(served["base"] / "store", backend="cpu", model=served["emb"]), ServeConfig(batch_window_ms=200)
+    )
     broken = tmp_path / "notes.png"
     broken.write_text("not an image")  # decoding it fails inside the shared forward
 
     async def many():
         service.start()
         try:
-            return await asyncio.gather(service.search(["blue sky"], 2, None), service.search([broken], 2, None),
-                                        service.search(["a red bicycle"], 3, None), return_exceptions=True)
+            return await asyncio.gather(
+                service.search(["blue sky"], 2, None),
+                service.search([broken], 2, None),
+                service.search(["a red bicycle"], 3, None),
+                return_exceptions=True,
+            )
         finally:
             await service.stop()
 
@@ -184,16 +188,23 @@ def test_a_dropped_table_is_503_until_it_comes_back(tiny_colqwen, tmp_path):
     make_pages(tmp_path / "pages")
     emb = Embedder(str(tiny_colqwen), backend="cpu")
     emb.embed_directory(tmp_path / "pages", store=tmp_path / "store", workers=0)
-    server = Running(create_app(SearchService(Index.open(tmp_path / "store", backend="cpu", model=emb),
-                                              ServeConfig(refresh_seconds=0.2))))
+    server = Running(
+        create_app(
+            SearchService(Index.open(tmp_path / "store", backend="cpu", model=emb), ServeConfig(refresh_seconds=0.2))
+        )
+    )
     try:
         url = server.url
         hit = _hit({"url": url})
         name = Store(tmp_path / "store").table_names()[0]
         Store(tmp_path / "store").drop_table(name)  # what `store drop` does
         time.sleep(0.3)
-        for method, path in (("POST", "/search"), ("GET", f"/thumb/{hit['id']}"), ("GET", f"/heatmap/{hit['id']}?q=x"),
-                             ("GET", "/health")):
+        for method, path in (
+            ("POST", "/search"),
+            ("GET", f"/thumb/{hit['id']}"),
+            ("GET", f"/heatmap/{hit['id']}?q=x"),
+            ("GET", "/health"),
+        ):
             r = httpx.request(method, url + path, json={"queries": ["blue sky"]}, timeout=60)
             assert r.status_code == 503, (path, r.status_code, r.text)
             assert "no longer in the store" in r.json()["error"]

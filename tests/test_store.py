@@ -12,12 +12,24 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import CLEAN_IMAGES, cli_env, copy_tree, finish, kill_when_rows, make_image, start_cli
 
+from conftest import CLEAN_IMAGES, cli_env, copy_tree, finish, kill_when_rows, make_image, start_cli
 from nomic_memory.store.table import Store, embedding_to_numpy
 
-SCHEMA_COLUMNS = ["path", "content_hash", "size", "mtime", "width", "height", "n_vectors", "model_id",
-                  "model_revision", "proj_fingerprint", "dtype", "embedding"]
+SCHEMA_COLUMNS = [
+    "path",
+    "content_hash",
+    "size",
+    "mtime",
+    "width",
+    "height",
+    "n_vectors",
+    "model_id",
+    "model_revision",
+    "proj_fingerprint",
+    "dtype",
+    "embedding",
+]
 
 
 def _rows(store_path) -> list[dict]:
@@ -27,8 +39,10 @@ def _rows(store_path) -> list[dict]:
 
 def _embeddings(store_path) -> dict[str, np.ndarray]:
     t = Store(store_path).only_table()
-    return {r["path"]: embedding_to_numpy(r["embedding"], t.info.kind, t.info.dim)
-            for r in t.to_arrow(["path", "embedding"]).to_pylist()}
+    return {
+        r["path"]: embedding_to_numpy(r["embedding"], t.info.kind, t.info.dim)
+        for r in t.to_arrow(["path", "embedding"]).to_pylist()
+    }
 
 
 def _assert_unique(rows: list[dict]) -> None:
@@ -82,8 +96,9 @@ def test_schema_and_reopen(loaded, image_dir, tmp_path, kind):
     # Arrow scalars (a slice of the column's child arrays) convert to the same arrays as lists.
     col = t.column("embedding").combine_chunks()
     for i, r in enumerate(rows):
-        np.testing.assert_array_equal(embedding_to_numpy(col[i], info.kind, info.dim),
-                                      embedding_to_numpy(r["embedding"], info.kind, info.dim))
+        np.testing.assert_array_equal(
+            embedding_to_numpy(col[i], info.kind, info.dim), embedding_to_numpy(r["embedding"], info.kind, info.dim)
+        )
 
 
 def test_rerun_modify_delete_prune(loaded, image_dir, tmp_path):
@@ -163,8 +178,9 @@ def test_bad_files_reported_rest_stored(loaded, messy_dir, tmp_path):
 
     emb = loaded["colqwen"]
     events = []
-    report = emb.embed_directory(messy_dir, store=tmp_path / "store", workers=0,
-                                 on_event=lambda kind, data: events.append((kind, data)))
+    report = emb.embed_directory(
+        messy_dir, store=tmp_path / "store", workers=0, on_event=lambda kind, data: events.append((kind, data))
+    )
     failed = dict(report.failed)
     assert set(failed) == set(BAD_FILES)
     for path, reason in BAD_FILES.items():
@@ -197,8 +213,20 @@ def kill_dir(tmp_path_factory):
 def test_kill9_then_resume(loaded, tiny_colqwen, kill_dir, tmp_path):
     store = tmp_path / "store"
     env = cli_env(tmp_path)
-    args = [kill_dir, "--model-name", tiny_colqwen, "--backend", "cpu", "--store", store,
-            "--batch-size", "2", "--workers", "0", "--no-progress"]
+    args = [
+        kill_dir,
+        "--model-name",
+        tiny_colqwen,
+        "--backend",
+        "cpu",
+        "--store",
+        store,
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     proc = start_cli(*args, legacy=True, env=env)  # the original `python main.py DIR ...` entry
     watcher, seen = kill_when_rows(proc, store, N_KILL // 4, N_KILL)  # several batches committed, not all
     # While the subprocess imports torch, make the reference: a clean, uninterrupted run.
@@ -207,7 +235,8 @@ def test_kill9_then_resume(loaded, tiny_colqwen, kill_dir, tmp_path):
     watcher.join()
     result = finish(proc)
     assert result.returncode == -signal.SIGKILL, (
-        f"the run was not killed mid-way (rows seen: {seen}/{N_KILL})\n{result}")
+        f"the run was not killed mid-way (rows seen: {seen}/{N_KILL})\n{result}"
+    )
 
     before = {r["path"]: r for r in _rows(store)}  # what survived: whole batches only
     assert 0 < len(before) < N_KILL, (seen, len(before))
@@ -222,8 +251,7 @@ def test_kill9_then_resume(loaded, tiny_colqwen, kill_dir, tmp_path):
 
     rows = _rows(store)
     _assert_unique(rows)
-    assert sorted(r["path"] for r in rows) == sorted(p.relative_to(kill_dir).as_posix()
-                                                     for p in kill_dir.rglob("*.*"))
+    assert sorted(r["path"] for r in rows) == sorted(p.relative_to(kill_dir).as_posix() for p in kill_dir.rglob("*.*"))
     after = {r["path"]: r for r in rows}
     for p, r in before.items():  # rows written before the kill were not re-embedded
         assert after[p]["embedded_at"] == r["embedded_at"], p

@@ -25,8 +25,9 @@ INFO = TableInfo("m", "r", "colqwen", 8, "fp", "float16")
 
 
 def _pages(root: str, pages, rng) -> list[Record]:
-    return [Record(root, "big.pdf", "h" * 64, 1, 0.0, 10, 10, rng.standard_normal((3, 8)), "float32", page=p)
-            for p in pages]
+    return [
+        Record(root, "big.pdf", "h" * 64, 1, 0.0, 10, 10, rng.standard_normal((3, 8)), "float32", page=p) for p in pages
+    ]
 
 
 # ---------------------------------------------------------------- commit cost
@@ -86,8 +87,12 @@ def test_search_k_must_be_a_positive_whole_number(tmp_path, k):
 # ---------------------------------------------------------------- export
 def _two_root_store(path: Path) -> Path:
     t = Store(path).create_or_open("t", TableInfo("m", "r", "biqwen", 4, "fp", "float32"))
-    t.upsert([Record("/one", "a.png", "h", 1, 0.0, 1, 1, np.ones(4), "float32"),
-              Record("/two", "b.png", "h", 1, 0.0, 1, 1, np.ones(4), "float32")])
+    t.upsert(
+        [
+            Record("/one", "a.png", "h", 1, 0.0, 1, 1, np.ones(4), "float32"),
+            Record("/two", "b.png", "h", 1, 0.0, 1, 1, np.ones(4), "float32"),
+        ]
+    )
     return path
 
 
@@ -151,8 +156,9 @@ def _shared_dir() -> Path:
 
 
 def _run_as(pre: list[str], *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([*pre, *cli_cmd(*map(str, args))], cwd=REPO, env=env or cli_env(), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [*pre, *cli_cmd(*map(str, args))], cwd=REPO, env=env or cli_env(), capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -193,8 +199,9 @@ def test_prune_never_deletes_rows_under_a_folder_that_could_not_be_listed(tiny_c
             os.chown(p, 65534, 65534)  # nobody owns everything but the folder it cannot list
         os.chown(photos / "private", 0, 0)
         (photos / "private").chmod(0o700)
-        r = _run_as(pre, "embed", photos, "--store", store, "--model-name", model, "--backend", "cpu", "--prune",
-                    "--json")
+        r = _run_as(
+            pre, "embed", photos, "--store", store, "--model-name", model, "--backend", "cpu", "--prune", "--json"
+        )
         assert r.returncode == 3, r.stderr  # the folder is reported
         assert "cannot list directory" in r.stderr
         rep = json.loads(r.stdout)

@@ -93,8 +93,14 @@ class Recorder(WatchListener):
         self.lock = threading.Lock()
 
     def run_started(self, root, trigger, paths):
-        run = {"start": time.monotonic(), "trigger": trigger, "paths": None if paths is None else list(paths),
-               "failed": [], "embedded": 0, "end": None}
+        run = {
+            "start": time.monotonic(),
+            "trigger": trigger,
+            "paths": None if paths is None else list(paths),
+            "failed": [],
+            "embedded": 0,
+            "end": None,
+        }
         with self.lock:
             self.runs.append(run)
 
@@ -118,8 +124,9 @@ class Running:
 
     def __init__(self, emb, folders, store, **opts):
         self.rec = Recorder()
-        self.watcher = Watcher(emb, folders, store, WatchOptions(**{"debounce": 0.3, "max_wait": 1.0, **opts}),
-                               self.rec)
+        self.watcher = Watcher(
+            emb, folders, store, WatchOptions(**{"debounce": 0.3, "max_wait": 1.0, **opts}), self.rec
+        )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -248,7 +255,7 @@ def test_file_still_being_written_is_embedded_once_when_stable(emb, folder, tmp_
         n = 15
         with open(target, "wb") as f:
             for i in range(n):  # 15 writes, 0.2 s apart: 3 s
-                f.write(data[i * len(data) // n:(i + 1) * len(data) // n])
+                f.write(data[i * len(data) // n : (i + 1) * len(data) // n])
                 f.flush()
                 time.sleep(0.2)
         written = time.monotonic()
@@ -308,8 +315,21 @@ def test_stop_commits_and_restart_catches_up(emb, tmp_path):
 
 # ---------------------------------------------------------------- the CLI
 def start_watch(folder: Path, store: Path, model: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
-    return start_cli("watch", str(folder), "--store", str(store), "--model-name", str(model), "--backend", "cpu",
-                     "--debounce", "0.3", "--json", *extra, env=cli_env(tmp_path))
+    return start_cli(
+        "watch",
+        str(folder),
+        "--store",
+        str(store),
+        "--model-name",
+        str(model),
+        "--backend",
+        "cpu",
+        "--debounce",
+        "0.3",
+        "--json",
+        *extra,
+        env=cli_env(tmp_path),
+    )
 
 
 def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 180) -> str:
@@ -409,8 +429,9 @@ def test_cli_watch_bad_folder_is_one_line(tiny_colqwen, tmp_path):
 def test_serve_watch_sees_new_rows(emb, folder, tmp_path):
     store = tmp_path / "store"
     emb.embed_directory(folder, store)
-    proc = start_cli("serve", "--store", str(store), "--port", "0", "--backend", "cpu", "--watch", str(folder),
-                     env=cli_env(tmp_path))
+    proc = start_cli(
+        "serve", "--store", str(store), "--port", "0", "--backend", "cpu", "--watch", str(folder), env=cli_env(tmp_path)
+    )
     try:
         url = None
         deadline = time.monotonic() + 180

@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,10 +27,10 @@ from nomic_memory.store.table import EmbeddingTable, Store, default_store_path, 
 
 if TYPE_CHECKING:
     from nomic_memory.run.ray_engine import RayExecutor
+from nomic_memory.errors import UsageError
 from nomic_memory.run.driver import run_embedding
 from nomic_memory.run.local_engine import LocalExecutor
 from nomic_memory.run.repair import reembed, unstored
-from nomic_memory.errors import UsageError
 from nomic_memory.search.index import Index
 
 
@@ -40,12 +41,23 @@ class Embedder:
     ``mps``, ``cpu`` or a :class:`~nomic_memory.model.backends.Backend`; ``dtype`` overrides the
     backend's (``bfloat16``, ``float16``, ``float32``)."""
 
-    def __init__(self, model: str | None = None, *, backend: str | Backend = "auto", dtype: str | None = None,
-                 kind: str | None = None, image_only: bool = False, seed: int = DEFAULT_SEED,
-                 revision: str | None = None, max_visual_tokens: int | None = None, lazy: bool = False):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        backend: str | Backend = "auto",
+        dtype: str | None = None,
+        kind: str | None = None,
+        image_only: bool = False,
+        seed: int = DEFAULT_SEED,
+        revision: str | None = None,
+        max_visual_tokens: int | None = None,
+        lazy: bool = False,
+    ):
         self.backend = backend if isinstance(backend, Backend) else select_backend(backend, dtype=dtype)
-        self.spec = ModelSpec.of(model, kind=kind, revision=revision, seed=seed, image_only=image_only,
-                                 max_visual_tokens=max_visual_tokens)
+        self.spec = ModelSpec.of(
+            model, kind=kind, revision=revision, seed=seed, image_only=image_only, max_visual_tokens=max_visual_tokens
+        )
         self.seed = seed
         self._resolved: ResolvedModel | None = None
         self._loaded: LoadedModel | None = None
@@ -53,12 +65,13 @@ class Embedder:
             self._loaded = self.spec.load(self.backend, self.resolved)
 
     @classmethod
-    def from_loaded(cls, lm: LoadedModel) -> "Embedder":
+    def from_loaded(cls, lm: LoadedModel) -> Embedder:
         """Wrap a model that is already loaded."""
         self = cls.__new__(cls)
         self.backend, self.seed = lm.backend, lm.seed
-        self.spec = ModelSpec(str(lm.source) if lm.source else lm.model_id, kind=lm.kind, seed=lm.seed,
-                              image_only=lm.image_only)
+        self.spec = ModelSpec(
+            str(lm.source) if lm.source else lm.model_id, kind=lm.kind, seed=lm.seed, image_only=lm.image_only
+        )
         self._resolved = None
         self._loaded = lm
         return self
@@ -107,12 +120,11 @@ class Embedder:
         out, i = [], 0
         for g in groups:  # a document's entry: the list of its pages' embeddings, in page order
             n = 1 if g is None else len(g)
-            out.append(flat[i] if g is None else flat[i:i + n])
+            out.append(flat[i] if g is None else flat[i : i + n])
             i += n
         return out[0] if single else out
 
-    def embed_queries(self, queries, template: str | None = None, *, batch_size: int = 16,
-                      as_tensor: bool = False):
+    def embed_queries(self, queries, template: str | None = None, *, batch_size: int = 16, as_tensor: bool = False):
         """Query embeddings: a ``str`` is a text query, embedded as the model card does it
         (``process_queries``; ``template`` formats it first, ``"Query: {}"``); a ``pathlib.Path``
         or a ``PIL.Image`` is an image query, embedded as a stored image (a path may name a
@@ -128,12 +140,23 @@ class Embedder:
         return res[0] if single else res
 
     # ------------------------------------------------------------------ folders and stores
-    def embed_directory(self, directory: str | Path, store: str | Path | Store | None = None, *,
-                        batch_size: int = 8, max_batch_tokens: int | None = None, workers: int | None = None,
-                        prune: bool = False, engine: str = "local", ray_address: str | None = None,
-                        gpus_per_worker: float = 1.0, on_event: ProgressCallback | None = None,
-                        sort_by_tokens: bool = True, table_name: str | None = None,
-                        paths: Sequence[str | Path] | None = None) -> RunReport:
+    def embed_directory(
+        self,
+        directory: str | Path,
+        store: str | Path | Store | None = None,
+        *,
+        batch_size: int = 8,
+        max_batch_tokens: int | None = None,
+        workers: int | None = None,
+        prune: bool = False,
+        engine: str = "local",
+        ray_address: str | None = None,
+        gpus_per_worker: float = 1.0,
+        on_event: ProgressCallback | None = None,
+        sort_by_tokens: bool = True,
+        table_name: str | None = None,
+        paths: Sequence[str | Path] | None = None,
+    ) -> RunReport:
         """Embed every image (and document page) under ``directory`` into ``store`` (default: the
         default store), resumably: unchanged inputs are skipped, changed ones re-embedded,
         ``prune`` drops rows of files that are gone.  The model is loaded only if there is work.
@@ -149,19 +172,41 @@ class Embedder:
         if engine == "ray":
             from nomic_memory.run.ray_engine import RayExecutor  # late: ray is an optional extra
 
-            executor = RayExecutor(self.spec, self.backend, self.resolved, workers=workers,
-                                   ray_address=ray_address, gpus_per_worker=gpus_per_worker)
+            executor = RayExecutor(
+                self.spec,
+                self.backend,
+                self.resolved,
+                workers=workers,
+                ray_address=ray_address,
+                gpus_per_worker=gpus_per_worker,
+            )
         elif engine == "local":
-            executor = LocalExecutor(self._loaded, spec=self.spec, backend=self.backend,
-                                     resolved=self._resolved if self._loaded is None else None, workers=workers)
+            executor = LocalExecutor(
+                self._loaded,
+                spec=self.spec,
+                backend=self.backend,
+                resolved=self._resolved if self._loaded is None else None,
+                workers=workers,
+            )
         else:
             raise UsageError(f"unknown engine {engine!r}; choose local or ray")
         ident = self._identity()
         try:
-            report = run_embedding(directory, store, executor, model_id=ident[0], revision=ident[1], seed=self.seed,
-                                   table_name=table_name or ident[2], prune=prune, batch_size=batch_size,
-                                   max_batch_tokens=max_batch_tokens, sort_by_tokens=sort_by_tokens,
-                                   on_event=on_event, paths=paths)
+            report = run_embedding(
+                directory,
+                store,
+                executor,
+                model_id=ident[0],
+                revision=ident[1],
+                seed=self.seed,
+                table_name=table_name or ident[2],
+                prune=prune,
+                batch_size=batch_size,
+                max_batch_tokens=max_batch_tokens,
+                sort_by_tokens=sort_by_tokens,
+                on_event=on_event,
+                paths=paths,
+            )
         finally:
             close = getattr(executor, "close", None)
             if close is not None:
@@ -183,8 +228,15 @@ class Embedder:
         return Index.open(store, table or self._identity()[2], model=self, **kwargs)
 
 
-def repair(store: Store, table: EmbeddingTable, report: CheckReport, backend: str = "auto", on_event=None,
-           delete_unrestorable: bool = False, batch_size: int = 8) -> dict:
+def repair(
+    store: Store,
+    table: EmbeddingTable,
+    report: CheckReport,
+    backend: str = "auto",
+    on_event=None,
+    delete_unrestorable: bool = False,
+    batch_size: int = 8,
+) -> dict:
     """Re-embed the bad and missing rows of ``report`` from their files with the table's model,
     and only then remove the bad rows (:mod:`nomic_memory.run.repair`).
 
@@ -209,16 +261,19 @@ def repair(store: Store, table: EmbeddingTable, report: CheckReport, backend: st
     emb = Embedder(info.model_id, backend=backend, kind=info.kind, seed=info.seed, lazy=True)
     executor = LocalExecutor(None, spec=emb.spec, backend=emb.backend, resolved=emb.resolved, workers=0)
     for root, wanted in sorted(todo.items()):
-        replaces = {(key_to_path(p), pg): [r for r in ids if r is not None]
-                    for (r_, p, pg), ids in bad.items() if r_ == root}
-        res = reembed(store, table, executor, Path(key_to_path(root)), wanted, replaces,
-                      batch_size=batch_size, emit=on_event)
+        replaces = {
+            (key_to_path(p), pg): [r for r in ids if r is not None] for (r_, p, pg), ids in bad.items() if r_ == root
+        }
+        res = reembed(
+            store, table, executor, Path(key_to_path(root)), wanted, replaces, batch_size=batch_size, emit=on_event
+        )
         out["reembedded"] += res.embedded
         out["deleted"] += sum(len(replaces.get(k, [])) for k in res.restored)
         out["failed"].extend(res.failed)
         out["kept"].extend({"root": root, "path": path_to_key(p), "page": pg, "reason": why} for p, pg, why in res.kept)
-    out["reembedded"] += _restore_nameless(store, table, report, executor, out, batch_size, on_event,
-                                           delete_unrestorable)
+    out["reembedded"] += _restore_nameless(
+        store, table, report, executor, out, batch_size, on_event, delete_unrestorable
+    )
     if delete_unrestorable and out["kept"]:
         ids = [rid for k in out["kept"] for rid in bad.get((k["root"], k["path"], k["page"]), []) if rid is not None]
         out["deleted"] += _delete_rows(table, ids)
@@ -236,8 +291,16 @@ def _delete_rows(table: EmbeddingTable, row_ids: list[int]) -> int:
     return len(row_ids)
 
 
-def _restore_nameless(store: Store, table: EmbeddingTable, report: CheckReport, executor, out: dict,
-                      batch_size: int, on_event, delete_unrestorable: bool) -> int:
+def _restore_nameless(
+    store: Store,
+    table: EmbeddingTable,
+    report: CheckReport,
+    executor,
+    out: dict,
+    batch_size: int,
+    on_event,
+    delete_unrestorable: bool,
+) -> int:
     """Data files whose rows cannot be named: re-embed what every folder the table holds lacks,
     then drop those files if at least as many rows were restored as they held."""
     if not report.nameless_rows:
@@ -255,10 +318,16 @@ def _restore_nameless(store: Store, table: EmbeddingTable, report: CheckReport, 
         out["deleted"] += lost
         table.drop_fragments(report.nameless_rows)
     else:
-        out["kept"].append({"root": None, "path": None, "page": None,
-                            "reason": f"data files {sorted(report.nameless_rows)} hold {lost} rows whose names "
-                                      f"cannot be read; {embedded} were re-embedded from the folders the table "
-                                      "holds: the files were kept"})
+        out["kept"].append(
+            {
+                "root": None,
+                "path": None,
+                "page": None,
+                "reason": f"data files {sorted(report.nameless_rows)} hold {lost} rows whose names "
+                f"cannot be read; {embedded} were re-embedded from the folders the table "
+                "holds: the files were kept",
+            }
+        )
     return embedded
 
 

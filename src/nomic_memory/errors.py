@@ -98,7 +98,12 @@ def out_of_memory_kind(e: BaseException) -> str | None:
 def out_of_memory_detail(e: BaseException) -> str:
     """The library's own words about an out-of-memory failure, on one short line."""
     text = " ".join(str(e).split()) or type(e).__name__
-    for marker in ("DefaultCPUAllocator: ", "Tried to allocate", "could not create a primitive", "Original error was: "):
+    for marker in (
+        "DefaultCPUAllocator: ",
+        "Tried to allocate",
+        "could not create a primitive",
+        "Original error was: ",
+    ):
         at = text.find(marker)
         if at >= 0:
             text = text[at:]
@@ -126,6 +131,21 @@ class InputError(NomicMemoryError):
         return (type(self), (self.path, self.reason, self.page))
 
 
-__all__ = ["NomicMemoryError", "UsageError", "WrongTypeError", "FolderNotFoundError", "BackendUnavailable",
-           "ModelLoadError", "ModelKindError", "StoreError", "SearchError", "ModelMismatchError", "EngineError",
-           "InputError", "OutOfMemory", "out_of_memory_kind", "out_of_memory_detail", "MissingExtra"]
+__all__ = [
+    "NomicMemoryError",
+    "UsageError",
+    "WrongTypeError",
+    "FolderNotFoundError",
+    "BackendUnavailable",
+    "ModelLoadError",
+    "ModelKindError",
+    "StoreError",
+    "SearchError",
+    "ModelMismatchError",
+    "EngineError",
+    "InputError",
+    "OutOfMemory",
+    "out_of_memory_kind",
+    "out_of_memory_detail",
+    "MissingExtra",
+]

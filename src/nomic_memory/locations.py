@@ -28,7 +28,7 @@ def store_key(location: str | Path) -> str:
     if is_uri(location):
         return location
     if location.startswith("file://"):
-        location = location[len("file://"):]
+        location = location[len("file://") :]
     return str(Path(location).expanduser().resolve())
 
 

@@ -76,6 +76,7 @@ class MemoryReport:
 
     def lines(self) -> list[str]:
         """The original script's report lines, e.g. ``Peak CUDA memory used: 14.32 GB (14663.45 MB)``."""
+
         def fmt(b: int) -> str:
             return f"{b / MB / 1024:.2f} GB ({b / MB:.2f} MB)"
 
@@ -94,8 +95,13 @@ class MemoryReport:
         return out
 
     def to_dict(self) -> dict:
-        return {"backend": self.backend, "peak_bytes": self.peak_bytes, "peak_mb": round(self.peak_mb, 2),
-                "baseline_bytes": self.baseline_bytes, **{k: v for k, v in self.extra.items()}}
+        return {
+            "backend": self.backend,
+            "peak_bytes": self.peak_bytes,
+            "peak_mb": round(self.peak_mb, 2),
+            "baseline_bytes": self.baseline_bytes,
+            **{k: v for k, v in self.extra.items()},
+        }
 
 
 class MemoryTracker:
@@ -110,7 +116,7 @@ class MemoryTracker:
         self._thread: threading.Thread | None = None
         self.baseline = 0
 
-    def start(self) -> "MemoryTracker":
+    def start(self) -> MemoryTracker:
         if self.backend == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -134,8 +140,9 @@ class MemoryTracker:
         """Take an MPS sample now (also called at batch boundaries so short peaks are seen)."""
         if self.backend == "mps":
             self._mps_peak["driver"] = max(self._mps_peak["driver"], torch.mps.driver_allocated_memory())
-            self._mps_peak["current_allocated"] = max(self._mps_peak["current_allocated"],
-                                                      torch.mps.current_allocated_memory())
+            self._mps_peak["current_allocated"] = max(
+                self._mps_peak["current_allocated"], torch.mps.current_allocated_memory()
+            )
 
     def stop(self) -> MemoryReport:
         if self._thread is not None:
@@ -146,15 +153,23 @@ class MemoryTracker:
 
     def report(self) -> MemoryReport:
         if self.backend == "cuda":
-            return MemoryReport("cuda", torch.cuda.max_memory_allocated(self.device),
-                                {"reserved": torch.cuda.max_memory_reserved(self.device)}, self.baseline)
+            return MemoryReport(
+                "cuda",
+                torch.cuda.max_memory_allocated(self.device),
+                {"reserved": torch.cuda.max_memory_reserved(self.device)},
+                self.baseline,
+            )
         if self.backend == "mps":
             self.sample()
-            return MemoryReport("mps", self._mps_peak["driver"],
-                                {"current_allocated": self._mps_peak["current_allocated"]}, self.baseline)
+            return MemoryReport(
+                "mps",
+                self._mps_peak["driver"],
+                {"current_allocated": self._mps_peak["current_allocated"]},
+                self.baseline,
+            )
         return MemoryReport("cpu", peak_rss_bytes(), {"current_rss": current_rss_bytes()}, self.baseline)
 
-    def __enter__(self) -> "MemoryTracker":
+    def __enter__(self) -> MemoryTracker:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -190,5 +205,13 @@ def trim_heap() -> None:
         _MALLOC_TRIM(0)
 
 
-__all__ = ["MemoryReport", "MemoryTracker", "peak_rss_bytes", "current_rss_bytes", "reset_peak_rss",
-           "read_status_kb", "trim_heap", "MB"]
+__all__ = [
+    "MemoryReport",
+    "MemoryTracker",
+    "peak_rss_bytes",
+    "current_rss_bytes",
+    "reset_peak_rss",
+    "read_status_kb",
+    "trim_heap",
+    "MB",
+]

@@ -55,8 +55,9 @@ class ThreadTuner:
         self._kinds: dict[str, dict] = {}
 
     def _state(self, kind: str) -> dict:
-        return self._kinds.setdefault(kind, {"n": 0, "best": self.candidates[0], "probe": [],
-                                             "samples": {c: [] for c in self.candidates}})
+        return self._kinds.setdefault(
+            kind, {"n": 0, "best": self.candidates[0], "probe": [], "samples": {c: [] for c in self.candidates}}
+        )
 
     def next(self, kind: str = "forward") -> int:
         st = self._state(kind)

@@ -29,15 +29,19 @@ from nomic_memory.cli import tools as _tools
 from nomic_memory.cli import watch as _watch
 from nomic_memory.cli.common import reports_errors, version_callback
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Embed folders of images and documents with Nomic's multimodal retrievers, "
-                       "store and search them.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Embed folders of images and documents with Nomic's multimodal retrievers, store and search them.",
+)
 
 
 @app.callback()
 def _app_options(
-    version: Optional[bool] = typer.Option(None, "--version", callback=version_callback, is_eager=True,
-                                           help="Print the version and exit."),
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Embed folders of images and documents with Nomic's multimodal retrievers, store and search them."""
 
@@ -56,15 +60,21 @@ app.command("plan")(reports_errors(_bench.plan))
 app.command("make-tiny-model")(reports_errors(_tools.make_tiny_model))
 app.command("samples")(reports_errors(_samples.samples))
 app.command("check")(reports_errors(_check.check))
-store_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                        help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.")
+store_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.",
+)
 store_app.command("list")(reports_errors(_store.list_tables))
 store_app.command("drop")(reports_errors(_store.drop))
 store_app.command("forget")(reports_errors(_store.forget))
 store_app.command("compact")(reports_errors(_store.compact))
 app.add_typer(store_app, name="store")
-index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                        help="The search index beside each table (kept current by every search).")
+index_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="The search index beside each table (kept current by every search).",
+)
 index_app.command("rebuild")(reports_errors(_index.rebuild))
 index_app.command("status")(reports_errors(_index.status))
 app.add_typer(index_app, name="index")
@@ -79,8 +89,9 @@ def legacy_main(argv: list[str] | None = None) -> None:
     (the ``embed`` command with the legacy report style)."""
     cmd = typer.main.get_command(app)
     embed_cmd = getattr(cmd, "commands", {}).get("embed", cmd)
-    embed_cmd.main(args=argv if argv is not None else sys.argv[1:], prog_name="main.py",
-                   default_map={"report_style": "legacy"})
+    embed_cmd.main(
+        args=argv if argv is not None else sys.argv[1:], prog_name="main.py", default_map={"report_style": "legacy"}
+    )
 
 
 __all__ = ["app", "main", "legacy_main"]

@@ -11,11 +11,9 @@ from typing import Optional
 import typer
 
 from nomic_memory.cli.common import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, DtypeChoice, fail, setup_logging
-from nomic_memory.perf.plan import Arch, guess_backend, image_tokens, plan_memory
-from nomic_memory.model.variants import VARIANTS
-from nomic_memory.perf.plan import resized_size
-from nomic_memory.perf.plan import GB
 from nomic_memory.errors import BenchSetupError
+from nomic_memory.model.variants import VARIANTS
+from nomic_memory.perf.plan import GB, Arch, guess_backend, image_tokens, plan_memory, resized_size
 
 # Neither command imports torch or transformers before it needs them: `plan` reads a
 # --model-name's config.json with transformers only, and never imports torch.
@@ -61,23 +59,53 @@ def _batch_sizes(value: str) -> list[int]:
 
 # Long: twenty options to check against each other before the sweep starts, then the report.
 def bench(
-    directory: Optional[Path] = typer.Argument(None, metavar="DIR", help="Images to embed (default: a generated sample set)."),
+    directory: Optional[Path] = typer.Argument(
+        None, metavar="DIR", help="Images to embed (default: a generated sample set)."
+    ),
     model_variant: Optional[str] = typer.Option(None, "--model-variant", metavar="VARIANTS", help=_VARIANT_HELP),
-    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAMES", help="Hub id or local directory (comma-separated: several)."),
+    model_name: Optional[str] = typer.Option(
+        None, "--model-name", metavar="NAMES", help="Hub id or local directory (comma-separated: several)."
+    ),
     batch_sizes: str = typer.Option("1,2,4,8,16,32", "--batch-sizes", metavar="N,N,...", help="Batch sizes to sweep."),
-    backend: str = typer.Option("auto", "--backend", metavar="BACKENDS", help="auto, cuda, mps, cpu (comma-separated: several)."),
+    backend: str = typer.Option(
+        "auto", "--backend", metavar="BACKENDS", help="auto, cuda, mps, cpu (comma-separated: several)."
+    ),
     image_only: bool = typer.Option(False, "--image-only", help="Measure image-only mode only."),
     both_modes: bool = typer.Option(False, "--both-modes", help="Measure full and image-only mode."),
-    synthetic_weights: bool = typer.Option(False, "--synthetic-weights", help="The variant's real architecture with random weights, built on the device (memory/throughput only; nothing is stored)."),
-    synthetic_layers: Optional[int] = typer.Option(None, "--synthetic-layers", min=1, metavar="N", help="Scale the synthetic model's text layers down (e.g. 2, for a quick CPU try)."),
-    synthetic_vision_depth: Optional[int] = typer.Option(None, "--synthetic-vision-depth", min=1, metavar="N", help="Scale the synthetic vision tower's depth down."),
-    visual_tokens: Optional[int] = typer.Option(None, "--visual-tokens", min=4, metavar="N", help="Cap on visual tokens per image (synthetic default 768)."),
-    images: int = typer.Option(24, "--images", min=1, metavar="N", help="Sample images to generate when DIR is omitted."),
+    synthetic_weights: bool = typer.Option(
+        False,
+        "--synthetic-weights",
+        help="The variant's real architecture with random weights, built on the device (memory/throughput only; nothing is stored).",
+    ),
+    synthetic_layers: Optional[int] = typer.Option(
+        None,
+        "--synthetic-layers",
+        min=1,
+        metavar="N",
+        help="Scale the synthetic model's text layers down (e.g. 2, for a quick CPU try).",
+    ),
+    synthetic_vision_depth: Optional[int] = typer.Option(
+        None, "--synthetic-vision-depth", min=1, metavar="N", help="Scale the synthetic vision tower's depth down."
+    ),
+    visual_tokens: Optional[int] = typer.Option(
+        None, "--visual-tokens", min=4, metavar="N", help="Cap on visual tokens per image (synthetic default 768)."
+    ),
+    images: int = typer.Option(
+        24, "--images", min=1, metavar="N", help="Sample images to generate when DIR is omitted."
+    ),
     runs: int = typer.Option(3, "--runs", min=1, metavar="N", help="Runs per configuration; the median is reported."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N", help="Decode worker processes (default: automatic)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0, metavar="N", help="Decode worker processes (default: automatic)."
+    ),
     dtype: DtypeChoice = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU."),
-    out_dir: Path = typer.Option(Path("bench_out"), "--out-dir", metavar="DIR", help="Where bench.json and bench.png go."),
-    in_process: bool = typer.Option(False, "--in-process", help="Measure in this process (faster; CPU peaks then carry over between configurations)."),
+    out_dir: Path = typer.Option(
+        Path("bench_out"), "--out-dir", metavar="DIR", help="Where bench.json and bench.png go."
+    ),
+    in_process: bool = typer.Option(
+        False,
+        "--in-process",
+        help="Measure in this process (faster; CPU peaks then carry over between configurations).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Also print the JSON results on stdout."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
@@ -87,12 +115,22 @@ def bench(
     variants = _variants(model_variant)
     names = _split(model_name)
     backends = _check_backends(_split(backend) or ["auto"])  # before torch loads and images are made
-    from nomic_memory.perf.bench import SYNTHETIC_LABEL, BenchConfig, make_sample_images, run_bench, table_markdown, write_json, write_plot  # late: torch (a second)
+    from nomic_memory.perf.bench import (  # late: torch (a second)
+        SYNTHETIC_LABEL,
+        BenchConfig,
+        make_sample_images,
+        run_bench,
+        table_markdown,
+        write_json,
+        write_plot,
+    )
+
     if image_only and both_modes:
         raise fail("--image-only and --both-modes exclude each other", EXIT_USAGE)
     if synthetic_weights and names:
-        raise fail("--synthetic-weights builds a variant's architecture: use --model-variant, not --model-name",
-                   EXIT_USAGE)
+        raise fail(
+            "--synthetic-weights builds a variant's architecture: use --model-variant, not --model-name", EXIT_USAGE
+        )
     if (synthetic_layers or synthetic_vision_depth) and not synthetic_weights:
         raise fail("--synthetic-layers/--synthetic-vision-depth need --synthetic-weights", EXIT_USAGE)
     if not variants and not names:
@@ -108,21 +146,42 @@ def bench(
     if synthetic_weights:
         typer.echo(f"Model: {', '.join(variants)} architecture with {SYNTHETIC_LABEL}")
     models = [(None, v) for v in variants] + [(n, None) for n in names]
-    configs = [BenchConfig(str(directory.resolve()), bs, image_only=m, backend=be, model_name=n, variant=v,
-                           synthetic=synthetic_weights, synthetic_layers=synthetic_layers,
-                           synthetic_vision_depth=synthetic_vision_depth, visual_tokens=visual_tokens,
-                           workers=workers, dtype=None if dtype is DtypeChoice.auto else dtype.value)
-               for n, v in models for be in backends for m in modes for bs in sizes]
-    typer.echo(f"Measuring {len(configs)} configurations x {runs} runs, "
-               f"{'in this process' if in_process else 'each in a fresh process'}")
+    configs = [
+        BenchConfig(
+            str(directory.resolve()),
+            bs,
+            image_only=m,
+            backend=be,
+            model_name=n,
+            variant=v,
+            synthetic=synthetic_weights,
+            synthetic_layers=synthetic_layers,
+            synthetic_vision_depth=synthetic_vision_depth,
+            visual_tokens=visual_tokens,
+            workers=workers,
+            dtype=None if dtype is DtypeChoice.auto else dtype.value,
+        )
+        for n, v in models
+        for be in backends
+        for m in modes
+        for bs in sizes
+    ]
+    typer.echo(
+        f"Measuring {len(configs)} configurations x {runs} runs, "
+        f"{'in this process' if in_process else 'each in a fresh process'}"
+    )
 
     def progress(run: int, res: dict) -> None:
         if "error" in res:
-            typer.echo(f"  run {run + 1}: {res['model']} batch {res['batch_size']} {res['mode']}: {res['error']}", err=True)
+            typer.echo(
+                f"  run {run + 1}: {res['model']} batch {res['batch_size']} {res['mode']}: {res['error']}", err=True
+            )
         else:
-            typer.echo(f"  run {run + 1}: {res['model']} {res['resolved_backend']} batch {res['batch_size']} "
-                       f"{res['mode']}: {res['images_per_second']:.2f} images/s, "
-                       f"{res['above_model_bytes'] / 2**20:.1f} MB above model")
+            typer.echo(
+                f"  run {run + 1}: {res['model']} {res['resolved_backend']} batch {res['batch_size']} "
+                f"{res['mode']}: {res['images_per_second']:.2f} images/s, "
+                f"{res['above_model_bytes'] / 2**20:.1f} MB above model"
+            )
 
     try:
         results = run_bench(configs, runs=runs, isolate=not in_process, on_result=progress)
@@ -132,16 +191,24 @@ def bench(
         if tmp is not None:
             tmp.cleanup()
     title = f"nomic-memory bench: {', '.join(variants + names)}"
-    meta = {"directory": str(directory), "runs": runs, "isolated": not in_process, "batch_sizes": sizes,
-            "synthetic": synthetic_weights, "label": SYNTHETIC_LABEL if synthetic_weights else ""}
+    meta = {
+        "directory": str(directory),
+        "runs": runs,
+        "isolated": not in_process,
+        "batch_sizes": sizes,
+        "synthetic": synthetic_weights,
+        "label": SYNTHETIC_LABEL if synthetic_weights else "",
+    }
     json_path = write_json(results, out_dir / "bench.json", meta)
     png_path = write_plot(results, out_dir / "bench.png", title)
     typer.echo("")
     if synthetic_weights:
         typer.echo(f"** {SYNTHETIC_LABEL} **")
     typer.echo(table_markdown(results))
-    typer.echo(f"\nMedians of {runs} runs. 'Above model' is the peak while embedding minus the memory in use once "
-               "the model was loaded; 'Planned' is nomic-memory plan's prediction for the same batches.")
+    typer.echo(
+        f"\nMedians of {runs} runs. 'Above model' is the peak while embedding minus the memory in use once "
+        "the model was loaded; 'Planned' is nomic-memory plan's prediction for the same batches."
+    )
     typer.echo(f"Wrote {json_path} and {png_path}")
     if json_out:
         typer.echo(json.dumps({"meta": meta, "results": results}, default=str))
@@ -160,11 +227,14 @@ def _check_backends(backends: list[str]) -> list[str]:
     present, _ = guess_backend()
     for b in backends:
         if b == "cuda" and present != "cuda":
-            raise fail("backend 'cuda' was requested but this machine has no NVIDIA driver (no CUDA device); "
-                       "use --backend auto or cpu")
+            raise fail(
+                "backend 'cuda' was requested but this machine has no NVIDIA driver (no CUDA device); "
+                "use --backend auto or cpu"
+            )
         if b == "mps" and present != "mps":
-            raise fail("backend 'mps' was requested but Apple MPS is not available on this machine; "
-                       "use --backend auto or cpu")
+            raise fail(
+                "backend 'mps' was requested but Apple MPS is not available on this machine; use --backend auto or cpu"
+            )
     if any(b in ("cuda", "mps") for b in backends):
         from nomic_memory.model.backends import select_backend  # late: torch (a second); only to ask it about a device
 
@@ -175,16 +245,46 @@ def _check_backends(backends: list[str]) -> list[str]:
 
 
 def plan(
-    model_variant: Optional[str] = typer.Option(None, "--model-variant", metavar="VARIANTS",
-                                                help=_VARIANT_HELP + "; default colnomic-7b unless --model-name is given"),
-    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="DIRS", help="Local model directories (their config.json) instead of variants (comma-separated: several)."),
-    batch_sizes: str = typer.Option("8", "--batch-sizes", "--batch-size", metavar="N,N,...", help="Batch sizes (comma-separated: several)."),
-    visual_tokens: int = typer.Option(768, "--visual-tokens", min=4, metavar="N", help="The processor's cap on visual tokens per image; without --image-size every image has this many."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", metavar="WxH,...", help="WIDTHxHEIGHT of the images (comma-separated: a batch cycles through them); each gets the tokens of the processor's resize under --visual-tokens."),
-    backend: BackendChoice = typer.Option("auto", "--backend", help="auto (CUDA if an NVIDIA driver is installed, MPS on Apple silicon, else CPU; guessed without loading torch), cuda (bf16), mps (fp16), cpu (fp32)."),
+    model_variant: Optional[str] = typer.Option(
+        None,
+        "--model-variant",
+        metavar="VARIANTS",
+        help=_VARIANT_HELP + "; default colnomic-7b unless --model-name is given",
+    ),
+    model_name: Optional[str] = typer.Option(
+        None,
+        "--model-name",
+        metavar="DIRS",
+        help="Local model directories (their config.json) instead of variants (comma-separated: several).",
+    ),
+    batch_sizes: str = typer.Option(
+        "8", "--batch-sizes", "--batch-size", metavar="N,N,...", help="Batch sizes (comma-separated: several)."
+    ),
+    visual_tokens: int = typer.Option(
+        768,
+        "--visual-tokens",
+        min=4,
+        metavar="N",
+        help="The processor's cap on visual tokens per image; without --image-size every image has this many.",
+    ),
+    image_size: Optional[str] = typer.Option(
+        None,
+        "--image-size",
+        metavar="WxH,...",
+        help="WIDTHxHEIGHT of the images (comma-separated: a batch cycles through them); each gets the tokens of the processor's resize under --visual-tokens.",
+    ),
+    backend: BackendChoice = typer.Option(
+        "auto",
+        "--backend",
+        help="auto (CUDA if an NVIDIA driver is installed, MPS on Apple silicon, else CPU; guessed without loading torch), cuda (bf16), mps (fp16), cpu (fp32).",
+    ),
     dtype: DtypeChoice = typer.Option("auto", "--dtype", help="auto: the backend's (as embed)."),
     attn: AttnChoice = typer.Option("sdpa", "--attn", help="The attention implementation."),
-    forward: ForwardChoice = typer.Option("lean", "--forward", help="lean (nomic-memory), colpali (colpali-engine's forward) or colpali-dense-mask (colpali-engine's forward on transformers <= 4.53, whose vision tower masks the whole batch at once)."),
+    forward: ForwardChoice = typer.Option(
+        "lean",
+        "--forward",
+        help="lean (nomic-memory), colpali (colpali-engine's forward) or colpali-dense-mask (colpali-engine's forward on transformers <= 4.53, whose vision tower masks the whole batch at once).",
+    ),
     image_only: bool = typer.Option(False, "--image-only", help="Plan for image-only mode (no text-embedding table)."),
     json_out: bool = typer.Option(False, "--json", help="Print each plan as one JSON object per line."),
 ) -> None:
@@ -209,9 +309,19 @@ def plan(
     for label, arch, kind in models:
         for bs in sizes:
             counts = [image_tokens(*images[i % len(images)], visual_tokens) for i in range(bs)] if images else None
-            p = plan_memory(arch, batch_size=bs, visual_tokens=visual_tokens, kind=kind, backend=be,
-                            dtype_bytes=dtype_bytes, image_only=image_only, attn=attn.value,
-                            forward=forward.value, token_counts=counts, image_note=note)
+            p = plan_memory(
+                arch,
+                batch_size=bs,
+                visual_tokens=visual_tokens,
+                kind=kind,
+                backend=be,
+                dtype_bytes=dtype_bytes,
+                image_only=image_only,
+                attn=attn.value,
+                forward=forward.value,
+                token_counts=counts,
+                image_note=note,
+            )
             if be_note:
                 p.assumptions.insert(0, f"backend {be} ({be_note}; --backend to choose)")
             plans.append((label, p))
@@ -262,10 +372,15 @@ def _plan_table(plans) -> list[str]:
     for _, p in plans:
         seen += [a for a in p.assumptions if a not in seen]
     out = [f"Assumes: {a}" for a in seen]
-    out += ["", "| Model | Batch | Visual tokens | Weights (GB) | Activations (GB) | Predicted peak (GB) | Peak phase |",
-            "|---|---:|---:|---:|---:|---:|---|"]
+    out += [
+        "",
+        "| Model | Batch | Visual tokens | Weights (GB) | Activations (GB) | Predicted peak (GB) | Peak phase |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for label, p in plans:
-        out.append(f"| {label} | {p.batch_size} | {p.visual_tokens} | {p.weights_bytes / GB:.2f} | "
-                   f"{p.activation_bytes / GB:.2f} | {p.peak_bytes / GB:.2f} | {p.peak_phase} |")
+        out.append(
+            f"| {label} | {p.batch_size} | {p.visual_tokens} | {p.weights_bytes / GB:.2f} | "
+            f"{p.activation_bytes / GB:.2f} | {p.peak_bytes / GB:.2f} | {p.peak_phase} |"
+        )
     out += [""] + [f"Note: {n}" for n in dict.fromkeys(n for _, p in plans for n in p.notes)]
     return out

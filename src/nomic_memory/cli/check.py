@@ -7,18 +7,34 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import EXIT_FATAL, EXIT_OK, BackendChoice, fail_on, resolve_store, setup_logging, store_option
+from nomic_memory.cli.common import (
+    EXIT_FATAL,
+    EXIT_OK,
+    BackendChoice,
+    fail_on,
+    resolve_store,
+    setup_logging,
+    store_option,
+)
 from nomic_memory.errors import NomicMemoryError
 
 
 def check(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to check, if the store has several."),
-    repair: bool = typer.Option(False, "--repair", help="Re-embed bad and missing rows from their files with the "
-                                "table's model, then remove the bad rows (what cannot be re-embedded is kept)."),
-    delete_unrestorable: bool = typer.Option(False, "--delete-unrestorable",
-                                             help="With --repair: also delete the bad rows that cannot be re-embedded "
-                                                  "(their files are gone or unreadable)."),
+    table: Optional[str] = typer.Option(
+        None, "--table", metavar="NAME", help="Table (model) to check, if the store has several."
+    ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Re-embed bad and missing rows from their files with the "
+        "table's model, then remove the bad rows (what cannot be re-embedded is kept).",
+    ),
+    delete_unrestorable: bool = typer.Option(
+        False,
+        "--delete-unrestorable",
+        help="With --repair: also delete the bad rows that cannot be re-embedded (their files are gone or unreadable).",
+    ),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for re-embedding (--repair)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (nothing else on stdout)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
@@ -37,8 +53,10 @@ def check(
         raise fail_on(e)
     out = report.to_dict()
     if not json_out:
-        typer.echo(f"Checked {report.rows_checked} rows of table {t.name}"
-                   + ("" if report.checksummed else " (made before checksums: NaN and vector counts only)"))
+        typer.echo(
+            f"Checked {report.rows_checked} rows of table {t.name}"
+            + ("" if report.checksummed else " (made before checksums: NaN and vector counts only)")
+        )
         if report.duplicates:
             typer.echo(f"{report.duplicates} duplicate rows (same file stored twice)")
         for b in report.bad:
@@ -100,15 +118,20 @@ def _repair(st, t, report, out: dict, backend: str, delete_unrestorable: bool, j
     if json_out:
         typer.echo(json.dumps(out))
         raise typer.Exit(EXIT_OK if ok else EXIT_FATAL)
-    typer.echo(f"Repaired: re-embedded {fixed['reembedded']} rows, removed {fixed['deleted']} bad rows"
-               + (f", {len(fixed['failed'])} could not be embedded" if fixed["failed"] else ""))
+    typer.echo(
+        f"Repaired: re-embedded {fixed['reembedded']} rows, removed {fixed['deleted']} bad rows"
+        + (f", {len(fixed['failed'])} could not be embedded" if fixed["failed"] else "")
+    )
     for k in fixed["kept"]:
         page = f" (page {k['page']})" if k["page"] else ""
         where = f"{k['root']}/{k['path']}{page}" if k["path"] else "data files"
         typer.echo(f"Kept (cannot be re-embedded): {where}: {k['reason']}", err=True)
     if fixed["kept"]:
-        typer.echo("Some rows could not be restored and were kept; to delete them: nomic-memory check --repair "
-                   "--delete-unrestorable", err=True)
+        typer.echo(
+            "Some rows could not be restored and were kept; to delete them: nomic-memory check --repair "
+            "--delete-unrestorable",
+            err=True,
+        )
     elif not after.ok:
         typer.echo("The table still has problems after the repair: run nomic-memory check again", err=True)
     raise typer.Exit(EXIT_OK if ok else EXIT_FATAL)

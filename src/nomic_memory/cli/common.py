@@ -17,10 +17,10 @@ from enum import Enum
 
 import typer
 import typer.core
-from nomic_memory.errors import UsageError
-from nomic_memory.errors import ModelLoadError
-from nomic_memory.errors import NomicMemoryError
+
+from nomic_memory.errors import ModelLoadError, NomicMemoryError, UsageError
 from nomic_memory.logs import quiet_libraries
+
 
 def _argument_help_type(self, ctx):
     """An argument's help shows its metavar alone (``DIR``), as an option's does; Typer would add
@@ -156,7 +156,8 @@ def reports_errors(command):
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr
+    )
 
     quiet_libraries("lance", "lancedb")

@@ -11,12 +11,26 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendChoice, DtypeChoice, EngineChoice, KindChoice,
-                     VariantChoice, fail, fail_on, plural, say, setup_logging, store_option)
-from nomic_memory.model.variants import VARIANTS
+from nomic_memory.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    BackendChoice,
+    DtypeChoice,
+    EngineChoice,
+    KindChoice,
+    VariantChoice,
+    fail,
+    fail_on,
+    plural,
+    say,
+    setup_logging,
+    store_option,
+)
+from nomic_memory.errors import NomicMemoryError, out_of_memory_detail, out_of_memory_kind
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import IMAGE_EXTENSIONS, discover_images
-from nomic_memory.errors import NomicMemoryError, out_of_memory_detail, out_of_memory_kind
+from nomic_memory.model.variants import VARIANTS
 
 RULE = "=" * 50
 
@@ -44,9 +58,16 @@ class ConsoleProgress:
     report keeps ``main.py``'s order (model lines, then ``Found N images``): its discovery lines
     wait for the model lines, or for the plan when there is nothing to embed."""
 
-    def __init__(self, enabled: bool | None = None, *, style: ReportStyle = ReportStyle.default,
-                 json_out: bool = False, directory: str | Path | None = None, batch_size: int | None = None,
-                 model: str = ""):
+    def __init__(
+        self,
+        enabled: bool | None = None,
+        *,
+        style: ReportStyle = ReportStyle.default,
+        json_out: bool = False,
+        directory: str | Path | None = None,
+        batch_size: int | None = None,
+        model: str = "",
+    ):
         stream = sys.stderr if json_out else sys.stdout
         if enabled is None:  # the legacy report prints its per-batch lines unless asked for a bar
             enabled = stream.isatty() and style is ReportStyle.default
@@ -93,8 +114,10 @@ class ConsoleProgress:
             if legacy:
                 self.line("Model loaded successfully")
             if data.get("model_id"):
-                self.line(f"Model: {data['model_id']} ({data.get('kind')}, {data.get('dim')}-d, "
-                          f"revision {data.get('revision')})")
+                self.line(
+                    f"Model: {data['model_id']} ({data.get('kind')}, {data.get('dim')}-d, "
+                    f"revision {data.get('revision')})"
+                )
             for note in data.get("notes") or ():
                 self.line(note)
             self._release()
@@ -118,8 +141,10 @@ class ConsoleProgress:
         elif kind == "plan":
             self.planned = True
             if not legacy and data["batches"]:
-                self.line(f"{plural(data['batches'], 'batch', 'batches')}, padding overhead "
-                          f"{100 * data['padding_overhead']:.1f}% of tokens")
+                self.line(
+                    f"{plural(data['batches'], 'batch', 'batches')}, padding overhead "
+                    f"{100 * data['padding_overhead']:.1f}% of tokens"
+                )
             if not data["batches"]:
                 self._release()  # nothing to embed: the model will not load
             if self.loaded:
@@ -133,8 +158,10 @@ class ConsoleProgress:
             elif legacy:
                 self.line(f"Processing batch {data['index']}/{data['total']} ({plural(data['images'], 'image')})")
             else:
-                self.line(f"Processed batch {data['index']}/{data['total']} ({plural(data['images'], 'image')}, "
-                          f"{rate:.2f} images/s)")
+                self.line(
+                    f"Processed batch {data['index']}/{data['total']} ({plural(data['images'], 'image')}, "
+                    f"{rate:.2f} images/s)"
+                )
         elif kind == "done":
             self._release()
             self.close()
@@ -143,12 +170,25 @@ class ConsoleProgress:
         if not self.tty or self.bar is not None or not self.todo:
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.bar = Progress(TextColumn("Embedding"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=self.json_out))
+        self.bar = Progress(
+            TextColumn("Embedding"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=self.json_out),
+        )
         self.bar.start()
         self.task = self.bar.add_task("embed", total=self.todo, rate="")
 
@@ -163,8 +203,10 @@ def todo_line(data: dict, files: int) -> str:
     1 still failing (remembered)``: the parts add up to the images found."""
     failed, known = data.get("failed", 0), data.get("remembered", 0)
     total = data.get("inputs", data["count"] + data["skipped"] + failed + known)
-    line = (f"Found {plural(total, 'image')} ({plural(files, 'file')}) to consider: {data['count']} to embed, "
-            f"{data['skipped']} unchanged (skipped)")
+    line = (
+        f"Found {plural(total, 'image')} ({plural(files, 'file')}) to consider: {data['count']} to embed, "
+        f"{data['skipped']} unchanged (skipped)"
+    )
     if failed:
         line += f", {failed} unreadable"
     if known:
@@ -182,8 +224,11 @@ def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
 
 def check_revision(model_name: str | None, revision: str | None) -> None:
     if revision is not None and model_name is not None and Path(model_name).expanduser().is_dir():
-        raise fail(f"--revision {revision} names a hub revision, but --model-name {model_name} is a local "
-                   "directory (it has no revisions): drop --revision, or pass a hub id", EXIT_USAGE)
+        raise fail(
+            f"--revision {revision} names a hub revision, but --model-name {model_name} is a local "
+            "directory (it has no revisions): drop --revision, or pass a hub id",
+            EXIT_USAGE,
+        )
 
 
 def precheck(directory: Path, model_name: str | None, revision: str | None, prune: bool) -> None:
@@ -200,18 +245,19 @@ def precheck(directory: Path, model_name: str | None, revision: str | None, prun
     except OSError as e:
         raise fail(str(e))
     if n_inputs == 0 and not prune:
-        raise fail(f"no images or documents found under {directory} (looked for "
-                   f"{' '.join(IMAGE_EXTENSIONS)} .pdf)")
+        raise fail(f"no images or documents found under {directory} (looked for {' '.join(IMAGE_EXTENSIONS)} .pdf)")
 
 
 # The model and batching options `embed` shares with `watch`: one declaration each.
 MODEL_VARIANT = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model.")
-MODEL_NAME = typer.Option(None, "--model-name", metavar="NAME",
-                          help="Hub id or local directory; overrides --model-variant.")
+MODEL_NAME = typer.Option(
+    None, "--model-name", metavar="NAME", help="Hub id or local directory; overrides --model-variant."
+)
 MODEL_KIND = typer.Option(None, "--model-kind", help="Force the model kind of a custom model.")
 BATCH_SIZE = typer.Option(8, "--batch-size", min=1, metavar="N", help="Images per batch (at most).")
-MAX_BATCH_TOKENS = typer.Option(None, "--max-batch-tokens", min=1, metavar="N",
-                                help="Cap on padded visual tokens per batch.")
+MAX_BATCH_TOKENS = typer.Option(
+    None, "--max-batch-tokens", min=1, metavar="N", help="Cap on padded visual tokens per batch."
+)
 BACKEND = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU.")
 IMAGE_ONLY = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory).")
 DTYPE = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU.")
@@ -221,19 +267,35 @@ PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar (de
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr.")
 
 
-def make_embedder(model_variant: VariantChoice, model_name: str | None, model_kind: KindChoice | None,
-                  backend: BackendChoice, dtype: DtypeChoice, image_only: bool, seed: int, revision: str | None):
+def make_embedder(
+    model_variant: VariantChoice,
+    model_name: str | None,
+    model_kind: KindChoice | None,
+    backend: BackendChoice,
+    dtype: DtypeChoice,
+    image_only: bool,
+    seed: int,
+    revision: str | None,
+):
     """The (lazy) Embedder the model options describe; loads nothing yet."""
     from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
 
-    return Embedder(model_name or model_variant.value, backend=backend.value, dtype=dtype.value,
-                    kind=model_kind.value if model_kind else None, image_only=image_only, seed=seed,
-                    revision=revision, lazy=True)
+    return Embedder(
+        model_name or model_variant.value,
+        backend=backend.value,
+        dtype=dtype.value,
+        kind=model_kind.value if model_kind else None,
+        image_only=image_only,
+        seed=seed,
+        revision=revision,
+        lazy=True,
+    )
 
 
 def embed(
-    directory: Path = typer.Argument(..., metavar="DIRECTORY",
-                                     help="Directory of images and documents (searched recursively)."),
+    directory: Path = typer.Argument(
+        ..., metavar="DIRECTORY", help="Directory of images and documents (searched recursively)."
+    ),
     model_variant: VariantChoice = MODEL_VARIANT,
     model_name: Optional[str] = MODEL_NAME,
     model_kind: Optional[KindChoice] = MODEL_KIND,
@@ -244,23 +306,34 @@ def embed(
     dtype: DtypeChoice = DTYPE,
     store: Optional[str] = store_option(),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N",
-                                          help="Decode worker processes (0: inline). With --engine ray: "
-                                               "model actors."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        metavar="N",
+        help="Decode worker processes (0: inline). With --engine ray: model actors.",
+    ),
     seed: int = SEED,
     revision: Optional[str] = REVISION,
     engine: EngineChoice = typer.Option("local", "--engine", help="local, or ray for a Ray cluster."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS",
-                                              help="Ray cluster (auto, HOST:6379, ray://HOST:10001); default: "
-                                                   "a running one, else a local one started for the run."),
-    gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", metavar="G",
-                                          help="GPUs per Ray model actor (CUDA only)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the final report as one JSON document on "
-                                                        "stdout (every other line goes to stderr)."),
+    ray_address: Optional[str] = typer.Option(
+        None,
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster (auto, HOST:6379, ray://HOST:10001); default: "
+        "a running one, else a local one started for the run.",
+    ),
+    gpus_per_worker: float = typer.Option(
+        1.0, "--gpus-per-worker", metavar="G", help="GPUs per Ray model actor (CUDA only)."
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the final report as one JSON document on stdout (every other line goes to stderr)."
+    ),
     progress: Optional[bool] = PROGRESS,
     verbose: bool = VERBOSE,
-    report_style: ReportStyle = typer.Option("default", "--report-style", hidden=True,
-                                             help="legacy: main.py's report."),
+    report_style: ReportStyle = typer.Option(
+        "default", "--report-style", hidden=True, help="legacy: main.py's report."
+    ),
 ) -> None:
     """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
     setup_logging(verbose)
@@ -269,8 +342,7 @@ def embed(
     if legacy:
         for line in legacy_header(model_variant.value, model_name):
             say(line, json_out)
-    ui = ConsoleProgress(progress, style=report_style, json_out=json_out, directory=directory,
-                         batch_size=batch_size)
+    ui = ConsoleProgress(progress, style=report_style, json_out=json_out, directory=directory, batch_size=batch_size)
     with out_of_memory_exits(lambda: ui.loaded):
         from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
         from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
@@ -285,12 +357,23 @@ def embed(
                 try:
                     import nomic_memory.run.ray_engine  # noqa: F401  (late: ray, an optional extra; sets its environment before ray starts)
                 except ImportError as e:
-                    raise fail(f"--engine ray needs Ray: install it with `uv sync --extra ray` "
-                               f"(or `pip install 'nomic-memory[ray]'`) ({e})")
+                    raise fail(
+                        f"--engine ray needs Ray: install it with `uv sync --extra ray` "
+                        f"(or `pip install 'nomic-memory[ray]'`) ({e})"
+                    )
             ui.model = emb.resolved.model_id
-            report = emb.embed_directory(directory, store_obj, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                         workers=workers, prune=prune, engine=engine.value, ray_address=ray_address,
-                                         gpus_per_worker=gpus_per_worker, on_event=ui)
+            report = emb.embed_directory(
+                directory,
+                store_obj,
+                batch_size=batch_size,
+                max_batch_tokens=max_batch_tokens,
+                workers=workers,
+                prune=prune,
+                engine=engine.value,
+                ray_address=ray_address,
+                gpus_per_worker=gpus_per_worker,
+                on_event=ui,
+            )
         except NomicMemoryError as e:
             raise fail_on(e)
         finally:
@@ -315,8 +398,10 @@ def out_of_memory_exits(model_loaded):
         if model_loaded():
             advice = "try a smaller --batch-size or --max-batch-tokens; the batches embedded so far are stored"
             raise fail(f"out of {kind} while embedding ({out_of_memory_detail(e)}): {advice}") from None
-        raise fail(f"out of {kind} loading the model ({out_of_memory_detail(e)}): free memory, or raise the "
-                   "memory limit (ulimit -v)") from None
+        raise fail(
+            f"out of {kind} loading the model ({out_of_memory_detail(e)}): free memory, or raise the "
+            "memory limit (ulimit -v)"
+        ) from None
 
 
 def report_backend(be, described: list[str], json_out: bool, legacy: bool, image_only: bool) -> None:
@@ -332,16 +417,25 @@ def report_backend(be, described: list[str], json_out: bool, legacy: bool, image
 
 def summary(report) -> str:
     """``Embedded 97 images in 41.20 s (2.43 images/s); 3 unchanged, 0 skipped with errors``."""
-    return (f"Embedded {plural(report.embedded, 'image')} in {report.embed_seconds:.2f} s "
-            f"({report.images_per_second:.2f} images/s); {report.skipped_unchanged} unchanged, "
-            f"{len(report.new_failures)} skipped with errors"
-            + (f", {len(report.remembered)} still failing (remembered)" if report.remembered else "")
-            + (f", {report.pruned} pruned" if report.pruned else ""))
+    return (
+        f"Embedded {plural(report.embedded, 'image')} in {report.embed_seconds:.2f} s "
+        f"({report.images_per_second:.2f} images/s); {report.skipped_unchanged} unchanged, "
+        f"{len(report.new_failures)} skipped with errors"
+        + (f", {len(report.remembered)} still failing (remembered)" if report.remembered else "")
+        + (f", {report.pruned} pruned" if report.pruned else "")
+    )
 
 
-def _final_report(report, json_out: bool, image_only_saved: int = 0, *,
-                  style: ReportStyle = ReportStyle.default, backend: str | None = None) -> None:
+def _final_report(
+    report,
+    json_out: bool,
+    image_only_saved: int = 0,
+    *,
+    style: ReportStyle = ReportStyle.default,
+    backend: str | None = None,
+) -> None:
     """The closing lines (stderr under ``--json``), then the JSON document alone on stdout."""
+
     def out(msg: str) -> None:
         say(msg, json_out)
 

@@ -25,40 +25,60 @@ from nomic_memory.errors import NomicMemoryError
 
 
 def import_(
-    src: Path = typer.Argument(..., metavar="SRC",
-                               help="A parquet or npz file (this tool's export, or path/page/embedding "
-                                    "columns), or a folder of them."),
-    model_variant: Optional[VariantChoice] = typer.Option(None, "--model-variant",
-                                                          help="The Nomic model that made the embeddings."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="NAME",
-                                             help="Or: the hub id or local directory of the model that made them."),
+    src: Path = typer.Argument(
+        ...,
+        metavar="SRC",
+        help="A parquet or npz file (this tool's export, or path/page/embedding columns), or a folder of them.",
+    ),
+    model_variant: Optional[VariantChoice] = typer.Option(
+        None, "--model-variant", help="The Nomic model that made the embeddings."
+    ),
+    model_name: Optional[str] = typer.Option(
+        None, "--model-name", metavar="NAME", help="Or: the hub id or local directory of the model that made them."
+    ),
     store: Optional[str] = store_option(),
-    root: Optional[str] = typer.Option(None, "--root", metavar="DIR",
-                                       help="The folder the paths are relative to (needed without a root "
-                                            "column; replaces it otherwise)."),
-    revision: Optional[str] = typer.Option(None, "--revision", metavar="REV",
-                                           help="Hub commit of the model that made them (when this machine "
-                                                "does not have the model)."),
-    seed: int = typer.Option(0, "--seed", metavar="N",
-                             help="The seed they were made with (fixes a randomly initialised head)."),
-    batch_rows: int = typer.Option(128, "--batch-rows", min=1, metavar="N",
-                                   help="Rows per store commit (what a killed import can lose)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout "
-                                                        "(every other line goes to stderr)."),
+    root: Optional[str] = typer.Option(
+        None,
+        "--root",
+        metavar="DIR",
+        help="The folder the paths are relative to (needed without a root column; replaces it otherwise).",
+    ),
+    revision: Optional[str] = typer.Option(
+        None,
+        "--revision",
+        metavar="REV",
+        help="Hub commit of the model that made them (when this machine does not have the model).",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", metavar="N", help="The seed they were made with (fixes a randomly initialised head)."
+    ),
+    batch_rows: int = typer.Option(
+        128, "--batch-rows", min=1, metavar="N", help="Rows per store commit (what a killed import can lose)."
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the report as one JSON document on stdout (every other line goes to stderr)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each commit (INFO) on stderr."),
 ) -> None:
     """Import embeddings computed elsewhere, stamped with the model that made them (checked
     first: a bad file imports nothing; resumable; rows already stored are skipped)."""
     setup_logging(verbose)
     if (model_variant is None) == (model_name is None):
-        raise fail("give the model that made the embeddings: --model-variant or --model-name (one of them)",
-                   EXIT_USAGE)
+        raise fail("give the model that made the embeddings: --model-variant or --model-name (one of them)", EXIT_USAGE)
     from nomic_memory.run.importing import ImportRefused, import_embeddings  # late: torch, LanceDB (seconds)
 
     model = model_name or model_variant.value
     try:
-        report = import_embeddings(src, resolve_store(store), model, root=root, revision=revision, seed=seed,
-                                   batch_rows=batch_rows, on_event=_Progress(json_out, verbose))
+        report = import_embeddings(
+            src,
+            resolve_store(store),
+            model,
+            root=root,
+            revision=revision,
+            seed=seed,
+            batch_rows=batch_rows,
+            on_event=_Progress(json_out, verbose),
+        )
     except ImportRefused as e:
         for p in e.problems:
             typer.echo(f"Error: {p}", err=True)
@@ -68,8 +88,11 @@ def import_(
         raise fail_on(e)
     for w in report.warnings:
         typer.echo(f"Warning: {w}", err=True)
-    say(f"Imported {plural(report.imported, 'row')} in {report.seconds:.2f} s ({report.rows_per_second:.0f} "
-        f"rows/s); {report.unchanged} unchanged (already in the store)", json_out)
+    say(
+        f"Imported {plural(report.imported, 'row')} in {report.seconds:.2f} s ({report.rows_per_second:.0f} "
+        f"rows/s); {report.unchanged} unchanged (already in the store)",
+        json_out,
+    )
     say(f"Store: {report.store} (table {report.table})", json_out)
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
@@ -88,8 +111,14 @@ class _Progress:
             if data["ignored"]:
                 typer.echo(f"Ignored {plural(data['ignored'], 'file')} that are not .parquet or .npz", err=True)
         elif kind == "checked":
-            say(f"Checked {plural(data['rows'], 'row')} in {plural(data['files'], 'file')} (stored as "
-                f"{data['storage_dtype']})", self.json_out)
+            say(
+                f"Checked {plural(data['rows'], 'row')} in {plural(data['files'], 'file')} (stored as "
+                f"{data['storage_dtype']})",
+                self.json_out,
+            )
         elif kind == "batch" and self.verbose:
-            typer.echo(f"Committed {data['rows']}/{data['total']} rows ({data['imported']} written, "
-                       f"{data['unchanged']} unchanged)", err=True)
+            typer.echo(
+                f"Committed {data['rows']}/{data['total']} rows ({data['imported']} written, "
+                f"{data['unchanged']} unchanged)",
+                err=True,
+            )

@@ -38,11 +38,20 @@ def rebuild(
         for t in tables:
             t0 = time.perf_counter()
             st = LiveIndex(s, t).rebuild()
-            out.append({"table": t.name, "entries": st.n, "version": st.version, "bytes": st.nbytes(),
-                        "seconds": round(time.perf_counter() - t0, 3)})
+            out.append(
+                {
+                    "table": t.name,
+                    "entries": st.n,
+                    "version": st.version,
+                    "bytes": st.nbytes(),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
             if not json_out:
-                say(f"{t.name}: indexed {st.n} rows in {out[-1]['seconds']:.1f} s "
-                    f"({st.nbytes() / 2**20:.1f} MiB, {st.nbytes() / max(st.n, 1):.0f} bytes per row)")
+                say(
+                    f"{t.name}: indexed {st.n} rows in {out[-1]['seconds']:.1f} s "
+                    f"({st.nbytes() / 2**20:.1f} MiB, {st.nbytes() / max(st.n, 1):.0f} bytes per row)"
+                )
     except NomicMemoryError as e:
         raise fail_on(e)
     if json_out:
@@ -75,5 +84,7 @@ def index_line(d: dict) -> str:
     if "rows" not in d:
         extra = f"; searches are exact below {d['min_rows']} rows" if "min_rows" in d else ""
         return f"{d['state']}{extra}"
-    return (f"{d['state']}, {d['rows']} rows at table version {d['version']}, "
-            f"{d['bytes'] / 2**20:.1f} MiB ({d['bytes_per_row']:.0f} bytes per row), {d['kind']}")
+    return (
+        f"{d['state']}, {d['rows']} rows at table version {d['version']}, "
+        f"{d['bytes'] / 2**20:.1f} MiB ({d['bytes_per_row']:.0f} bytes per row), {d['kind']}"
+    )

@@ -27,8 +27,13 @@ def usable(entry: dict, *, table: str | None, template: str | None, k: int, n_qu
         return False
     if table is None and entry.get("table_given"):
         return False  # the server chose its table; this search would take the store's only one
-    return (entry.get("template") == template and entry.get("model_name") is None and not entry.get("warnings")
-            and k <= int(entry.get("max_k") or 0) and n_queries <= int(entry.get("max_queries") or 0))
+    return (
+        entry.get("template") == template
+        and entry.get("model_name") is None
+        and not entry.get("warnings")
+        and k <= int(entry.get("max_k") or 0)
+        and n_queries <= int(entry.get("max_queries") or 0)
+    )
 
 
 def _post(url: str, path: str, body: dict, token: str | None) -> dict | None:
@@ -57,8 +62,7 @@ def _post(url: str, path: str, body: dict, token: str | None) -> dict | None:
         conn.close()
 
 
-def search_via_server(store, *, table: str | None, texts: list[str], k: int, where: str | None,
-                      template: str | None):
+def search_via_server(store, *, table: str | None, texts: list[str], k: int, where: str | None, template: str | None):
     """``(meta, results, timing)`` from a running server of ``store``, or None.
 
     ``meta`` describes the table as the in-process output does (store, table, model, kind,
@@ -73,8 +77,14 @@ def search_via_server(store, *, table: str | None, texts: list[str], k: int, whe
         results = _results(out, len(texts))
         if results is None:
             continue
-        meta = {"store": entry["store"], "table": entry["table"], "model": entry.get("model_id"),
-                "kind": entry.get("kind"), "warnings": [], "server": entry.get("url")}
+        meta = {
+            "store": entry["store"],
+            "table": entry["table"],
+            "model": entry.get("model_id"),
+            "kind": entry.get("kind"),
+            "warnings": [],
+            "server": entry.get("url"),
+        }
         return meta, results, {"server_seconds": round(time.perf_counter() - t0, 4)}
     return None
 
@@ -86,9 +96,22 @@ def _results(out: dict | None, n: int) -> list[list[dict]] | None:
     if not out or not isinstance(out.get("results"), list) or len(out["results"]) != n:
         return None
     try:
-        return [[{"rank": int(h["rank"]), "score": float(h["score"]), "path": h["path"], "root": h["root"],
-                  "page": int(h["page"]), "id": h["id"], "file": os.path.join(h["root"], h["path"])} for h in hits]
-                for hits in out["results"]]
+        return [
+            [
+                {
+                    "rank": int(h["rank"]),
+                    "score": float(h["score"]),
+                    "path": h["path"],
+                    "root": h["root"],
+                    "page": int(h["page"]),
+                    "via": h.get("via", "exact"),
+                    "id": h["id"],
+                    "file": os.path.join(h["root"], h["path"]),
+                }
+                for h in hits
+            ]
+            for hits in out["results"]
+        ]
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -54,8 +54,7 @@ def no_results_sentence(where: str | None) -> str:
     return "No results: the table holds no rows"
 
 
-def print_results(meta: dict, queries: list, results: list, *, approx: bool, where, timing: dict,
-                  console=None) -> None:
+def print_results(meta: dict, queries: list, results: list, *, approx: bool, where, timing: dict, console=None) -> None:
     """Print each query's hits (dicts, as :meth:`~nomic_memory.search.Hit.to_dict` or a server gives
     them) and one summary line; ``meta`` names the ``table`` and its ``kind`` (and the ``server``
     that answered, if one did)."""
@@ -70,13 +69,15 @@ def print_results(meta: dict, queries: list, results: list, *, approx: bool, whe
         else:
             _plain(q, hits)
     n = len(queries)
-    mode = "approximate" if approx else "exact"
+    mode = "approximate" if approx else "indexed" if meta.get("via") == "index" else "exact"
     head = f"{mode} search of {meta['table']} ({meta['kind']})" + (f" where {where}" if where else "")
     if meta.get("server"):
         tail = f": answered by the server at {meta['server']} in {timing['server_seconds']:.3f} s"
     else:
-        tail = (f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
-                f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s")
+        tail = (
+            f": model loaded in {timing['load_seconds']:.2f} s, embedded {n} quer{'y' if n == 1 else 'ies'} "
+            f"in {timing['embed_seconds']:.3f} s, searched in {timing['search_seconds']:.3f} s"
+        )
     summary = head + tail
     if console.is_terminal:
         console.print(summary, style="dim", markup=False)

@@ -11,8 +11,9 @@ from nomic_memory.cli.common import fail, json_option, plural, say, setup_loggin
 
 
 def samples(
-    directory: Path = typer.Argument(..., metavar="DIR", help="Directory to write the sample files to (made if "
-                                                              "missing)."),
+    directory: Path = typer.Argument(
+        ..., metavar="DIR", help="Directory to write the sample files to (made if missing)."
+    ),
     json_out: bool = json_option(),
 ) -> None:
     """Write a few sample photos and a 3-page PDF to DIR, to try embed, search and serve on.
@@ -30,13 +31,18 @@ def samples(
         raise fail(f"cannot write to {directory}: {e.strerror or e}")
     files = sorted(str(p.relative_to(directory.expanduser())) for p in written + there)
     if json_out:
-        typer.echo(json.dumps({"directory": str(directory), "files": files,
-                               "written": len(written), "already_there": len(there)}))
+        typer.echo(
+            json.dumps(
+                {"directory": str(directory), "files": files, "written": len(written), "already_there": len(there)}
+            )
+        )
         return
     photos = [f for f in files if f != TRY_OUT_PDF]
     what = f"{plural(len(photos), 'photo')} and {TRY_OUT_PDF} (3 pages)"
     if written:
-        say(f"Wrote {plural(len(written), 'sample file')} to {directory}: {what}"
-            + (f" ({len(there)} already there)" if there else ""))
+        say(
+            f"Wrote {plural(len(written), 'sample file')} to {directory}: {what}"
+            + (f" ({len(there)} already there)" if there else "")
+        )
     else:
         say(f"The {len(files)} sample files are already in {directory}: {what}")

@@ -6,7 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -18,25 +18,63 @@ from nomic_memory.locations import default_store_path
 
 
 def search(
-    query: Optional[List[str]] = typer.Argument(None, metavar="QUERY",
-                                                help="Text query (several: one scan answers them all)."),
+    query: Optional[list[str]] = typer.Argument(
+        None, metavar="QUERY", help="Text query (several: one scan answers them all)."
+    ),
     store: Optional[str] = store_option(),
     k: int = typer.Option(10, "-k", "--top-k", min=1, metavar="N", help="How many results per query."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
-    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to search, if the store has several."),
-    image: Optional[List[str]] = typer.Option(None, "--image", metavar="FILE", help="Search by this image, or by a page of a PDF or multi-page TIFF: FILE#N (page N; page 1 without #N). Repeatable."),
-    template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
-    where: Optional[str] = typer.Option(None, "--where", metavar="SQL", help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\"."),
-    exact: bool = typer.Option(False, "--exact", help="Score every row (do not use the search index, which large tables use by themselves)."),
-    approx: bool = typer.Option(False, "--approx", help="Deprecated: the older hand-built approximate index (build it with --build-index); the search index needs neither."),
+    table: Optional[str] = typer.Option(
+        None, "--table", metavar="NAME", help="Table (model) to search, if the store has several."
+    ),
+    image: Optional[list[str]] = typer.Option(
+        None,
+        "--image",
+        metavar="FILE",
+        help="Search by this image, or by a page of a PDF or multi-page TIFF: FILE#N (page N; page 1 without #N). Repeatable.",
+    ),
+    template: Optional[str] = typer.Option(
+        None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'
+    ),
+    where: Optional[str] = typer.Option(
+        None,
+        "--where",
+        metavar="SQL",
+        help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\".",
+    ),
+    exact: bool = typer.Option(
+        False, "--exact", help="Score every row (do not use the search index, which large tables use by themselves)."
+    ),
+    approx: bool = typer.Option(
+        False,
+        "--approx",
+        help="Deprecated: the older hand-built approximate index (build it with --build-index); the search index needs neither.",
+    ),
     build_index: bool = typer.Option(False, "--build-index", help="Build (or rebuild) the approximate index first."),
-    index_method: Optional[str] = typer.Option(None, "--index-method", metavar="METHOD", help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists."),
-    pool_factor: int = typer.Option(4, "--pool-factor", min=1, metavar="N", help="pooled index: vectors per pooled vector."),
-    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, metavar="N", help="--approx: candidates re-ranked exactly (default max(10k, 100))."),
-    backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."),
-    no_server: bool = typer.Option(False, "--no-server", help="Search in this process even when a server of the store is running."),
+    index_method: Optional[str] = typer.Option(
+        None,
+        "--index-method",
+        metavar="METHOD",
+        help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists.",
+    ),
+    pool_factor: int = typer.Option(
+        4, "--pool-factor", min=1, metavar="N", help="pooled index: vectors per pooled vector."
+    ),
+    rerank: Optional[int] = typer.Option(
+        None, "--rerank", min=1, metavar="N", help="--approx: candidates re-ranked exactly (default max(10k, 100))."
+    ),
+    backend: BackendChoice = typer.Option(
+        "auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."
+    ),
+    model_name: Optional[str] = typer.Option(
+        None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."
+    ),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."
+    ),
+    no_server: bool = typer.Option(
+        False, "--no-server", help="Search in this process even when a server of the store is running."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
 ) -> None:
     """Search the store: rank stored images against a text query or a query image."""
@@ -54,12 +92,13 @@ def search(
     if exact and approx:
         raise fail("--exact and --approx exclude each other", EXIT_USAGE)
     if template is not None and "{}" not in template:
-        raise fail(f"--template {template!r} has no {{}} where the query goes (e.g. \"Query: {{}}\")", EXIT_USAGE)
+        raise fail(f'--template {template!r} has no {{}} where the query goes (e.g. "Query: {{}}")', EXIT_USAGE)
     if texts and not (images or no_server or approx or build_index or index_method or model_name or allow_mismatch):
         _answer_from_server(store or default_store_path(), table, texts, k, where, template, json_out)
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow
+
     try:  # the same rule as the server's
         texts = [check_text_query(t) for t in texts]
     except QueryError as e:
@@ -70,8 +109,14 @@ def search(
         raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
     _check_images(images)
     try:
-        idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
-                         allow_mismatch=allow_mismatch, template=template)
+        idx = Index.open(
+            store or default_store_path(),
+            table,
+            backend=backend.value,
+            model_name=model_name,
+            allow_mismatch=allow_mismatch,
+            template=template,
+        )
     except NomicMemoryError as e:
         raise fail_on(e)
     try:  # a bad filter is refused before the model loads
@@ -89,16 +134,35 @@ def search(
         t0 = time.perf_counter()
         embs = idx.embed_queries(queries)
         t1 = time.perf_counter()
-        results = idx.search_embeddings(embs, k, exact=exact, approx=approx, rerank=rerank, method=index_method,
-                                        where=where)
+        results = idx.search_embeddings(
+            embs, k, exact=exact, approx=approx, rerank=rerank, method=index_method, where=where
+        )
         t2 = time.perf_counter()
     except NomicMemoryError as e:
         raise fail_on(e)
-    timing = {"load_seconds": round(t0 - tl, 4), "embed_seconds": round(t1 - t0, 4), "search_seconds": round(t2 - t1, 4)}
-    meta = {"store": str(idx.store.path), "table": idx.table.name, "model": idx.info.model_id,
-            "kind": idx.info.kind, "warnings": idx.warnings}
-    _output(meta, queries, [[h.to_dict() for h in hits] for hits in results], json_out, k=k, approx=approx,
-            where=where, timing=timing)
+    timing = {
+        "load_seconds": round(t0 - tl, 4),
+        "embed_seconds": round(t1 - t0, 4),
+        "search_seconds": round(t2 - t1, 4),
+    }
+    meta = {
+        "store": str(idx.store.path),
+        "table": idx.table.name,
+        "model": idx.info.model_id,
+        "kind": idx.info.kind,
+        "warnings": idx.warnings,
+        "via": idx.last_via,
+    }
+    _output(
+        meta,
+        queries,
+        [[h.to_dict() for h in hits] for hits in results],
+        json_out,
+        k=k,
+        approx=approx,
+        where=where,
+        timing=timing,
+    )
     raise typer.Exit(EXIT_OK)
 
 
@@ -136,9 +200,22 @@ def _print_json(meta: dict, queries: list, results: list, *, k: int, approx: boo
     """One JSON document: ``queries`` (each query with its own results) and ``results`` (one
     list of hits per query, in query order)."""
     server = {"server": meta["server"]} if meta.get("server") else {}
-    out = {"store": meta["store"], "table": meta["table"], "model": meta["model"], "kind": meta["kind"], "k": k,
-           "approx": approx, "where": where, **server, **timing, "warnings": meta["warnings"], "results": results,
-           "queries": [{"query": str(q), "kind": _kind(q), "results": r} for q, r in zip(queries, results)]}
+    if meta.get("via"):
+        server["via"] = meta["via"]  # index or exact: how this process found the candidates
+    out = {
+        "store": meta["store"],
+        "table": meta["table"],
+        "model": meta["model"],
+        "kind": meta["kind"],
+        "k": k,
+        "approx": approx,
+        "where": where,
+        **server,
+        **timing,
+        "warnings": meta["warnings"],
+        "results": results,
+        "queries": [{"query": str(q), "kind": _kind(q), "results": r} for q, r in zip(queries, results)],
+    }
     typer.echo(json.dumps(out))
 
 

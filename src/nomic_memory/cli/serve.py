@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -25,26 +25,94 @@ def is_loopback(host: str) -> bool:
 
 def serve(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Table (model) to serve, if the store has several."),
-    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to bind; anything but loopback needs --token or --no-auth."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, metavar="PORT", envvar="NOMIC_MEMORY_PORT", help="Port to bind (0: any free port)."),
-    backend: BackendChoice = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="NOMIC_MEMORY_TOKEN", metavar="TOKEN",
-                                        help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."),
-    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."),
-    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", metavar="HOST", help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted."),
-    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", metavar="ORIGIN", help="Allow browser calls from this origin (repeatable); CORS is off otherwise."),
-    template: Optional[str] = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'),
-    model_name: Optional[str] = typer.Option(None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."),
-    max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, metavar="MB", help="Largest request body (uploads included), MB."),
-    max_image_pixels: int = typer.Option(40_000_000, "--max-image-pixels", min=1, metavar="N", help="Largest uploaded image, pixels (judged before decoding)."),
-    max_query_tokens: int = typer.Option(512, "--max-query-tokens", min=8, metavar="N", help="Longest text query, in tokens (query prompt included); longer ones are refused (422)."),
-    batch_window_ms: float = typer.Option(5.0, "--batch-window-ms", min=0.0, metavar="MS", help="How long a search waits for others to share its forward and scan."),
-    exact_batching: bool = typer.Option(False, "--exact-batching", help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding)."),
-    watch: Optional[List[Path]] = typer.Option(None, "--watch", metavar="DIR",
-                                               help="Keep the store in sync with this folder while serving, as "
-                                                    "`nomic-memory watch` does, with the server's model (repeatable)."),
+    table: Optional[str] = typer.Option(
+        None, "--table", metavar="NAME", help="Table (model) to serve, if the store has several."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        metavar="ADDRESS",
+        help="Address to bind; anything but loopback needs --token or --no-auth.",
+    ),
+    port: int = typer.Option(
+        8000,
+        "--port",
+        min=0,
+        max=65535,
+        metavar="PORT",
+        envvar="NOMIC_MEMORY_PORT",
+        help="Port to bind (0: any free port).",
+    ),
+    backend: BackendChoice = typer.Option(
+        "auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."
+    ),
+    token: Optional[str] = typer.Option(
+        None,
+        "--token",
+        envvar="NOMIC_MEMORY_TOKEN",
+        metavar="TOKEN",
+        help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN).",
+    ),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."
+    ),
+    allow_host: Optional[list[str]] = typer.Option(
+        None,
+        "--allow-host",
+        metavar="HOST",
+        help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted.",
+    ),
+    cors_origin: Optional[list[str]] = typer.Option(
+        None,
+        "--cors-origin",
+        metavar="ORIGIN",
+        help="Allow browser calls from this origin (repeatable); CORS is off otherwise.",
+    ),
+    template: Optional[str] = typer.Option(
+        None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'
+    ),
+    model_name: Optional[str] = typer.Option(
+        None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."
+    ),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."
+    ),
+    max_body_mb: float = typer.Option(
+        32.0, "--max-body-mb", min=0.001, metavar="MB", help="Largest request body (uploads included), MB."
+    ),
+    max_image_pixels: int = typer.Option(
+        40_000_000,
+        "--max-image-pixels",
+        min=1,
+        metavar="N",
+        help="Largest uploaded image, pixels (judged before decoding).",
+    ),
+    max_query_tokens: int = typer.Option(
+        512,
+        "--max-query-tokens",
+        min=8,
+        metavar="N",
+        help="Longest text query, in tokens (query prompt included); longer ones are refused (422).",
+    ),
+    batch_window_ms: float = typer.Option(
+        5.0,
+        "--batch-window-ms",
+        min=0.0,
+        metavar="MS",
+        help="How long a search waits for others to share its forward and scan.",
+    ),
+    exact_batching: bool = typer.Option(
+        False,
+        "--exact-batching",
+        help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding).",
+    ),
+    watch: Optional[list[Path]] = typer.Option(
+        None,
+        "--watch",
+        metavar="DIR",
+        help="Keep the store in sync with this folder while serving, as "
+        "`nomic-memory watch` does, with the server's model (repeatable).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log requests and what happens (INFO) on stderr."),
 ) -> None:
     """Serve a store over HTTP: a search API and a search page showing why pages matched."""
@@ -54,8 +122,11 @@ def serve(
     if token and no_auth:
         raise fail("--token and --no-auth contradict each other", EXIT_USAGE)
     if not is_loopback(host) and not token and not no_auth:
-        raise fail(f"--host {host} is reachable from other machines: protect it with --token TOKEN "
-                   "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open", EXIT_USAGE)
+        raise fail(
+            f"--host {host} is reachable from other machines: protect it with --token TOKEN "
+            "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open",
+            EXIT_USAGE,
+        )
     from nomic_memory.search.index import Index  # late: pyarrow; the CLI starts without it
     from nomic_memory.serve.app import create_app  # late: torch and FastAPI (a second); the CLI starts without it
     from nomic_memory.serve.service import (  # late: torch (a second); the CLI starts without it
@@ -64,13 +135,26 @@ def serve(
     )
     from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
-    cfg = ServeConfig(token=token or None, cors_origins=list(cors_origin or []), host=host,
-                      allow_hosts=list(allow_host or []), max_query_tokens=max_query_tokens,
-                      max_body_bytes=int(max_body_mb * (1 << 20)), max_image_pixels=max_image_pixels,
-                      batch_window_ms=batch_window_ms, exact_batching=exact_batching)
+    cfg = ServeConfig(
+        token=token or None,
+        cors_origins=list(cors_origin or []),
+        host=host,
+        allow_hosts=list(allow_host or []),
+        max_query_tokens=max_query_tokens,
+        max_body_bytes=int(max_body_mb * (1 << 20)),
+        max_image_pixels=max_image_pixels,
+        batch_window_ms=batch_window_ms,
+        exact_batching=exact_batching,
+    )
     try:
-        idx = Index.open(store or default_store_path(), table, backend=backend.value, model_name=model_name,
-                         allow_mismatch=allow_mismatch, template=template)
+        idx = Index.open(
+            store or default_store_path(),
+            table,
+            backend=backend.value,
+            model_name=model_name,
+            allow_mismatch=allow_mismatch,
+            template=template,
+        )
         service = SearchService(idx, cfg)  # loads and checks the model now
         if watch:
             _watch_in_background(watch, idx, service)
@@ -78,11 +162,28 @@ def serve(
         raise fail(str(e), EXIT_FATAL)
     import uvicorn
 
-    server = _uvicorn_server(uvicorn.Config(create_app(service, cfg), host=host, port=port, log_level="warning",
-                                           access_log=verbose, timeout_keep_alive=30))
-    entry = {"token": cfg.token, "table": idx.table.name, "table_given": table is not None,
-             "model_id": idx.info.model_id, "kind": idx.info.kind, "template": template, "model_name": model_name,
-             "warnings": list(idx.warnings), "max_k": cfg.max_k, "max_queries": cfg.max_queries}
+    server = _uvicorn_server(
+        uvicorn.Config(
+            create_app(service, cfg),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=verbose,
+            timeout_keep_alive=30,
+        )
+    )
+    entry = {
+        "token": cfg.token,
+        "table": idx.table.name,
+        "table_given": table is not None,
+        "model_id": idx.info.model_id,
+        "kind": idx.info.kind,
+        "template": template,
+        "model_name": model_name,
+        "warnings": list(idx.warnings),
+        "max_k": cfg.max_k,
+        "max_queries": cfg.max_queries,
+    }
     _announce(server, idx, host, lambda url: server.registered.append(_register(idx.store.path, url, entry)))
     try:
         server.run()
@@ -131,8 +232,10 @@ def _watch_in_background(dirs: list[Path], idx, service) -> None:
     from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
 
     if idx.warnings:  # --allow-mismatch let another model serve this table: it must not write to it
-        raise UsageError("--watch embeds with the server's model, which does not match the table "
-                         f"{idx.table.name!r}: drop --allow-mismatch, or serve with the table's model")
+        raise UsageError(
+            "--watch embeds with the server's model, which does not match the table "
+            f"{idx.table.name!r}: drop --allow-mismatch, or serve with the table's model"
+        )
 
     class Listener(ConsoleListener):
         def run_started(self, root, trigger, paths):
@@ -147,8 +250,13 @@ def _watch_in_background(dirs: list[Path], idx, service) -> None:
 
     emb = Embedder.from_loaded(service.lm)
     store = Store(idx.store.path) if idx.store.local else idx.store
-    watcher = Watcher(emb, dirs, store, WatchOptions(table_name=idx.table.name),
-                      Listener(progress=False, json_out=False, batch_size=8, model=emb.loaded.model_id, err=True))
+    watcher = Watcher(
+        emb,
+        dirs,
+        store,
+        WatchOptions(table_name=idx.table.name),
+        Listener(progress=False, json_out=False, batch_size=8, model=emb.loaded.model_id, err=True),
+    )
     watcher.start_observing()  # events from now on; the catch-up runs in the thread
 
     def run() -> None:
@@ -180,12 +288,15 @@ def _announce(server, idx, host: str, on_listening=None) -> None:
             for sock in s.sockets:
                 addr = sock.getsockname()
                 shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
-                print(f"Serving table {idx.table.name} ({idx.info.kind}, {idx.table.count()} rows) at "
-                      f"http://{shown}:{addr[1]}/", file=sys.stderr, flush=True)
+                print(
+                    f"Serving table {idx.table.name} ({idx.info.kind}, {idx.table.count()} rows) at "
+                    f"http://{shown}:{addr[1]}/",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if on_listening is not None:
                     local = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(addr[0], shown)
                     on_listening(f"http://{local}:{addr[1]}")
                 return
 
     threading.Thread(target=wait, daemon=True).start()
-

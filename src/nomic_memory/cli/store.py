@@ -64,9 +64,20 @@ def list_tables(
                 tables.append({"table": name, "error": str(e)})
                 continue
             info = t.info
-            tables.append({"table": name, "model_id": info.model_id, "revision": info.revision, "kind": info.kind,
-                           "dim": info.dim, "dtype": info.storage_dtype, "rows": t.count(), "roots": t.roots(),
-                           "disk_bytes": s.disk_bytes(name), "index": describe(s, t)})
+            tables.append(
+                {
+                    "table": name,
+                    "model_id": info.model_id,
+                    "revision": info.revision,
+                    "kind": info.kind,
+                    "dim": info.dim,
+                    "dtype": info.storage_dtype,
+                    "rows": t.count(),
+                    "roots": t.roots(),
+                    "disk_bytes": s.disk_bytes(name),
+                    "index": describe(s, t),
+                }
+            )
     except StoreError as e:
         raise fail(str(e))
     if json_out:
@@ -105,8 +116,9 @@ def drop(
         raise fail(str(e))
     if not yes:
         if not sys.stdin.isatty() or json_out:
-            raise fail(f"dropping table {table!r} ({plural(rows, 'row')}) needs --yes when not asked on a "
-                       "terminal", EXIT_USAGE)
+            raise fail(
+                f"dropping table {table!r} ({plural(rows, 'row')}) needs --yes when not asked on a terminal", EXIT_USAGE
+            )
         typer.confirm(f"Delete table {table!r} ({plural(rows, 'row')}) from {s.path}?", abort=True)
     try:
         s.drop_table(table)
@@ -121,8 +133,9 @@ def drop(
 def forget(
     root: str = typer.Argument(..., metavar="DIR", help="The embedded directory (it may no longer exist)."),
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(None, "--table", metavar="NAME",
-                                        help="Only this table (default: every table holding DIR)."),
+    table: Optional[str] = typer.Option(
+        None, "--table", metavar="NAME", help="Only this table (default: every table holding DIR)."
+    ),
     json_out: bool = json_option(),
 ) -> None:
     """Remove every row embedded from DIR: what to do for a folder that is now empty or gone."""
@@ -146,8 +159,10 @@ def forget(
         raise fail(str(e))
     if not removed:
         known = sorted({key_to_path(r) for t in tables for r in t.roots()})
-        raise fail(f"{'table ' + repr(table) if table else 'the store ' + str(s.path)} holds nothing embedded "
-                   f"from {key} (embedded directories: {', '.join(known) or 'none'})")
+        raise fail(
+            f"{'table ' + repr(table) if table else 'the store ' + str(s.path)} holds nothing embedded "
+            f"from {key} (embedded directories: {', '.join(known) or 'none'})"
+        )
     if json_out:
         typer.echo(json.dumps({"store": str(s.path), "root": key, "removed": removed}))
     else:
@@ -174,8 +189,13 @@ def compact(
             before, disk_before = t.stats(), s.disk_bytes(name)
             compact_table(t)  # every version but the latest, and the files only they used
             after, disk_after = t.stats(), s.disk_bytes(name)
-            results.append({"table": name, "before": {**before, "disk_bytes": disk_before},
-                            "after": {**after, "disk_bytes": disk_after}})
+            results.append(
+                {
+                    "table": name,
+                    "before": {**before, "disk_bytes": disk_before},
+                    "after": {**after, "disk_bytes": disk_after},
+                }
+            )
     except StoreError as e:
         raise fail(str(e))
     if json_out:
@@ -183,8 +203,10 @@ def compact(
         return
     for r in results:
         b, a = r["before"], r["after"]
-        say(f"{r['table']}: {plural(b['fragments'], 'fragment')} -> {a['fragments']}, "
+        say(
+            f"{r['table']}: {plural(b['fragments'], 'fragment')} -> {a['fragments']}, "
             f"{plural(b['versions'], 'version')} -> {a['versions']}, "
-            f"{_size(b['disk_bytes'])} -> {_size(a['disk_bytes'])} on disk")
+            f"{_size(b['disk_bytes'])} -> {_size(a['disk_bytes'])} on disk"
+        )
     if not results:
         say(f"Store {s.path} has no tables")

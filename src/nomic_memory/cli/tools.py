@@ -8,18 +8,31 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import ExportFormat, KindChoice, SizeChoice, fail, json_option, resolve_store, say, setup_logging, store_option
+from nomic_memory.cli.common import (
+    ExportFormat,
+    KindChoice,
+    SizeChoice,
+    fail,
+    json_option,
+    resolve_store,
+    say,
+    setup_logging,
+    store_option,
+)
 
 
 def export(
     store: Optional[str] = store_option(),
-    format: ExportFormat = typer.Option("npz", "--format", help="npz (key = relative path, float32 array) or "
-                                                                "parquet (the table, float32 embeddings)."),
+    format: ExportFormat = typer.Option(
+        "npz", "--format", help="npz (key = relative path, float32 array) or parquet (the table, float32 embeddings)."
+    ),
     out: Path = typer.Option(..., "--out", metavar="FILE", help="Output file."),
-    table: Optional[str] = typer.Option(None, "--table", metavar="NAME",
-                                        help="Table (model) to export, if the store has several."),
-    root: Optional[str] = typer.Option(None, "--root", metavar="DIR",
-                                       help="Only the images embedded from this directory."),
+    table: Optional[str] = typer.Option(
+        None, "--table", metavar="NAME", help="Table (model) to export, if the store has several."
+    ),
+    root: Optional[str] = typer.Option(
+        None, "--root", metavar="DIR", help="Only the images embedded from this directory."
+    ),
     json_out: bool = json_option(),
 ) -> None:
     """Export embeddings: npz (key = relative path, value = float32 array) or parquet."""
@@ -29,12 +42,15 @@ def export(
 
     location = resolve_store(store)
     try:
-        n, table = export_store_table(location, format.value, out, table, str(Path(root).expanduser().resolve()) if root else None)
+        n, table = export_store_table(
+            location, format.value, out, table, str(Path(root).expanduser().resolve()) if root else None
+        )
     except (StoreError, ValueError) as e:
         raise fail(str(e))
     if json_out:
-        typer.echo(json.dumps({"exported": n, "out": str(out), "format": format.value, "store": str(location),
-                               "table": table}))
+        typer.echo(
+            json.dumps({"exported": n, "out": str(out), "format": format.value, "store": str(location), "table": table})
+        )
     else:
         # Written to stderr when the export itself goes to standard output.
         say(f"Exported {n} {'image' if n == 1 else 'images'} to {out}", json_out=_is_stdout(out))

@@ -67,8 +67,7 @@ class ConsoleListener:
         else:
             say(f"File-system events under {root} were lost: catching up with the whole folder", self.err)
         bar = self.progress if self.progress is not None else (None if trigger == "catch-up" else False)
-        self.ui = ConsoleProgress(bar, json_out=self.err, directory=root, batch_size=self.batch_size,
-                                  model=self.model)
+        self.ui = ConsoleProgress(bar, json_out=self.err, directory=root, batch_size=self.batch_size, model=self.model)
         return self.ui
 
     def run_finished(self, report, trigger: str, paths) -> None:
@@ -76,8 +75,9 @@ class ConsoleListener:
             self.ui.close()
         say(summary(report), self.err)
         if self.json_out:
-            typer.echo(json.dumps({**report.to_dict(), "trigger": trigger,
-                                   "paths": None if paths is None else len(paths)}))
+            typer.echo(
+                json.dumps({**report.to_dict(), "trigger": trigger, "paths": None if paths is None else len(paths)})
+            )
 
     def ready(self, roots: list[Path]) -> None:
         say(f"Watching {', '.join(map(str, roots))} for changes (Ctrl-C to stop)", self.err)
@@ -89,8 +89,9 @@ class ConsoleListener:
 
 
 def watch(
-    directories: list[Path] = typer.Argument(..., metavar="DIRECTORY",
-                                             help="Folders to keep in sync (watched recursively)."),
+    directories: list[Path] = typer.Argument(
+        ..., metavar="DIRECTORY", help="Folders to keep in sync (watched recursively)."
+    ),
     model_variant: VariantChoice = MODEL_VARIANT,
     model_name: Optional[str] = MODEL_NAME,
     model_kind: Optional[KindChoice] = MODEL_KIND,
@@ -102,10 +103,16 @@ def watch(
     store: Optional[str] = store_option(),
     seed: int = SEED,
     revision: Optional[str] = REVISION,
-    debounce: float = typer.Option(0.5, "--debounce", min=0.0, metavar="SECONDS",
-                                   help="How long a changed file must stay unchanged before it is embedded."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON report per run on stdout (every other line "
-                                                        "goes to stderr)."),
+    debounce: float = typer.Option(
+        0.5,
+        "--debounce",
+        min=0.0,
+        metavar="SECONDS",
+        help="How long a changed file must stay unchanged before it is embedded.",
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="One JSON report per run on stdout (every other line goes to stderr)."
+    ),
     progress: Optional[bool] = PROGRESS,
     verbose: bool = VERBOSE,
 ) -> None:

@@ -6,6 +6,7 @@ image's size), so a run plans every batch up front: images of similar token coun
 """
 
 from __future__ import annotations
+
 from nomic_memory.errors import UsageError
 
 # Batches are cut so that none pads more than this fraction of its tokens (make_batches).
@@ -46,13 +47,20 @@ def check_max_batch_tokens(value: int | None, image_processor) -> None:
     max_pixels = size.get("longest_edge") if hasattr(size, "get") else size["longest_edge"]
     most = max_pixels // unit
     if value < most:
-        raise UsageError(f"max_batch_tokens (--max-batch-tokens) {value} is below the {most} visual tokens of "
-                         f"one full-size image for this model (images are resized to at most {max_pixels} "
-                         f"pixels); a batch holds at least one image: use {most} or more")
+        raise UsageError(
+            f"max_batch_tokens (--max-batch-tokens) {value} is below the {most} visual tokens of "
+            f"one full-size image for this model (images are resized to at most {max_pixels} "
+            f"pixels); a batch holds at least one image: use {most} or more"
+        )
 
 
-def make_batches(token_counts: list[int], batch_size: int, max_batch_tokens: int | None = None,
-                 sort: bool = True, max_padding: float | None = None) -> list[list[int]]:
+def make_batches(
+    token_counts: list[int],
+    batch_size: int,
+    max_batch_tokens: int | None = None,
+    sort: bool = True,
+    max_padding: float | None = None,
+) -> list[list[int]]:
     """Group item indices into batches of similar token counts.
 
     Sorting by length and cutting greedily keeps padding near zero (padding is compute and
@@ -64,7 +72,9 @@ def make_batches(token_counts: list[int], batch_size: int, max_batch_tokens: int
     those, the least padding): a folder of icons, phone snaps and page scans then never pads an
     icon to a page's 768 tokens just because the batch had room.
     """
-    order = sorted(range(len(token_counts)), key=lambda i: (token_counts[i], i)) if sort else list(range(len(token_counts)))
+    order = (
+        sorted(range(len(token_counts)), key=lambda i: (token_counts[i], i)) if sort else list(range(len(token_counts)))
+    )
     if sort and max_padding is not None:
         return _batches_within_padding(order, token_counts, batch_size, max_batch_tokens, max_padding)
     batches: list[list[int]] = []
@@ -83,8 +93,9 @@ def make_batches(token_counts: list[int], batch_size: int, max_batch_tokens: int
     return batches
 
 
-def _batches_within_padding(order: list[int], counts: list[int], batch_size: int,
-                            max_batch_tokens: int | None, max_padding: float) -> list[list[int]]:
+def _batches_within_padding(
+    order: list[int], counts: list[int], batch_size: int, max_batch_tokens: int | None, max_padding: float
+) -> list[list[int]]:
     """Optimal cut of the sorted ``order`` into contiguous batches (dynamic programming over the
     prefix length): fewest batches such that every batch has at most ``max_padding`` padding,
     ``batch_size`` items and ``max_batch_tokens`` padded tokens; ties broken by least padding."""

@@ -373,13 +373,18 @@ def _check_size(path, page: int, size: tuple[int, int], max_pixels: int) -> tupl
     if width < 1 or height < 1:
         raise DocumentError(path, f"invalid render size {width} x {height}", page=page)
     if width * height > max_pixels:
-        raise DocumentError(path, f"render size {width} x {height} pixels exceeds limit {max_pixels}",
-                            page=page)
+        raise DocumentError(path, f"render size {width} x {height} pixels exceeds limit {max_pixels}", page=page)
     return width, height
 
 
-def draw_page_here(path: str | os.PathLike[str], page: int, size: tuple[int, int], *,
-                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, cache: bool = True) -> tuple[Image.Image, list[str]]:
+def draw_page_here(
+    path: str | os.PathLike[str],
+    page: int,
+    size: tuple[int, int],
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    cache: bool = True,
+) -> tuple[Image.Image, list[str]]:
     """Draw a page in *this* process (what a renderer process runs; see :func:`render_page`):
     ``(RGB image of exactly size, notes)``, the notes naming damaged images on the page.
 
@@ -436,8 +441,13 @@ def _draw(pdf_page, width: int, height: int) -> Image.Image:
         bitmap.close()
 
 
-def load_page(path: str | os.PathLike[str], page: int, size: tuple[int, int] | None = None,
-              *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def load_page(
+    path: str | os.PathLike[str],
+    page: int,
+    size: tuple[int, int] | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> Image.Image:
     """Page ``page`` of any file as RGB: PDF pages drawn at ``size``; image frames decoded.
 
     For a PDF, ``size`` is required (see :func:`render_page`).  For an image file (page 0)

@@ -85,8 +85,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: File name endings treated as images (compared case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-                    ".heic", ".heif", ".avif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif", ".avif")
 
 #: Same value as Pillow's default ``Image.MAX_IMAGE_PIXELS`` (~179 Mpx, e.g.
 #: 13400 x 13400), but enforced locally so the global is left alone.
@@ -218,8 +217,12 @@ def discover(root: str | os.PathLike[str], *, match=is_image_path) -> tuple[list
 
     def on_error(e: OSError) -> None:  # the folder itself is "." (nothing under it was seen)
         if e.filename:
-            skipped.append((rel_of(e.filename) if os.path.abspath(e.filename) != str(base) else ".",
-                            f"{UNLISTABLE}: {e.strerror or e}"))
+            skipped.append(
+                (
+                    rel_of(e.filename) if os.path.abspath(e.filename) != str(base) else ".",
+                    f"{UNLISTABLE}: {e.strerror or e}",
+                )
+            )
 
     for dirpath, dirnames, filenames in os.walk(base, onerror=on_error):
         for name in dirnames:  # os.walk lists symlinked directories here and does not enter them
@@ -240,8 +243,9 @@ def discover(root: str | os.PathLike[str], *, match=is_image_path) -> tuple[list
     return [full for _rel, full in found], skipped
 
 
-def discover_paths(root: str | os.PathLike[str], paths, *, match=is_image_path
-                   ) -> tuple[list[Path], list[tuple[str, str]]]:
+def discover_paths(
+    root: str | os.PathLike[str], paths, *, match=is_image_path
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """:func:`discover` restricted to ``paths`` under ``root`` (files, or folders listed whole;
     e.g. what a watcher saw change): the same files, reasons and order as :func:`discover` gives
     for them.  Paths outside ``root``, paths that no longer exist and names ``match`` rejects are
@@ -271,9 +275,13 @@ def discover_paths(root: str | os.PathLike[str], paths, *, match=is_image_path
 
 
 def _kind_of(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISDIR, "a directory")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -370,8 +378,7 @@ def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def hash_file(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES,
-              chunk: int = 1 << 20) -> tuple[str, int]:
+def hash_file(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES, chunk: int = 1 << 20) -> tuple[str, int]:
     """``(hash_bytes of the file, size)``, streamed with the same checks and bounds as
     :func:`read_file_bounded` (for an inspection that must not hold every file in memory)."""
     f, size = open_regular(path, max_bytes)
@@ -414,9 +421,7 @@ def image_size(path: str | os.PathLike[str], data: bytes | None = None) -> tuple
 # --------------------------------------------------------------------------
 
 
-def jpeg_draft_scale(
-    width: int, height: int, target_pixels: int | None, *, min_side: int = MIN_SIDE
-) -> int:
+def jpeg_draft_scale(width: int, height: int, target_pixels: int | None, *, min_side: int = MIN_SIDE) -> int:
     """Largest JPEG DCT down-scale factor (1, 2, 4 or 8) that keeps enough pixels.
 
     libjpeg can decode directly at 1/2, 1/4 or 1/8 size, producing
@@ -702,9 +707,7 @@ def load_image_hashed(path: str | os.PathLike[str], **kwargs) -> tuple[Image.Ima
     return load_image(path, data=data, **kwargs), hash_bytes(data), len(data)
 
 
-def _open_and_decode(
-    fp, path, max_image_pixels: int, target_pixels: int | None, frame: int = 0
-) -> Image.Image:
+def _open_and_decode(fp, path, max_image_pixels: int, target_pixels: int | None, frame: int = 0) -> Image.Image:
     """Open ``fp``, enforce the pixel limit from the header, then decode ``frame``."""
     # Pillow warns above its global limit (and raises at twice it): the warning is collected by
     # the caller's decode_warnings, and dropped when the local limit below refuses the image.
@@ -720,8 +723,7 @@ def _open_and_decode(
         if width * height > max_image_pixels:
             raise ImageError(
                 path,
-                f"image too large: {width} x {height} pixels exceeds limit "
-                f"{max_image_pixels}",
+                f"image too large: {width} x {height} pixels exceeds limit {max_image_pixels}",
             )
         # MPO (multi-picture JPEG, written by many cameras) is a JPEG
         # subclass in Pillow and supports draft() the same way.

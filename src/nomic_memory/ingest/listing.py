@@ -33,7 +33,7 @@ class Item:
     document (``page`` 1..N).  ``width``/``height`` are what the processor will resize from
     (after EXIF orientation); 0 when unknown until decoded."""
 
-    file: "SourceFile"
+    file: SourceFile
     page: int = 0
     width: int = 0
     height: int = 0

@@ -30,7 +30,7 @@ def _segment_header(data: bytes, at: int) -> tuple[int, int, int] | None:
     """(type, header length, data length) of the segment header at ``at``; None if malformed."""
     if at + 6 > len(data):
         return None
-    number = int.from_bytes(data[at:at + 4], "big")
+    number = int.from_bytes(data[at : at + 4], "big")
     flags = data[at + 4]
     kind, page_size = flags & 0x3F, 4 if flags & 0x40 else 1
     pos = at + 5
@@ -38,7 +38,7 @@ def _segment_header(data: bytes, at: int) -> tuple[int, int, int] | None:
     if count == 7:  # long form: 29-bit count, then retention bits
         if pos + 4 > len(data):
             return None
-        count = int.from_bytes(data[pos:pos + 4], "big") & 0x1FFFFFFF
+        count = int.from_bytes(data[pos : pos + 4], "big") & 0x1FFFFFFF
         pos += 4 + (count + 8) // 8
     elif count > 4:
         return None
@@ -48,7 +48,7 @@ def _segment_header(data: bytes, at: int) -> tuple[int, int, int] | None:
     pos += count * ref_size + page_size
     if pos + 4 > len(data):
         return None
-    return kind, pos + 4 - at, int.from_bytes(data[pos:pos + 4], "big")
+    return kind, pos + 4 - at, int.from_bytes(data[pos : pos + 4], "big")
 
 
 def jbig2_damaged(data: bytes) -> bool:

@@ -38,8 +38,16 @@ import tempfile
 import threading
 import time
 
-__all__ = ["DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_S", "RenderFailure", "RendererPool", "limits", "max_renderers",
-           "pool", "shutdown"]
+__all__ = [
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_TIMEOUT_S",
+    "RenderFailure",
+    "RendererPool",
+    "limits",
+    "max_renderers",
+    "pool",
+    "shutdown",
+]
 
 #: Address-space limit of a renderer process, MiB (its own interpreter, Pillow and PDFium use
 #: about 150 MiB of it; the rest is for the page).
@@ -74,8 +82,9 @@ def _env_number(name: str, default: float) -> float:
 
 def limits() -> tuple[int, float]:
     """(memory limit in MiB, seconds per page) from the environment; 0 means no limit."""
-    return int(_env_number("NOMIC_MEMORY_RENDER_MEMORY_MB", DEFAULT_MEMORY_MB)), \
-        _env_number("NOMIC_MEMORY_RENDER_TIMEOUT", DEFAULT_TIMEOUT_S)
+    return int(_env_number("NOMIC_MEMORY_RENDER_MEMORY_MB", DEFAULT_MEMORY_MB)), _env_number(
+        "NOMIC_MEMORY_RENDER_TIMEOUT", DEFAULT_TIMEOUT_S
+    )
 
 
 def max_renderers() -> int:
@@ -155,10 +164,22 @@ class _Renderer:
             self.shm = self._spill.fileno()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nomic_memory.ingest.render_child", str(to_child_r), str(from_child_w),
-                 str(self.shm), str(memory_mb), str(os.getpid())],
-                pass_fds=(to_child_r, from_child_w, self.shm), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, close_fds=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "nomic_memory.ingest.render_child",
+                    str(to_child_r),
+                    str(from_child_w),
+                    str(self.shm),
+                    str(memory_mb),
+                    str(os.getpid()),
+                ],
+                pass_fds=(to_child_r, from_child_w, self.shm),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
         except BaseException:
             self._close_fds()
             raise

@@ -17,8 +17,14 @@ from pathlib import Path
 from nomic_memory.errors import InputError
 
 # (kind, width, height, format), repeated through the folder in this order.
-SAMPLE_SPECS = [("page", 1240, 1754, "png"), ("photo", 2000, 1500, "jpg"), ("screen", 1280, 720, "png"),
-                ("snap", 640, 480, "jpg"), ("photo", 1500, 2000, "jpg"), ("icon", 96, 96, "png")]
+SAMPLE_SPECS = [
+    ("page", 1240, 1754, "png"),
+    ("photo", 2000, 1500, "jpg"),
+    ("screen", 1280, 720, "png"),
+    ("snap", 640, 480, "jpg"),
+    ("photo", 1500, 2000, "jpg"),
+    ("icon", 96, 96, "png"),
+]
 
 
 def photo(w: int, h: int, rng, noise: float = 5.0):
@@ -30,8 +36,11 @@ def photo(w: int, h: int, rng, noise: float = 5.0):
     img = Image.fromarray(field).resize((w, h), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(img)
     for _ in range(6):
-        cx, cy, r = rng.integers(0, w), rng.integers(0, h), int(rng.integers(max(1, min(w, h) // 20),
-                                                                          max(2, min(w, h) // 4)))
+        cx, cy, r = (
+            rng.integers(0, w),
+            rng.integers(0, h),
+            int(rng.integers(max(1, min(w, h) // 20), max(2, min(w, h) // 4))),
+        )
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
     img = img.filter(ImageFilter.GaussianBlur(radius=max(1, min(w, h) // 300)))
     arr = np.asarray(img, dtype=np.int16)
@@ -66,8 +75,9 @@ def render(kind: str, w: int, h: int, rng):
     return page(w, h, rng) if kind == "page" else photo(w, h, rng, noise=5.0 if kind == "photo" else 3.0)
 
 
-def make_sample_images(directory: str | Path, n: int = 24, seed: int = 0,
-                       specs: list[tuple[str, int, int, str]] | None = None) -> Path:
+def make_sample_images(
+    directory: str | Path, n: int = 24, seed: int = 0, specs: list[tuple[str, int, int, str]] | None = None
+) -> Path:
     """Write ``n`` images to ``directory`` as ``NNN_kind.fmt``, cycling through ``specs``
     (default :data:`SAMPLE_SPECS`: page scans, photos, screenshots, phone snaps, icons)."""
     import numpy as np
@@ -83,12 +93,14 @@ def make_sample_images(directory: str | Path, n: int = 24, seed: int = 0,
     return d
 
 
-
-
 # ------------------------------------------------------------------ the try-out folder
 #: What ``nomic-memory samples DIR`` writes: photos and a PDF of a few titled pages.
-TRY_OUT_PHOTOS = [("photos/photo_1.jpg", 1024, 768), ("photos/photo_2.jpg", 768, 1024),
-                  ("photos/photo_3.jpg", 1024, 768), ("photos/photo_4.jpg", 1024, 1024)]
+TRY_OUT_PHOTOS = [
+    ("photos/photo_1.jpg", 1024, 768),
+    ("photos/photo_2.jpg", 768, 1024),
+    ("photos/photo_3.jpg", 1024, 768),
+    ("photos/photo_4.jpg", 1024, 1024),
+]
 TRY_OUT_PAGES = ["Quarterly report", "Revenue by region", "Outlook for next year"]
 TRY_OUT_PDF = "report.pdf"
 
@@ -126,8 +138,16 @@ def try_out_files(seed: int = 0) -> dict[str, bytes]:
     pages = [_titled_page(t, i + 1, rng) for i, t in enumerate(TRY_OUT_PAGES)]
     buf = io.BytesIO()
     fixed = time.struct_time((2025, 1, 1, 0, 0, 0, 2, 1, 0))
-    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=150.0,
-                  title="Quarterly report", creationDate=fixed, modDate=fixed)
+    pages[0].save(
+        buf,
+        format="PDF",
+        save_all=True,
+        append_images=pages[1:],
+        resolution=150.0,
+        title="Quarterly report",
+        creationDate=fixed,
+        modDate=fixed,
+    )
     out[TRY_OUT_PDF] = buf.getvalue()
     return out
 
@@ -154,5 +174,14 @@ def write_try_out_folder(directory: str | Path, seed: int = 0) -> tuple[list[Pat
     return written, there
 
 
-__all__ = ["SAMPLE_SPECS", "SampleConflict", "TRY_OUT_PDF", "make_sample_images", "page", "photo", "render",
-           "try_out_files", "write_try_out_folder"]
+__all__ = [
+    "SAMPLE_SPECS",
+    "SampleConflict",
+    "TRY_OUT_PDF",
+    "make_sample_images",
+    "page",
+    "photo",
+    "render",
+    "try_out_files",
+    "write_try_out_folder",
+]

@@ -46,8 +46,14 @@ def flash_attn_available() -> bool:
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def select_backend(requested: str = "auto", *, cuda: bool | None = None, mps: bool | None = None,
-                   flash_attn: bool | None = None, dtype: str | None = None) -> Backend:
+def select_backend(
+    requested: str = "auto",
+    *,
+    cuda: bool | None = None,
+    mps: bool | None = None,
+    flash_attn: bool | None = None,
+    dtype: str | None = None,
+) -> Backend:
     """Resolve ``requested`` to a concrete backend.
 
     The availability flags default to probing this machine; they are parameters so the decision
@@ -64,11 +70,14 @@ def select_backend(requested: str = "auto", *, cuda: bool | None = None, mps: bo
     else:
         name = requested
         if name == "cuda" and not cuda:
-            raise BackendUnavailable("backend 'cuda' was requested but no CUDA device is available "
-                                     "(torch.cuda.is_available() is False); use --backend auto or cpu")
+            raise BackendUnavailable(
+                "backend 'cuda' was requested but no CUDA device is available "
+                "(torch.cuda.is_available() is False); use --backend auto or cpu"
+            )
         if name == "mps" and not mps:
-            raise BackendUnavailable("backend 'mps' was requested but Apple MPS is not available on "
-                                     "this machine; use --backend auto or cpu")
+            raise BackendUnavailable(
+                "backend 'mps' was requested but Apple MPS is not available on this machine; use --backend auto or cpu"
+            )
     if dtype not in (None, "auto") and dtype not in DTYPES:
         raise BackendUnavailable(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
     forced = DTYPES.get(dtype) if dtype else None
@@ -85,7 +94,9 @@ def select_backend(requested: str = "auto", *, cuda: bool | None = None, mps: bo
 
 def describe(backend: Backend) -> list[str]:
     """The lines the original script printed about its choices."""
-    lines = [f"{'Auto-detected' if backend.auto else 'Using'} backend: {backend.name}",
-             f"Using dtype: {backend.dtype}",
-             f"Attention implementation: {backend.attn_implementation}"]
+    lines = [
+        f"{'Auto-detected' if backend.auto else 'Using'} backend: {backend.name}",
+        f"Using dtype: {backend.dtype}",
+        f"Attention implementation: {backend.attn_implementation}",
+    ]
     return lines

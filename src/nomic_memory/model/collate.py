@@ -8,11 +8,9 @@ same batch layout serves the local pipeline, the Ray workers and the equivalence
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from nomic_memory.errors import InputError, out_of_memory_detail, out_of_memory_kind
@@ -44,8 +42,12 @@ def prepare_image(processor, image) -> Prepared:
     mask = b["attention_mask"][0].bool()
     mm = b.get("mm_token_type_ids")
     n = int(b["image_grid_thw"][0].prod())
-    return Prepared(b["input_ids"][0][mask].clone(), None if mm is None else mm[0][mask].clone(),
-                    b["pixel_values"][0][:n].clone(), b["image_grid_thw"][0].clone())
+    return Prepared(
+        b["input_ids"][0][mask].clone(),
+        None if mm is None else mm[0][mask].clone(),
+        b["pixel_values"][0][:n].clone(),
+        b["image_grid_thw"][0].clone(),
+    )
 
 
 def collate(items: list[Prepared], pad_token_id: int, pin_memory: bool = False) -> dict[str, torch.Tensor]:
@@ -60,13 +62,17 @@ def collate(items: list[Prepared], pad_token_id: int, pin_memory: bool = False) 
     pv = torch.zeros((B, P, items[0].pixel_values.shape[1]), dtype=items[0].pixel_values.dtype)
     for i, it in enumerate(items):
         n = it.seq_len
-        ids[i, L - n:] = it.input_ids
-        mask[i, L - n:] = 1
+        ids[i, L - n :] = it.input_ids
+        mask[i, L - n :] = 1
         if has_mm:
-            mm[i, L - n:] = it.mm_token_type_ids
+            mm[i, L - n :] = it.mm_token_type_ids
         pv[i, : it.pixel_values.shape[0]] = it.pixel_values
-    out = {"input_ids": ids, "attention_mask": mask, "pixel_values": pv,
-           "image_grid_thw": torch.stack([it.image_grid_thw for it in items])}
+    out = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": pv,
+        "image_grid_thw": torch.stack([it.image_grid_thw for it in items]),
+    }
     if has_mm:
         out["mm_token_type_ids"] = mm
     if pin_memory:
@@ -74,22 +80,25 @@ def collate(items: list[Prepared], pad_token_id: int, pin_memory: bool = False) 
     return out
 
 
-def collate_flat(items: list[Prepared], pad_token_id: int, pin_memory: bool = False,
-                 share: bool = False) -> dict[str, torch.Tensor]:
+def collate_flat(
+    items: list[Prepared], pad_token_id: int, pin_memory: bool = False, share: bool = False
+) -> dict[str, torch.Tensor]:
     """Like :func:`collate`, but with the images' patches concatenated, ``(sum P_i, C)``, which is
     what the vision tower consumes: no padded ``(B, P_max, C)`` copy is ever made.  With
     ``share``, each item's ``pixel_values`` becomes a view into that tensor (same values), so the
     batch holds one copy of its pixels instead of two."""
-    out = collate([Prepared(it.input_ids, it.mm_token_type_ids, it.pixel_values[:0], it.image_grid_thw)
-                   for it in items], pad_token_id)
+    out = collate(
+        [Prepared(it.input_ids, it.mm_token_type_ids, it.pixel_values[:0], it.image_grid_thw) for it in items],
+        pad_token_id,
+    )
     sizes = [it.pixel_values.shape[0] for it in items]
     first = items[0].pixel_values
     flat = torch.empty((sum(sizes), first.shape[1]), dtype=first.dtype, pin_memory=pin_memory)
     start = 0
     for it, n in zip(items, sizes):
-        flat[start:start + n].copy_(it.pixel_values)
+        flat[start : start + n].copy_(it.pixel_values)
         if share:  # the item's own copy is released now, not after the whole batch was copied
-            it.pixel_values = flat[start:start + n]
+            it.pixel_values = flat[start : start + n]
             if flat.device.type == "cpu" and not pin_memory:
                 # ... and handed back to the OS: otherwise every item's copy (14 MB per page at
                 # 768 tokens) stays in malloc's heap next to the flat batch, which measured

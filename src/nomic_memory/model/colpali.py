@@ -36,8 +36,9 @@ def _stand_ins() -> list[str]:
             continue
         mod = types.ModuleType(name)
         mod.__path__ = [path]
-        mod.__spec__ = importlib.util.spec_from_file_location(name, os.path.join(path, "__init__.py"),
-                                                              submodule_search_locations=[path])
+        mod.__spec__ = importlib.util.spec_from_file_location(
+            name, os.path.join(path, "__init__.py"), submodule_search_locations=[path]
+        )
         sys.modules[name] = mod
         added.append(name)
     return added

@@ -37,12 +37,14 @@ def flatten(items: list, groups: list) -> list:
     return [s for x, g in zip(items, groups) for s in (g if g is not None else [x])]
 
 
-def embed_inputs(lm: LoadedModel, inputs: list, batch_size: int = 8,
-                 max_batch_tokens: int | None = None) -> list[np.ndarray]:
+def embed_inputs(
+    lm: LoadedModel, inputs: list, batch_size: int = 8, max_batch_tokens: int | None = None
+) -> list[np.ndarray]:
     """Embed in-memory images and image files (decoded here, batched by token count); float32
     numpy arrays in input order."""
-    prepared = [decode_and_prepare(lm.processor, Path(im) if isinstance(im, (str, os.PathLike)) else im)
-                for im in inputs]  # paths, PIL images, or DecodeTasks (pages of documents)
+    prepared = [
+        decode_and_prepare(lm.processor, Path(im) if isinstance(im, (str, os.PathLike)) else im) for im in inputs
+    ]  # paths, PIL images, or DecodeTasks (pages of documents)
     tokens = [int(p.image_grid_thw.prod()) for p in prepared]
     encoder = BatchEncoder(lm)
     out: list[np.ndarray | None] = [None] * len(inputs)
@@ -50,4 +52,3 @@ def embed_inputs(lm: LoadedModel, inputs: list, batch_size: int = 8,
         for i, e in zip(b, encoder([prepared[i] for i in b])):
             out[i] = e.float().numpy()
     return out  # type: ignore[return-value]
-

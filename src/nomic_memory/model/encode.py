@@ -24,12 +24,11 @@ import torch
 from torch.nn import functional as F
 from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
 
-from nomic_memory.errors import OutOfMemory, out_of_memory_detail, out_of_memory_kind
-from nomic_memory.model.collate import Prepared, collate_flat
-from nomic_memory.model.loading import LoadedModel
+from nomic_memory.errors import OutOfMemory, UsageError, out_of_memory_detail, out_of_memory_kind
 from nomic_memory.memory import trim_heap
 from nomic_memory.model.chunks import chunk_limits
-from nomic_memory.errors import UsageError
+from nomic_memory.model.collate import Prepared, collate_flat
+from nomic_memory.model.loading import LoadedModel
 
 log = logging.getLogger("nomic_memory")
 
@@ -65,8 +64,9 @@ def _flat_pixels(pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor
     return torch.cat([pv[:n] for pv, n in zip(pixel_values, offsets)], dim=0)
 
 
-def _grouped_window_attention(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
-                              position_embeddings=None, **kwargs) -> torch.Tensor:
+def _grouped_window_attention(
+    self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor, position_embeddings=None, **kwargs
+) -> torch.Tensor:
     """Qwen2.5-VL's vision attention with sdpa, one call per *window length* instead of one per
     window: a 768-token image has ~48 windows of 64 patches in each of the tower's windowed
     blocks, and per-window calls spend more time in dispatch than in arithmetic (CPU) or in
@@ -87,12 +87,12 @@ def _grouped_window_attention(self, hidden_states: torch.Tensor, cu_seqlens: tor
     for length, starts in by_len.items():
         if len(starts) == 1:
             s = starts[0]
-            o = F.scaled_dot_product_attention(q[None, :, s:s + length], k[None, :, s:s + length],
-                                               v[None, :, s:s + length], scale=self.scaling)
-            out[:, s:s + length] = o[0]
+            o = F.scaled_dot_product_attention(
+                q[None, :, s : s + length], k[None, :, s : s + length], v[None, :, s : s + length], scale=self.scaling
+            )
+            out[:, s : s + length] = o[0]
             continue
-        idx = (torch.tensor(starts, device=q.device)[:, None]
-               + torch.arange(length, device=q.device)).reshape(-1)
+        idx = (torch.tensor(starts, device=q.device)[:, None] + torch.arange(length, device=q.device)).reshape(-1)
         w = len(starts)
         qs, ks, vs = (t[:, idx].view(t.shape[0], w, length, -1).transpose(0, 1) for t in (q, k, v))
         o = F.scaled_dot_product_attention(qs, ks, vs, scale=self.scaling)  # (w, heads, length, hd)
@@ -117,8 +117,8 @@ def _chunked_mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
     out = torch.empty(rows.shape[0], self.down_proj.out_features, dtype=x.dtype, device=x.device)
     for i in range(0, rows.shape[0], step):
-        c = rows[i:i + step]
-        out[i:i + step] = self.down_proj(self.act_fn(self.gate_proj(c)) * self.up_proj(c))
+        c = rows[i : i + step]
+        out[i : i + step] = self.down_proj(self.act_fn(self.gate_proj(c)) * self.up_proj(c))
     return out.view(*x.shape[:-1], -1)
 
 
@@ -147,8 +147,9 @@ def _fast_vision(model) -> None:
     visual._nomic_memory_fast = True
 
 
-def _image_features(model, pixel_values: torch.Tensor, grid: torch.Tensor,
-                    chunk_patches: int | None = -1, tuner_owner=None) -> list[torch.Tensor]:
+def _image_features(
+    model, pixel_values: torch.Tensor, grid: torch.Tensor, chunk_patches: int | None = -1, tuner_owner=None
+) -> list[torch.Tensor]:
     """The vision tower's merged features, run on whole images in chunks of at most
     ``chunk_patches`` patches (default: ``chunks.chunk_limits``; at least one image per chunk;
     ``None``: all at once)."""
@@ -168,7 +169,7 @@ def _image_features(model, pixel_values: torch.Tensor, grid: torch.Tensor,
         if not chunk_patches:
             end, total = n, sum(patches[img:])
         with _tuned(tuner_owner, "vision", total):
-            out = visual(pixel_values[start:start + total].type(visual.dtype), grid_thw=grid[img:end])
+            out = visual(pixel_values[start : start + total].type(visual.dtype), grid_thw=grid[img:end])
         feats.append(out.pooler_output)
         del out  # drops the tower's last hidden state (patches x width) right away
         start += total
@@ -197,8 +198,7 @@ def _backbone(lm: LoadedModel, inputs: dict) -> torch.Tensor:
         del feats
     elif "pixel_values" in kw:
         kw["pixel_values"] = _flat_pixels(kw["pixel_values"], kw["image_grid_thw"])
-    out = Qwen2_5_VLModel.forward(lm.model, **kw, use_cache=False, output_hidden_states=False,
-                                  return_dict=True)
+    out = Qwen2_5_VLModel.forward(lm.model, **kw, use_cache=False, output_hidden_states=False, return_dict=True)
     return out.last_hidden_state
 
 
@@ -234,9 +234,8 @@ def _backbone_groups(lm: LoadedModel, inputs: dict):
     pixels = _flat_pixels(inputs.pop("pixel_values"), grid)
     feats = _image_features(lm.model, pixels, grid, tuner_owner=lm)
     del pixels
-    merge = lm.model.visual.spatial_merge_size ** 2
-    per_image = list(torch.split(torch.cat(feats) if len(feats) > 1 else feats[0],
-                                 (grid.prod(-1) // merge).tolist()))
+    merge = lm.model.visual.spatial_merge_size**2
+    per_image = list(torch.split(torch.cat(feats) if len(feats) > 1 else feats[0], (grid.prod(-1) // merge).tolist()))
     del feats
     mask = inputs["attention_mask"]
     lengths = mask.sum(dim=1).tolist()
@@ -247,8 +246,7 @@ def _backbone_groups(lm: LoadedModel, inputs: dict):
         kw["image_grid_thw"] = grid[r0:r1]
         kw["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(per_image[r0:r1]))}
         with _tuned(lm, "text", int(kw["attention_mask"].numel())):
-            out = Qwen2_5_VLModel.forward(lm.model, **kw, use_cache=False, output_hidden_states=False,
-                                          return_dict=True)
+            out = Qwen2_5_VLModel.forward(lm.model, **kw, use_cache=False, output_hidden_states=False, return_dict=True)
         yield r0, r1, out.last_hidden_state, kw["attention_mask"].bool()
         del out, kw
 
@@ -271,8 +269,12 @@ def forward_embeddings(lm: LoadedModel, inputs: dict) -> list[torch.Tensor]:
     positions with attention mask 1; BiQwen (dim,) pooled from the last position."""
     inputs = to_device(inputs, lm)  # a new dict: the backbone may consume it
     out: list[torch.Tensor] = []
-    if "pixel_values" in inputs and _PRECOMPUTED_FEATURES and "image_grid_thw" in inputs \
-            and inputs["image_grid_thw"].shape[0] == inputs["attention_mask"].shape[0]:
+    if (
+        "pixel_values" in inputs
+        and _PRECOMPUTED_FEATURES
+        and "image_grid_thw" in inputs
+        and inputs["image_grid_thw"].shape[0] == inputs["attention_mask"].shape[0]
+    ):
         for _, _, hidden, mask in _backbone_groups(lm, inputs):
             out.extend(_embed_hidden(lm, hidden, mask))
             del hidden
@@ -291,9 +293,11 @@ def is_oom(e: BaseException) -> bool:
 def _unsplittable(e: BaseException, items: list[Prepared]) -> OutOfMemory:
     kind = out_of_memory_kind(e) or "memory"
     tokens = sum(int(it.image_grid_thw.prod()) // 4 for it in items)
-    return OutOfMemory(f"out of {kind} embedding a single image ({tokens} visual tokens) even after splitting "
-                       f"the batch ({out_of_memory_detail(e)}); the batches embedded so far are stored. Free "
-                       "memory, or use a smaller model or --image-only")
+    return OutOfMemory(
+        f"out of {kind} embedding a single image ({tokens} visual tokens) even after splitting "
+        f"the batch ({out_of_memory_detail(e)}); the batches embedded so far are stored. Free "
+        "memory, or use a smaller model or --image-only"
+    )
 
 
 class BatchEncoder:
@@ -309,11 +313,12 @@ class BatchEncoder:
         if self.cap is not None and len(items) > self.cap:
             out: list[torch.Tensor] = []
             for i in range(0, len(items), self.cap):
-                out.extend(self(items[i:i + self.cap]))
+                out.extend(self(items[i : i + self.cap]))
             return out
         try:
-            out = forward_embeddings(self.lm, collate_flat(items, self.lm.processor.tokenizer.pad_token_id, self.pin,
-                                                           share=True))
+            out = forward_embeddings(
+                self.lm, collate_flat(items, self.lm.processor.tokenizer.pad_token_id, self.pin, share=True)
+            )
             if self.lm.backend.name == "cpu":
                 trim_heap()
             return out
@@ -338,15 +343,16 @@ class BatchEncoder:
 
 
 @torch.inference_mode()
-def embed_queries(lm: LoadedModel, texts: list[str], batch_size: int = 16,
-                  template: str | None = None) -> list[torch.Tensor]:
+def embed_queries(
+    lm: LoadedModel, texts: list[str], batch_size: int = 16, template: str | None = None
+) -> list[torch.Tensor]:
     """Query embeddings as the model card does it (``process_queries``); ``template`` formats
     each text first (e.g. ``"Query: {}"``)."""
     if lm.image_only:
         raise UsageError("this model was loaded image-only and cannot embed text queries")
     out: list[torch.Tensor] = []
     for i in range(0, len(texts), batch_size):
-        chunk = texts[i:i + batch_size]
+        chunk = texts[i : i + batch_size]
         if template:
             chunk = [template.format(t) if "{}" in template else template + t for t in chunk]
         b = lm.processor.process_queries(chunk)

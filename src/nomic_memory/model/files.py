@@ -53,8 +53,10 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
             raise
         return _hub_facts(spec)
     if spec.revision is not None and r.local:
-        raise ModelLoadError(f"--revision {spec.revision} names a hub revision, but {r.model_id} is a local "
-                             "directory (it has no revisions)")
+        raise ModelLoadError(
+            f"--revision {spec.revision} names a hub revision, but {r.model_id} is a local "
+            "directory (it has no revisions)"
+        )
     dim = 128 if r.kind == "colqwen" else _biqwen_dim(r)
     if r.kind != "colqwen":
         return ModelFacts(r.model_id, r.revision, r.kind, dim, r.table_name, spec.seed, "", frozenset({""}))
@@ -70,13 +72,24 @@ def _hub_facts(spec: ModelSpec) -> ModelFacts:
     repo = spec.name or VARIANTS[spec.variant].repo_id
     v = variant_for_repo(repo)
     if v is None:
-        raise ModelLoadError(f"cannot tell the kind and vector width of '{repo}': it is neither a local model "
-                             "directory, nor in this machine's Hugging Face cache, nor one of Nomic's four models")
+        raise ModelLoadError(
+            f"cannot tell the kind and vector width of '{repo}': it is neither a local model "
+            "directory, nor in this machine's Hugging Face cache, nor one of Nomic's four models"
+        )
     revision = spec.revision if spec.revision and COMMIT.fullmatch(spec.revision) else _hub_commit(repo, spec.revision)
     fp = "" if v.kind == "biqwen" else None
     note = "" if fp == "" else f"{repo} is not on this machine: its projection can only be read from its files"
-    return ModelFacts(repo, revision, v.kind, v.dim, table_name_for(repo, v.kind, v.kind), spec.seed, fp,
-                      frozenset({""}) if fp == "" else frozenset(), note)
+    return ModelFacts(
+        repo,
+        revision,
+        v.kind,
+        v.dim,
+        table_name_for(repo, v.kind, v.kind),
+        spec.seed,
+        fp,
+        frozenset({""}) if fp == "" else frozenset(),
+        note,
+    )
 
 
 def _hub_commit(repo: str, revision: str | None) -> str:
@@ -92,9 +105,11 @@ def _hub_commit(repo: str, revision: str | None) -> str:
                 return sha
         except Exception as e:  # noqa: BLE001 - network, auth, missing repo: said below
             why = f"the hub did not answer ({type(e).__name__})"
-    raise ModelLoadError(f"cannot tell which revision of {repo} made the embeddings: it is not in this machine's "
-                         f"Hugging Face cache and {why}; pass --revision COMMIT, the 40-hex hub commit they were "
-                         "made with")
+    raise ModelLoadError(
+        f"cannot tell which revision of {repo} made the embeddings: it is not in this machine's "
+        f"Hugging Face cache and {why}; pass --revision COMMIT, the 40-hex hub commit they were "
+        "made with"
+    )
 
 
 def _offline() -> bool:
@@ -125,8 +140,10 @@ def _biqwen_dim(r: ResolvedModel) -> int:
                 return v.dim
         if Path(base).is_dir():
             return _biqwen_dim(replace(r, model_id=base, source=Path(base)))
-    raise ModelLoadError(f"cannot tell the vector width of {r.model_id} from its files (no hidden_size in its "
-                         "config.json, and no known base model)")
+    raise ModelLoadError(
+        f"cannot tell the vector width of {r.model_id} from its files (no hidden_size in its "
+        "config.json, and no known base model)"
+    )
 
 
 def projection_from_files(source: Path) -> tuple[str, frozenset[str]] | str:
@@ -134,8 +151,10 @@ def projection_from_files(source: Path) -> tuple[str, frozenset[str]] | str:
     checkpoint's safetensors files, computed as :func:`~nomic_memory.model.loading.projection_fingerprint`
     computes it on the loaded model; or the reason it cannot be known without loading."""
     if (source / "adapter_config.json").is_file():
-        return (f"{source} is a PEFT adapter: its projection is made when the model loads "
-                "(from its base weights, the adapter and the seed)")
+        return (
+            f"{source} is a PEFT adapter: its projection is made when the model loads "
+            "(from its base weights, the adapter and the seed)"
+        )
     files = sorted(source.glob("*.safetensors"))
     if not files:
         return f"{source} has no safetensors weights"

@@ -24,7 +24,14 @@ from torch.nn import functional as F
 from nomic_memory.errors import ModelLoadError, UsageError  # ModelLoadError: re-exported
 from nomic_memory.model.backends import Backend
 from nomic_memory.model.colpali import qwen2_5
-from nomic_memory.model.variants import DEFAULT_VARIANT, VARIANTS, KINDS, detect_kind_from_files, kind_from_name, variant_for_repo
+from nomic_memory.model.variants import (
+    DEFAULT_VARIANT,
+    KINDS,
+    VARIANTS,
+    detect_kind_from_files,
+    kind_from_name,
+    variant_for_repo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +44,6 @@ BIQWEN_KEY_MAPPING = {
     r"^model\.norm": "language_model.norm",
 }
 DEFAULT_SEED = 0
-
-
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class ProcessorSource:
         if self.revision:
             kw["revision"] = self.revision
         return cls.from_pretrained(self.directory, **kw)
+
 
 @dataclass
 class LoadedModel:
@@ -95,8 +101,7 @@ class CompactEmbedding(nn.Module):
 
     def __init__(self, full: nn.Embedding, keep_ids: list[int]):
         super().__init__()
-        ids = torch.tensor(sorted(set(int(i) for i in keep_ids)), dtype=torch.long,
-                           device=full.weight.device)
+        ids = torch.tensor(sorted(set(int(i) for i in keep_ids)), dtype=torch.long, device=full.weight.device)
         self.num_full_embeddings = full.num_embeddings
         self.weight = nn.Parameter(full.weight.detach()[ids].clone(), requires_grad=False)
         lookup = torch.full((full.num_embeddings,), -1, dtype=torch.long, device=full.weight.device)
@@ -107,8 +112,10 @@ class CompactEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         idx = self.lookup[input_ids]
         if bool((idx < 0).any()):
-            raise UsageError("image-only model received a text token outside the document prompt; "
-                             "load without --image-only to embed text queries")
+            raise UsageError(
+                "image-only model received a text token outside the document prompt; "
+                "load without --image-only to embed text queries"
+            )
         return F.embedding(idx, self.weight)
 
 
@@ -118,8 +125,13 @@ def _is_local(name: str) -> bool:
 
 def _looks_like_path(name: str) -> bool:
     """True for names that can only be a file-system path, never a hub id."""
-    return (name.startswith(("/", "~", "./", "../", ".\\", "..\\")) or name.count("/") > 1 or "\\" in name
-            or Path(name).expanduser().exists() or name in (".", ".."))
+    return (
+        name.startswith(("/", "~", "./", "../", ".\\", "..\\"))
+        or name.count("/") > 1
+        or "\\" in name
+        or Path(name).expanduser().exists()
+        or name in (".", "..")
+    )
 
 
 def local_revision(model_dir: Path) -> str:
@@ -137,8 +149,9 @@ def local_revision(model_dir: Path) -> str:
     return "local-" + h.hexdigest()[:16]
 
 
-def resolve_model(model_name: str | None, variant: str | None, revision: str | None = None,
-                  local_files_only: bool = False) -> tuple[str, Path, str, str | None]:
+def resolve_model(
+    model_name: str | None, variant: str | None, revision: str | None = None, local_files_only: bool = False
+) -> tuple[str, Path, str, str | None]:
     """Return (model_id, local_dir, revision, kind_hint) for a hub id, a variant or a directory."""
     if model_name is None:
         v = VARIANTS[variant or DEFAULT_VARIANT]
@@ -148,8 +161,10 @@ def resolve_model(model_name: str | None, variant: str | None, revision: str | N
         return str(d), d, local_revision(d), None
     if _looks_like_path(model_name):  # a hub id is ``name`` or ``namespace/name``
         what = "is a file, not a model directory" if Path(model_name).expanduser().exists() else "does not exist"
-        raise ModelLoadError(f"model directory '{model_name}' {what}; pass a local model directory "
-                             "or a Hugging Face hub id (namespace/name).")
+        raise ModelLoadError(
+            f"model directory '{model_name}' {what}; pass a local model directory "
+            "or a Hugging Face hub id (namespace/name)."
+        )
     v = variant_for_repo(model_name)
     try:
         from huggingface_hub import snapshot_download
@@ -170,7 +185,8 @@ def resolve_model(model_name: str | None, variant: str | None, revision: str | N
         raise ModelLoadError(
             f"Could not get model '{model_name}' from the Hugging Face hub ({type(e).__name__}: "
             f"{reason.rstrip('.')}); if this machine is offline, pass a local model directory "
-            "instead.") from None
+            "instead."
+        ) from None
     return model_name, path, path.name, v.kind if v else None
 
 
@@ -205,8 +221,7 @@ def fingerprint_variants(model: nn.Module) -> frozenset[str]:
     proj = getattr(model, "custom_text_proj", None)
     if proj is None:
         return frozenset({""})
-    return frozenset({_proj_digest(proj, torch.bfloat16), _proj_digest(proj, None),
-                      _proj_digest(proj, torch.float16)})
+    return frozenset({_proj_digest(proj, torch.bfloat16), _proj_digest(proj, None), _proj_digest(proj, torch.float16)})
 
 
 #: Weight files that are Python pickles: loading one runs arbitrary code from the file.
@@ -223,9 +238,11 @@ def check_weight_format(path: Path) -> None:
         return
     pickles = sorted(n for n in names if n.endswith(PICKLE_WEIGHT_SUFFIXES))
     if pickles:
-        raise ModelLoadError(f"only safetensors weights are loaded (found {', '.join(pickles[:3])} in {path}, "
-                             "which are Python pickles that can run code when loaded); convert the "
-                             "checkpoint to safetensors first")
+        raise ModelLoadError(
+            f"only safetensors weights are loaded (found {', '.join(pickles[:3])} in {path}, "
+            "which are Python pickles that can run code when loaded); convert the "
+            "checkpoint to safetensors first"
+        )
 
 
 def document_prompt_ids(processor) -> list[int]:
@@ -282,7 +299,7 @@ class ModelSpec:
     local_files_only: bool = False
 
     @classmethod
-    def of(cls, model: str | None = None, **kw) -> "ModelSpec":
+    def of(cls, model: str | None = None, **kw) -> ModelSpec:
         """``model`` is a variant name, a hub id or a local directory (None: the default variant)."""
         if model is None or model in VARIANTS:
             return cls(None, model or DEFAULT_VARIANT, **kw)
@@ -310,23 +327,47 @@ class ModelSpec:
         try:
             return ProcessorSource(str(r.source), r.kind, self.max_visual_tokens).load()
         except OSError as e:
-            raise ModelLoadError(f"Could not load the processor of '{r.model_id}' from {r.source}: "
-                                 f"{str(e).splitlines()[0]}") from None
+            raise ModelLoadError(
+                f"Could not load the processor of '{r.model_id}' from {r.source}: {str(e).splitlines()[0]}"
+            ) from None
 
-    def load(self, backend: Backend, resolved: ResolvedModel | None = None) -> "LoadedModel":
+    def load(self, backend: Backend, resolved: ResolvedModel | None = None) -> LoadedModel:
         return _load(self, resolved or self.resolve(), backend)
 
 
-def load_model(model_name: str | None = None, variant: str | None = None, *, backend: Backend,
-               kind: str | None = None, image_only: bool = False, seed: int = DEFAULT_SEED,
-               revision: str | None = None, local_files_only: bool = False,
-               max_visual_tokens: int | None = None) -> LoadedModel:
+def load_model(
+    model_name: str | None = None,
+    variant: str | None = None,
+    *,
+    backend: Backend,
+    kind: str | None = None,
+    image_only: bool = False,
+    seed: int = DEFAULT_SEED,
+    revision: str | None = None,
+    local_files_only: bool = False,
+    max_visual_tokens: int | None = None,
+) -> LoadedModel:
     """Load a ColQwen2.5/BiQwen2.5 retriever and its processor onto ``backend``."""
-    spec = ModelSpec(model_name, variant if model_name is None else None, kind, revision, seed, image_only,
-                     max_visual_tokens, local_files_only)
+    spec = ModelSpec(
+        model_name,
+        variant if model_name is None else None,
+        kind,
+        revision,
+        seed,
+        image_only,
+        max_visual_tokens,
+        local_files_only,
+    )
     if model_name is None and variant is None:
-        spec = ModelSpec.of(None, kind=kind, revision=revision, seed=seed, image_only=image_only,
-                            max_visual_tokens=max_visual_tokens, local_files_only=local_files_only)
+        spec = ModelSpec.of(
+            None,
+            kind=kind,
+            revision=revision,
+            seed=seed,
+            image_only=image_only,
+            max_visual_tokens=max_visual_tokens,
+            local_files_only=local_files_only,
+        )
     return spec.load(backend)
 
 
@@ -334,10 +375,10 @@ def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedM
     check_weight_format(resolved.source)
     q = qwen2_5()  # imported only now: it takes seconds, and a bad model name should fail at once
     kind, path, model_id, seed = resolved.kind, resolved.source, resolved.model_id, spec.seed
-    model_cls, proc_cls = ((q.ColQwen2_5, q.ColQwen2_5_Processor) if kind == "colqwen"
-                           else (q.BiQwen2_5, q.BiQwen2_5_Processor))
-    kwargs: dict = dict(dtype=backend.dtype, attn_implementation=backend.attn_implementation,
-                        output_loading_info=True)
+    model_cls, proc_cls = (
+        (q.ColQwen2_5, q.ColQwen2_5_Processor) if kind == "colqwen" else (q.BiQwen2_5, q.BiQwen2_5_Processor)
+    )
+    kwargs: dict = dict(dtype=backend.dtype, attn_implementation=backend.attn_implementation, output_loading_info=True)
     if kind == "biqwen":
         kwargs["key_mapping"] = dict(BIQWEN_KEY_MAPPING)
     notes: list[str] = []
@@ -363,15 +404,19 @@ def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedM
     except ModelLoadError:
         raise
     except OSError as e:
-        raise ModelLoadError(f"Could not load model '{model_id}' from {path}: {str(e).splitlines()[0]}; "
-                             "if this machine is offline, pass a local model directory instead.") from None
+        raise ModelLoadError(
+            f"Could not load model '{model_id}' from {path}: {str(e).splitlines()[0]}; "
+            "if this machine is offline, pass a local model directory instead."
+        ) from None
     missing = [k for k in (info.get("missing_keys") or []) if "custom_text_proj" in k]
     if missing:
         notes.append(f"custom_text_proj was not in the checkpoint: initialised from seed {seed}")
     other_missing = [k for k in (info.get("missing_keys") or []) if "custom_text_proj" not in k]
     if other_missing:
-        raise ModelLoadError(f"model '{model_id}' loaded with {len(other_missing)} missing weights "
-                             f"(e.g. {other_missing[0]}): it would embed with random weights")
+        raise ModelLoadError(
+            f"model '{model_id}' loaded with {len(other_missing)} missing weights "
+            f"(e.g. {other_missing[0]}): it would embed with random weights"
+        )
     if kind == "colqwen" and _adapter_lacks_proj_base(path):
         notes.append(f"custom_text_proj has no base weights in the adapter: initialised from seed {seed}")
     merged = merge_lora(model)
@@ -381,9 +426,21 @@ def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedM
     model.requires_grad_(False)
     fingerprint = projection_fingerprint(model)
     dim = 128 if kind == "colqwen" else model.config.text_config.hidden_size
-    lm = LoadedModel(model=model, processor=processor, kind=kind, model_id=model_id, revision=resolved.revision,
-                     fingerprint=fingerprint, backend=backend, dim=dim, source=path, notes=notes,
-                     table_name=resolved.table_name, seed=seed, fingerprints=fingerprint_variants(model))
+    lm = LoadedModel(
+        model=model,
+        processor=processor,
+        kind=kind,
+        model_id=model_id,
+        revision=resolved.revision,
+        fingerprint=fingerprint,
+        backend=backend,
+        dim=dim,
+        source=path,
+        notes=notes,
+        table_name=resolved.table_name,
+        seed=seed,
+        fingerprints=fingerprint_variants(model),
+    )
     if spec.image_only:
         make_image_only(lm)
     return lm
@@ -432,11 +489,25 @@ def make_image_only(lm: LoadedModel) -> int:
         torch.cuda.empty_cache()
     lm.image_only = True
     lm.image_only_saved_bytes = saved
-    lm.notes.append(f"image-only: kept {len(compact.kept_ids)} of {compact.num_full_embeddings} "
-                    f"text-embedding rows, saved {saved / 2**20:.2f} MB")
+    lm.notes.append(
+        f"image-only: kept {len(compact.kept_ids)} of {compact.num_full_embeddings} "
+        f"text-embedding rows, saved {saved / 2**20:.2f} MB"
+    )
     return saved
 
 
-__all__ = ["LoadedModel", "ModelLoadError", "ModelSpec", "ResolvedModel", "load_model", "make_image_only",
-           "CompactEmbedding", "projection_fingerprint", "fingerprint_variants", "check_weight_format",
-           "BIQWEN_KEY_MAPPING", "resolve_model", "table_name_for"]
+__all__ = [
+    "LoadedModel",
+    "ModelLoadError",
+    "ModelSpec",
+    "ResolvedModel",
+    "load_model",
+    "make_image_only",
+    "CompactEmbedding",
+    "projection_fingerprint",
+    "fingerprint_variants",
+    "check_weight_format",
+    "BIQWEN_KEY_MAPPING",
+    "resolve_model",
+    "table_name_for",
+]

@@ -40,8 +40,9 @@ def check_queries(queries: list) -> None:
             raise WrongTypeError(f"a query is a str (text), a pathlib.Path or a PIL image, not {type(q).__name__}")
 
 
-def embed_any_queries(lm: LoadedModel, queries: list, *, template: str | None = None,
-                      batch_size: int = 16) -> list[np.ndarray]:
+def embed_any_queries(
+    lm: LoadedModel, queries: list, *, template: str | None = None, batch_size: int = 16
+) -> list[np.ndarray]:
     """float32 numpy embeddings of text and image queries, in input order (see the module docstring)."""
     check_queries(queries)
     out: list[np.ndarray | None] = [None] * len(queries)
@@ -52,8 +53,7 @@ def embed_any_queries(lm: LoadedModel, queries: list, *, template: str | None = 
             out[i] = e.float().numpy()
     if images:
         ip = lm.processor.image_processor
-        inputs = [queries[i] if isinstance(queries[i], Image.Image) else page_ref_task(queries[i], ip)
-                  for i in images]
+        inputs = [queries[i] if isinstance(queries[i], Image.Image) else page_ref_task(queries[i], ip) for i in images]
         for i, e in zip(images, embed_inputs(lm, inputs, batch_size)):
             out[i] = np.asarray(e, dtype=np.float32)
     return out  # type: ignore[return-value]

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from nomic_memory.model.loading import BIQWEN_KEY_MAPPING
+
 from nomic_memory.errors import UsageError
+from nomic_memory.model.loading import BIQWEN_KEY_MAPPING
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -58,19 +59,22 @@ SIZES: dict[str, TinySize] = {
 
 def build_processor(kind: str, size: TinySize):
     """A real ColQwen2_5/BiQwen2_5 processor over a byte-level tokenizer with Qwen's specials."""
+    from colpali_engine.models import BiQwen2_5_Processor, ColQwen2_5_Processor
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    from colpali_engine.models import BiQwen2_5_Processor, ColQwen2_5_Processor
-
     alphabet = sorted(ByteLevel.alphabet())
     vocab = {ch: i for i, ch in enumerate(alphabet)}
-    tok = Qwen2TokenizerFast(vocab=vocab, merges=[], unk_token=None, bos_token=None,
-                             eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok = Qwen2TokenizerFast(
+        vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     image_processor = Qwen2VLImageProcessor(
-        patch_size=14, temporal_patch_size=2, merge_size=2,
-        min_pixels=size.min_visual_tokens * 784, max_pixels=size.max_visual_tokens * 784,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+        min_pixels=size.min_visual_tokens * 784,
+        max_pixels=size.max_visual_tokens * 784,
     )
     video_processor = Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2)
     cls = ColQwen2_5_Processor if kind == "colqwen" else BiQwen2_5_Processor
@@ -83,31 +87,45 @@ def build_config(tokenizer, size: TinySize):
     head_dim = size.hidden // size.heads
     half = head_dim // 2
     t = half // 4
-    mrope = [half - 2 * ((half - t) // 2) , (half - t) // 2, (half - t) // 2]
+    mrope = [half - 2 * ((half - t) // 2), (half - t) // 2, (half - t) // 2]
     ids = {t_: tokenizer.convert_tokens_to_ids(t_) for t_ in SPECIAL_TOKENS}
     text_config = dict(
-        vocab_size=size.vocab_size or len(tokenizer), hidden_size=size.hidden, intermediate_size=size.intermediate,
-        num_hidden_layers=size.layers, num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        vocab_size=size.vocab_size or len(tokenizer),
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
     vision_config = dict(
-        depth=size.vision_depth, hidden_size=size.vision_hidden,
-        intermediate_size=size.vision_intermediate, num_heads=size.vision_heads,
-        out_hidden_size=size.hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-        window_size=112, fullatt_block_indexes=[size.vision_depth - 1],
+        depth=size.vision_depth,
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_intermediate,
+        num_heads=size.vision_heads,
+        out_hidden_size=size.hidden,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[size.vision_depth - 1],
     )
     return Qwen2_5_VLConfig(
-        text_config=text_config, vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
 
 
-def build_tiny_model(out_dir: str | Path, kind: str = "colqwen", size: str = "tiny",
-                     seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, kind: str = "colqwen", size: str = "tiny", seed: int = 0) -> Path:
     """Create a random ``kind`` ("colqwen" or "biqwen") model of ``size`` in ``out_dir``.
 
     The directory holds ``config.json`` (architectures = ColQwen2_5/BiQwen2_5), safetensors
@@ -158,17 +176,16 @@ def build_tiny_base(out_dir: str | Path, size: str = "tiny", seed: int = 1) -> P
     return out
 
 
-def build_tiny_adapter(out_dir: str | Path, base_dir: str | Path, kind: str = "colqwen",
-                       seed: int = 0, lora_seed: int = 2) -> Path:
+def build_tiny_adapter(
+    out_dir: str | Path, base_dir: str | Path, kind: str = "colqwen", seed: int = 0, lora_seed: int = 2
+) -> Path:
     """A PEFT LoRA adapter on ``base_dir``, shaped like Nomic's hub repos.
 
     As there, the ColQwen head ``custom_text_proj`` exists only as LoRA factors in the adapter:
     its base weights are initialised at load time from the RNG (``seed``).
     """
-    from peft import LoraConfig, get_peft_model
-
     from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
-
+    from peft import LoraConfig, get_peft_model
 
     out = Path(out_dir)
     torch.manual_seed(seed)

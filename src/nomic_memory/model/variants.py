@@ -24,14 +24,18 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "colnomic-7b": Variant("colnomic-7b", "nomic-ai/colnomic-embed-multimodal-7b", "colqwen",
-                           "Qwen/Qwen2.5-VL-7B-Instruct", 128),
-    "colnomic-3b": Variant("colnomic-3b", "nomic-ai/colnomic-embed-multimodal-3b", "colqwen",
-                           "Qwen/Qwen2.5-VL-3B-Instruct", 128),
-    "nomic-7b": Variant("nomic-7b", "nomic-ai/nomic-embed-multimodal-7b", "biqwen",
-                        "Qwen/Qwen2.5-VL-7B-Instruct", 3584),
-    "nomic-3b": Variant("nomic-3b", "nomic-ai/nomic-embed-multimodal-3b", "biqwen",
-                        "Qwen/Qwen2.5-VL-3B-Instruct", 2048),
+    "colnomic-7b": Variant(
+        "colnomic-7b", "nomic-ai/colnomic-embed-multimodal-7b", "colqwen", "Qwen/Qwen2.5-VL-7B-Instruct", 128
+    ),
+    "colnomic-3b": Variant(
+        "colnomic-3b", "nomic-ai/colnomic-embed-multimodal-3b", "colqwen", "Qwen/Qwen2.5-VL-3B-Instruct", 128
+    ),
+    "nomic-7b": Variant(
+        "nomic-7b", "nomic-ai/nomic-embed-multimodal-7b", "biqwen", "Qwen/Qwen2.5-VL-7B-Instruct", 3584
+    ),
+    "nomic-3b": Variant(
+        "nomic-3b", "nomic-ai/nomic-embed-multimodal-3b", "biqwen", "Qwen/Qwen2.5-VL-3B-Instruct", 2048
+    ),
 }
 DEFAULT_VARIANT = "colnomic-7b"
 

@@ -32,20 +32,18 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from nomic_memory.api import Embedder
 from nomic_memory.errors import BenchSetupError, NomicMemoryError
-from nomic_memory.ingest.samples import make_sample_images  # noqa: F401  (bench's sample folder; re-exported)
-from nomic_memory.model.loading import LoadedModel, make_image_only
-from nomic_memory.perf.plan import architecture_config, qwen_config
-from nomic_memory.model.tiny import SPECIAL_TOKENS, TinySize, build_processor
-from nomic_memory.model.variants import VARIANTS
-from nomic_memory.store.table import Store
-from nomic_memory.memory import current_rss_bytes
 from nomic_memory.ingest.batching import MAX_PADDING, make_batches, visual_tokens
 from nomic_memory.ingest.images import discover_images, image_size
+from nomic_memory.ingest.samples import make_sample_images  # noqa: F401  (bench's sample folder; re-exported)
+from nomic_memory.memory import current_rss_bytes
 from nomic_memory.model.backends import select_backend
-from nomic_memory.model.loading import load_model
-from nomic_memory.api import Embedder
-from nomic_memory.perf.plan import Arch, forward_flops, plan_for_model
+from nomic_memory.model.loading import LoadedModel, load_model, make_image_only
+from nomic_memory.model.tiny import SPECIAL_TOKENS, TinySize, build_processor
+from nomic_memory.model.variants import VARIANTS
+from nomic_memory.perf.plan import Arch, architecture_config, forward_flops, plan_for_model, qwen_config
+from nomic_memory.store.table import Store
 
 SYNTHETIC_LABEL = "synthetic random weights: for memory/throughput only"
 MB = 1024 * 1024
@@ -88,15 +86,23 @@ class BenchConfig:
         return (self.model_label, self.backend, self.mode, self.batch_size)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BenchConfig":
+    def from_dict(cls, d: dict) -> BenchConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # ---------------------------------------------------------------- synthetic models and images
-def build_synthetic_model(variant: str, backend, *, image_only: bool = False, layers: int | None = None,
-                          vision_depth: int | None = None, visual_tokens: int | None = 768, seed: int = 0,
-                          kind: str | None = None):
+def build_synthetic_model(
+    variant: str,
+    backend,
+    *,
+    image_only: bool = False,
+    layers: int | None = None,
+    vision_depth: int | None = None,
+    visual_tokens: int | None = 768,
+    seed: int = 0,
+    kind: str | None = None,
+):
     """A ``LoadedModel`` with ``variant``'s shipped architecture and random weights, allocated
     directly on ``backend``'s device in its dtype (no checkpoint, no CPU copy).
 
@@ -107,7 +113,6 @@ def build_synthetic_model(variant: str, backend, *, image_only: bool = False, la
     import torch
     from colpali_engine.models import BiQwen2_5, ColQwen2_5
 
-
     v = VARIANTS.get(variant)
     kind = kind or (v.kind if v else "colqwen")
     arch = architecture_config(variant, layers=layers, vision_depth=vision_depth)
@@ -116,10 +121,18 @@ def build_synthetic_model(variant: str, backend, *, image_only: bool = False, la
     proc_size = TinySize(t["hidden_size"], 1, 1, 1, 1, 1, 1, 1, 1, max_visual_tokens=max_tokens)
     processor = build_processor(kind, proc_size)
     tok = processor.tokenizer
-    ids = {name: tok.convert_tokens_to_ids(t_) for name, t_ in (
-        ("bos_token_id", "<|endoftext|>"), ("eos_token_id", "<|im_end|>"), ("pad_token_id", "<|endoftext|>"),
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    ids = {
+        name: tok.convert_tokens_to_ids(t_)
+        for name, t_ in (
+            ("bos_token_id", "<|endoftext|>"),
+            ("eos_token_id", "<|im_end|>"),
+            ("pad_token_id", "<|endoftext|>"),
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        )
+    }
     assert max(ids.values()) < t["vocab_size"] and len(SPECIAL_TOKENS) == 7
     cfg = qwen_config(arch, token_ids=ids, attn_implementation=backend.attn_implementation)
     cls = ColQwen2_5 if kind == "colqwen" else BiQwen2_5
@@ -149,9 +162,18 @@ def build_synthetic_model(variant: str, backend, *, image_only: bool = False, la
     src = Path(tempfile.mkdtemp(prefix="nomic-memory-synthetic-"))
     processor.save_pretrained(src)  # decode workers load the processor from here
     dim = 128 if kind == "colqwen" else t["hidden_size"]
-    lm = LoadedModel(model=model, processor=processor, kind=kind, model_id=f"synthetic:{variant}",
-                     revision="synthetic-random-weights", fingerprint="", backend=backend, dim=dim, source=src,
-                     notes=[SYNTHETIC_LABEL])
+    lm = LoadedModel(
+        model=model,
+        processor=processor,
+        kind=kind,
+        model_id=f"synthetic:{variant}",
+        revision="synthetic-random-weights",
+        fingerprint="",
+        backend=backend,
+        dim=dim,
+        source=src,
+        notes=[SYNTHETIC_LABEL],
+    )
     if image_only:
         make_image_only(lm)
     return lm
@@ -202,7 +224,6 @@ def _null_store():
 def _device_bytes(backend) -> int:
     import torch
 
-
     if backend.name == "cuda":
         torch.cuda.synchronize(backend.device)
         return torch.cuda.memory_allocated(backend.device)
@@ -230,19 +251,31 @@ def measure(cfg: BenchConfig) -> dict:
     """Measure one configuration in this process (see the module docstring)."""
     import torch
 
-
     t_load = time.perf_counter()
     try:  # a backend or model that cannot be set up fails every batch size alike
         backend = select_backend(cfg.backend, dtype=cfg.dtype)
         if cfg.synthetic:
-            lm = build_synthetic_model(cfg.variant or "colnomic-7b", backend, image_only=cfg.image_only,
-                                       layers=cfg.synthetic_layers, vision_depth=cfg.synthetic_vision_depth,
-                                       visual_tokens=cfg.visual_tokens or 768, seed=cfg.seed, kind=cfg.kind)
+            lm = build_synthetic_model(
+                cfg.variant or "colnomic-7b",
+                backend,
+                image_only=cfg.image_only,
+                layers=cfg.synthetic_layers,
+                vision_depth=cfg.synthetic_vision_depth,
+                visual_tokens=cfg.visual_tokens or 768,
+                seed=cfg.seed,
+                kind=cfg.kind,
+            )
             store = _null_store()
         else:
-            lm = load_model(cfg.model_name, cfg.variant if cfg.model_name is None else None, backend=backend,
-                            kind=cfg.kind, image_only=cfg.image_only, seed=cfg.seed,
-                            max_visual_tokens=cfg.visual_tokens)
+            lm = load_model(
+                cfg.model_name,
+                cfg.variant if cfg.model_name is None else None,
+                backend=backend,
+                kind=cfg.kind,
+                image_only=cfg.image_only,
+                seed=cfg.seed,
+                max_visual_tokens=cfg.visual_tokens,
+            )
             import lancedb  # noqa: F401  (an import is start-up cost, not throughput)
 
             store = None
@@ -262,25 +295,44 @@ def measure(cfg: BenchConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="nomic-memory-bench-") as td:
         t0 = time.perf_counter()
         report = Embedder.from_loaded(lm).embed_directory(
-            cfg.directory, store if store is not None else Path(td) / "store", batch_size=cfg.batch_size,
-            workers=cfg.workers)
+            cfg.directory,
+            store if store is not None else Path(td) / "store",
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+        )
         total = time.perf_counter() - t0
     mem = report.memory
     peak = mem.peak_bytes if mem else 0
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     out = {
-        **asdict(cfg), "model": cfg.model_label, "mode": cfg.mode, "synthetic_label": SYNTHETIC_LABEL if cfg.synthetic else "",
-        "model_id": lm.model_id, "kind": lm.kind, "params": sum(t.numel() for t in lm.model.parameters()),
-        "store": str(report.store), "resolved_backend": backend.name, "dtype_name": backend.dtype_name,
-        "attn": backend.attn_implementation, "device_name": _device_name(backend),
-        "images": report.embedded, "failed": len(report.failed), "batches": report.batches,
-        "seconds": report.embed_seconds, "total_seconds": total, "load_seconds": load_seconds,
+        **asdict(cfg),
+        "model": cfg.model_label,
+        "mode": cfg.mode,
+        "synthetic_label": SYNTHETIC_LABEL if cfg.synthetic else "",
+        "model_id": lm.model_id,
+        "kind": lm.kind,
+        "params": sum(t.numel() for t in lm.model.parameters()),
+        "store": str(report.store),
+        "resolved_backend": backend.name,
+        "dtype_name": backend.dtype_name,
+        "attn": backend.attn_implementation,
+        "device_name": _device_name(backend),
+        "images": report.embedded,
+        "failed": len(report.failed),
+        "batches": report.batches,
+        "seconds": report.embed_seconds,
+        "total_seconds": total,
+        "load_seconds": load_seconds,
         "images_per_second": report.images_per_second,
         "tflops": flops / report.embed_seconds / 1e12 if report.embed_seconds > 0 else 0.0,
-        "padding_overhead": report.padding_overhead, "oom_splits": report.oom_splits,
-        "final_batch_cap": report.final_batch_cap, "decode_workers": report.decode_workers,
+        "padding_overhead": report.padding_overhead,
+        "oom_splits": report.oom_splits,
+        "final_batch_cap": report.final_batch_cap,
+        "decode_workers": report.decode_workers,
         "model_threads": report.model_threads,
-        "model_bytes": model_bytes, "peak_bytes": peak, "above_model_bytes": max(0, peak - model_bytes),
+        "model_bytes": model_bytes,
+        "peak_bytes": peak,
+        "above_model_bytes": max(0, peak - model_bytes),
         "reserved_bytes": (mem.extra.get("reserved", 0) if mem else 0),
         "decode_worker_peak_rss_bytes": child_kb * 1024 if report.decode_workers else 0,
         "largest_batch": max((len(b) for b in batches), default=0),
@@ -312,14 +364,27 @@ def measure_isolated(cfg: BenchConfig, timeout: float | None = None) -> dict:
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {**asdict(cfg), "model": cfg.model_label, "mode": cfg.mode, "error_kind": "crash",
-                "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+        return {
+            **asdict(cfg),
+            "model": cfg.model_label,
+            "mode": cfg.mode,
+            "error_kind": "crash",
+            "error": f"exit {proc.returncode}: " + " | ".join(tail),
+        }
     return json.loads(lines[-1])
 
 
 # ---------------------------------------------------------------- sweeps, tables, plots
-_NUMERIC = ("seconds", "total_seconds", "images_per_second", "peak_bytes", "above_model_bytes", "model_bytes",
-            "reserved_bytes", "decode_worker_peak_rss_bytes")
+_NUMERIC = (
+    "seconds",
+    "total_seconds",
+    "images_per_second",
+    "peak_bytes",
+    "above_model_bytes",
+    "model_bytes",
+    "reserved_bytes",
+    "decode_worker_peak_rss_bytes",
+)
 
 
 @dataclass
@@ -342,16 +407,18 @@ class BenchRow:
             if ok:
                 base[k] = self.median(k)
         base["runs"] = len(ok)
-        base["per_run"] = [{k: r.get(k) for k in ("seconds", "images_per_second", "peak_bytes", "above_model_bytes")}
-                           for r in ok]
+        base["per_run"] = [
+            {k: r.get(k) for k in ("seconds", "images_per_second", "peak_bytes", "above_model_bytes")} for r in ok
+        ]
         errors = [r["error"] for r in self.runs if "error" in r]
         if errors:
             base["errors"] = errors
         return base
 
 
-def run_bench(configs: list[BenchConfig], runs: int = 3, isolate: bool = True,
-              on_result=None, timeout: float | None = None) -> list[dict]:
+def run_bench(
+    configs: list[BenchConfig], runs: int = 3, isolate: bool = True, on_result=None, timeout: float | None = None
+) -> list[dict]:
     """Measure every configuration ``runs`` times, interleaved (run 1 of all, then run 2 ...), so
     a machine whose speed drifts affects every configuration alike; return the medians.
 
@@ -391,22 +458,51 @@ def _measure_caught(cfg: BenchConfig) -> dict:
     return {**asdict(cfg), "model": cfg.model_label, "mode": cfg.mode, "error": msg, "error_kind": kind}
 
 
-TABLE_COLUMNS = ["Model", "Backend", "Batch size", "Mode", "Peak memory", "Above model (MB)",
-                 "Planned above model (MB)", "Time (s)", "Images/s"]
+TABLE_COLUMNS = [
+    "Model",
+    "Backend",
+    "Batch size",
+    "Mode",
+    "Peak memory",
+    "Above model (MB)",
+    "Planned above model (MB)",
+    "Time (s)",
+    "Images/s",
+]
 
 
 def table_rows(results: list[dict]) -> list[list[str]]:
     out = []
     for r in results:
         if "error" in r and not r.get("runs"):
-            out.append([r.get("model", "?"), r.get("backend", "?"), str(r.get("batch_size")), r.get("mode", "?"),
-                        "error", "", "", "", r["error"][:60]])
+            out.append(
+                [
+                    r.get("model", "?"),
+                    r.get("backend", "?"),
+                    str(r.get("batch_size")),
+                    r.get("mode", "?"),
+                    "error",
+                    "",
+                    "",
+                    "",
+                    r["error"][:60],
+                ]
+            )
             continue
         peak = r["peak_bytes"]
-        out.append([r["model"], r.get("resolved_backend", r.get("backend", "")), str(r["batch_size"]), r["mode"],
-                    f"{peak / GB:.2f} GB ({peak / MB:.2f} MB)", f"{r['above_model_bytes'] / MB:.1f}",
-                    f"{r['predicted_activation_bytes'] / MB:.1f}", f"{r['seconds']:.2f}",
-                    f"{r['images_per_second']:.2f}"])
+        out.append(
+            [
+                r["model"],
+                r.get("resolved_backend", r.get("backend", "")),
+                str(r["batch_size"]),
+                r["mode"],
+                f"{peak / GB:.2f} GB ({peak / MB:.2f} MB)",
+                f"{r['above_model_bytes'] / MB:.1f}",
+                f"{r['predicted_activation_bytes'] / MB:.1f}",
+                f"{r['seconds']:.2f}",
+                f"{r['images_per_second']:.2f}",
+            ]
+        )
     return out
 
 
@@ -442,9 +538,14 @@ def write_plot(results: list[dict], path: str | Path, title: str = "") -> Path:
         rs = sorted(rs, key=lambda r: r["batch_size"])
         bs = [r["batch_size"] for r in rs]
         label = f"{model}, {backend}, {mode}"
-        line, = ax_m.plot(bs, [r["above_model_bytes"] / MB for r in rs], marker="o", label=f"{label} (measured)")
-        ax_m.plot(bs, [r["predicted_activation_bytes"] / MB for r in rs], linestyle="--", color=line.get_color(),
-                  label=f"{label} (planned)")
+        (line,) = ax_m.plot(bs, [r["above_model_bytes"] / MB for r in rs], marker="o", label=f"{label} (measured)")
+        ax_m.plot(
+            bs,
+            [r["predicted_activation_bytes"] / MB for r in rs],
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{label} (planned)",
+        )
         ax_t.plot(bs, [r["images_per_second"] for r in rs], marker="o", label=label)
     for ax, ylabel in ((ax_m, "peak memory above loaded model (MB)"), (ax_t, "images / s")):
         ax.set_xscale("log", base=2)

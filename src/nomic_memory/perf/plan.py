@@ -42,32 +42,53 @@ import copy
 import math
 from dataclasses import asdict, dataclass, field
 
+from nomic_memory.errors import UsageError
 from nomic_memory.model.chunks import CHUNKS, chunk_limits
 from nomic_memory.model.variants import VARIANTS
-from nomic_memory.errors import UsageError
 
 GB = 1024**3
 MB = 1024**2
-
 
 
 # ---------------------------------------------------------------- the shipped architectures
 # config.json of Qwen/Qwen2.5-VL-3B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct (the bases of Nomic's
 # adapters), reduced to the fields that shape the model.
 _VISION = {
-    "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "in_channels": 3,
-    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
-    "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "hidden_act": "silu",
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "tokens_per_second": 2,
+    "hidden_act": "silu",
 }
-_TOKENS = {"bos_token_id": 151643, "eos_token_id": 151645, "vision_start_token_id": 151652,
-           "vision_end_token_id": 151653, "image_token_id": 151655, "video_token_id": 151656}
+_TOKENS = {
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+}
 
 ARCHITECTURES: dict[str, dict] = {
     "qwen2.5-vl-3b": {
         "text_config": {
-            "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-            "num_attention_heads": 16, "num_key_value_heads": 2, "hidden_act": "silu", "rms_norm_eps": 1e-6,
-            "max_position_embeddings": 128000, "tie_word_embeddings": True,
+            "vocab_size": 151936,
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 2,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 128000,
+            "tie_word_embeddings": True,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
         },
         "vision_config": {**_VISION, "out_hidden_size": 2048},
@@ -75,9 +96,16 @@ ARCHITECTURES: dict[str, dict] = {
     },
     "qwen2.5-vl-7b": {
         "text_config": {
-            "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-            "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_act": "silu", "rms_norm_eps": 1e-6,
-            "max_position_embeddings": 128000, "tie_word_embeddings": False,
+            "vocab_size": 152064,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 128000,
+            "tie_word_embeddings": False,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
         },
         "vision_config": {**_VISION, "out_hidden_size": 3584},
@@ -110,8 +138,9 @@ TOKEN_PIXELS = 28 * 28
 MIN_PIXELS = 56 * 56
 
 
-def resized_size(width: int, height: int, max_visual_tokens: int, min_pixels: int = MIN_PIXELS,
-                 factor: int = 28) -> tuple[int, int]:
+def resized_size(
+    width: int, height: int, max_visual_tokens: int, min_pixels: int = MIN_PIXELS, factor: int = 28
+) -> tuple[int, int]:
     """``(width, height)`` an image is resized to by Qwen2-VL's processor under a cap of
     ``max_visual_tokens``: transformers' ``smart_resize`` (tests check it is the same), written out
     so that ``plan`` never imports transformers, hence torch."""
@@ -148,15 +177,16 @@ def guess_backend() -> tuple[str, str]:
     return "cpu", "auto: no NVIDIA driver, not Apple silicon"
 
 
-def architecture_config(variant_or_arch: str, *, layers: int | None = None,
-                        vision_depth: int | None = None) -> dict:
+def architecture_config(variant_or_arch: str, *, layers: int | None = None, vision_depth: int | None = None) -> dict:
     """The shipped configuration dict of a variant (``colnomic-3b``) or architecture
     (``qwen2.5-vl-3b``); ``layers`` / ``vision_depth`` scale the depth down (tests, CPU demos),
     keeping every width and the vocabulary."""
     name = VARIANT_ARCHITECTURE.get(variant_or_arch, variant_or_arch)
     if name not in ARCHITECTURES:
-        raise UsageError(f"unknown variant or architecture {variant_or_arch!r}; choose one of "
-                         f"{', '.join([*VARIANTS, *ARCHITECTURES])}")
+        raise UsageError(
+            f"unknown variant or architecture {variant_or_arch!r}; choose one of "
+            f"{', '.join([*VARIANTS, *ARCHITECTURES])}"
+        )
     cfg = copy.deepcopy(ARCHITECTURES[name])
     if layers is not None:
         cfg["text_config"]["num_hidden_layers"] = int(layers)
@@ -182,10 +212,14 @@ def qwen_config(arch: dict, *, token_ids: dict | None = None, attn_implementatio
             text[k] = ids[k]
     vision = dict(arch["vision_config"])
     vision["out_hidden_size"] = text["hidden_size"]
-    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision,
-                           image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
-                           vision_start_token_id=ids["vision_start_token_id"],
-                           vision_end_token_id=ids["vision_end_token_id"])
+    cfg = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["image_token_id"],
+        video_token_id=ids["video_token_id"],
+        vision_start_token_id=ids["vision_start_token_id"],
+        vision_end_token_id=ids["vision_end_token_id"],
+    )
     cfg._attn_implementation = attn_implementation
     for sub in (cfg.text_config, cfg.vision_config):
         sub._attn_implementation = attn_implementation
@@ -215,25 +249,56 @@ class Arch:
     v_full_blocks: tuple[int, ...] = ()
 
     @classmethod
-    def from_dict(cls, d: dict, name: str = "") -> "Arch":
+    def from_dict(cls, d: dict, name: str = "") -> Arch:
         t, v = d["text_config"], d["vision_config"]
-        return cls(name, t["vocab_size"], t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"],
-                   t["num_attention_heads"], t["num_key_value_heads"], v["hidden_size"], v["intermediate_size"],
-                   v["depth"], v["num_heads"], t["hidden_size"], v.get("patch_size", 14),
-                   v.get("spatial_merge_size", 2), v.get("temporal_patch_size", 2), v.get("in_channels", 3),
-                   v.get("window_size", 112), tuple(v.get("fullatt_block_indexes", ())))
+        return cls(
+            name,
+            t["vocab_size"],
+            t["hidden_size"],
+            t["intermediate_size"],
+            t["num_hidden_layers"],
+            t["num_attention_heads"],
+            t["num_key_value_heads"],
+            v["hidden_size"],
+            v["intermediate_size"],
+            v["depth"],
+            v["num_heads"],
+            t["hidden_size"],
+            v.get("patch_size", 14),
+            v.get("spatial_merge_size", 2),
+            v.get("temporal_patch_size", 2),
+            v.get("in_channels", 3),
+            v.get("window_size", 112),
+            tuple(v.get("fullatt_block_indexes", ())),
+        )
 
     @classmethod
-    def from_config(cls, cfg, name: str = "") -> "Arch":
+    def from_config(cls, cfg, name: str = "") -> Arch:
         """From a loaded model's ``Qwen2_5_VLConfig``."""
         t, v = cfg.text_config, cfg.vision_config
-        return cls(name, t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers,
-                   t.num_attention_heads, t.num_key_value_heads, v.hidden_size, v.intermediate_size, v.depth,
-                   v.num_heads, t.hidden_size, v.patch_size, v.spatial_merge_size, v.temporal_patch_size,
-                   getattr(v, "in_channels", 3), v.window_size, tuple(v.fullatt_block_indexes))
+        return cls(
+            name,
+            t.vocab_size,
+            t.hidden_size,
+            t.intermediate_size,
+            t.num_hidden_layers,
+            t.num_attention_heads,
+            t.num_key_value_heads,
+            v.hidden_size,
+            v.intermediate_size,
+            v.depth,
+            v.num_heads,
+            t.hidden_size,
+            v.patch_size,
+            v.spatial_merge_size,
+            v.temporal_patch_size,
+            getattr(v, "in_channels", 3),
+            v.window_size,
+            tuple(v.fullatt_block_indexes),
+        )
 
     @classmethod
-    def for_variant(cls, variant: str, **scale) -> "Arch":
+    def for_variant(cls, variant: str, **scale) -> Arch:
         return cls.from_dict(architecture_config(variant, **scale), VARIANT_ARCHITECTURE.get(variant, variant))
 
     @property
@@ -258,7 +323,7 @@ class Arch:
         attn = H * H + H + 2 * (H * self.kv_dim + self.kv_dim) + H * H  # q,k,v with bias; o without
         layer = attn + 3 * H * I + 2 * H
         v_block = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * (C * Iv + Iv) + (Iv * C + C)
-        m = C * self.merge ** 2
+        m = C * self.merge**2
         merger = C + (m * m + m) + (m * self.v_out + self.v_out)
         out = {
             "text embedding table": self.vocab * H,
@@ -321,12 +386,14 @@ class MemoryPlan:
             return f"{b / GB:8.3f} GB ({b / MB:10.1f} MB)"
 
         dt = {2: "16-bit", 4: "float32"}.get(self.dtype_bytes, f"{self.dtype_bytes}-byte")
-        out = [f"Memory plan: {self.arch} ({self.kind}), {self.backend} {dt}, batch {self.batch_size} x "
-               f"{self.visual_tokens} visual tokens (sequence {self.seq_len}), "
-               f"{'image-only' if self.image_only else 'full'} mode, {self.attn} attention, {self.forward} forward",
-               *(f"Assumes: {a}" for a in self.assumptions),
-               f"Parameters: {self.params:,}",
-               f"Weights:                         {fmt(self.weights_bytes)}"]
+        out = [
+            f"Memory plan: {self.arch} ({self.kind}), {self.backend} {dt}, batch {self.batch_size} x "
+            f"{self.visual_tokens} visual tokens (sequence {self.seq_len}), "
+            f"{'image-only' if self.image_only else 'full'} mode, {self.attn} attention, {self.forward} forward",
+            *(f"Assumes: {a}" for a in self.assumptions),
+            f"Parameters: {self.params:,}",
+            f"Weights:                         {fmt(self.weights_bytes)}",
+        ]
         for c in self.weights:
             out.append(f"  {c.name:<30} {fmt(c.bytes)}  {c.detail}")
         for phase, comps in self.components.items():
@@ -401,8 +468,13 @@ def _weights(arch: Arch, kind: str, b: int, image_only: bool, kept: int) -> list
     weights: list[Component] = []
     for name, n in arch.param_breakdown(kind).items():
         if name == "text embedding table" and image_only:
-            weights.append(Component(name, kept * arch.hidden * b + arch.vocab * 8,
-                                     f"image-only: {kept} of {arch.vocab:,} rows kept (+ int64 lookup)"))
+            weights.append(
+                Component(
+                    name,
+                    kept * arch.hidden * b + arch.vocab * 8,
+                    f"image-only: {kept} of {arch.vocab:,} rows kept (+ int64 lookup)",
+                )
+            )
         else:
             weights.append(Component(name, n * b, f"{n:,} params"))
     return weights
@@ -422,8 +494,11 @@ def _inputs(arch: Arch, s: _Batch) -> tuple[int, int, str]:
     # forward returns (the caller's batch, colpali-engine's kwargs, get_image_features).
     padded_pix = s.B * s.T_max * s.ppt * arch.patch_dim * F32
     cat = s.Np * arch.patch_dim * F32
-    return (pix + cat + padded_pix + host, pix + cat + padded_pix + host,
-            "float32 padded batch + concatenation + model-dtype copy" + (" + decoded items (host)" if host else ""))
+    return (
+        pix + cat + padded_pix + host,
+        pix + cat + padded_pix + host,
+        "float32 padded batch + concatenation + model-dtype copy" + (" + decoded items (host)" if host else ""),
+    )
 
 
 def _vision_patches_at_once(s: _Batch) -> int:
@@ -454,8 +529,9 @@ def _vision_phase(arch: Arch, s: _Batch, inputs: tuple[int, int, str]) -> tuple[
     v_scores = 0
     if s.eager:
         win = (arch.window // arch.patch) ** 2
-        v_scores = max(arch.v_heads * P_img * P_img * (F32 + b) if arch.v_full_blocks else 0,
-                       arch.v_heads * win * win * (F32 + b))
+        v_scores = max(
+            arch.v_heads * P_img * P_img * (F32 + b) if arch.v_full_blocks else 0, arch.v_heads * win * win * (F32 + b)
+        )
     if s.dense_mask and not s.flash:
         # transformers <= 4.53 (sdpa and eager): every vision block builds a (1, 1, N, N) additive
         # mask over all N patches of the batch, so this phase grows with the batch's square.  Two
@@ -470,16 +546,20 @@ def _vision_phase(arch: Arch, s: _Batch, inputs: tuple[int, int, str]) -> tuple[
     v_merger = Nv * C * F32 + 2 * merged * C * ppt * b + merged * H * b
     features = s.Np // ppt * H * b
     if v_attn + v_scores >= v_mlp:
-        block_detail = "attention: norm, qkv, float32 rotary, output" + (
-            f", 2 dense {s.Np:,}^2 masks {2 * s.Np * s.Np * b / MB:.0f} MB" if s.dense_mask and not s.flash else "") + (
-            f", eager scores {v_scores / MB:.0f} MB" if s.eager else "")
+        block_detail = (
+            "attention: norm, qkv, float32 rotary, output"
+            + (f", 2 dense {s.Np:,}^2 masks {2 * s.Np * s.Np * b / MB:.0f} MB" if s.dense_mask and not s.flash else "")
+            + (f", eager scores {v_scores / MB:.0f} MB" if s.eager else "")
+        )
     else:
         block_detail = f"MLP: 3 x {Nv:,} x {arch.v_intermediate}"
-    vision = [Component("inputs", inputs_bytes, inputs_detail),
-              Component("residual stream", v_stream, f"{Nv:,} patches x {C} (x2)"),
-              Component("rotary tables", v_pos, "float32 cos/sin"),
-              Component("block working set", v_block, block_detail),
-              Component("features so far", features, f"{s.T_tot:,} tokens x {H} (earlier chunks)")]
+    vision = [
+        Component("inputs", inputs_bytes, inputs_detail),
+        Component("residual stream", v_stream, f"{Nv:,} patches x {C} (x2)"),
+        Component("rotary tables", v_pos, "float32 cos/sin"),
+        Component("block working set", v_block, block_detail),
+        Component("features so far", features, f"{s.T_tot:,} tokens x {H} (earlier chunks)"),
+    ]
     merger_peak = inputs_bytes + Nv * C * b + v_merger + features
     if s.lean and s.chunks[0] and Nv < s.Np:
         vision[1].detail += f"; chunked: {Nv:,} of {s.Np:,} patches at a time"
@@ -508,8 +588,13 @@ def _language_phase(arch: Arch, s: _Batch, inputs: tuple[int, int, str]) -> tupl
     else:
         keep.append(Component("image features", 2 * s.T_tot * H * b, "merger output + its concatenation"))
         keep.append(Component("vision last hidden state", s.Np * arch.v_hidden * b, "kept by the stock forward"))
-        keep.append(Component("all hidden states", arch.layers * BL * H * b,
-                              f"{arch.layers + 1} layers x {B} x {L} x {H} (output_hidden_states=True)"))
+        keep.append(
+            Component(
+                "all hidden states",
+                arch.layers * BL * H * b,
+                f"{arch.layers + 1} layers x {B} x {L} x {H} (output_hidden_states=True)",
+            )
+        )
     keep.append(Component("rotary tables", 2 * BL * hd * b + 3 * BL * 8, "cos/sin + 3-D position ids"))
     masked = (s.padded and not s.flash) or s.eager  # flash-attention unpads instead of masking
     if masked:
@@ -520,14 +605,19 @@ def _language_phase(arch: Arch, s: _Batch, inputs: tuple[int, int, str]) -> tupl
     l_scores = Bg * arch.heads * L * L * (F32 + b) if s.eager else 0
     l_mlp = BL * H * b * 2 + 3 * mlp_rows * arch.intermediate * b  # normed input + output, gate/up/product
     if l_attn + l_scores >= l_mlp:
-        layer_detail = ("attention: norm, q/k/v, rotary" + (", k/v expanded to all heads" if masked else "")
-                        + (f", eager scores {l_scores / MB:.0f} MB" if s.eager else ""))
+        layer_detail = (
+            "attention: norm, q/k/v, rotary"
+            + (", k/v expanded to all heads" if masked else "")
+            + (f", eager scores {l_scores / MB:.0f} MB" if s.eager else "")
+        )
     else:
         layer_detail = f"MLP: 3 x {mlp_rows:,} x {arch.intermediate}"
-    lm = [*([Component("inputs", lm_inputs, "decoded items (host)" if s.lean else inputs_detail)] if lm_inputs else []),
-          *keep,
-          Component("residual stream", 2 * BL * H * b, f"{group} x {H} (x2)"),
-          Component("layer working set", max(l_attn + l_scores, l_mlp), layer_detail)]
+    lm = [
+        *([Component("inputs", lm_inputs, "decoded items (host)" if s.lean else inputs_detail)] if lm_inputs else []),
+        *keep,
+        Component("residual stream", 2 * BL * H * b, f"{group} x {H} (x2)"),
+        Component("layer working set", max(l_attn + l_scores, l_mlp), layer_detail),
+    ]
     return sum(c.bytes for c in lm), lm, Bg
 
 
@@ -539,18 +629,35 @@ def _output_phase(arch: Arch, s: _Batch, kind: str, lm: list[Component], Bg: int
     out = [Component("inputs + kept state", kept_state, ""), Component("final hidden", BL * H * b, "")]
     if kind == "colqwen":
         proj_rows = sum(sorted(t + s.prompt for t in s.tokens)[-Bg:]) if s.lean else s.B * s.L
-        out.append(Component("projected rows", proj_rows * (H + 3 * 128) * b,
-                             "kept rows, 128-d projection, normalised" if s.lean else "padded rectangle"))
+        out.append(
+            Component(
+                "projected rows",
+                proj_rows * (H + 3 * 128) * b,
+                "kept rows, 128-d projection, normalised" if s.lean else "padded rectangle",
+            )
+        )
     else:
         out.append(Component("pooled", 2 * Bg * H * b, ""))
     return sum(c.bytes for c in out), out
 
 
-def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: str = "colqwen",
-                backend: str = "cuda", dtype_bytes: int | None = None, image_only: bool = False,
-                attn: str = "sdpa", prompt_tokens: int = QWEN_PROMPT_TOKENS, kept_rows: int | None = None,
-                token_counts: list[int] | None = None, forward: str = "lean",
-                chunks: tuple[int, int, int] | None = None, image_note: str = "") -> MemoryPlan:
+def plan_memory(
+    arch: Arch,
+    *,
+    batch_size: int,
+    visual_tokens: int = 768,
+    kind: str = "colqwen",
+    backend: str = "cuda",
+    dtype_bytes: int | None = None,
+    image_only: bool = False,
+    attn: str = "sdpa",
+    prompt_tokens: int = QWEN_PROMPT_TOKENS,
+    kept_rows: int | None = None,
+    token_counts: list[int] | None = None,
+    forward: str = "lean",
+    chunks: tuple[int, int, int] | None = None,
+    image_note: str = "",
+) -> MemoryPlan:
     """Predict peak memory (bytes of tensors) for one batch; see the module docstring.
 
     ``token_counts`` gives each image's visual tokens (default: ``batch_size`` images of
@@ -565,8 +672,9 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
         raise UsageError(f"forward must be one of {', '.join(FORWARDS)}")
     b = dtype_bytes or BACKEND_DTYPE_BYTES.get(backend, 2)
     tokens = tuple(token_counts) if token_counts else (int(visual_tokens),) * batch_size
-    s = _Batch(tokens, prompt_tokens, b, backend, attn, forward, chunks or chunk_limits(backend),
-               arch.patches_per_token)
+    s = _Batch(
+        tokens, prompt_tokens, b, backend, attn, forward, chunks or chunk_limits(backend), arch.patches_per_token
+    )
     kept = kept_rows if kept_rows is not None else prompt_tokens + 1  # distinct prompt ids + padding
     weights = _weights(arch, kind, b, image_only, kept)
     weights_bytes = sum(c.bytes for c in weights)
@@ -577,20 +685,43 @@ def plan_memory(arch: Arch, *, batch_size: int, visual_tokens: int = 768, kind: 
     comps = {"vision tower": vision, "language model": lm, "output": out}
     phases = {"vision tower": vision_bytes, "language model": lm_bytes, "output": out_bytes}
     act = max(phases.values())
-    counts = (f"{s.T_max} visual tokens per image" if not s.padded else
-              f"{s.B} images of {min(tokens)}-{s.T_max} visual tokens, padded to {s.T_max}")
-    assumptions = [counts + (f" ({image_note})" if image_note else "") + f", + {prompt_tokens} prompt tokens",
-                   f"{attn} attention, {FORWARDS[forward]}",
-                   f"{b}-byte weights and activations; the tensors' bytes"
-                   + (" (what torch.cuda.max_memory_allocated reports)" if backend == "cuda" else "")]
+    counts = (
+        f"{s.T_max} visual tokens per image"
+        if not s.padded
+        else f"{s.B} images of {min(tokens)}-{s.T_max} visual tokens, padded to {s.T_max}"
+    )
+    assumptions = [
+        counts + (f" ({image_note})" if image_note else "") + f", + {prompt_tokens} prompt tokens",
+        f"{attn} attention, {FORWARDS[forward]}",
+        f"{b}-byte weights and activations; the tensors' bytes"
+        + (" (what torch.cuda.max_memory_allocated reports)" if backend == "cuda" else ""),
+    ]
     notes = []
     if backend == "cuda":
         notes.append("CUDA context (~0.3-0.5 GB) and allocator caching (reserved > allocated) come on top")
     if backend == "cpu":
         notes.append("CPU RSS adds the runtime, libraries, decode buffers and malloc slack; bench measures it")
-    return MemoryPlan(arch.name, kind, backend, b, s.B, s.T_max, s.L, image_only, attn, forward,
-                      arch.params(kind), weights_bytes, act, weights_bytes + act, phases, weights, comps, notes,
-                      assumptions)
+    return MemoryPlan(
+        arch.name,
+        kind,
+        backend,
+        b,
+        s.B,
+        s.T_max,
+        s.L,
+        image_only,
+        attn,
+        forward,
+        arch.params(kind),
+        weights_bytes,
+        act,
+        weights_bytes + act,
+        phases,
+        weights,
+        comps,
+        notes,
+        assumptions,
+    )
 
 
 def forward_flops(arch: Arch, visual_tokens: int = 768, prompt_tokens: int = QWEN_PROMPT_TOKENS) -> float:
@@ -611,31 +742,84 @@ def forward_flops(arch: Arch, visual_tokens: int = 768, prompt_tokens: int = QWE
     return float(vision + text)
 
 
-def plan_for_variant(variant: str, *, batch_size: int, visual_tokens: int = 768, backend: str = "cuda",
-                     image_only: bool = False, attn: str | None = None, dtype_bytes: int | None = None,
-                     forward: str = "lean", **scale) -> MemoryPlan:
+def plan_for_variant(
+    variant: str,
+    *,
+    batch_size: int,
+    visual_tokens: int = 768,
+    backend: str = "cuda",
+    image_only: bool = False,
+    attn: str | None = None,
+    dtype_bytes: int | None = None,
+    forward: str = "lean",
+    **scale,
+) -> MemoryPlan:
     v = VARIANTS.get(variant)
     kind = v.kind if v else "colqwen"
     attn = attn or "sdpa"
-    return plan_memory(Arch.for_variant(variant, **scale), batch_size=batch_size, visual_tokens=visual_tokens,
-                       kind=kind, backend=backend, dtype_bytes=dtype_bytes, image_only=image_only, attn=attn,
-                       forward=forward)
+    return plan_memory(
+        Arch.for_variant(variant, **scale),
+        batch_size=batch_size,
+        visual_tokens=visual_tokens,
+        kind=kind,
+        backend=backend,
+        dtype_bytes=dtype_bytes,
+        image_only=image_only,
+        attn=attn,
+        forward=forward,
+    )
 
 
-def plan_for_model(lm, *, batch_size: int, visual_tokens: int | None = None,
-                   token_counts: list[int] | None = None, forward: str = "lean") -> MemoryPlan:
+def plan_for_model(
+    lm,
+    *,
+    batch_size: int,
+    visual_tokens: int | None = None,
+    token_counts: list[int] | None = None,
+    forward: str = "lean",
+) -> MemoryPlan:
     """Plan for a loaded model (``loading.LoadedModel``): its own config, tokenizer and backend."""
-    from nomic_memory.model.loading import document_prompt_ids  # late: torch (a second); planning from a config needs none
+    from nomic_memory.model.loading import (
+        document_prompt_ids,  # late: torch (a second); planning from a config needs none
+    )
+
     proc = lm.processor
     prompt = len(proc.tokenizer(proc.visual_prompt_prefix, add_special_tokens=True)["input_ids"]) - 1
     kept = len(set(document_prompt_ids(proc)))
     vt = visual_tokens or proc.image_processor.size["longest_edge"] // (28 * 28)
     cfg = lm.model.config
-    return plan_memory(Arch.from_config(cfg, lm.model_id), batch_size=batch_size, visual_tokens=vt, kind=lm.kind,
-                       backend=lm.backend.name, dtype_bytes=lm.backend.dtype.itemsize, image_only=lm.image_only,
-                       attn=getattr(cfg, "_attn_implementation", None) or lm.backend.attn_implementation,
-                       prompt_tokens=prompt, kept_rows=kept, token_counts=token_counts, forward=forward)
+    return plan_memory(
+        Arch.from_config(cfg, lm.model_id),
+        batch_size=batch_size,
+        visual_tokens=vt,
+        kind=lm.kind,
+        backend=lm.backend.name,
+        dtype_bytes=lm.backend.dtype.itemsize,
+        image_only=lm.image_only,
+        attn=getattr(cfg, "_attn_implementation", None) or lm.backend.attn_implementation,
+        prompt_tokens=prompt,
+        kept_rows=kept,
+        token_counts=token_counts,
+        forward=forward,
+    )
 
 
-__all__ = ["ARCHITECTURES", "VARIANT_ARCHITECTURE", "Arch", "MemoryPlan", "Component", "architecture_config",
-           "qwen_config", "plan_memory", "FORWARDS", "image_tokens", "resized_size", "guess_backend", "plan_for_variant", "plan_for_model", "CHUNKS", "chunk_limits", "forward_flops"]
+__all__ = [
+    "ARCHITECTURES",
+    "VARIANT_ARCHITECTURE",
+    "Arch",
+    "MemoryPlan",
+    "Component",
+    "architecture_config",
+    "qwen_config",
+    "plan_memory",
+    "FORWARDS",
+    "image_tokens",
+    "resized_size",
+    "guess_backend",
+    "plan_for_variant",
+    "plan_for_model",
+    "CHUNKS",
+    "chunk_limits",
+    "forward_flops",
+]

@@ -23,8 +23,10 @@ try:
     from langchain_core.retrievers import BaseRetriever
     from pydantic import ConfigDict
 except ImportError as e:  # an optional extra
-    raise MissingExtra("the LangChain retriever needs langchain-core: pip install 'nomic-memory[langchain]' "
-                       f"(or uv sync --extra langchain) ({e})") from None
+    raise MissingExtra(
+        "the LangChain retriever needs langchain-core: pip install 'nomic-memory[langchain]' "
+        f"(or uv sync --extra langchain) ({e})"
+    ) from None
 
 
 class NomicMemoryRetriever(BaseRetriever):
@@ -39,15 +41,17 @@ class NomicMemoryRetriever(BaseRetriever):
     image_side: int = IMAGE_SIDE
 
     @classmethod
-    def from_store(cls, store=None, table: str | None = None, *, backend: str = "auto", model=None,
-                   **kwargs) -> NomicMemoryRetriever:
+    def from_store(
+        cls, store=None, table: str | None = None, *, backend: str = "auto", model=None, **kwargs
+    ) -> NomicMemoryRetriever:
         """A retriever over ``table`` of ``store`` (default: the default store's only table);
         ``model``: an already-loaded ``Embedder`` to embed queries with."""
         return cls(index=open_index(store, table, backend=backend, model=model), **kwargs)
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        pages = search_pages(self.index, query, self.k, where=self.where, images=self.images,
-                             image_side=self.image_side)
+        pages = search_pages(
+            self.index, query, self.k, where=self.where, images=self.images, image_side=self.image_side
+        )
         docs = []
         for p in pages:
             meta = p.metadata()

@@ -19,15 +19,25 @@ try:
     from llama_index.core.retrievers import BaseRetriever
     from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle
 except ImportError as e:  # an optional extra
-    raise MissingExtra("the LlamaIndex retriever needs llama-index-core: pip install 'nomic-memory[llamaindex]' "
-                       f"(or uv sync --extra llamaindex) ({e})") from None
+    raise MissingExtra(
+        "the LlamaIndex retriever needs llama-index-core: pip install 'nomic-memory[llamaindex]' "
+        f"(or uv sync --extra llamaindex) ({e})"
+    ) from None
 
 
 class NomicMemoryRetriever(BaseRetriever):
     """The ``k`` best pages of a store for a text query, as LlamaIndex image nodes."""
 
-    def __init__(self, index, k: int = 4, *, where: str | None = None, images: bool = True,
-                 image_side: int = IMAGE_SIDE, **kwargs) -> None:
+    def __init__(
+        self,
+        index,
+        k: int = 4,
+        *,
+        where: str | None = None,
+        images: bool = True,
+        image_side: int = IMAGE_SIDE,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.index = index  # a nomic_memory.search.Index
         self.k = k
@@ -36,19 +46,27 @@ class NomicMemoryRetriever(BaseRetriever):
         self.image_side = image_side
 
     @classmethod
-    def from_store(cls, store=None, table: str | None = None, *, backend: str = "auto", model=None,
-                   **kwargs) -> NomicMemoryRetriever:
+    def from_store(
+        cls, store=None, table: str | None = None, *, backend: str = "auto", model=None, **kwargs
+    ) -> NomicMemoryRetriever:
         """A retriever over ``table`` of ``store`` (default: the default store's only table);
         ``model``: an already-loaded ``Embedder`` to embed queries with."""
         return cls(open_index(store, table, backend=backend, model=model), **kwargs)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        pages = search_pages(self.index, query_bundle.query_str, self.k, where=self.where, images=self.images,
-                             image_side=self.image_side)
+        pages = search_pages(
+            self.index, query_bundle.query_str, self.k, where=self.where, images=self.images, image_side=self.image_side
+        )
         out = []
         for p in pages:
-            node = ImageNode(id_=p.hit.id, text=p.text(), metadata=p.metadata(), image=p.image_base64,
-                             image_mimetype="image/jpeg" if p.image_base64 else None, image_path=p.hit.file)
+            node = ImageNode(
+                id_=p.hit.id,
+                text=p.text(),
+                metadata=p.metadata(),
+                image=p.image_base64,
+                image_mimetype="image/jpeg" if p.image_base64 else None,
+                image_path=p.hit.file,
+            )
             out.append(NodeWithScore(node=node, score=p.hit.score))
         return out
 

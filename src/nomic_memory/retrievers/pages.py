@@ -22,8 +22,15 @@ class Page:
 
     def metadata(self) -> dict:
         h = self.hit
-        meta = {"path": h.path, "root": h.root, "page": h.page, "score": h.score, "rank": h.rank, "id": h.id,
-                "file": h.file}
+        meta = {
+            "path": h.path,
+            "root": h.root,
+            "page": h.page,
+            "score": h.score,
+            "rank": h.rank,
+            "id": h.id,
+            "file": h.file,
+        }
         if self.image_error:
             meta["image_error"] = self.image_error
         return meta
@@ -41,8 +48,9 @@ def open_index(store, table: str | None = None, **kwargs) -> Index:
     return Index.open(store, table, **kwargs)
 
 
-def search_pages(index: Index, query: str, k: int, *, where: str | None = None, images: bool = True,
-                 image_side: int = IMAGE_SIDE) -> list[Page]:
+def search_pages(
+    index: Index, query: str, k: int, *, where: str | None = None, images: bool = True, image_side: int = IMAGE_SIDE
+) -> list[Page]:
     """The ``k`` best pages for ``query`` (exactly :meth:`Index.search`), with their images."""
     out = []
     for h in index.search(query, k, where=where):

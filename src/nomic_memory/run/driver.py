@@ -21,26 +21,28 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from nomic_memory.ingest.batching import MAX_PADDING, check_max_batch_tokens, make_batches, padding_overhead, visual_tokens
-from nomic_memory.errors import FolderNotFoundError, InputError, UsageError
+from nomic_memory.errors import EngineError, FolderNotFoundError, InputError, UsageError
+from nomic_memory.ingest.batching import (
+    MAX_PADDING,
+    check_max_batch_tokens,
+    make_batches,
+    padding_overhead,
+    visual_tokens,
+)
+from nomic_memory.ingest.documents import PageGeometry, is_input_path, render_size
+from nomic_memory.ingest.images import UNLISTABLE, discover, discover_paths
+from nomic_memory.ingest.listing import Item, SourceFile, inspect_files
+from nomic_memory.memory import MemoryReport
 from nomic_memory.store.failures import FailureLog
 from nomic_memory.store.roots import remember_root
-from nomic_memory.ingest.documents import is_input_path
-from nomic_memory.ingest.images import UNLISTABLE, discover, discover_paths
-from nomic_memory.memory import MemoryReport
-from nomic_memory.ingest.listing import Item, SourceFile, inspect_files
-from nomic_memory.store.table import path_to_key
-from nomic_memory.ingest.documents import PageGeometry, render_size
-from nomic_memory.store.table import Store
-from nomic_memory.errors import EngineError
-from nomic_memory.store.table import TableInfo
-from nomic_memory.store.table import Record
+from nomic_memory.store.table import Record, Store, TableInfo, path_to_key
 
 log = logging.getLogger("nomic_memory")
 
@@ -62,7 +64,7 @@ class ModelStamp:
     seed: int = 0
 
     @classmethod
-    def of(cls, lm) -> "ModelStamp":
+    def of(cls, lm) -> ModelStamp:
         return cls(lm.model_id, lm.revision, lm.kind, lm.dim, lm.fingerprint, lm.backend.dtype_name, lm.seed)
 
     def table_info(self):
@@ -107,20 +109,31 @@ class RunReport:
         return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {"directory": self.directory, "store": self.store, "table": self.table,
-                "discovered": self.discovered, "inputs": self.inputs, "skipped_unchanged": self.skipped_unchanged,
-                "embedded": self.embedded,
-                "failed": [{"path": p, "reason": r, "remembered": p in set(self.remembered)} for p, r in self.failed],
-                "pruned": self.pruned, "seconds": round(self.seconds, 3),
-                "embed_seconds": round(self.embed_seconds, 3),
-                "images_per_second": round(self.images_per_second, 3), "batches": self.batches,
-                "padding_overhead": round(self.padding_overhead, 4), "oom_splits": self.oom_splits,
-                "decode_workers": self.decode_workers, "decode_threads": self.decode_threads,
-                "model_threads": self.model_threads,
-                "model_loaded": self.model_loaded,
-                "memory": self.memory.to_dict() if self.memory else None,
-                **({"worker_memory": {w: m.to_dict() for w, m in self.worker_memory.items()}}
-                   if self.worker_memory else {})}
+        return {
+            "directory": self.directory,
+            "store": self.store,
+            "table": self.table,
+            "discovered": self.discovered,
+            "inputs": self.inputs,
+            "skipped_unchanged": self.skipped_unchanged,
+            "embedded": self.embedded,
+            "failed": [{"path": p, "reason": r, "remembered": p in set(self.remembered)} for p, r in self.failed],
+            "pruned": self.pruned,
+            "seconds": round(self.seconds, 3),
+            "embed_seconds": round(self.embed_seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+            "batches": self.batches,
+            "padding_overhead": round(self.padding_overhead, 4),
+            "oom_splits": self.oom_splits,
+            "decode_workers": self.decode_workers,
+            "decode_threads": self.decode_threads,
+            "model_threads": self.model_threads,
+            "model_loaded": self.model_loaded,
+            "memory": self.memory.to_dict() if self.memory else None,
+            **(
+                {"worker_memory": {w: m.to_dict() for w, m in self.worker_memory.items()}} if self.worker_memory else {}
+            ),
+        }
 
 
 @dataclass
@@ -170,8 +183,9 @@ def _fail(report: RunReport, emit, label: str, reason: str, known: bool = False)
     emit("failed", {"path": label, "reason": reason, "known": known})
 
 
-def _fail_listed(report: RunReport, emit, failures, new: list, rel: str, page: int, content_hash: str,
-                 reason: str) -> None:
+def _fail_listed(
+    report: RunReport, emit, failures, new: list, rel: str, page: int, content_hash: str, reason: str
+) -> None:
     """A failure found while listing (an unreadable file, a page that cannot be sized, a FIFO):
     remembered when the same file (same hash; same reason when it could not be hashed) failed
     before, else new and added to ``new`` for the failure log."""
@@ -184,10 +198,24 @@ def _fail_listed(report: RunReport, emit, failures, new: list, rel: str, page: i
         new.append((rel, page, content_hash, reason))
 
 
-def plan_run(table, root: Path, files: list[SourceFile], image_processor, report: RunReport, emit, *,
-             fingerprints: frozenset[str] | None, revision: str, prune: bool, batch_size: int,
-             max_batch_tokens: int | None, sort_by_tokens: bool = True, failures=None,
-             scope: Callable[[str], bool] | None = None, unlisted: tuple[str, ...] = ()) -> RunPlan:
+def plan_run(
+    table,
+    root: Path,
+    files: list[SourceFile],
+    image_processor,
+    report: RunReport,
+    emit,
+    *,
+    fingerprints: frozenset[str] | None,
+    revision: str,
+    prune: bool,
+    batch_size: int,
+    max_batch_tokens: int | None,
+    sort_by_tokens: bool = True,
+    failures=None,
+    scope: Callable[[str], bool] | None = None,
+    unlisted: tuple[str, ...] = (),
+) -> RunPlan:
     """The listing every engine shares: prune rows of vanished files (and of pages a changed
     document no longer has), report unreadable inputs, skip inputs stored unchanged (same content
     hash and model revision, and a projection fingerprint in ``fingerprints``; None when no stored
@@ -218,8 +246,16 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
                 todo.append(it)
     if failures is not None:
         failures.record(listed_bad)
-    emit("todo", {"count": len(todo), "skipped": report.skipped_unchanged, "inputs": report.inputs,
-                  "failed": len(report.failed) - len(report.remembered), "remembered": len(report.remembered)})
+    emit(
+        "todo",
+        {
+            "count": len(todo),
+            "skipped": report.skipped_unchanged,
+            "inputs": report.inputs,
+            "failed": len(report.failed) - len(report.remembered),
+            "remembered": len(report.remembered),
+        },
+    )
     if todo and callable(image_processor):
         image_processor = image_processor()
     batches = _cut_batches(todo, image_processor, report, batch_size, max_batch_tokens, sort_by_tokens)
@@ -228,8 +264,13 @@ def plan_run(table, root: Path, files: list[SourceFile], image_processor, report
 
 
 def _unchanged(old: dict | None, f: SourceFile, revision: str, fingerprints: frozenset[str] | None) -> bool:
-    return bool(old and old["content_hash"] == f.content_hash and old["model_revision"] == revision
-                and fingerprints is not None and old["proj_fingerprint"] in fingerprints)
+    return bool(
+        old
+        and old["content_hash"] == f.content_hash
+        and old["model_revision"] == revision
+        and fingerprints is not None
+        and old["proj_fingerprint"] in fingerprints
+    )
 
 
 def _unseen(rel: str, unlisted: tuple[str, ...]) -> bool:
@@ -237,8 +278,18 @@ def _unseen(rel: str, unlisted: tuple[str, ...]) -> bool:
     return any(u == "." or rel == u or rel.startswith(u + "/") for u in unlisted)
 
 
-def _prune(table, root: Path, files: list[SourceFile], existing: dict, report: RunReport, emit, prune: bool,
-           failures, scope: Callable[[str], bool] | None = None, unlisted: tuple[str, ...] = ()) -> None:
+def _prune(
+    table,
+    root: Path,
+    files: list[SourceFile],
+    existing: dict,
+    report: RunReport,
+    emit,
+    prune: bool,
+    failures,
+    scope: Callable[[str], bool] | None = None,
+    unlisted: tuple[str, ...] = (),
+) -> None:
     """Rows of files that are gone (with ``prune``; only within ``scope``, never under a folder
     that could not be listed), and rows of pages a document no longer has (always: its new
     content is what the store must hold)."""
@@ -247,6 +298,7 @@ def _prune(table, root: Path, files: list[SourceFile], existing: dict, report: R
     present = {f.rel: f for f in files}
     n = 0
     if prune:
+
         def prunable(rel: str) -> bool:
             return (scope is None or scope(rel)) and not _unseen(rel, unlisted)
 
@@ -255,8 +307,13 @@ def _prune(table, root: Path, files: list[SourceFile], existing: dict, report: R
             n += table.delete_paths(str(root), gone)
         if failures is not None:
             failures.forget([k for k in failures.known if k[0] not in present and prunable(k[0])])
-    stale = [(p, pg) for p, pg in existing if p in present and not present[p].error
-             and pg not in {it.page for it in present[p].items} | {pg_ for pg_, _ in present[p].page_errors}]
+    stale = [
+        (p, pg)
+        for p, pg in existing
+        if p in present
+        and not present[p].error
+        and pg not in {it.page for it in present[p].items} | {pg_ for pg_, _ in present[p].page_errors}
+    ]
     if stale:
         n += table.delete_keys(str(root), stale)
     if n:
@@ -264,19 +321,29 @@ def _prune(table, root: Path, files: list[SourceFile], existing: dict, report: R
         emit("pruned", {"count": n})
 
 
-def _cut_batches(todo: list[Item], image_processor, report: RunReport, batch_size: int,
-                 max_batch_tokens: int | None, sort_by_tokens: bool) -> list[list[int]]:
+def _cut_batches(
+    todo: list[Item],
+    image_processor,
+    report: RunReport,
+    batch_size: int,
+    max_batch_tokens: int | None,
+    sort_by_tokens: bool,
+) -> list[list[int]]:
     for it in todo:
         if it.pdf:  # drawn straight at the size the processor keeps
-
             it.width, it.height = render_size(PageGeometry(it.page, it.width, it.height), image_processor)
         try:
             it.tokens = visual_tokens(it.width, it.height, image_processor) if it.width and it.height else 0
         except ValueError:  # extreme aspect ratio: padded on decode to the processor's limit
             it.tokens = image_processor.size["longest_edge"] // (28 * 28)
     tokens = [it.tokens for it in todo]
-    batches = make_batches(tokens, batch_size, max_batch_tokens or None, sort=sort_by_tokens,
-                           max_padding=MAX_PADDING if sort_by_tokens else None)
+    batches = make_batches(
+        tokens,
+        batch_size,
+        max_batch_tokens or None,
+        sort=sort_by_tokens,
+        max_padding=MAX_PADDING if sort_by_tokens else None,
+    )
     if sort_by_tokens:
         # Largest first: an out-of-memory batch shows up at once, and the cap it teaches holds for
         # the rest of the run.
@@ -313,9 +380,23 @@ class StoreSink:
                 remember_root(self.store, self.table_name, path_to_key(str(plan.root)))
                 self._root_known = True
             stamp, root = result.stamp, str(plan.root)
-            records = [Record(root, it.rel, it.file.content_hash, it.file.size, it.file.mtime, it.width, it.height,
-                              e, stamp.dtype, page=it.page, model_revision=stamp.revision,
-                              proj_fingerprint=stamp.fingerprint) for it, e in good]
+            records = [
+                Record(
+                    root,
+                    it.rel,
+                    it.file.content_hash,
+                    it.file.size,
+                    it.file.mtime,
+                    it.width,
+                    it.height,
+                    e,
+                    stamp.dtype,
+                    page=it.page,
+                    model_revision=stamp.revision,
+                    proj_fingerprint=stamp.fingerprint,
+                )
+                for it, e in good
+            ]
             refused = self._commit(plan, records)
             refused_ids = {id(r) for r, _ in refused}
             for r, reason in refused:  # e.g. a NaN embedding: never stored
@@ -328,23 +409,30 @@ class StoreSink:
             self.failures.record(bad)
             self.failures.forget([(it.rel, it.page) for it, _ in good])
 
-
     def _commit(self, plan: RunPlan, records: list[Record]) -> list[tuple[Record, str]]:
         """One batch's commit; returns the records refused, with the reason."""
-        return self.table.upsert(records, known_new={(r.path, r.page) for r in records
-                                                     if (r.path, r.page) not in plan.existing})
+        return self.table.upsert(
+            records, known_new={(r.path, r.page) for r in records if (r.path, r.page) not in plan.existing}
+        )
 
 
 def _warn_other_weights(table, stamp: ModelStamp) -> None:
     info = table.info
     if info.fingerprint != stamp.fingerprint or info.revision != stamp.revision:
-        log.warning("store table %s was made with revision %s / projection %s; this model is %s / %s: "
-                    "changed rows will be re-embedded", table.name, info.revision, info.fingerprint,
-                    stamp.revision, stamp.fingerprint)
+        log.warning(
+            "store table %s was made with revision %s / projection %s; this model is %s / %s: "
+            "changed rows will be re-embedded",
+            table.name,
+            info.revision,
+            info.fingerprint,
+            stamp.revision,
+            stamp.fingerprint,
+        )
 
 
 def _import_store_in_background() -> threading.Thread:
     """Importing LanceDB takes seconds; do it while the folder is listed and hashed."""
+
     def imp() -> None:
         try:
             import lancedb  # noqa: F401
@@ -358,10 +446,22 @@ def _import_store_in_background() -> threading.Thread:
 
 # Long: the run's phases in order (list, open the store, identify the model, plan, execute, report),
 # read top to bottom; each phase is a call, the glue between them is what stays here.
-def run_embedding(directory: str | Path, store, executor: Executor, *, model_id: str, revision: str,
-                  seed: int, table_name: str, prune: bool = False, batch_size: int = 8,
-                  max_batch_tokens: int | None = None, sort_by_tokens: bool = True,
-                  on_event: ProgressCallback | None = None, paths: Iterable[str | Path] | None = None) -> RunReport:
+def run_embedding(
+    directory: str | Path,
+    store,
+    executor: Executor,
+    *,
+    model_id: str,
+    revision: str,
+    seed: int,
+    table_name: str,
+    prune: bool = False,
+    batch_size: int = 8,
+    max_batch_tokens: int | None = None,
+    sort_by_tokens: bool = True,
+    on_event: ProgressCallback | None = None,
+    paths: Iterable[str | Path] | None = None,
+) -> RunReport:
     """Embed every input under ``directory`` into ``store`` with ``executor``; see the module docstring.
 
     ``paths``: only these files and folders under ``directory`` (what changed, for a watcher):
@@ -410,12 +510,28 @@ def run_embedding(directory: str | Path, store, executor: Executor, *, model_id:
     if max_batch_tokens is not None:
         check_max_batch_tokens(max_batch_tokens, executor.processor().image_processor)
     unlisted = tuple(rel for rel, reason in skipped if reason.startswith(UNLISTABLE))
-    opts = dict(revision=revision, prune=prune, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                sort_by_tokens=sort_by_tokens, failures=failures, scope=scope, unlisted=unlisted)
+    opts = dict(
+        revision=revision,
+        prune=prune,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        sort_by_tokens=sort_by_tokens,
+        failures=failures,
+        scope=scope,
+        unlisted=unlisted,
+    )
     # The processor (transformers: seconds to import) only when something is left to embed.
     image_processor = lambda: executor.processor().image_processor  # noqa: E731
-    plan = plan_run(table, root, files, image_processor, report, emit,
-                    fingerprints=_fingerprints(executor, stamp or expected), **opts)
+    plan = plan_run(
+        table,
+        root,
+        files,
+        image_processor,
+        report,
+        emit,
+        fingerprints=_fingerprints(executor, stamp or expected),
+        **opts,
+    )
     if plan.todo and stamp is None:
         stamp = _start(executor, report, emit)
         fps = _fingerprints(executor, stamp)
@@ -445,9 +561,16 @@ def _replanned(report: RunReport, n_listed: int) -> RunReport:
     plan (files that are not regular files)."""
     kept = report.failed[:n_listed]
     labels = {p for p, _ in kept}
-    return RunReport(report.directory, report.store, report.table, discovered=report.discovered,
-                     inputs=report.inputs, failed=list(kept), remembered=[p for p in report.remembered if p in labels],
-                     model_loaded=True)
+    return RunReport(
+        report.directory,
+        report.store,
+        report.table,
+        discovered=report.discovered,
+        inputs=report.inputs,
+        failed=list(kept),
+        remembered=[p for p in report.remembered if p in labels],
+        model_loaded=True,
+    )
 
 
 def _list_inputs(root: Path, changed, prune: bool):
@@ -502,8 +625,14 @@ def _start(executor: Executor, report: RunReport, emit) -> ModelStamp | None:
     t = time.perf_counter()
     stamp = executor.start()
     report.model_loaded = True
-    emit("model_loaded", {"seconds": time.perf_counter() - t, "notes": list(getattr(executor, "notes", [])),
-                          **(dataclasses.asdict(stamp) if stamp else {})})
+    emit(
+        "model_loaded",
+        {
+            "seconds": time.perf_counter() - t,
+            "notes": list(getattr(executor, "notes", [])),
+            **(dataclasses.asdict(stamp) if stamp else {}),
+        },
+    )
     return stamp
 
 
@@ -516,16 +645,27 @@ def _execute(executor: Executor, plan: RunPlan, sink: StoreSink, report: RunRepo
         if fingerprint is None:
             fingerprint = result.stamp.fingerprint
         elif result.stamp.fingerprint != fingerprint:
-            raise EngineError(f"model workers loaded different projections ({fingerprint} and "
-                              f"{result.stamp.fingerprint}): are all nodes on the same model files and "
-                              "library versions?")
+            raise EngineError(
+                f"model workers loaded different projections ({fingerprint} and "
+                f"{result.stamp.fingerprint}): are all nodes on the same model files and "
+                "library versions?"
+            )
         done.add(result.index)
         sink.write(plan, result, report, emit)
         n = len(plan.batches[result.index])
-        log.info("Processed batch %d/%d (%d inputs, %d embedded so far)", len(done), len(plan.batches), n,
-                 report.embedded)
-        emit("batch", {"index": len(done), "total": len(plan.batches), "images": n,
-                       "embedded": report.embedded, "elapsed": time.perf_counter() - t_embed})
+        log.info(
+            "Processed batch %d/%d (%d inputs, %d embedded so far)", len(done), len(plan.batches), n, report.embedded
+        )
+        emit(
+            "batch",
+            {
+                "index": len(done),
+                "total": len(plan.batches),
+                "images": n,
+                "embedded": report.embedded,
+                "elapsed": time.perf_counter() - t_embed,
+            },
+        )
     for b in range(len(plan.batches)):  # not expected: an executor raises when it cannot compute one
         if b not in done:
             for it in plan.batch_items(b):
@@ -533,5 +673,14 @@ def _execute(executor: Executor, plan: RunPlan, sink: StoreSink, report: RunRepo
                 emit("failed", {"path": it.label, "reason": "not returned by the executor"})
 
 
-__all__ = ["RunReport", "RunPlan", "BatchResult", "ModelStamp", "Executor", "StoreSink", "plan_run",
-           "run_embedding", "ProgressCallback"]
+__all__ = [
+    "RunReport",
+    "RunPlan",
+    "BatchResult",
+    "ModelStamp",
+    "Executor",
+    "StoreSink",
+    "plan_run",
+    "run_embedding",
+    "ProgressCallback",
+]

@@ -21,14 +21,22 @@ def resolve_stamp(model: str | ModelSpec | None, revision: str | None = None, se
     read from the model's files without loading it."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec.of(model, revision=revision, seed=seed)
     f = model_facts(spec)
-    return ImportStamp(f.model_id, f.revision, f.kind, f.dim, f.table_name, f.seed, f.fingerprint, f.fingerprints,
-                       f.note)
+    return ImportStamp(
+        f.model_id, f.revision, f.kind, f.dim, f.table_name, f.seed, f.fingerprint, f.fingerprints, f.note
+    )
 
 
-def import_embeddings(src: str | Path, store: str | Path | Store, model: str | ModelSpec | ImportStamp, *,
-                      root: str | Path | None = None, revision: str | None = None, seed: int = 0,
-                      batch_rows: int = DEFAULT_BATCH_ROWS,
-                      on_event: ProgressCallback | None = None) -> ImportReport:
+def import_embeddings(
+    src: str | Path,
+    store: str | Path | Store,
+    model: str | ModelSpec | ImportStamp,
+    *,
+    root: str | Path | None = None,
+    revision: str | None = None,
+    seed: int = 0,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    on_event: ProgressCallback | None = None,
+) -> ImportReport:
     """Import the embeddings in ``src`` (a parquet or npz file, or a folder of them) into ``store``,
     stamped with ``model``: the variant, hub id or model directory that made them (with the hub
     ``revision`` and the ``seed`` they were made with), or an :class:`ImportStamp`.  ``root``: the

@@ -10,18 +10,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-from nomic_memory.model.backends import Backend
-from nomic_memory.ingest.decode import DecodeTask
-from nomic_memory.model.loading import ProcessorSource
-from nomic_memory.run.prefetch import Decoder, default_workers
 from nomic_memory.errors import InputError
-from nomic_memory.model.loading import LoadedModel, ModelSpec, ResolvedModel
+from nomic_memory.ingest.decode import DecodeTask
 from nomic_memory.memory import MemoryTracker
+from nomic_memory.model.backends import Backend
+from nomic_memory.model.loading import LoadedModel, ModelSpec, ProcessorSource, ResolvedModel
 from nomic_memory.run.driver import BatchResult, ModelStamp, RunPlan, RunReport
+from nomic_memory.run.prefetch import Decoder, default_workers
 from nomic_memory.threads import ThreadTuner, available_cpus
 
 log = logging.getLogger("nomic_memory")
@@ -33,9 +32,15 @@ class LocalExecutor:
     ``model``: a loaded model, or a ``(spec, backend)`` pair loaded only if there is work.
     ``workers``: decode worker processes (None: by backend and run size; 0: decode inline)."""
 
-    def __init__(self, model: LoadedModel | None = None, *, spec: ModelSpec | None = None,
-                 backend: Backend | None = None, resolved: ResolvedModel | None = None,
-                 workers: int | None = None):
+    def __init__(
+        self,
+        model: LoadedModel | None = None,
+        *,
+        spec: ModelSpec | None = None,
+        backend: Backend | None = None,
+        resolved: ResolvedModel | None = None,
+        workers: int | None = None,
+    ):
         if model is None and (spec is None or backend is None):
             raise ValueError("LocalExecutor needs a loaded model, or a spec and a backend")
         self.lm = model
@@ -84,8 +89,9 @@ class LocalExecutor:
         if n_workers > cpus:
             # More decode processes than cores only compete with each other and the model
             # (64 workers on 2 cores measured 25x slower): one per core at most.
-            log.warning("--workers %d is more than the %d CPU cores available: using %d decode workers",
-                        n_workers, cpus, cpus)
+            log.warning(
+                "--workers %d is more than the %d CPU cores available: using %d decode workers", n_workers, cpus, cpus
+            )
             n_workers = cpus
         threads0 = torch.get_num_threads()
         tuner = None
@@ -98,10 +104,18 @@ class LocalExecutor:
         decoder = Decoder(lm.processor, self._source(), n_workers, threads=threads)
         encoder = BatchEncoder(lm)
         tracker = MemoryTracker(lm.backend.name, lm.backend.device).start()
-        self._state = {"decoder": decoder, "encoder": encoder, "tracker": tracker, "tuner": tuner,
-                       "threads0": threads0, "workers": n_workers}
-        tasks = [[DecodeTask(it.path, it.page, it.file.content_hash, it.width, it.height) for it in plan.batch_items(b)]
-                 for b in range(len(plan.batches))]
+        self._state = {
+            "decoder": decoder,
+            "encoder": encoder,
+            "tracker": tracker,
+            "tuner": tuner,
+            "threads0": threads0,
+            "workers": n_workers,
+        }
+        tasks = [
+            [DecodeTask(it.path, it.page, it.file.content_hash, it.width, it.height) for it in plan.batch_items(b)]
+            for b in range(len(plan.batches))
+        ]
         try:
             for b, decoded in enumerate(decoder.map(tasks)):
                 good = [i for i, d in enumerate(decoded) if not isinstance(d, InputError)]

@@ -55,8 +55,17 @@ class Decoder:
     only lose from threading.  If a worker dies, the rest of the run decodes inline.
     """
 
-    def __init__(self, processor, source: ProcessorSource, workers: int, prefetch: int | None = None,
-                 start_after: float = 1.0, assist: bool = True, min_share: float = 0.25, threads: int = 0):
+    def __init__(
+        self,
+        processor,
+        source: ProcessorSource,
+        workers: int,
+        prefetch: int | None = None,
+        start_after: float = 1.0,
+        assist: bool = True,
+        min_share: float = 0.25,
+        threads: int = 0,
+    ):
         self.processor = processor
         self.threads = threads
         self.source = source
@@ -81,8 +90,7 @@ class Decoder:
         ctx = mp.get_context("spawn")  # fork after torch/OpenMP threads can deadlock
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
         for _ in range(self.workers):
-            p = ctx.Process(target=_decode_worker_main, daemon=True,
-                            args=(self.source, self._tasks, self._results))
+            p = ctx.Process(target=_decode_worker_main, daemon=True, args=(self.source, self._tasks, self._results))
             p.start()
             self._procs.append(p)
 
@@ -115,9 +123,13 @@ class Decoder:
                 missing[bi] -= 1
 
         for k in range(len(batches)):
-            if (self.workers > 0 and not self._started and self.inline_seconds >= self.start_after
-                    and self.inline_seconds >= self.min_share * self.consumer_seconds
-                    and len(tasks) - starts[k] >= 2 * self.workers):
+            if (
+                self.workers > 0
+                and not self._started
+                and self.inline_seconds >= self.start_after
+                and self.inline_seconds >= self.min_share * self.consumer_seconds
+                and len(tasks) - starts[k] >= 2 * self.workers
+            ):
                 self._start()
                 queued = starts[k]
             while missing[k]:

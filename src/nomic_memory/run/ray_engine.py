@@ -35,8 +35,9 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -52,17 +53,14 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 import ray  # noqa: E402
 import ray.data  # noqa: E402
 
-from nomic_memory.model.backends import Backend, select_backend
-from nomic_memory.ingest.decode import DecodeTask
-from nomic_memory.model.collate import decode_tasks
-from nomic_memory.model.loading import ProcessorSource
 from nomic_memory.errors import EngineError, InputError
-from nomic_memory.model.loading import LoadedModel, ModelSpec, ResolvedModel
+from nomic_memory.ingest.decode import DecodeTask
 from nomic_memory.logs import quiet_libraries
-from nomic_memory.memory import MemoryReport, read_status_kb
+from nomic_memory.memory import MemoryReport, MemoryTracker, read_status_kb
+from nomic_memory.model.backends import Backend, select_backend
+from nomic_memory.model.collate import Prepared, decode_tasks
+from nomic_memory.model.loading import LoadedModel, ModelSpec, ProcessorSource, ResolvedModel
 from nomic_memory.run.driver import BatchResult, ModelStamp, RunPlan, RunReport
-from nomic_memory.memory import MemoryTracker
-from nomic_memory.model.collate import Prepared
 
 log = logging.getLogger("nomic_memory")
 
@@ -101,8 +99,11 @@ def _pack(arrays: list[np.ndarray]) -> tuple[bytes, dict]:
         return b"", {"dtype": "float32", "rows": [], "tail": []}
     cat = np.ascontiguousarray(np.concatenate([np.asarray(a) for a in arrays], axis=0))
     dt = cat.dtype.newbyteorder("<")
-    return cat.astype(dt, copy=False).tobytes(), {"dtype": dt.str, "rows": [int(a.shape[0]) for a in arrays],
-                                                  "tail": list(cat.shape[1:])}
+    return cat.astype(dt, copy=False).tobytes(), {
+        "dtype": dt.str,
+        "rows": [int(a.shape[0]) for a in arrays],
+        "tail": list(cat.shape[1:]),
+    }
 
 
 def _unpack(buf: bytes, spec: dict) -> list[np.ndarray]:
@@ -112,7 +113,7 @@ def _unpack(buf: bytes, spec: dict) -> list[np.ndarray]:
     whole = flat.reshape((-1, *tail)) if flat.size else np.zeros((0, *tail), np.dtype(spec["dtype"]))
     out, start = [], 0
     for n in spec["rows"]:
-        out.append(np.array(whole[start:start + n]))
+        out.append(np.array(whole[start : start + n]))
         start += n
     return out
 
@@ -143,7 +144,8 @@ def _check_workers_start() -> None:
         raise RayWorkersError(
             "Ray workers cannot start or cannot import nomic_memory on this cluster "
             f"({first}); install nomic-memory with its 'ray' extra in the workers' Python "
-            "environment (see raylet.err in the Ray session logs)") from None
+            "environment (see raylet.err in the Ray session logs)"
+        ) from None
 
 
 # ---------------------------------------------------------------- decode stage (CPU tasks)
@@ -167,8 +169,9 @@ def _decode_stage(batch: dict, *, source: dict) -> dict:
     An input that cannot be decoded becomes an entry in the row's ``errors``, never an exception.
     """
     proc = _processor(ProcessorSource(**source))
-    cols: dict[str, list] = {k: [] for k in ("batch", "meta", "input_ids", "mm_token_type_ids",
-                                              "pixel_values", "image_grid_thw")}
+    cols: dict[str, list] = {
+        k: [] for k in ("batch", "meta", "input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+    }
     for bi, tasks_json in zip(batch["batch"], batch["tasks"]):
         tasks = [DecodeTask(Path(p), page, h, w, ht) for p, page, h, w, ht in json.loads(str(tasks_json))]
         decoded = decode_tasks(proc, tasks)
@@ -180,10 +183,23 @@ def _decode_stage(batch: dict, *, source: dict) -> dict:
         mm, mm_spec = _pack([d.mm_token_type_ids.numpy() for d in good] if has_mm else [])
         pv, pv_spec = _pack([d.pixel_values.numpy() for d in good])
         grid, grid_spec = _pack([d.image_grid_thw.numpy()[None] for d in good])
-        meta = {"ok": ok, "errors": errors, "has_mm": has_mm, "input_ids": ids_spec,
-                "mm_token_type_ids": mm_spec, "pixel_values": pv_spec, "image_grid_thw": grid_spec}
-        for k, v in (("batch", int(bi)), ("meta", json.dumps(meta)), ("input_ids", ids),
-                     ("mm_token_type_ids", mm), ("pixel_values", pv), ("image_grid_thw", grid)):
+        meta = {
+            "ok": ok,
+            "errors": errors,
+            "has_mm": has_mm,
+            "input_ids": ids_spec,
+            "mm_token_type_ids": mm_spec,
+            "pixel_values": pv_spec,
+            "image_grid_thw": grid_spec,
+        }
+        for k, v in (
+            ("batch", int(bi)),
+            ("meta", json.dumps(meta)),
+            ("input_ids", ids),
+            ("mm_token_type_ids", mm),
+            ("pixel_values", pv),
+            ("image_grid_thw", grid),
+        ):
             cols[k].append(v)
     out = {k: _object_column(v) for k, v in cols.items() if k != "batch"}
     out["batch"] = np.asarray(cols["batch"], dtype=np.int64)
@@ -205,11 +221,15 @@ def _worker_name() -> str:
 class EmbedWorker:
     """One model copy (one Ray actor): collate + lean forward with OOM splitting, per batch."""
 
-    def __init__(self, *, spec: dict, backend_name: str, dtype_name: str, threads: int | None,
-                 crash_marker: str | None = None):
+    def __init__(
+        self, *, spec: dict, backend_name: str, dtype_name: str, threads: int | None, crash_marker: str | None = None
+    ):
         import torch
 
-        from nomic_memory.model.encode import BatchEncoder  # late: transformers' model code, on the actor only (the driver loads no model)
+        from nomic_memory.model.encode import (
+            BatchEncoder,  # late: transformers' model code, on the actor only (the driver loads no model)
+        )
+
         quiet_libraries()
         if backend_name == "cpu" and threads:
             torch.set_num_threads(max(1, min(threads, os.cpu_count() or threads)))
@@ -236,7 +256,6 @@ class EmbedWorker:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-
         if self.crash_marker and not os.path.exists(self.crash_marker):
             # Test hook: die like a lost node or an OOM-killed process would, once.
             Path(self.crash_marker).write_text(self.worker)
@@ -248,9 +267,15 @@ class EmbedWorker:
             mm = _unpack(batch["mm_token_type_ids"][j], meta["mm_token_type_ids"]) if meta["has_mm"] else None
             pv = _unpack(batch["pixel_values"][j], meta["pixel_values"])
             grid = _unpack(batch["image_grid_thw"][j], meta["image_grid_thw"])
-            items = [Prepared(torch.from_numpy(ids[k]), None if mm is None else torch.from_numpy(mm[k]),
-                              torch.from_numpy(pv[k]), torch.from_numpy(grid[k][0]))
-                     for k in range(len(ids))]
+            items = [
+                Prepared(
+                    torch.from_numpy(ids[k]),
+                    None if mm is None else torch.from_numpy(mm[k]),
+                    torch.from_numpy(pv[k]),
+                    torch.from_numpy(grid[k][0]),
+                )
+                for k in range(len(ids))
+            ]
             t0 = time.perf_counter()
             embs = [e.float().numpy() for e in self.encoder(items)] if items else []
             self.busy_seconds += time.perf_counter() - t0
@@ -258,13 +283,27 @@ class EmbedWorker:
             buf, spec = _pack([e.reshape(-1, self.lm.dim) for e in embs])
             cols["batch"].append(int(batch["batch"][j]))
             cols["embedding"].append(buf)
-            cols["meta"].append(json.dumps({
-                "ok": meta["ok"], "errors": meta["errors"], "embedding": spec,
-                "worker": self.worker, "stamp": dataclasses.asdict(ModelStamp.of(self.lm)),
-                "memory": self._memory(), "load_seconds": self.load_seconds,
-                "busy_seconds": self.busy_seconds, "oom_splits": self.encoder.splits, "cap": self.encoder.cap}))
-        return {"batch": np.asarray(cols["batch"], dtype=np.int64), "meta": _object_column(cols["meta"]),
-                "embedding": _object_column(cols["embedding"])}
+            cols["meta"].append(
+                json.dumps(
+                    {
+                        "ok": meta["ok"],
+                        "errors": meta["errors"],
+                        "embedding": spec,
+                        "worker": self.worker,
+                        "stamp": dataclasses.asdict(ModelStamp.of(self.lm)),
+                        "memory": self._memory(),
+                        "load_seconds": self.load_seconds,
+                        "busy_seconds": self.busy_seconds,
+                        "oom_splits": self.encoder.splits,
+                        "cap": self.encoder.cap,
+                    }
+                )
+            )
+        return {
+            "batch": np.asarray(cols["batch"], dtype=np.int64),
+            "meta": _object_column(cols["meta"]),
+            "embedding": _object_column(cols["embedding"]),
+        }
 
 
 # ---------------------------------------------------------------- the driver
@@ -303,15 +342,28 @@ def _placement(backend: Backend, cluster: dict, workers: int | None, gpus_per_wo
             raise RayEngineError("--gpus-per-worker must be positive with the CUDA backend")
         fit = int(gpus // gpus_per_worker + 1e-9)
         if fit < 1:
-            raise RayEngineError(f"the Ray cluster has {gpus:g} GPUs, fewer than --gpus-per-worker "
-                                 f"{gpus_per_worker:g}; use --backend cpu or add GPU nodes")
+            raise RayEngineError(
+                f"the Ray cluster has {gpus:g} GPUs, fewer than --gpus-per-worker "
+                f"{gpus_per_worker:g}; use --backend cpu or add GPU nodes"
+            )
         n = workers or fit
         if n > fit:
-            log.warning("%d model workers asked for, but %g GPUs hold only %d at %g GPUs each: using %d",
-                        n, gpus, fit, gpus_per_worker, fit)
+            log.warning(
+                "%d model workers asked for, but %g GPUs hold only %d at %g GPUs each: using %d",
+                n,
+                gpus,
+                fit,
+                gpus_per_worker,
+                fit,
+            )
             n = fit
-        return {"workers": n, "actor": {"num_gpus": gpus_per_worker, "num_cpus": 1}, "threads": None,
-                "decode_cpus": 1.0, "decode_tasks": None}
+        return {
+            "workers": n,
+            "actor": {"num_gpus": gpus_per_worker, "num_cpus": 1},
+            "threads": None,
+            "decode_cpus": 1.0,
+            "decode_tasks": None,
+        }
     if backend.name == "mps":
         raise RayEngineError("Ray workers cannot use Apple MPS; use --backend cpu (or --engine local)")
     n = workers or 1
@@ -319,8 +371,7 @@ def _placement(backend: Backend, cluster: dict, workers: int | None, gpus_per_wo
     if free <= 0:
         raise RayEngineError(f"the Ray cluster has {cpus:g} CPUs: not enough for a CPU model worker")
     if n > max(1, int(free)):
-        log.warning("%d CPU model workers asked for, but the cluster has %g CPUs: using %d", n, cpus,
-                    max(1, int(free)))
+        log.warning("%d CPU model workers asked for, but the cluster has %g CPUs: using %d", n, cpus, max(1, int(free)))
         n = max(1, int(free))
     actor_cpus = min(max(1.0, cpus // n), free / n)
     # Whole CPUs only: torch's OpenMP threads spin-wait at every barrier, so one thread more than
@@ -329,40 +380,68 @@ def _placement(backend: Backend, cluster: dict, workers: int | None, gpus_per_wo
     # Cap concurrent decode tasks at the CPUs the actors leave: every extra task would only start
     # (and import torch in) another worker process that then waits for a CPU.
     spare = cpus - n * actor_cpus
-    return {"workers": n, "actor": {"num_cpus": round(actor_cpus, 4)}, "threads": threads,
-            "decode_cpus": CPU_DECODE_CPUS, "decode_tasks": max(1, int(spare // CPU_DECODE_CPUS + 1e-9))}
+    return {
+        "workers": n,
+        "actor": {"num_cpus": round(actor_cpus, 4)},
+        "threads": threads,
+        "decode_cpus": CPU_DECODE_CPUS,
+        "decode_tasks": max(1, int(spare // CPU_DECODE_CPUS + 1e-9)),
+    }
 
 
 def _memory_report(d: dict) -> MemoryReport:
-    return MemoryReport(d["backend"], int(d["peak_bytes"]), dict(d.get("extra") or {}),
-                        int(d.get("baseline_bytes") or 0))
+    return MemoryReport(
+        d["backend"], int(d["peak_bytes"]), dict(d.get("extra") or {}), int(d.get("baseline_bytes") or 0)
+    )
 
 
-def _dataset(plan: RunPlan, spec: ModelSpec, source: ProcessorSource, be: Backend, place: dict,
-             crash_marker: str | None, ctx):
+def _dataset(
+    plan: RunPlan, spec: ModelSpec, source: ProcessorSource, be: Backend, place: dict, crash_marker: str | None, ctx
+):
     ctx.enable_progress_bars = False  # the caller's progress display reports the batches
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-    items = [{"batch": bi, "tasks": json.dumps([[str(it.path), it.page, it.file.content_hash, it.width, it.height]
-                                                for it in plan.batch_items(bi)])}
-             for bi in range(len(plan.batches))]
+    items = [
+        {
+            "batch": bi,
+            "tasks": json.dumps(
+                [[str(it.path), it.page, it.file.content_hash, it.width, it.height] for it in plan.batch_items(bi)]
+            ),
+        }
+        for bi in range(len(plan.batches))
+    ]
     src = {"source": dataclasses.asdict(source)}
     with warnings.catch_warnings():
         # max_retries / max_restarts / max_task_retries still go through **ray_remote_args in Ray 2.60.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(_decode_stage, batch_size=1, batch_format="numpy", fn_kwargs=src,
-                            compute=ray.data.TaskPoolStrategy(size=place["decode_tasks"]),
-                            num_cpus=place["decode_cpus"], max_retries=DECODE_MAX_RETRIES)
         ds = ds.map_batches(
-            EmbedWorker, batch_size=1, batch_format="numpy",
+            _decode_stage,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs=src,
+            compute=ray.data.TaskPoolStrategy(size=place["decode_tasks"]),
+            num_cpus=place["decode_cpus"],
+            max_retries=DECODE_MAX_RETRIES,
+        )
+        ds = ds.map_batches(
+            EmbedWorker,
+            batch_size=1,
+            batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=place["workers"]),
-            fn_constructor_kwargs={"spec": dataclasses.asdict(spec), "backend_name": be.name,
-                                   "dtype_name": be.dtype_name, "threads": place["threads"],
-                                   "crash_marker": crash_marker},
-            max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES, **place["actor"])
+            fn_constructor_kwargs={
+                "spec": dataclasses.asdict(spec),
+                "backend_name": be.name,
+                "dtype_name": be.dtype_name,
+                "threads": place["threads"],
+                "crash_marker": crash_marker,
+            },
+            max_restarts=ACTOR_MAX_RESTARTS,
+            max_task_retries=ACTOR_MAX_TASK_RETRIES,
+            **place["actor"],
+        )
     return ds
 
 
@@ -377,9 +456,17 @@ class RayExecutor:
     batches).  ``crash_marker`` (tests; also ``$NOMIC_MEMORY_RAY_CRASH_MARKER``): the first actor
     to find that file missing creates it and kills its own process."""
 
-    def __init__(self, spec: ModelSpec, backend: Backend | None, resolved: ResolvedModel, *,
-                 workers: int | None = None, ray_address: str | None = None, gpus_per_worker: float = 1.0,
-                 crash_marker: str | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        backend: Backend | None,
+        resolved: ResolvedModel,
+        *,
+        workers: int | None = None,
+        ray_address: str | None = None,
+        gpus_per_worker: float = 1.0,
+        crash_marker: str | None = None,
+    ):
         if not resolved.local:  # every worker loads the commit the driver resolved
             spec = dataclasses.replace(spec, name=resolved.model_id, variant=None, revision=resolved.revision)
         else:
@@ -412,16 +499,25 @@ class RayExecutor:
     def run(self, plan: RunPlan) -> Iterator[BatchResult]:
         place = _placement(self.backend, self.cluster, self.workers, self.gpus_per_worker)
         # An actor without a batch to run would only cost a model load.
-        place = _placement(self.backend, self.cluster, max(1, min(place["workers"], len(plan.batches))),
-                           self.gpus_per_worker)
-        log.info("Ray cluster: %s; %d model worker(s) on %s (%s each)",
-                 {k: v for k, v in self.cluster.items() if k in ("CPU", "GPU")}, place["workers"],
-                 self.backend.name, place["actor"])
+        place = _placement(
+            self.backend, self.cluster, max(1, min(place["workers"], len(plan.batches))), self.gpus_per_worker
+        )
+        log.info(
+            "Ray cluster: %s; %d model worker(s) on %s (%s each)",
+            {k: v for k, v in self.cluster.items() if k in ("CPU", "GPU")},
+            place["workers"],
+            self.backend.name,
+            place["actor"],
+        )
         r = self.resolved
-        source = (ProcessorSource(str(r.source), r.kind, self.spec.max_visual_tokens) if r.local else
-                  ProcessorSource(r.model_id, r.kind, self.spec.max_visual_tokens, r.revision))
-        ds = _dataset(plan, self.spec, source, self.backend, place, self.crash_marker,
-                      ray.data.DataContext.get_current())
+        source = (
+            ProcessorSource(str(r.source), r.kind, self.spec.max_visual_tokens)
+            if r.local
+            else ProcessorSource(r.model_id, r.kind, self.spec.max_visual_tokens, r.revision)
+        )
+        ds = _dataset(
+            plan, self.spec, source, self.backend, place, self.crash_marker, ray.data.DataContext.get_current()
+        )
         it = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
         try:
             for out in it:
@@ -456,8 +552,13 @@ class RayExecutor:
         caps = [int(m["cap"]) for m in ws.values() if m.get("cap")]
         report.final_batch_cap = min(caps) if caps else 0
         for w, m in sorted(ws.items()):
-            log.info("worker %s: model loaded in %.2f s, %.2f s in forward passes, peak %.1f MB", w,
-                     m["load_seconds"], m["busy_seconds"], m["memory"]["peak_bytes"] / 2**20)
+            log.info(
+                "worker %s: model loaded in %.2f s, %.2f s in forward passes, peak %.1f MB",
+                w,
+                m["load_seconds"],
+                m["busy_seconds"],
+                m["memory"]["peak_bytes"] / 2**20,
+            )
 
     def close(self) -> None:
         if self._ctx_saved is not None:

@@ -69,8 +69,17 @@ def _files(root: Path, wanted: Mapping[str, set[int] | None], out: Outcome) -> t
     return files, todo
 
 
-def reembed(store, table: EmbeddingTable, executor: Executor, root: Path, wanted: Mapping[str, set[int] | None],
-            replaces: dict[tuple[str, int], list[int]], *, batch_size: int = 8, emit=None) -> Outcome:
+def reembed(
+    store,
+    table: EmbeddingTable,
+    executor: Executor,
+    root: Path,
+    wanted: Mapping[str, set[int] | None],
+    replaces: dict[tuple[str, int], list[int]],
+    *,
+    batch_size: int = 8,
+    emit=None,
+) -> Outcome:
     """Embed the ``wanted`` pages of files under ``root`` (paths as ``os.fsdecode`` gives them)
     into ``table``, deleting the rows ``replaces`` names for each page written."""
     out = Outcome()

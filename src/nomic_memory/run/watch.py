@@ -192,8 +192,17 @@ def _inputs_under(folder: Path) -> list[Path]:
 _EVENTS = ("created", "modified", "moved", "deleted", "closed")
 # Never opened / closed-without-writing / attribute events: reading a file (which every run does,
 # to hash it) must not mark it changed.
-EVENT_FILTER = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
-                DirCreatedEvent, DirMovedEvent, DirDeletedEvent, EventsLostEvent]
+EVENT_FILTER = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+    EventsLostEvent,
+]
 
 
 class _Handler(FileSystemEventHandler):
@@ -225,8 +234,13 @@ class WatchListener:
         return None
 
     def run_finished(self, report: RunReport, trigger: str, paths: list[Path] | None) -> None:
-        log.info("%s: %d embedded, %d pruned, %d failed", report.directory, report.embedded, report.pruned,
-                 len(report.failed))
+        log.info(
+            "%s: %d embedded, %d pruned, %d failed",
+            report.directory,
+            report.embedded,
+            report.pruned,
+            len(report.failed),
+        )
 
     def error(self, root: Path, message: str) -> None:
         log.error("%s: %s", root, message)
@@ -242,8 +256,14 @@ class Watcher:
     on the first change that needs it and kept.  :meth:`stop` may be called from any thread or a
     signal handler."""
 
-    def __init__(self, embedder, roots: Iterable[str | Path], store: str | Path | Store | None = None,
-                 options: WatchOptions | None = None, listener: WatchListener | None = None):
+    def __init__(
+        self,
+        embedder,
+        roots: Iterable[str | Path],
+        store: str | Path | Store | None = None,
+        options: WatchOptions | None = None,
+        listener: WatchListener | None = None,
+    ):
         self.embedder = embedder
         self.roots = [Path(r).expanduser().resolve() for r in roots]
         if not self.roots:
@@ -277,8 +297,11 @@ class Watcher:
                 obs.schedule(_Handler(root, self.changes), str(root), recursive=True, event_filter=EVENT_FILTER)
             obs.start()
         except OSError as e:
-            hint = (" (raise the limit: sysctl fs.inotify.max_user_watches / max_user_instances)"
-                    if e.errno in (24, 28) else "")
+            hint = (
+                " (raise the limit: sysctl fs.inotify.max_user_watches / max_user_instances)"
+                if e.errno in (24, 28)
+                else ""
+            )
             raise WatchError(f"cannot watch {', '.join(map(str, self.roots))}: {e.strerror or e}{hint}") from None
         self._observer = obs
 
@@ -326,8 +349,16 @@ class Watcher:
         o = self.options
         try:
             report = self.embedder.embed_directory(
-                root, self.store, paths=paths, prune=True, batch_size=o.batch_size, max_batch_tokens=o.max_batch_tokens,
-                workers=o.workers, table_name=o.table_name, on_event=emit)
+                root,
+                self.store,
+                paths=paths,
+                prune=True,
+                batch_size=o.batch_size,
+                max_batch_tokens=o.max_batch_tokens,
+                workers=o.workers,
+                table_name=o.table_name,
+                on_event=emit,
+            )
         except Stopped:
             return None
         except (ModelLoadError, BackendUnavailable, UsageError):

@@ -24,8 +24,8 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -44,8 +44,10 @@ def pooled_index_path(store: Store, table: EmbeddingTable) -> Path:
     """The pooled side dataset of ``table``: beside a local store (never inside the LanceDB
     database, whose table list must stay the store's tables)."""
     if not store.local:
-        raise SearchError(f"the pooled approximate index is kept beside a local store; {store.path} is "
-                          "remote: use --index-method lance (LanceDB's own index, stored in the table)")
+        raise SearchError(
+            f"the pooled approximate index is kept beside a local store; {store.path} is "
+            "remote: use --index-method lance (LanceDB's own index, stored in the table)"
+        )
     return Path(store.path) / APPROX_DIR / f"{table.name}-pooled.lance"
 
 
@@ -80,27 +82,44 @@ def resolve_method(store: Store, table: EmbeddingTable, method: str | None) -> s
     if method is None:
         method = "pooled" if has_pooled else "lance" if has_lance else None
     if method is None or (method == "pooled" and not has_pooled) or (method == "lance" and not has_lance):
-        raise SearchError(f"table {table.name!r} has no {method or 'approximate'} index: build one with "
-                          "`nomic-memory search --build-index` (or Index.build_approx_index())")
+        raise SearchError(
+            f"table {table.name!r} has no {method or 'approximate'} index: build one with "
+            "`nomic-memory search --build-index` (or Index.build_approx_index())"
+        )
     return method
 
 
 # ------------------------------------------------------------------ building
-def build_lance_index(table: EmbeddingTable, *, num_partitions: int | None = None,
-                      num_sub_vectors: int | None = None) -> dict:
+def build_lance_index(
+    table: EmbeddingTable, *, num_partitions: int | None = None, num_sub_vectors: int | None = None
+) -> dict:
     """(Re)build LanceDB's IVF_PQ index on the embedding column (cosine: the vectors are unit)."""
     t0 = time.perf_counter()
     ds = table.table.to_lance()
-    n_vec = int(np.asarray(ds.to_table(columns=["n_vectors"]).column("n_vectors").to_numpy(zero_copy_only=False),
-                           dtype=np.int64).sum())
+    n_vec = int(
+        np.asarray(
+            ds.to_table(columns=["n_vectors"]).column("n_vectors").to_numpy(zero_copy_only=False), dtype=np.int64
+        ).sum()
+    )
     parts = num_partitions or max(1, min(4096, int(np.sqrt(max(n_vec, 1)))))
     subv = num_sub_vectors or max(1, table.info.dim // 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table.table.create_index(metric="cosine", vector_column_name="embedding", index_type="IVF_PQ",
-                                 num_partitions=parts, num_sub_vectors=subv, replace=True)
-    return {"method": "lance", "num_partitions": parts, "num_sub_vectors": subv, "vectors": n_vec,
-            "seconds": round(time.perf_counter() - t0, 3)}
+        table.table.create_index(
+            metric="cosine",
+            vector_column_name="embedding",
+            index_type="IVF_PQ",
+            num_partitions=parts,
+            num_sub_vectors=subv,
+            replace=True,
+        )
+    return {
+        "method": "lance",
+        "num_partitions": parts,
+        "num_sub_vectors": subv,
+        "vectors": n_vec,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def _pool_documents(x, offsets: np.ndarray, pool_factor: int, iters: int):
@@ -133,7 +152,9 @@ def _pool_documents(x, offsets: np.ndarray, pool_factor: int, iters: int):
             c = c / c.norm(dim=2, keepdim=True).clamp_min(1e-12)
             grp = torch.bmm(d, c.transpose(1, 2)).argmax(dim=2)  # (B, n)
             new = torch.zeros_like(c).scatter_add_(1, grp.unsqueeze(2).expand(-1, -1, dim), d)
-            counts = torch.zeros((len(docs), m), dtype=torch.float32).scatter_add_(1, grp, torch.ones_like(grp, dtype=torch.float32))
+            counts = torch.zeros((len(docs), m), dtype=torch.float32).scatter_add_(
+                1, grp, torch.ones_like(grp, dtype=torch.float32)
+            )
             c = torch.where((counts > 0).unsqueeze(2), new, c)
         c = c / c.norm(dim=2, keepdim=True).clamp_min(1e-12)
         for j, i in enumerate(docs):
@@ -141,8 +162,16 @@ def _pool_documents(x, offsets: np.ndarray, pool_factor: int, iters: int):
     return out, [int(t.shape[0]) for t in out]
 
 
-def _pooled_batches(ds, info: TableInfo, schema: pa.Schema, pool_factor: int, iters: int, batch_rows: int,
-                    counters: dict, progress: Callable[[int, int], None] | None):
+def _pooled_batches(
+    ds,
+    info: TableInfo,
+    schema: pa.Schema,
+    pool_factor: int,
+    iters: int,
+    batch_rows: int,
+    counters: dict,
+    progress: Callable[[int, int], None] | None,
+):
     """The pooled copy of ``ds``, batch by batch: ``pos`` (the row's position in the table's
     ordered scan) and its pooled vectors (float16)."""
     import torch
@@ -167,37 +196,61 @@ def _pooled_batches(ds, info: TableInfo, schema: pa.Schema, pool_factor: int, it
             progress(base, rows)
 
 
-def build_pooled_index(table: EmbeddingTable, path: Path, *, pool_factor: int = 4, kmeans_iters: int = 4,
-                       batch_rows: int = 256, progress=None) -> dict:
+def build_pooled_index(
+    table: EmbeddingTable,
+    path: Path,
+    *,
+    pool_factor: int = 4,
+    kmeans_iters: int = 4,
+    batch_rows: int = 256,
+    progress=None,
+) -> dict:
     """Write the pooled side dataset for ``table`` to ``path`` (replacing any previous one)."""
     import lance
 
     if pool_factor < 1:
         raise UsageError("pool_factor must be at least 1")
     if table.info.kind != "colqwen":
-        raise SearchError("the pooled index is for ColQwen (multi-vector) tables; a BiQwen table holds one "
-                          "vector per image already: use method 'lance' (or exact search)")
+        raise SearchError(
+            "the pooled index is for ColQwen (multi-vector) tables; a BiQwen table holds one "
+            "vector per image already: use method 'lance' (or exact search)"
+        )
     t0 = time.perf_counter()
     info = table.info
     ds = table.table.to_lance()
     version, rows = ds.version, ds.count_rows()
-    meta = {"method": "pooled", "source_table": table.name, "source_version": version, "rows": rows,
-            "data_signature": data_signature(ds),
-            "pool_factor": pool_factor, "kmeans_iters": kmeans_iters, "fingerprint": info.fingerprint}
-    schema = pa.schema([pa.field("pos", pa.int64()), pa.field("embedding", pa.list_(pa.list_(pa.float16(), info.dim)))],
-                       metadata={APPROX_META: json.dumps(meta).encode()})
+    meta = {
+        "method": "pooled",
+        "source_table": table.name,
+        "source_version": version,
+        "rows": rows,
+        "data_signature": data_signature(ds),
+        "pool_factor": pool_factor,
+        "kmeans_iters": kmeans_iters,
+        "fingerprint": info.fingerprint,
+    }
+    schema = pa.schema(
+        [pa.field("pos", pa.int64()), pa.field("embedding", pa.list_(pa.list_(pa.float16(), info.dim)))],
+        metadata={APPROX_META: json.dumps(meta).encode()},
+    )
     counters = {"vectors": 0, "pooled": 0, "rows": rows}
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     reader = pa.RecordBatchReader.from_batches(
-        schema, _pooled_batches(ds, info, schema, pool_factor, kmeans_iters, batch_rows, counters, progress))
+        schema, _pooled_batches(ds, info, schema, pool_factor, kmeans_iters, batch_rows, counters, progress)
+    )
     # format 2.0: its plain encoding of list<fixed_size_list> scans ~6x cheaper than 2.1+ (measured)
     lance.write_dataset(reader, str(tmp), schema=schema, mode="create", data_storage_version="2.0")
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
-    return {**meta, "vectors": counters["vectors"], "pooled_vectors": counters["pooled"],
-            "seconds": round(time.perf_counter() - t0, 3), "path": str(path)}
+    return {
+        **meta,
+        "vectors": counters["vectors"],
+        "pooled_vectors": counters["pooled"],
+        "seconds": round(time.perf_counter() - t0, 3),
+        "path": str(path),
+    }
 
 
 def data_signature(ds) -> str:
@@ -224,8 +277,14 @@ def matching_mask(ds, where: str) -> np.ndarray:
     return np.isin(every, matching_row_ids(ds, where))
 
 
-def pooled_candidates(store: Store, table: EmbeddingTable, embs: Sequence[np.ndarray], depth: int,
-                      scan: ScanOptions, where: str | None = None) -> list[list[int]]:
+def pooled_candidates(
+    store: Store,
+    table: EmbeddingTable,
+    embs: Sequence[np.ndarray],
+    depth: int,
+    scan: ScanOptions,
+    where: str | None = None,
+) -> list[list[int]]:
     """Each query's best ``depth`` rows (positions) by the pooled copy; refused if it is stale."""
     import lance
 
@@ -233,18 +292,20 @@ def pooled_candidates(store: Store, table: EmbeddingTable, embs: Sequence[np.nda
     side = lance.dataset(str(pooled_index_path(store, table)))
     meta = json.loads(side.schema.metadata[APPROX_META])
     if meta["data_signature"] != data_signature(ds):
-        raise SearchError(f"the approximate index of table {table.name!r} is out of date (the table "
-                          f"changed since it was built at version {meta['source_version']}); rebuild it with "
-                          "`nomic-memory search --build-index` or search without --approx")
+        raise SearchError(
+            f"the approximate index of table {table.name!r} is out of date (the table "
+            f"changed since it was built at version {meta['source_version']}); rebuild it with "
+            "`nomic-memory search --build-index` or search without --approx"
+        )
     side_info = TableInfo(**{**table.info.__dict__, "storage_dtype": "float16"})
     mask = matching_mask(ds, where) if where else None
-    top = scan.scan(side, side_info, embs, depth, batch_rows=4 * (scan.batch_rows or 32), column_meta=False,
-                    mask=mask)
+    top = scan.scan(side, side_info, embs, depth, batch_rows=4 * (scan.batch_rows or 32), column_meta=False, mask=mask)
     return [ps.tolist() for ps in top.pos]
 
 
-def lance_candidates(table: EmbeddingTable, embs: Sequence[np.ndarray], depth: int, nprobes: int | None = None,
-                     where: str | None = None) -> list[list[int]]:
+def lance_candidates(
+    table: EmbeddingTable, embs: Sequence[np.ndarray], depth: int, nprobes: int | None = None, where: str | None = None
+) -> list[list[int]]:
     """Each query's best ``depth`` rows (Lance row ids) by LanceDB's index, pre-filtered by ``where``."""
     info = table.info
     # LanceDB pre-filters; the matching ids are checked too, so a candidate outside the filter
@@ -265,8 +326,15 @@ def lance_candidates(table: EmbeddingTable, embs: Sequence[np.ndarray], depth: i
     return cands
 
 
-def rerank(ds, info: TableInfo, embs: Sequence[np.ndarray], k: int, cands: list[list[int]], scan: ScanOptions,
-           rowids: bool = False) -> list[TopK]:
+def rerank(
+    ds,
+    info: TableInfo,
+    embs: Sequence[np.ndarray],
+    k: int,
+    cands: list[list[int]],
+    scan: ScanOptions,
+    rowids: bool = False,
+) -> list[TopK]:
     """Exact scores of each query's own candidates (row positions, or Lance row ids), fetched
     from the table in one ``take``.  Ties break by candidate id."""
     union = sorted({c for cs in cands for c in cs})
@@ -297,6 +365,21 @@ def recall_at_k(approx: list[list], exact: list[list], k: int = 10) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
-__all__ = ["APPROX_DIR", "APPROX_META", "APPROX_METHODS", "approx_info", "build_lance_index", "build_pooled_index",
-           "data_signature", "lance_candidates", "lance_vector_index", "matching_mask", "matching_row_ids",
-           "pooled_candidates", "pooled_index_path", "recall_at_k", "rerank", "resolve_method"]
+__all__ = [
+    "APPROX_DIR",
+    "APPROX_META",
+    "APPROX_METHODS",
+    "approx_info",
+    "build_lance_index",
+    "build_pooled_index",
+    "data_signature",
+    "lance_candidates",
+    "lance_vector_index",
+    "matching_mask",
+    "matching_row_ids",
+    "pooled_candidates",
+    "pooled_index_path",
+    "recall_at_k",
+    "rerank",
+    "resolve_method",
+]

@@ -63,7 +63,7 @@ def _kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.n
 def _argmax_dot(x: np.ndarray, c: np.ndarray, block: int = 65536) -> np.ndarray:
     out = np.empty(len(x), np.int64)
     for a in range(0, len(x), block):
-        out[a:a + block] = np.argmax(x[a:a + block] @ c.T, axis=1)
+        out[a : a + block] = np.argmax(x[a : a + block] @ c.T, axis=1)
     return out
 
 
@@ -87,8 +87,8 @@ def train_codebook(sample: np.ndarray, s: Settings, seed: int = 0) -> tuple[np.n
             fine[c] = coarse[c]
             continue
         f = _kmeans(members, n_fine, s.iters, rng)
-        fine[c, :len(f)] = f
-        fine[c, len(f):] = f[0]  # duplicates of a real centroid: never preferred, always valid
+        fine[c, : len(f)] = f
+        fine[c, len(f) :] = f[0]  # duplicates of a real centroid: never preferred, always valid
     return coarse, fine.reshape(-1, x.shape[1])
 
 
@@ -103,7 +103,7 @@ def assign(x: np.ndarray, coarse: np.ndarray, centroids: np.ndarray) -> np.ndarr
     order = np.argsort(top, kind="stable")
     bounds = np.searchsorted(top[order], np.arange(len(coarse) + 1))
     for c in range(len(coarse)):
-        rows = order[bounds[c]:bounds[c + 1]]
+        rows = order[bounds[c] : bounds[c + 1]]
         if len(rows):
             codes[rows] = c * n_fine + np.argmax(x[rows] @ fine[c].T, axis=1)
     return codes
@@ -148,8 +148,9 @@ class CodeIndex:
     def n(self) -> int:
         return len(self.code_offsets) - 1
 
-    def candidates(self, q: np.ndarray, s: Settings, allowed: np.ndarray | None = None,
-                   depth: int | None = None) -> np.ndarray:
+    def candidates(
+        self, q: np.ndarray, s: Settings, allowed: np.ndarray | None = None, depth: int | None = None
+    ) -> np.ndarray:
         """The entries (indices) of the ``depth`` best pages for one query ``(T, dim)``, best
         first; ``allowed`` (bool per entry) restricts them."""
         depth = s.depth if depth is None else depth
@@ -245,5 +246,14 @@ def assemble(centroids: np.ndarray, code_parts: list, count_parts: list) -> Code
     return CodeIndex(centroids, offs, codes.astype(code_dtype(K)), inv_o, inv_e)
 
 
-__all__ = ["CodeIndex", "Settings", "assemble", "assign", "build_code_index", "code_dtype", "inverted_lists",
-           "page_code_sets", "train_codebook"]
+__all__ = [
+    "CodeIndex",
+    "Settings",
+    "assemble",
+    "assign",
+    "build_code_index",
+    "code_dtype",
+    "inverted_lists",
+    "page_code_sets",
+    "train_codebook",
+]

@@ -76,15 +76,22 @@ class Hit:
 
 def to_hits(top: TopK, via: str = "exact") -> list[list[Hit]]:
     """Hits of a scan made with row metadata (``column_meta``), one list per query."""
-    return [[Hit(i + 1, score, *meta, via=via) for i, (score, meta) in enumerate(rows)] for rows in top.results()]
+    return [
+        [Hit(i + 1, score, *(meta or ()), via=via) for i, (score, meta) in enumerate(rows)]  # type: ignore[misc]
+        for rows in top.results()
+    ]
 
 
 # ------------------------------------------------------------------ where
-_SQL_WORDS = frozenset("""and or not like ilike in is null true false between as cast try_cast escape similar to
+_SQL_WORDS = frozenset(
+    """and or not like ilike in is null true false between as cast try_cast escape similar to
     case when then else end distinct from int integer bigint smallint tinyint float double real decimal
-    varchar string text boolean date timestamp interval""".split())
-_SQL_TOKEN = re.compile(r"""'(?:[^']|'')*'|(?P<open>')|"(?P<dq>(?:[^"]|"")*)"|`(?P<bq>[^`]*)`"""
-                        r"""|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|(?P<word>[A-Za-z_][A-Za-z0-9_]*)(?P<call>\s*\()?""")
+    varchar string text boolean date timestamp interval""".split()
+)
+_SQL_TOKEN = re.compile(
+    r"""'(?:[^']|'')*'|(?P<open>')|"(?P<dq>(?:[^"]|"")*)"|`(?P<bq>[^`]*)`"""
+    r"""|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|(?P<word>[A-Za-z_][A-Za-z0-9_]*)(?P<call>\s*\()?"""
+)
 
 
 def _lance_reason(e: Exception) -> str:
@@ -105,8 +112,9 @@ def check_where(ds, where: str | None) -> str | None:
             continue
         name = m.group("dq") or m.group("bq") or (m.group("word") or "").lower()
         if name and name not in WHERE_COLUMNS:
-            raise SearchError(f"invalid where {where!r}: unknown column {name!r} "
-                              f"(a filter can use {', '.join(WHERE_COLUMNS)})")
+            raise SearchError(
+                f"invalid where {where!r}: unknown column {name!r} (a filter can use {', '.join(WHERE_COLUMNS)})"
+            )
     try:
         ds.scanner(filter=where, columns=[], with_row_id=True).explain_plan()
     except Exception as e:  # Lance raises ValueError/OSError with a Rust trace; the user needs the reason
@@ -125,14 +133,19 @@ def check_model(lm, info: TableInfo) -> list[str]:
     if lm.revision != info.revision:
         problems.append(f"model revision {lm.revision} differs from the table's {info.revision}")
     if info.fingerprint and info.fingerprint not in _fingerprints(lm):
-        problems.append(f"projection fingerprint {lm.fingerprint} differs from the table's {info.fingerprint}"
-                        f" (a different custom_text_proj: another seed, checkpoint or dtype)")
+        problems.append(
+            f"projection fingerprint {lm.fingerprint} differs from the table's {info.fingerprint}"
+            f" (a different custom_text_proj: another seed, checkpoint or dtype)"
+        )
     return problems
 
 
 def _fingerprints(lm) -> frozenset[str]:
     """Every fingerprint a table made with ``lm``'s projection may record (whatever the dtype)."""
-    from nomic_memory.model.loading import fingerprint_variants  # late: torch (a second); a search by embeddings needs none
+    from nomic_memory.model.loading import (
+        fingerprint_variants,  # late: torch (a second); a search by embeddings needs none
+    )
+
     return getattr(lm, "fingerprints", None) or fingerprint_variants(lm.model)
 
 
@@ -140,9 +153,12 @@ def _as_loaded_model(model):
     """A ``LoadedModel`` from ``model``: one itself, or an object holding one as ``.loaded``
     (an :class:`~nomic_memory.api.Embedder`)."""
     from nomic_memory.model.loading import LoadedModel  # late: torch, as above
+
     lm = getattr(model, "loaded", model)
     if not isinstance(lm, LoadedModel):
-        raise WrongTypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), not {type(model).__name__}")
+        raise WrongTypeError(
+            f"model must be a LoadedModel or hold one as .loaded (an Embedder), not {type(model).__name__}"
+        )
     return lm
 
 
@@ -150,7 +166,10 @@ def _holds_model(model) -> bool:
     """``model`` is a ``LoadedModel`` or has a ``loaded`` attribute (without reading it, which
     would load an Embedder's model)."""
     from nomic_memory.model.loading import LoadedModel  # late: torch, as above
-    return isinstance(model, LoadedModel) or hasattr(type(model), "loaded") or "loaded" in getattr(model, "__dict__", {})
+
+    return (
+        isinstance(model, LoadedModel) or hasattr(type(model), "loaded") or "loaded" in getattr(model, "__dict__", {})
+    )
 
 
 def _query_list(queries) -> list:
@@ -210,11 +229,23 @@ class Index:
     the same way.
     """
 
-    def __init__(self, store: Store, table: EmbeddingTable, *, backend: str = "auto",
-                 model_name: str | None = None, model=None, allow_mismatch: bool = False,
-                 template: str | None = None, device: str | None = None, batch_rows: int | None = None,
-                 tile_vectors: int | None = None, workers: int | None = None, index_min_rows: int | None = None,
-                 index_wait: bool = False):
+    def __init__(
+        self,
+        store: Store,
+        table: EmbeddingTable,
+        *,
+        backend: str = "auto",
+        model_name: str | None = None,
+        model=None,
+        allow_mismatch: bool = False,
+        template: str | None = None,
+        device: str | None = None,
+        batch_rows: int | None = None,
+        tile_vectors: int | None = None,
+        workers: int | None = None,
+        index_min_rows: int | None = None,
+        index_wait: bool = False,
+    ):
         self.store = store
         # the first-stage index is used from this many rows on (None: liveindex.min_rows());
         # index_wait: a search waits for another process's index update instead of scoring
@@ -234,8 +265,9 @@ class Index:
         self.tile_vectors = tile_vectors
         self.workers = workers
         if model is not None and not _holds_model(model):
-            raise WrongTypeError(f"model must be a LoadedModel or hold one as .loaded (an Embedder), "
-                            f"not {type(model).__name__}")
+            raise WrongTypeError(
+                f"model must be a LoadedModel or hold one as .loaded (an Embedder), not {type(model).__name__}"
+            )
         self._given = model  # an Embedder may load its model lazily: resolved on first use
         self._lm = None
         self._model_lock = threading.Lock()
@@ -244,10 +276,13 @@ class Index:
         self.warnings: list[str] = []
 
     @classmethod
-    def open(cls, path: str | Path | Store | None = None, table: str | None = None, backend: str = "auto",
-             **kwargs) -> Index:
+    def open(
+        cls, path: str | Path | Store | None = None, table: str | None = None, backend: str = "auto", **kwargs
+    ) -> Index:
         """Open ``table`` (default: the store's only table) of the store at ``path``."""
-        store = path if isinstance(path, Store) else Store(path if path is not None else default_store_path(), create=False)
+        store = (
+            path if isinstance(path, Store) else Store(path if path is not None else default_store_path(), create=False)
+        )
         t = store.open_table(table) if table else store.only_table()
         return cls(store, t, backend=backend, **kwargs)
 
@@ -271,6 +306,7 @@ class Index:
     def _load_model(self):
         from nomic_memory.model.backends import select_backend  # late: torch, as above
         from nomic_memory.model.loading import load_model  # late: torch, as above
+
         info = self.info
         name = self.model_name or info.model_id
         pin = None
@@ -282,8 +318,14 @@ class Index:
                 warnings.simplefilter("ignore")
                 return load_model(name, None, backend=be, kind=info.kind, seed=info.seed, revision=pin)
         except ModelLoadError as e:
-            hint = "" if self.model_name else (f" (the table {self.table.name!r} was embedded with {info.model_id}; "
-                                               "pass --model-name to load it from elsewhere)")
+            hint = (
+                ""
+                if self.model_name
+                else (
+                    f" (the table {self.table.name!r} was embedded with {info.model_id}; "
+                    "pass --model-name to load it from elsewhere)"
+                )
+            )
             raise ModelLoadError(f"{e}{hint}") from None
 
     def _check_model(self, lm) -> None:
@@ -292,11 +334,15 @@ class Index:
         problems = check_model(lm, info)
         if not problems:
             return
-        msg = (f"the query model {lm.model_id} does not match table {self.table.name!r} "
-               f"(embedded with {info.model_id}): " + "; ".join(problems))
+        msg = (
+            f"the query model {lm.model_id} does not match table {self.table.name!r} "
+            f"(embedded with {info.model_id}): " + "; ".join(problems)
+        )
         if not self.allow_mismatch:
-            raise ModelMismatchError(msg + ". Its scores would be meaningless; use the model the table was "
-                                     "embedded with, re-embed, or pass --allow-mismatch to search anyway.")
+            raise ModelMismatchError(
+                msg + ". Its scores would be meaningless; use the model the table was "
+                "embedded with, re-embed, or pass --allow-mismatch to search anyway."
+            )
         if lm.kind != info.kind or lm.dim != info.dim:
             raise ModelMismatchError(msg)
         log.warning("%s (--allow-mismatch: searching anyway)", msg)
@@ -310,8 +356,9 @@ class Index:
         return "cpu"
 
     def _scan(self) -> ScanOptions:
-        return ScanOptions(device=self._device(), batch_rows=self.batch_rows, tile_vectors=self.tile_vectors,
-                           workers=self.workers)
+        return ScanOptions(
+            device=self._device(), batch_rows=self.batch_rows, tile_vectors=self.tile_vectors, workers=self.workers
+        )
 
     # ---- query embedding
     def embed_queries(self, queries) -> list[np.ndarray]:
@@ -320,22 +367,28 @@ class Index:
         query, embedded as stored images are.  A path may name a page of a document:
         ``Path("report.pdf#3")``, or ``Path("report.pdf")`` for page 1.  A single query is taken
         as a list of one."""
-        from nomic_memory.model.queries import check_queries, embed_any_queries  # late: transformers' model code (seconds)
+        from nomic_memory.model.queries import (  # late: transformers' model code (seconds)
+            check_queries,
+            embed_any_queries,
+        )
+
         queries = _query_list(queries)
         check_queries(queries)  # before the model loads
         return embed_any_queries(self.model, queries, template=self.template)
 
     # ---- search
-    def search(self, query, k: int = 10, *, exact: bool = False, approx: bool = False, where: str | None = None,
-               **kw) -> list[Hit]:
+    def search(
+        self, query, k: int = 10, *, exact: bool = False, approx: bool = False, where: str | None = None, **kw
+    ) -> list[Hit]:
         """The ``k`` best images for one query: a text ``str``, or an image: a ``PIL.Image`` or a
         ``pathlib.Path`` to an image file or a document page (``Path("report.pdf#3")``; page 1
         without ``#N``).  ``where``: only rows matching this SQL predicate; ``exact``: score every
         row (never the first-stage index)."""
         return self.search_many([query], k, exact=exact, approx=approx, where=where, **kw)[0]
 
-    def search_many(self, queries, k: int = 10, *, exact: bool = False, approx: bool = False,
-                    where: str | None = None, **kw) -> list[list[Hit]]:
+    def search_many(
+        self, queries, k: int = 10, *, exact: bool = False, approx: bool = False, where: str | None = None, **kw
+    ) -> list[list[Hit]]:
         """Several queries sharing one scan of the table (one list of hits per query)."""
         check_k(k)  # before a query is embedded
         queries = _query_list(queries)
@@ -343,9 +396,18 @@ class Index:
             return []
         return self.search_embeddings(self.embed_queries(queries), k, exact=exact, approx=approx, where=where, **kw)
 
-    def search_embeddings(self, embeddings, k: int = 10, *, exact: bool = False, approx: bool = False,
-                          where: str | None = None, rerank: int | None = None, nprobes: int | None = None,
-                          method: str | None = None) -> list[list[Hit]]:
+    def search_embeddings(
+        self,
+        embeddings,
+        k: int = 10,
+        *,
+        exact: bool = False,
+        approx: bool = False,
+        where: str | None = None,
+        rerank: int | None = None,
+        nprobes: int | None = None,
+        method: str | None = None,
+    ) -> list[list[Hit]]:
         """Search with precomputed query embeddings (float32 ``(tokens, dim)`` / ``(dim,)``; one
         such array is one query).
 
@@ -400,8 +462,10 @@ class Index:
             inside = np.isin(view.rowids, match)
             allowed = inside if allowed is None else allowed & inside
             tail = tail[np.isin(tail, match)]
-        cands = [np.union1d(view.rowids[ents], tail).astype(np.int64).tolist()
-                 for ents in self._candidates(view, embs, depth, allowed)]
+        cands = [
+            np.union1d(view.rowids[ents], tail).astype(np.int64).tolist()
+            for ents in self._candidates(view, embs, depth, allowed)
+        ]
         tops = _approx.rerank(ds, self.info, embs, k, cands, self._scan(), rowids=True)
         return [to_hits(top, via="index")[0] for top in tops]
 
@@ -422,8 +486,10 @@ class Index:
         embs = [np.asarray(e, dtype=np.float32) for e in embeddings]
         for e in embs:
             if e.shape[-1] != self.info.dim:
-                raise SearchError(f"query embedding is {e.shape[-1]}-d but table {self.table.name!r} holds "
-                                  f"{self.info.dim}-d embeddings")
+                raise SearchError(
+                    f"query embedding is {e.shape[-1]}-d but table {self.table.name!r} holds "
+                    f"{self.info.dim}-d embeddings"
+                )
         return embs
 
     # ---- approximate index
@@ -435,9 +501,17 @@ class Index:
         """What the approximate index holds (None if there is none)."""
         return _approx.approx_info(self.store, self.table)
 
-    def build_approx_index(self, method: str = "pooled", *, pool_factor: int = 4, kmeans_iters: int = 4,
-                           num_partitions: int | None = None, num_sub_vectors: int | None = None,
-                           batch_rows: int = 256, progress=None) -> dict:
+    def build_approx_index(
+        self,
+        method: str = "pooled",
+        *,
+        pool_factor: int = 4,
+        kmeans_iters: int = 4,
+        num_partitions: int | None = None,
+        num_sub_vectors: int | None = None,
+        batch_rows: int = 256,
+        progress=None,
+    ) -> dict:
         """Build (or rebuild) the approximate index (see :mod:`nomic_memory.search.approx`); returns its
         description."""
         if method not in _approx.APPROX_METHODS:
@@ -445,13 +519,29 @@ class Index:
         if method == "lance":
             return _approx.build_lance_index(self.table, num_partitions=num_partitions, num_sub_vectors=num_sub_vectors)
         if self.info.kind != "colqwen":
-            raise SearchError("the pooled index is for ColQwen (multi-vector) tables; a BiQwen table holds one "
-                              "vector per image already: use method 'lance' (or exact search)")
-        return _approx.build_pooled_index(self.table, self.approx_path("pooled"), pool_factor=pool_factor,
-                                          kmeans_iters=kmeans_iters, batch_rows=batch_rows, progress=progress)
+            raise SearchError(
+                "the pooled index is for ColQwen (multi-vector) tables; a BiQwen table holds one "
+                "vector per image already: use method 'lance' (or exact search)"
+            )
+        return _approx.build_pooled_index(
+            self.table,
+            self.approx_path("pooled"),
+            pool_factor=pool_factor,
+            kmeans_iters=kmeans_iters,
+            batch_rows=batch_rows,
+            progress=progress,
+        )
 
-    def _approx_search(self, ds, embs: list[np.ndarray], k: int, rerank: int | None, nprobes: int | None,
-                       method: str | None, where: str | None) -> list[list[Hit]]:
+    def _approx_search(
+        self,
+        ds,
+        embs: list[np.ndarray],
+        k: int,
+        rerank: int | None,
+        nprobes: int | None,
+        method: str | None,
+        where: str | None,
+    ) -> list[list[Hit]]:
         depth = max(k, rerank if rerank is not None else max(10 * k, 100))
         method = _approx.resolve_method(self.store, self.table, method)
         scan = self._scan()
@@ -472,7 +562,9 @@ class Index:
                 cols = [f.name for f in ds.schema if f.name != "embedding"]
                 meta = ds.to_table(columns=cols, scan_in_order=True)
                 keys = meta.select(["root", "path", "page"]).to_pydict()
-                ids = {row_id(r, p, pg): i for i, (r, p, pg) in enumerate(zip(keys["root"], keys["path"], keys["page"]))}
+                ids = {
+                    row_id(r, p, pg): i for i, (r, p, pg) in enumerate(zip(keys["root"], keys["path"], keys["page"]))
+                }
                 self._rows_cache = (ds, meta, ids)
             return self._rows_cache
 
@@ -501,5 +593,14 @@ class Index:
         return embedding_to_numpy(t.column("embedding")[0], self.info.kind, self.info.dim)
 
 
-__all__ = ["Hit", "Index", "SearchError", "ModelMismatchError", "WHERE_COLUMNS", "check_model", "check_where",
-           "row_id", "to_hits"]
+__all__ = [
+    "Hit",
+    "Index",
+    "SearchError",
+    "ModelMismatchError",
+    "WHERE_COLUMNS",
+    "check_model",
+    "check_where",
+    "row_id",
+    "to_hits",
+]

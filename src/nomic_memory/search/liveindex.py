@@ -36,6 +36,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import numpy as np
 import pyarrow as pa
@@ -75,8 +76,9 @@ def table_rows(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mark = "embedding_checksum" if "embedding_checksum" in ds.schema.names else "embedded_at"
     t = ds.to_table(columns=["root", "path", "page", mark], with_row_id=True)
     d = t.select(["root", "path", "page"]).to_pydict()
-    keys = np.fromiter((key_u64(r, p, pg) for r, p, pg in zip(d["root"], d["path"], d["page"])),
-                       dtype=np.uint64, count=t.num_rows)
+    keys = np.fromiter(
+        (key_u64(r, p, pg) for r, p, pg in zip(d["root"], d["path"], d["page"])), dtype=np.uint64, count=t.num_rows
+    )
     sums = t.column(mark).cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     return keys, sums, t.column("_rowid").to_numpy().astype(np.uint64)
 
@@ -92,7 +94,7 @@ class State:
     rowids: np.ndarray
     codes: fs.CodeIndex | None = None  # ColQwen
     coarse: np.ndarray | None = None
-    vectors: object | None = None  # usearch Index (BiQwen)
+    vectors: Any = None  # usearch Index (BiQwen)
     path: Path | None = None
 
     @property
@@ -126,7 +128,7 @@ def _write_generation(base: Path, st: State) -> str:
     for a in _ARRAYS:
         np.save(tmp / f"{a}.npy", getattr(st, a))
     if st.codes is not None:
-        np.save(tmp / "coarse.npy", st.coarse)
+        np.save(tmp / "coarse.npy", np.asarray(st.coarse))
         for a in _CODE_ARRAYS:
             np.save(tmp / f"{a}.npy", getattr(st.codes, a))
     if st.vectors is not None:
@@ -168,8 +170,12 @@ def _load_generation(gen: Path, kind: str) -> State:
         st.coarse = np.load(gen / "coarse.npy")
         st.codes = fs.CodeIndex(np.asarray(c["centroids"]), *(c[a] for a in _CODE_ARRAYS[1:]))
         ci = st.codes
-        if (len(ci.code_offsets) != n + 1 or int(ci.code_offsets[-1]) != len(ci.codes)
-                or len(ci.inv_entries) != len(ci.codes) or len(ci.inv_offsets) != len(ci.centroids) + 1):
+        if (
+            len(ci.code_offsets) != n + 1
+            or int(ci.code_offsets[-1]) != len(ci.codes)
+            or len(ci.inv_entries) != len(ci.codes)
+            or len(ci.inv_offsets) != len(ci.centroids) + 1
+        ):
             raise IndexUnusable(f"index generation {gen.name} is inconsistent")
     else:
         from usearch.index import Index as UIndex
@@ -239,7 +245,11 @@ class LiveIndex:
         info = self.table.info
         m = st.meta
         return (m.get("kind"), m.get("dim"), m.get("fingerprint"), m.get("model_id")) == (
-            info.kind, info.dim, info.fingerprint, info.model_id)
+            info.kind,
+            info.dim,
+            info.fingerprint,
+            info.model_id,
+        )
 
     @contextlib.contextmanager
     def _file_lock(self, wait: bool):
@@ -299,8 +309,9 @@ class LiveIndex:
     def _cleanup(self, keep: str) -> None:
         now = time.time()
         for p in self.base.iterdir():
-            if p.name == keep or not (p.name.startswith("gen-") or p.name.startswith(".tmp-")
-                                      or p.name.startswith(".CURRENT-")):
+            if p.name == keep or not (
+                p.name.startswith("gen-") or p.name.startswith(".tmp-") or p.name.startswith(".CURRENT-")
+            ):
                 continue
             try:
                 if now - p.stat().st_mtime > OLD_GENERATION_GRACE or p.name.startswith(".tmp-"):
@@ -314,12 +325,22 @@ class LiveIndex:
         unchanged, plus the rows it does not cover, indexed now.  Returns it and how many rows
         were indexed."""
         keys, sums, rowids = table_rows(ds)
-        keep, rows_new = _match(old, keys, sums) if old is not None else (np.zeros((0, 2), np.int64),
-                                                                          np.arange(len(keys)))
+        keep, rows_new = (
+            _match(old, keys, sums) if old is not None else (np.zeros((0, 2), np.int64), np.arange(len(keys)))
+        )
         info = self.table.info
-        meta = {"format": FORMAT, "version": int(ds.version), "rows": len(keys), "kind": info.kind, "dim": info.dim,
-                "fingerprint": info.fingerprint, "model_id": info.model_id, "table": self.table.name,
-                "settings": asdict(self.settings), "updated_at": time.time()}
+        meta = {
+            "format": FORMAT,
+            "version": int(ds.version),
+            "rows": len(keys),
+            "kind": info.kind,
+            "dim": info.dim,
+            "fingerprint": info.fingerprint,
+            "model_id": info.model_id,
+            "table": self.table.name,
+            "settings": asdict(self.settings),
+            "updated_at": time.time(),
+        }
         if old is not None:
             meta["settings"] = old.meta.get("settings", meta["settings"])
             meta["built_at"] = old.meta.get("built_at")
@@ -336,19 +357,20 @@ class LiveIndex:
         st.meta["rows"] = st.n
         return st, len(rows_new)
 
-    def _update_codes(self, st: State, old: State | None, keep: np.ndarray, ds, new_rowids: np.ndarray,
-                      progress) -> None:
+    def _update_codes(
+        self, st: State, old: State | None, keep: np.ndarray, ds, new_rowids: np.ndarray, progress
+    ) -> None:
         s = fs.Settings(**st.meta["settings"])
-        if old is not None and old.codes is not None:
+        if old is not None and old.codes is not None and old.coarse is not None:
             coarse, cents = old.coarse, np.asarray(old.codes.centroids)
         else:
             coarse, cents = fs.train_codebook(_training_sample(ds, s), s)
         parts, counts = [], []
         if old is not None and old.codes is not None and len(keep):
-            c = old.codes
-            a, b = np.asarray(c.code_offsets[keep]), np.asarray(c.code_offsets[keep + 1])
+            oc = old.codes
+            a, b = np.asarray(oc.code_offsets[keep]), np.asarray(oc.code_offsets[keep + 1])
             lens = b - a
-            parts.append(np.asarray(c.codes)[fs._ranges(a, lens, int(lens.sum()))])
+            parts.append(np.asarray(oc.codes)[fs._ranges(a, lens, int(lens.sum()))])
             counts.append(lens.astype(np.int64))
         done = 0
         for vecs, offs in _vectors(ds, new_rowids, "colqwen"):
@@ -365,7 +387,7 @@ class LiveIndex:
         from usearch.index import Index as UIndex
 
         dim = self.table.info.dim
-        ix = UIndex(ndim=dim, metric="ip", dtype="i8", connectivity=16)
+        ix: Any = UIndex(ndim=dim, metric="ip", dtype="i8", connectivity=16)
         if old is not None and old.vectors is not None and old.path is not None:
             ix = UIndex.restore(str(old.path / "vectors.usearch"))  # a writable copy
             gone = np.setdiff1d(np.asarray(old.keys), np.asarray(old.keys)[keep])
@@ -373,12 +395,12 @@ class LiveIndex:
                 ix.remove(gone)
         a = 0
         for vecs, _ in _vectors(ds, new_rowids, "biqwen"):
-            ix.add(new_keys[a:a + len(vecs)], vecs)
+            ix.add(new_keys[a : a + len(vecs)], vecs)
             a += len(vecs)
         st.vectors = ix
 
 
-def _covers(st: State | None, ds) -> bool:
+def _covers(st: State | None, ds) -> TypeGuard[State]:
     """``st`` covers exactly the table version ``ds`` (the row count guards against a table
     dropped and made again, whose versions start over)."""
     return st is not None and st.version == ds.version and st.n == ds.count_rows()
@@ -390,10 +412,11 @@ def _match(old: State, keys: np.ndarray, sums: np.ndarray) -> tuple[np.ndarray, 
     where: dict[tuple[int, int], int] = {}
     for i, (k, s) in enumerate(zip(np.asarray(old.keys).tolist(), np.asarray(old.sums).tolist())):
         where.setdefault((k, s), i)  # a key indexed twice (never written so): the first entry
-    keep, new = [], []
+    keep: list[tuple[int, int]] = []
+    new: list[int] = []
     for j, (k, s) in enumerate(zip(keys.tolist(), sums.tolist())):
-        i = where.pop((k, s), None)
-        if i is None:
+        i = where.pop((k, s), -1)
+        if i < 0:
             new.append(j)
         else:
             keep.append((i, j))
@@ -422,7 +445,7 @@ def _training_sample(ds, s: fs.Settings) -> np.ndarray:
     pos = np.unique(np.linspace(0, n - 1, want).astype(np.int64)) if n else np.zeros(0, np.int64)
     parts = []
     for a in range(0, len(pos), TAKE_ROWS):
-        t = ds.take(pos[a:a + TAKE_ROWS], columns=["embedding"])
+        t = ds.take(pos[a : a + TAKE_ROWS], columns=["embedding"])
         parts.append(multivector_matrix(t.column("embedding"))[0].astype(np.float32))
     return np.concatenate(parts) if parts else np.zeros((0, 128), np.float32)
 
@@ -430,7 +453,7 @@ def _training_sample(ds, s: fs.Settings) -> np.ndarray:
 def _vectors(ds, rowids: np.ndarray, kind: str):
     """``(float32 vectors, offsets)`` of the rows ``rowids``, ``TAKE_ROWS`` rows at a time."""
     for a in range(0, len(rowids), TAKE_ROWS):
-        ids = [int(r) for r in rowids[a:a + TAKE_ROWS]]
+        ids = [int(r) for r in rowids[a : a + TAKE_ROWS]]
         col = ds._take_rows(ids, columns=["embedding"]).column("embedding")
         if kind == "colqwen":
             v, o = multivector_matrix(col)
@@ -451,10 +474,16 @@ def describe(store: Store, table: EmbeddingTable) -> dict:
     if st is None:
         return {"state": "none", "min_rows": min_rows()}
     current = table.version() == st.version
-    return {"state": "current" if current else "behind (caught up by the next search)", "rows": st.n,
-            "version": st.version, "table_version": table.version(), "bytes": st.nbytes(),
-            "bytes_per_row": round(st.nbytes() / max(st.n, 1), 1), "min_rows": min_rows(),
-            "kind": "centroid codes" if st.codes is not None else "usearch hnsw i8"}
+    return {
+        "state": "current" if current else "behind (caught up by the next search)",
+        "rows": st.n,
+        "version": st.version,
+        "table_version": table.version(),
+        "bytes": st.nbytes(),
+        "bytes_per_row": round(st.nbytes() / max(st.n, 1), 1),
+        "min_rows": min_rows(),
+        "kind": "centroid codes" if st.codes is not None else "usearch hnsw i8",
+    }
 
 
 # ------------------------------------------------------------------ check and repair
@@ -511,5 +540,17 @@ def repair(store: Store, table: EmbeddingTable) -> dict:
     return {"rebuilt": True, "entries": st.n, "version": st.version}
 
 
-__all__ = ["DEFAULT_MIN_ROWS", "INDEX_DIR", "IndexUnusable", "LiveIndex", "State", "View", "describe", "key_u64", "repair", "verify",
-           "min_rows", "table_rows"]
+__all__ = [
+    "DEFAULT_MIN_ROWS",
+    "INDEX_DIR",
+    "IndexUnusable",
+    "LiveIndex",
+    "State",
+    "View",
+    "describe",
+    "key_u64",
+    "repair",
+    "verify",
+    "min_rows",
+    "table_rows",
+]

@@ -23,8 +23,9 @@ def check_text_query(text: str, name: str = "query") -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise QueryError(f"{name}: not valid Unicode text (a lone surrogate {text[e.start]!r} at "
-                         f"character {e.start})") from None
+        raise QueryError(
+            f"{name}: not valid Unicode text (a lone surrogate {text[e.start]!r} at character {e.start})"
+        ) from None
     return text
 
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from nomic_memory.store.table import TableInfo
 from nomic_memory.errors import UsageError
+from nomic_memory.store.table import TableInfo
 
 # The row columns a hit reports (in a Hit's field order: path, root, page).
 META_COLUMNS = ["root", "path", "page"]
@@ -48,7 +48,7 @@ def fixed_size_list_matrix(arr: pa.Array) -> np.ndarray:
     dim = arr.type.list_size
     flat = _values_view(arr.values)  # .values ignores the slice offset
     start = arr.offset * dim
-    return flat[start:start + len(arr) * dim].reshape(len(arr), dim)
+    return flat[start : start + len(arr) * dim].reshape(len(arr), dim)
 
 
 def multivector_matrix(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +71,15 @@ class Scorer:
     faults than the fp16 -> fp32 conversion itself.
     """
 
-    def __init__(self, queries: Sequence[np.ndarray], kind: str, dim: int, *, device: str = "cpu",
-                 tile_vectors: int | None = None):
+    def __init__(
+        self,
+        queries: Sequence[np.ndarray],
+        kind: str,
+        dim: int,
+        *,
+        device: str = "cpu",
+        tile_vectors: int | None = None,
+    ):
         import torch
 
         self.torch = torch
@@ -91,14 +98,18 @@ class Scorer:
         else:
             qs = [q.reshape(dim) for q in qs]
         self.nq = len(qs)
-        self.Q = torch.from_numpy(np.ascontiguousarray(np.stack(qs) if kind != "colqwen" else np.concatenate(qs))).to(self.device)
+        self.Q = torch.from_numpy(np.ascontiguousarray(np.stack(qs) if kind != "colqwen" else np.concatenate(qs))).to(
+            self.device
+        )
         self.T = self.Q.shape[0]
         if tile_vectors is None:
             # S = Q @ X.T is (T, n): keep it and the float32 tile cache-sized for short queries,
             # large enough that the matmul dominates for long query batches.
             # (measured on one core: 8192 for 20-token queries, 2048 for 2000 query tokens)
             budget = 1 << 24 if self.device.type == "cuda" else 1 << 21
-            tile_vectors = int(min(max(budget // max(self.T, 1), 2048), 8192 if self.device.type != "cuda" else 1 << 20))
+            tile_vectors = int(
+                min(max(budget // max(self.T, 1), 2048), 8192 if self.device.type != "cuda" else 1 << 20)
+            )
         self.tile_vectors = max(1, int(tile_vectors))
         self._buf = None
         self._res = None
@@ -106,8 +117,9 @@ class Scorer:
     def _buffers(self, n: int):
         torch = self.torch
         if self._buf is None or self._buf.shape[0] < n:
-            self._buf = torch.empty((max(n, self.tile_vectors), self.dim), dtype=torch.float32, device=self.device)
-            self._res = torch.empty(self.T * self._buf.shape[0], dtype=torch.float32, device=self.device)
+            buf = torch.empty((max(n, self.tile_vectors), self.dim), dtype=torch.float32, device=self.device)
+            self._buf = buf
+            self._res = torch.empty(self.T * buf.shape[0], dtype=torch.float32, device=self.device)
         return self._buf, self._res
 
     def _load(self, x: np.ndarray):
@@ -138,8 +150,8 @@ class Scorer:
             out = np.empty((self.nq, n), dtype=np.float32)
             step = self.tile_vectors
             for a in range(0, n, step):
-                x = self._load(vectors[a:a + step])
-                out[:, a:a + x.shape[0]] = (self.Q @ x.T).cpu().numpy()
+                x = self._load(vectors[a : a + step])
+                out[:, a : a + x.shape[0]] = (self.Q @ x.T).cpu().numpy()
             return out
         assert offsets is not None
         n_docs = len(offsets) - 1
@@ -216,15 +228,15 @@ class TopK:
                     self.meta[p_] = m
             self.meta = {p_: self.meta[p_] for p_ in wanted}
 
-    def results(self) -> list[list[tuple[float, tuple]]]:
+    def results(self) -> list[list[tuple[float, tuple | None]]]:
         """Per query, best first: ``(score, meta)`` with ``meta`` what ``meta_of`` gave (the
         ``(path, root, page)`` of the row for a scan with ``column_meta``)."""
-        return [[(float(sc), self.meta.get(int(pp))) for sc, pp in zip(s, p)]
-                for s, p in zip(self.scores, self.pos)]
+        return [[(float(sc), self.meta.get(int(pp))) for sc, pp in zip(s, p)] for s, p in zip(self.scores, self.pos)]
 
 
 def meta_getter(batch) -> Callable[[np.ndarray], list[tuple]]:
     """``local row indices -> [(path, root, page)]`` of ``batch`` (a table without ``page`` is page 0)."""
+
     def get(local: np.ndarray) -> list[tuple]:
         idx = pa.array(np.asarray(local, dtype=np.int64))
         roots = batch.column("root").take(idx).to_pylist()
@@ -272,11 +284,21 @@ def _torch_single_threaded():
                 torch.set_num_threads(_threads_saved)
 
 
-
-def exact_scan(ds, info: TableInfo, queries: Sequence[np.ndarray], k: int, *, batch_rows: int | None = None,
-               tile_vectors: int | None = None, device: str = "cpu", column_meta: bool = True,
-               filter: str | None = None, workers: int | None = None, limit: int | None = None,
-               mask: np.ndarray | None = None) -> TopK:
+def exact_scan(
+    ds,
+    info: TableInfo,
+    queries: Sequence[np.ndarray],
+    k: int,
+    *,
+    batch_rows: int | None = None,
+    tile_vectors: int | None = None,
+    device: str = "cpu",
+    column_meta: bool = True,
+    filter: str | None = None,
+    workers: int | None = None,
+    limit: int | None = None,
+    mask: np.ndarray | None = None,
+) -> TopK:
     """Score every row of the Lance dataset ``ds`` against ``queries``; one streaming pass.
 
     Results do not depend on ``workers``, ``batch_rows`` or ``tile_vectors`` (see
@@ -291,8 +313,11 @@ def exact_scan(ds, info: TableInfo, queries: Sequence[np.ndarray], k: int, *, ba
     cols = (META_COLUMNS if column_meta else []) + ["embedding"]
     if batch_rows is None:
         batch_rows = 32 if info.kind == "colqwen" else 8192
-    batches = (b for b in ds.to_batches(columns=cols, batch_size=batch_rows, scan_in_order=True, filter=filter,
-                                        limit=limit) if b.num_rows)
+    batches = (
+        b
+        for b in ds.to_batches(columns=cols, batch_size=batch_rows, scan_in_order=True, filter=filter, limit=limit)
+        if b.num_rows
+    )
     base = 0
     with contextlib.closing(_scored_batches(batches, first, queries, info, workers)) as scored:
         for batch, scores in scored:
@@ -336,8 +361,9 @@ def _scored_batches(batches, first: Scorer, queries, info: TableInfo, workers: i
     def work(batch):
         sc = getattr(local, "scorer", None)
         if sc is None:
-            sc = local.scorer = Scorer(queries, info.kind, info.dim, device=str(first.device),
-                                       tile_vectors=first.tile_vectors)
+            sc = local.scorer = Scorer(
+                queries, info.kind, info.dim, device=str(first.device), tile_vectors=first.tile_vectors
+            )
         return sc.score_batch(batch)
 
     with _torch_single_threaded():
@@ -368,12 +394,30 @@ class ScanOptions:
     workers: int | None = None
 
     def scan(self, ds, info: TableInfo, queries: Sequence[np.ndarray], k: int, **kw) -> TopK:
-        return exact_scan(ds, info, queries, k, batch_rows=kw.pop("batch_rows", self.batch_rows),
-                          tile_vectors=self.tile_vectors, device=self.device, workers=self.workers, **kw)
+        return exact_scan(
+            ds,
+            info,
+            queries,
+            k,
+            batch_rows=kw.pop("batch_rows", self.batch_rows),
+            tile_vectors=self.tile_vectors,
+            device=self.device,
+            workers=self.workers,
+            **kw,
+        )
 
     def scorer(self, queries: Sequence[np.ndarray], info: TableInfo) -> Scorer:
         return Scorer(queries, info.kind, info.dim, device=self.device, tile_vectors=self.tile_vectors)
 
 
-__all__ = ["META_COLUMNS", "Scorer", "TopK", "ScanOptions", "exact_scan", "default_workers", "meta_getter",
-           "multivector_matrix", "fixed_size_list_matrix"]
+__all__ = [
+    "META_COLUMNS",
+    "Scorer",
+    "TopK",
+    "ScanOptions",
+    "exact_scan",
+    "default_workers",
+    "meta_getter",
+    "multivector_matrix",
+    "fixed_size_list_matrix",
+]

@@ -91,14 +91,24 @@ def create_app(service: SearchService, config: ServeConfig | None = None) -> Fas
         yield
         await service.stop()
 
-    app = FastAPI(title="nomic-memory", description="Search a store of page embeddings; see why pages matched.",
-                  docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="nomic-memory",
+        description="Search a store of page embeddings; see why pages matched.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
     app.state.service = service
     app.state.config = cfg
     _add_error_handlers(app)
     if cfg.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cfg.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
     app.add_middleware(HostCheck, config=cfg)  # added last: runs first
     app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")

@@ -50,14 +50,21 @@ class TableWatch:
         except NomicMemoryError as e:
             return f"the store cannot be read: {e}"
         if self.name not in names:
-            return (f"table {self.name!r} is no longer in the store (dropped?); "
-                    "searches resume when it is embedded again")
+            return (
+                f"table {self.name!r} is no longer in the store (dropped?); searches resume when it is embedded again"
+            )
         if self.reason is None:
             return None
         old = self.index
         try:
-            new = Index(store, store.open_table(self.name), model=old.model, template=old.template,
-                        allow_mismatch=old.allow_mismatch, device=old.device)
+            new = Index(
+                store,
+                store.open_table(self.name),
+                model=old.model,
+                template=old.template,
+                allow_mismatch=old.allow_mismatch,
+                device=old.device,
+            )
             _ = new.model  # checked against the table as it is now
         except NomicMemoryError as e:
             return f"table {self.name!r} is back but cannot be served: {e}"

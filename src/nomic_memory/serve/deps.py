@@ -26,8 +26,9 @@ def require_token(request: Request, cfg: ServeConfig = Depends(get_config)) -> N
         return
     got = request.headers.get("authorization", "").encode()
     if not secrets.compare_digest(got, f"Bearer {cfg.token}".encode()):
-        raise HTTPError(401, "missing or wrong bearer token (Authorization: Bearer ...)",
-                        headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPError(
+            401, "missing or wrong bearer token (Authorization: Bearer ...)", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 def serving(service: SearchService = Depends(get_service)) -> SearchService:

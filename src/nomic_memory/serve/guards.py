@@ -28,7 +28,7 @@ def host_name(header: str) -> str:
     """The name in a ``Host`` header, lower case, without port, brackets or a final dot."""
     h = header.strip().lower()
     if h.startswith("["):  # [::1]:8000
-        return h[1:h.index("]")] if "]" in h else h
+        return h[1 : h.index("]")] if "]" in h else h
     if h.count(":") == 1:
         h = h.split(":", 1)[0]
     return h.rstrip(".")
@@ -55,17 +55,21 @@ class HostCheck:
             self.names.add(bound)
 
     def accepts(self, name: str) -> bool:
-        return (self.any_name or name in self.names or name.endswith(".localhost")
-                or (self.any_ip and _is_ip(name)))
+        return self.any_name or name in self.names or name.endswith(".localhost") or (self.any_ip and _is_ip(name))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket"):
             raw = dict(scope.get("headers", [])).get(b"host")
             name = host_name(raw.decode("latin-1")) if raw is not None else None
             if name is not None and not self.accepts(name):
-                resp = JSONResponse({"error": f"host name {name!r} is not served here (a page reaching this server "
-                                              "under another name is refused; start the server with "
-                                              "--allow-host NAME to accept it)"}, status_code=400)
+                resp = JSONResponse(
+                    {
+                        "error": f"host name {name!r} is not served here (a page reaching this server "
+                        "under another name is refused; start the server with "
+                        "--allow-host NAME to accept it)"
+                    },
+                    status_code=400,
+                )
                 return await resp(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -87,8 +91,9 @@ class BodyLimit:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    return await JSONResponse({"error": f"request body larger than {self.limit} bytes"},
-                                              status_code=413)(scope, receive, send)
+                    return await JSONResponse(
+                        {"error": f"request body larger than {self.limit} bytes"}, status_code=413
+                    )(scope, receive, send)
         seen = 0
 
         async def limited():

@@ -51,8 +51,9 @@ def _layout_cached(processor_key: int, processor, height: int, width: int) -> La
     _, gh, gw = (int(x) for x in prepared.image_grid_thw)
     grid = (gh // merge, gw // merge)
     if len(positions) != grid[0] * grid[1]:
-        raise HeatmapUnavailable(f"the document prompt has {len(positions)} image tokens for a "
-                                 f"{grid[0]} x {grid[1]} patch grid")
+        raise HeatmapUnavailable(
+            f"the document prompt has {len(positions)} image tokens for a {grid[0]} x {grid[1]} patch grid"
+        )
     return Layout(positions, grid, (height, width), int(ids.shape[0]))
 
 
@@ -75,8 +76,10 @@ def similarity_maps(query: np.ndarray, doc: np.ndarray, lay: Layout) -> np.ndarr
     if q.ndim != 2 or d.ndim != 2:
         raise HeatmapUnavailable("heatmaps need multi-vector (ColNomic) embeddings")
     if d.shape[0] != lay.seq_len:
-        raise HeatmapUnavailable(f"the stored page has {d.shape[0]} vectors but its document prompt has "
-                                 f"{lay.seq_len} tokens (embedded with other processor settings?)")
+        raise HeatmapUnavailable(
+            f"the stored page has {d.shape[0]} vectors but its document prompt has "
+            f"{lay.seq_len} tokens (embedded with other processor settings?)"
+        )
     vis = d[lay.positions]  # (gh*gw, dim)
     return (q @ vis.T).reshape(q.shape[0], *lay.grid)
 

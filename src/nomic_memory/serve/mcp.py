@@ -51,9 +51,11 @@ MAX_QUERY_CHARS = 2000
 REFRESH_SECONDS = 5.0  # how often a search first looks for rows other processes committed
 ROW_ID = re.compile(r"^[0-9a-f]{16}$")
 
-INSTRUCTIONS = ("Search the user's pages (photos, scans, document pages) by what they show. `search` ranks stored "
-                "pages against a text query and returns each page's path, page number, score and id, with the "
-                "best pages' images; `get_page` returns one page by id; `stats` describes the store.")
+INSTRUCTIONS = (
+    "Search the user's pages (photos, scans, document pages) by what they show. `search` ranks stored "
+    "pages against a text query and returns each page's path, page number, score and id, with the "
+    "best pages' images; `get_page` returns one page by id; `stats` describes the store."
+)
 
 
 def _b64(data: bytes) -> str:
@@ -68,8 +70,15 @@ class PageStore:
     Searches and embedding runs go through one worker thread at a time (the model is not
     thread-safe); the event loop never waits on the model."""
 
-    def __init__(self, index: Index, *, embedder=None, max_k: int = MAX_K, image_hits: int = IMAGE_HITS,
-                 image_side: int = IMAGE_SIDE):
+    def __init__(
+        self,
+        index: Index,
+        *,
+        embedder=None,
+        max_k: int = MAX_K,
+        image_hits: int = IMAGE_HITS,
+        image_side: int = IMAGE_SIDE,
+    ):
         self.index = index
         self.embedder = embedder  # an Embedder of the table's model: add_folder is offered only with one
         self.allow_write = embedder is not None
@@ -113,10 +122,19 @@ class PageStore:
     def stats(self) -> dict:
         idx, info = self.index, self.index.info
         self.refresh()
-        return {"store": str(idx.store.path), "table": idx.table.name, "rows": idx.table.count(),
-                "model_id": info.model_id, "revision": info.revision, "kind": info.kind, "dim": info.dim,
-                "model_loaded": idx.model_loaded, "allow_write": self.allow_write,
-                "max_k": self.max_k, "image_side": self.image_side}
+        return {
+            "store": str(idx.store.path),
+            "table": idx.table.name,
+            "rows": idx.table.count(),
+            "model_id": info.model_id,
+            "revision": info.revision,
+            "kind": info.kind,
+            "dim": info.dim,
+            "model_loaded": idx.model_loaded,
+            "allow_write": self.allow_write,
+            "max_k": self.max_k,
+            "image_side": self.image_side,
+        }
 
     def add_folder(self, folder: str, progress) -> dict:
         d = Path(folder).expanduser()
@@ -131,11 +149,17 @@ class PageStore:
             elif kind == "batch":
                 progress(data["embedded"], None, f"batch {data['index']}/{data['total']}")
 
-        report = self.embedder.embed_directory(d, store=self.index.store, table_name=self.index.table.name,
-                                                 on_event=on_event)
+        report = self.embedder.embed_directory(
+            d, store=self.index.store, table_name=self.index.table.name, on_event=on_event
+        )
         self.refresh(force=True)
-        return {"folder": str(d), "embedded": report.embedded, "skipped_unchanged": report.skipped_unchanged,
-                "failed": [{"path": p, "reason": r} for p, r in report.failed], "rows": self.index.table.count()}
+        return {
+            "folder": str(d),
+            "embedded": report.embedded,
+            "skipped_unchanged": report.skipped_unchanged,
+            "failed": [{"path": p, "reason": r} for p, r in report.failed],
+            "rows": self.index.table.count(),
+        }
 
     # ---- called on the event loop
     async def run(self, fn, *args):
@@ -175,18 +199,30 @@ def create_mcp_server(pages: PageStore) -> MCPServer:
     """The MCP server over ``pages``: the tools and the page resource."""
     mcp = MCPServer("nomic-memory", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
-    k_type = Annotated[int, Field(ge=1, le=pages.max_k, strict=True,
-                                  description=f"How many pages to return (1 to {pages.max_k}).")]
+    k_type = Annotated[
+        int, Field(ge=1, le=pages.max_k, strict=True, description=f"How many pages to return (1 to {pages.max_k}).")
+    ]
 
     @mcp.tool(annotations=read_only)
-    async def search(query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS,
-                                                 description="What the pages show, in words.")],
-                     k: k_type = 10,
-                     where: Annotated[str | None, Field(max_length=2000, description=(
-                         "Optional SQL filter over path, root, page, mtime, size, width, height, "
-                         "e.g. \"path LIKE 'receipts/%' AND page <= 2\"."))] = None,
-                     images: Annotated[bool, Field(strict=True, description=(
-                         f"Attach the first {pages.image_hits} pages' images (JPEG)."))] = True) -> CallToolResult:
+    async def search(
+        query: Annotated[
+            str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What the pages show, in words.")
+        ],
+        k: k_type = 10,
+        where: Annotated[
+            str | None,
+            Field(
+                max_length=2000,
+                description=(
+                    "Optional SQL filter over path, root, page, mtime, size, width, height, "
+                    "e.g. \"path LIKE 'receipts/%' AND page <= 2\"."
+                ),
+            ),
+        ] = None,
+        images: Annotated[
+            bool, Field(strict=True, description=(f"Attach the first {pages.image_hits} pages' images (JPEG)."))
+        ] = True,
+    ) -> CallToolResult:
         """Rank the stored pages against a text query: path, page number, score and id of each,
         and the best pages' images."""
         if not query.strip():
@@ -196,8 +232,9 @@ def create_mcp_server(pages: PageStore) -> MCPServer:
         return _result({"query": query, "k": k, "where": where, "results": hits}, images)
 
     @mcp.tool(annotations=read_only)
-    async def get_page(id: Annotated[str, Field(min_length=1, max_length=64,
-                                                description="A page id, as search returns it.")]) -> CallToolResult:
+    async def get_page(
+        id: Annotated[str, Field(min_length=1, max_length=64, description="A page id, as search returns it.")],
+    ) -> CallToolResult:
         """One stored page by id: its metadata and its image."""
         row = await pages.run(pages.row, id)
         row = {k: v for k, v in row.items() if k not in ("embedding",)}
@@ -217,11 +254,20 @@ def create_mcp_server(pages: PageStore) -> MCPServer:
 
 def _add_folder_tool(mcp: MCPServer, pages: PageStore) -> None:
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True))
-    async def add_folder(folder: Annotated[str, Field(min_length=1, max_length=4096, description=(
-                             "Absolute path of a folder of images and PDFs on the server's machine."))],
-                         ctx: Context) -> CallToolResult:
+    async def add_folder(
+        folder: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=4096,
+                description=("Absolute path of a folder of images and PDFs on the server's machine."),
+            ),
+        ],
+        ctx: Context,
+    ) -> CallToolResult:
         """Embed a folder's images and document pages into the store (unchanged files are skipped),
         reporting progress; its pages are searchable as soon as it finishes."""
+
         def progress(done: float, total: float | None, message: str) -> None:  # called on the worker thread
             try:
                 anyio.from_thread.run(ctx.report_progress, done, total, message)
@@ -234,8 +280,12 @@ def _add_folder_tool(mcp: MCPServer, pages: PageStore) -> None:
 def _page_resource(mcp: MCPServer, pages: PageStore) -> None:
     from mcp.server.mcpserver.exceptions import ResourceError
 
-    @mcp.resource("page://{id}", name="page", mime_type="image/jpeg",
-                  description=f"A stored page's image (JPEG, long side at most {pages.image_side} px), by id.")
+    @mcp.resource(
+        "page://{id}",
+        name="page",
+        mime_type="image/jpeg",
+        description=f"A stored page's image (JPEG, long side at most {pages.image_side} px), by id.",
+    )
     async def page(id: str) -> bytes:
         try:
             return await anyio.to_thread.run_sync(lambda: pages.image(pages.row(id)), limiter=pages.limiter)
@@ -245,12 +295,21 @@ def _page_resource(mcp: MCPServer, pages: PageStore) -> None:
             raise MCPError(code=INVALID_PARAMS, message=str(e)) from None
 
 
-def open_page_store(store, table: str | None = None, *, backend: str = "auto", model_name: str | None = None,
-                    allow_mismatch: bool = False, template: str | None = None, allow_write: bool = False) -> PageStore:
+def open_page_store(
+    store,
+    table: str | None = None,
+    *,
+    backend: str = "auto",
+    model_name: str | None = None,
+    allow_mismatch: bool = False,
+    template: str | None = None,
+    allow_write: bool = False,
+) -> PageStore:
     """A :class:`PageStore` over ``table`` of ``store`` (the model is loaded on first use).
     ``allow_write``: offer ``add_folder``, whose runs and the searches share one copy of the model."""
-    idx = Index.open(store, table, backend=backend, model_name=model_name, allow_mismatch=allow_mismatch,
-                     template=template)
+    idx = Index.open(
+        store, table, backend=backend, model_name=model_name, allow_mismatch=allow_mismatch, template=template
+    )
     emb = _table_embedder(idx, model_name, backend) if allow_write else None
     if emb is not None:
         idx = Index(idx.store, idx.table, model=emb, allow_mismatch=allow_mismatch, template=template)
@@ -264,8 +323,9 @@ def _table_embedder(idx: Index, model_name: str | None, backend: str):
     info = idx.info
     name = model_name or info.model_id
     pin = not model_name and not Path(name).expanduser().is_dir() and not info.revision.startswith("local-")
-    return Embedder(name, backend=backend, kind=info.kind, seed=info.seed, revision=info.revision if pin else None,
-                    lazy=True)
+    return Embedder(
+        name, backend=backend, kind=info.kind, seed=info.seed, revision=info.revision if pin else None, lazy=True
+    )
 
 
 def bearer_app(app, token: str):
@@ -279,8 +339,13 @@ def bearer_app(app, token: str):
             got = dict(scope.get("headers", [])).get(b"authorization", b"")
             if not secrets.compare_digest(got, expected):
                 body = b'{"error": "missing or wrong bearer token (Authorization: Bearer ...)"}'
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await app(scope, receive, send)

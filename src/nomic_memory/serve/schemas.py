@@ -36,8 +36,10 @@ def check_text(text: str, name: str, cfg: ServeConfig) -> str:
     except QueryError as e:
         raise ValueError(str(e)) from None
     if len(text) > cfg.max_query_chars:
-        raise ValueError(f"{name} is {len(text)} characters long; text queries are limited to "
-                         f"{cfg.max_query_tokens} tokens (about {cfg.max_query_chars} characters)")
+        raise ValueError(
+            f"{name} is {len(text)} characters long; text queries are limited to "
+            f"{cfg.max_query_tokens} tokens (about {cfg.max_query_chars} characters)"
+        )
     return text
 
 
@@ -95,7 +97,9 @@ class HeatmapBody(BaseModel):
     query: str | None = Field(None, description="a text query")
     image: str | None = Field(None, description="an image query: base64, or a data: URL")
     query_token: int | None = Field(None, ge=0, description="one query token's map (default: the max over all)")
-    mode: Literal["overlay", "heat", "json"] = Field("overlay", description="the page with the map, the map, or its grid")
+    mode: Literal["overlay", "heat", "json"] = Field(
+        "overlay", description="the page with the map, the map, or its grid"
+    )
 
     _qt_not_bool = field_validator("query_token", mode="before")(_no_bool)
 
@@ -115,10 +119,13 @@ class EmbedBody(BaseModel):
 
     model: str | None = None
     input: str | list[str | dict[str, Any]] | None = Field(
-        None, description="a text, or a list of texts and image parts "
-                          "({'type': 'image_url', 'image_url': {'url': 'data:image/png;base64,...'}})")
+        None,
+        description="a text, or a list of texts and image parts "
+        "({'type': 'image_url', 'image_url': {'url': 'data:image/png;base64,...'}})",
+    )
     messages: list[dict[str, Any]] | None = Field(
-        None, description="chat-style: one embedding per message (its text or image)")
+        None, description="chat-style: one embedding per message (its text or image)"
+    )
 
 
 def error_message(exc: ValidationError, cfg: ServeConfig) -> str:
@@ -157,8 +164,9 @@ async def read_json(request: Request, model: type[BaseModel], cfg: ServeConfig) 
     """The request's body as ``model``: only ``Content-Type: application/json`` (a browser sends
     ``text/plain`` across origins without asking first: refused, 415)."""
     if media_type(request) != "application/json":
-        raise HTTPError(415, f"send JSON with Content-Type: application/json "
-                             f"(got {request.headers.get('content-type') or 'none'})")
+        raise HTTPError(
+            415, f"send JSON with Content-Type: application/json (got {request.headers.get('content-type') or 'none'})"
+        )
     body = await request.body()
     if not body.strip():
         raise HTTPError(400, "empty request body: send JSON")
@@ -171,5 +179,13 @@ async def read_json(request: Request, model: type[BaseModel], cfg: ServeConfig) 
     return validate(model, data, cfg)
 
 
-__all__ = ["EmbedBody", "HeatmapBody", "SearchBody", "check_count", "check_text", "error_message", "read_json",
-           "validate"]
+__all__ = [
+    "EmbedBody",
+    "HeatmapBody",
+    "SearchBody",
+    "check_count",
+    "check_text",
+    "error_message",
+    "read_json",
+    "validate",
+]

@@ -136,10 +136,20 @@ class SearchService:
         self.started = time.time()
         self._refreshed = time.monotonic()
         self.on_stop: list = []  # callables run (in a thread) when the service stops, e.g. a watcher's stop
-        self.counters = {"requests": 0, "queries": 0, "batches": 0, "forwards": 0, "scans": 0,
-                         "max_batch_requests": 0, "max_batch_queries": 0, "refused_queries": 0,
-                         "decodes": 0, "max_concurrent_decodes": 0,
-                         "embed_seconds": 0.0, "scan_seconds": 0.0}
+        self.counters = {
+            "requests": 0,
+            "queries": 0,
+            "batches": 0,
+            "forwards": 0,
+            "scans": 0,
+            "max_batch_requests": 0,
+            "max_batch_queries": 0,
+            "refused_queries": 0,
+            "decodes": 0,
+            "max_concurrent_decodes": 0,
+            "embed_seconds": 0.0,
+            "scan_seconds": 0.0,
+        }
 
     @property
     def index(self):
@@ -261,8 +271,11 @@ class SearchService:
         for (i, _), row in zip(texts, ids):
             if len(row) > cap:
                 self.counters["refused_queries"] += 1
-                raise HTTPError(422, f"queries[{i}] is {len(row)} tokens long with the query prompt; text "
-                                     f"queries are limited to {cap} tokens (--max-query-tokens)")
+                raise HTTPError(
+                    422,
+                    f"queries[{i}] is {len(row)} tokens long with the query prompt; text "
+                    f"queries are limited to {cap} tokens (--max-query-tokens)",
+                )
             lengths[i] = len(row)
         return lengths
 
@@ -277,6 +290,7 @@ class SearchService:
         forward per distinct length (~10x slower embedding for varied short queries on a CPU)."""
         from nomic_memory.model.embed import embed_inputs  # late: transformers' model code, once the model is needed
         from nomic_memory.model.encode import embed_queries  # late: as above
+
         out: list = [None] * len(queries)
         exact = self.config.exact_batching
         if exact and lengths is None:
@@ -291,8 +305,10 @@ class SearchService:
         for (kind, _), members in groups.items():
             items = [queries[i] for i in members]
             if kind == "text":
-                embs = [e.float().numpy() for e in
-                        embed_queries(self.lm, items, batch_size=len(items), template=self.index.template)]
+                embs = [
+                    e.float().numpy()
+                    for e in embed_queries(self.lm, items, batch_size=len(items), template=self.index.template)
+                ]
             else:
                 embs = embed_inputs(self.lm, items, batch_size=len(items))
             for i, e in zip(members, embs):
@@ -340,7 +356,7 @@ class SearchService:
         pos = 0
         for ji in live:
             n = len(jobs[ji].queries)
-            per_job[ji] = embs[pos:pos + n]
+            per_job[ji] = embs[pos : pos + n]
             pos += n
         return per_job, errors
 
@@ -404,7 +420,7 @@ class SearchService:
         self.counters["scan_seconds"] += time.perf_counter() - t0
         out, pos = [], 0
         for j in jobs:
-            out.append([hs[: j.k] for hs in hits[pos:pos + len(j.queries)]])
+            out.append([hs[: j.k] for hs in hits[pos : pos + len(j.queries)]])
             pos += len(j.queries)
         return out
 
@@ -454,8 +470,11 @@ class SearchService:
         """``(png bytes | None, json)`` of one row's heatmap (runs on a worker thread)."""
         index = self.available()
         if index.info.kind != "colqwen":
-            raise HTTPError(409, "this table holds Nomic (single-vector) embeddings: one vector per page, so "
-                                 "there is no per-patch match to show; heatmaps need a ColNomic table")
+            raise HTTPError(
+                409,
+                "this table holds Nomic (single-vector) embeddings: one vector per page, so "
+                "there is no per-patch match to show; heatmaps need a ColNomic table",
+            )
         row = self.row(row_id)
         try:
             lay = hm.layout(self.lm.processor, row["width"], row["height"])
@@ -465,8 +484,14 @@ class SearchService:
             raise HTTPError(409, str(e)) from None
         except IndexError as e:
             raise HTTPError(400, str(e)) from None
-        info = {"id": row_id, "grid": grid.tolist(), "grid_size": list(lay.grid), "size": [lay.size[1], lay.size[0]],
-                "query_tokens": int(maps.shape[0]), "query_token": query_token}
+        info = {
+            "id": row_id,
+            "grid": grid.tolist(),
+            "grid_size": list(lay.grid),
+            "size": [lay.size[1], lay.size[0]],
+            "query_tokens": int(maps.shape[0]),
+            "query_token": query_token,
+        }
         if mode == "json":
             return None, info
         h, w = lay.size
@@ -482,16 +507,27 @@ class SearchService:
             rows = index.table.count() if reason is None else None
         except Exception:  # noqa: BLE001 - the table went away since the last look
             rows = None
-        return {"rows": rows, "available": reason is None, "reason": reason,
-                "store": str(index.store.path), "table": index.table.name,
-                "model_id": info.model_id, "revision": info.revision, "kind": info.kind, "dim": info.dim,
-                "fingerprint": info.fingerprint, "storage_dtype": info.storage_dtype,
-                "dtype": self.lm.backend.dtype_name, "device": self.lm.backend.name,
-                "uptime_seconds": round(time.time() - self.started, 3),
-                "counters": {k: round(v, 4) if isinstance(v, float) else v for k, v in self.counters.items()},
-                "exact_batching": self.config.exact_batching, "max_query_tokens": self.config.max_query_tokens,
-                "index": _index_stats(index) if reason is None else None,
-                "warnings": list(index.warnings)}
+        return {
+            "rows": rows,
+            "available": reason is None,
+            "reason": reason,
+            "store": str(index.store.path),
+            "table": index.table.name,
+            "model_id": info.model_id,
+            "revision": info.revision,
+            "kind": info.kind,
+            "dim": info.dim,
+            "fingerprint": info.fingerprint,
+            "storage_dtype": info.storage_dtype,
+            "dtype": self.lm.backend.dtype_name,
+            "device": self.lm.backend.name,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "counters": {k: round(v, 4) if isinstance(v, float) else v for k, v in self.counters.items()},
+            "exact_batching": self.config.exact_batching,
+            "max_query_tokens": self.config.max_query_tokens,
+            "index": _index_stats(index) if reason is None else None,
+            "warnings": list(index.warnings),
+        }
 
 
 def page_or_error(row: dict, size: tuple[int, int] | None = None, **kw):
@@ -515,5 +551,13 @@ def _index_stats(index) -> dict | None:
         return None
 
 
-__all__ = ["ServeConfig", "SearchService", "HTTPError", "decode_image_bytes", "b64_image", "hit_json", "WEB_DIR",
-           "page_or_error"]
+__all__ = [
+    "ServeConfig",
+    "SearchService",
+    "HTTPError",
+    "decode_image_bytes",
+    "b64_image",
+    "hit_json",
+    "WEB_DIR",
+    "page_or_error",
+]

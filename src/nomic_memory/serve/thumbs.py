@@ -51,8 +51,10 @@ class PageChanged(PageUnavailable):
 
 
 def _changed(row: dict, f: Path) -> PageChanged:
-    return PageChanged(f"{row['path']}: the file changed since it was embedded (its content no longer matches "
-                       "the stored hash); run embed again to see it")
+    return PageChanged(
+        f"{row['path']}: the file changed since it was embedded (its content no longer matches "
+        "the stored hash); run embed again to see it"
+    )
 
 
 def _identity(f: Path) -> tuple:
@@ -86,8 +88,9 @@ def _fit(width: int | None, height: int | None, side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def load_page(row: dict, size: tuple[int, int] | None = None, *, side: int = 1024,
-              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def load_page(
+    row: dict, size: tuple[int, int] | None = None, *, side: int = 1024, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
     """The row's page as RGB, through the same readers as embedding (:mod:`.images`,
     :mod:`.documents`): a plain image file (page 0), a TIFF frame or a PDF page (1-based), only
     if the file's bytes still hash to the row's ``content_hash`` (else :class:`PageChanged`).

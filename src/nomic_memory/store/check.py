@@ -40,8 +40,13 @@ class BadRow:
     fragment: int | None = None
 
     def to_dict(self) -> dict:
-        return {"root": self.root, "path": self.path, "page": self.page, "reason": self.reason,
-                "fragment": self.fragment}
+        return {
+            "root": self.root,
+            "path": self.path,
+            "page": self.page,
+            "reason": self.reason,
+            "fragment": self.fragment,
+        }
 
 
 @dataclass
@@ -80,10 +85,16 @@ class CheckReport:
         return out
 
     def to_dict(self) -> dict:
-        return {"table": self.table, "rows_checked": self.rows_checked, "checksummed": self.checksummed,
-                "ok": self.ok, "duplicates": self.duplicates,
-                "unreadable_fragments": self.unreadable_fragments, "bad": [b.to_dict() for b in self.bad],
-                "missing": [m.to_dict() for m in self.missing]}
+        return {
+            "table": self.table,
+            "rows_checked": self.rows_checked,
+            "checksummed": self.checksummed,
+            "ok": self.ok,
+            "duplicates": self.duplicates,
+            "unreadable_fragments": self.unreadable_fragments,
+            "bad": [b.to_dict() for b in self.bad],
+            "missing": [m.to_dict() for m in self.missing],
+        }
 
 
 def _row_vectors(emb: pa.Array, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +146,11 @@ def _unreadable_fragment(frag, cols: list[str], e: BaseException, rep: CheckRepo
         except Exception:  # noqa: BLE001
             broken.append(c)
     first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-    reason = (f"unreadable data file (fragment {fid}"
-              + (f", column{'s' if len(broken) > 1 else ''} {', '.join(broken)}" if broken else "") + f"): {first}")
+    reason = (
+        f"unreadable data file (fragment {fid}"
+        + (f", column{'s' if len(broken) > 1 else ''} {', '.join(broken)}" if broken else "")
+        + f"): {first}"
+    )
     try:
         keys = frag.to_table(columns=_KEYS + ["size", "content_hash"], with_row_id=True)
     except Exception:  # noqa: BLE001
@@ -148,8 +162,9 @@ def _unreadable_fragment(frag, cols: list[str], e: BaseException, rep: CheckRepo
             except Exception:  # noqa: BLE001
                 n = 0
             rep.nameless_rows[fid] = n
-            rep.bad.append(BadRow(None, None, None, reason + f"; the names of its {n} rows are unreadable too",
-                                  None, fid))
+            rep.bad.append(
+                BadRow(None, None, None, reason + f"; the names of its {n} rows are unreadable too", None, fid)
+            )
             return
     d = keys.to_pydict()
     for r, p, pg, rid in zip(d["root"], d["path"], d["page"], d["_rowid"]):
@@ -213,10 +228,10 @@ def _check_batch(batch: pa.RecordBatch, info, np_dt, rep: CheckReport, fid: int)
         rep.rows_checked += 1
         if info.kind == "colqwen":
             n = int(offs[i + 1] - offs[i])
-            vec = flat[offs[i] * dim: offs[i + 1] * dim]
+            vec = flat[offs[i] * dim : offs[i + 1] * dim]
         else:
             n = 1
-            vec = flat[i * dim:(i + 1) * dim]
+            vec = flat[i * dim : (i + 1) * dim]
         reason = None
         if n == 0 or vec.size != n * dim:
             reason = f"wrong vector count: {n} vectors"
@@ -271,5 +286,4 @@ def readable_roots(table: EmbeddingTable, report: CheckReport) -> set[str]:
     return out
 
 
-__all__ = ["BadRow", "CheckReport", "MissingRow", "present_keys", "readable_keys", "readable_roots",
-           "verify_table"]
+__all__ = ["BadRow", "CheckReport", "MissingRow", "present_keys", "readable_keys", "readable_roots", "verify_table"]

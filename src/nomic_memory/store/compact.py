@@ -39,7 +39,9 @@ def compact_table(table) -> dict:
         raise
     except Exception as e:  # noqa: BLE001 - Lance raises OSError/ValueError/RuntimeError with a Rust trace
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise StoreError(f"cannot compact table {table.name!r} in the store at {table._where}: {reason[:200]}") from None
+        raise StoreError(
+            f"cannot compact table {table.name!r} in the store at {table._where}: {reason[:200]}"
+        ) from None
     return {"passes": passes}
 
 

@@ -105,10 +105,13 @@ def _export(table: EmbeddingTable, fmt: str, out: Path, root: str | None) -> int
                 key = p if not pg else f"{p}#{pg}"  # a document's pages: report.pdf#3
                 arrays[key] = _row(emb, i, info.kind, info.dim)
         if len(roots_seen) > 1:
-            raise UsageError("the store holds several embedded directories (" + ", ".join(sorted(roots_seen))
-                             + "); pass --root to choose one")
+            raise UsageError(
+                "the store holds several embedded directories ("
+                + ", ".join(sorted(roots_seen))
+                + "); pass --root to choose one"
+            )
         with open(out, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs: **kwds read as allow_pickle
         return len(arrays)
     t = table.to_arrow()
     if root is not None:
@@ -134,13 +137,15 @@ def _row(emb: pa.Array, i: int, kind: str, dim: int) -> np.ndarray:
     return np.asarray(v.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(dim)
 
 
-def export_store(store_path: str | Path, fmt: str, out: str | Path, table: str | None = None,
-                 root: str | None = None) -> int:
+def export_store(
+    store_path: str | Path, fmt: str, out: str | Path, table: str | None = None, root: str | None = None
+) -> int:
     return export_store_table(store_path, fmt, out, table, root)[0]
 
 
-def export_store_table(store_path: str | Path, fmt: str, out: str | Path, table: str | None = None,
-                       root: str | None = None) -> tuple[int, str]:
+def export_store_table(
+    store_path: str | Path, fmt: str, out: str | Path, table: str | None = None, root: str | None = None
+) -> tuple[int, str]:
     """:func:`export_store`, also returning the name of the table exported."""
     store = Store(store_path, create=False)
     t = store.open_table(table) if table else store.only_table()

@@ -14,15 +14,17 @@ import datetime as dt
 import pyarrow as pa
 
 TABLE = "_failures"
-SCHEMA = pa.schema([
-    pa.field("table", pa.string(), nullable=False),
-    pa.field("root", pa.string(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("page", pa.int32(), nullable=False),
-    pa.field("content_hash", pa.string()),
-    pa.field("reason", pa.string()),
-    pa.field("failed_at", pa.timestamp("ms", tz="UTC")),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("root", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("page", pa.int32(), nullable=False),
+        pa.field("content_hash", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("failed_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
 
 
 def _sql(s: str) -> str:
@@ -51,8 +53,14 @@ class FailureLog:
         t = self._table(create=False) if self.enabled else None
         if t is None:
             return {}
-        rows = (t.search().where(f"\"table\" = {_sql(self.table_name)} AND root = {_sql(self.root)}")
-                .select(["path", "page", "content_hash", "reason"]).limit(None).to_arrow().to_pylist())
+        rows = (
+            t.search()
+            .where(f'"table" = {_sql(self.table_name)} AND root = {_sql(self.root)}')
+            .select(["path", "page", "content_hash", "reason"])
+            .limit(None)
+            .to_arrow()
+            .to_pylist()
+        )
         self.known = {(r["path"], int(r["page"])): (r["content_hash"], r["reason"]) for r in rows}
         return self.known
 
@@ -65,13 +73,29 @@ class FailureLog:
         """Remember ``(path, page, content_hash, reason)`` entries (one commit)."""
         if not entries or not self.enabled:
             return
-        now = dt.datetime.now(dt.timezone.utc)
-        data = pa.Table.from_pylist([{"table": self.table_name, "root": self.root, "path": p, "page": int(pg),
-                                      "content_hash": h, "reason": r, "failed_at": now} for p, pg, h, r in entries],
-                                    schema=SCHEMA)
+        now = dt.datetime.now(dt.UTC)
+        data = pa.Table.from_pylist(
+            [
+                {
+                    "table": self.table_name,
+                    "root": self.root,
+                    "path": p,
+                    "page": int(pg),
+                    "content_hash": h,
+                    "reason": r,
+                    "failed_at": now,
+                }
+                for p, pg, h, r in entries
+            ],
+            schema=SCHEMA,
+        )
         t = self._table(create=True)
-        (t.merge_insert(["table", "root", "path", "page"]).when_matched_update_all()
-         .when_not_matched_insert_all().execute(data))
+        (
+            t.merge_insert(["table", "root", "path", "page"])
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(data)
+        )
         for p, pg, h, r in entries:
             self.known[(p, int(pg))] = (h, r)
 
@@ -82,9 +106,9 @@ class FailureLog:
             return
         t = self._table(create=False)
         for i in range(0, len(keys), 200):
-            chunk = keys[i:i + 200]
+            chunk = keys[i : i + 200]
             cond = " OR ".join(f"(path = {_sql(p)} AND page = {int(pg)})" for p, pg in chunk)
-            t.delete(f"\"table\" = {_sql(self.table_name)} AND root = {_sql(self.root)} AND ({cond})")
+            t.delete(f'"table" = {_sql(self.table_name)} AND root = {_sql(self.root)} AND ({cond})')
         for k in keys:
             self.known.pop(k, None)
 

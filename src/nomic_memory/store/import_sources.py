@@ -68,8 +68,11 @@ class Layout:
         return f"(n, {self.dim})" if self.kind == "colqwen" else f"({self.dim},)"
 
     def what(self) -> str:
-        return (f"{self.model} makes {self.dim}-d multi-vectors (one list of {self.dim}-d vectors per page)"
-                if self.kind == "colqwen" else f"{self.model} makes one {self.dim}-d vector per page")
+        return (
+            f"{self.model} makes {self.dim}-d multi-vectors (one list of {self.dim}-d vectors per page)"
+            if self.kind == "colqwen"
+            else f"{self.model} makes one {self.dim}-d vector per page"
+        )
 
 
 def reason_of(e: BaseException) -> str:
@@ -86,10 +89,13 @@ def find_sources(src: Path) -> tuple[list[Path], list[InputError], list[Path]]:
     if not src.is_dir():
         bad = refuse_pickle(src)
         return ([], [bad], []) if bad else ([src], [], [])
-    files = sorted(p for p in src.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(src).parts))
+    files = sorted(
+        p for p in src.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
+    )
     refused: list[InputError] = []
-    byaldi = sorted({p.parent for p in files if p.name == "index_config.json.gz" and (p.parent / "embeddings").is_dir()})
+    byaldi = sorted(
+        {p.parent for p in files if p.name == "index_config.json.gz" and (p.parent / "embeddings").is_dir()}
+    )
     for d in byaldi:
         refused.append(byaldi_refusal(d))
     files = [p for p in files if not any(d in p.parents for d in byaldi)]
@@ -107,8 +113,9 @@ def find_sources(src: Path) -> tuple[list[Path], list[InputError], list[Path]]:
 def refuse_pickle(path: Path) -> InputError | None:
     """The refusal of a file that is a Python pickle (by its name, or by its first bytes)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        return InputError(path, f"a Python pickle ({path.suffix}): loading it can run any code it holds, so "
-                                f"{PICKLE_ADVICE}")
+        return InputError(
+            path, f"a Python pickle ({path.suffix}): loading it can run any code it holds, so {PICKLE_ADVICE}"
+        )
     try:
         with open(path, "rb") as f:
             head = f.read(2)
@@ -129,9 +136,12 @@ def byaldi_refusal(folder: Path) -> InputError:
         model = f" (made with {name})" if isinstance(name, str) else ""
     except (OSError, ValueError, AttributeError):
         pass
-    return InputError(folder, f"a byaldi index{model}: byaldi saves its embeddings only with torch.save "
-                              "(embeddings/embeddings_*.pt), Python pickles that can run any code when loaded, "
-                              f"so {PICKLE_ADVICE}")
+    return InputError(
+        folder,
+        f"a byaldi index{model}: byaldi saves its embeddings only with torch.save "
+        "(embeddings/embeddings_*.pt), Python pickles that can run any code when loaded, "
+        f"so {PICKLE_ADVICE}",
+    )
 
 
 # ----------------------------------------------------------------- reading
@@ -169,8 +179,11 @@ def _parquet_rows(path: Path, layout: Layout, batch_rows: int) -> Iterator[list[
         raise InputError(path, f"not a readable parquet file ({reason_of(e)})") from None
     missing = [c for c in ("path", "embedding") if c not in schema.names]
     if missing:
-        raise InputError(path, f"no {' and no '.join(repr(c) for c in missing)} column (a source needs path and "
-                               f"embedding, optionally page and root; it has {', '.join(schema.names) or 'none'})")
+        raise InputError(
+            path,
+            f"no {' and no '.join(repr(c) for c in missing)} column (a source needs path and "
+            f"embedding, optionally page and root; it has {', '.join(schema.names) or 'none'})",
+        )
     check_embedding_type(path, schema.field("embedding").type, layout)
     for name in ("page", "size", "width", "height", "n_vectors"):
         if name in schema.names and not pa.types.is_integer(schema.field(name).type):
@@ -198,7 +211,9 @@ def check_embedding_type(path: Path, t: pa.DataType, layout: Layout) -> None:
         leaf, depth = leaf.value_type, depth + 1
     want = 2 if layout.kind == "colqwen" else 1
     if depth != want:
-        got = {0: "no list", 1: "one vector per row", 2: "a list of vectors per row"}.get(depth, f"{depth} nested lists")
+        got = {0: "no list", 1: "one vector per row", 2: "a list of vectors per row"}.get(
+            depth, f"{depth} nested lists"
+        )
         raise InputError(path, f"the embedding column holds {got} ({t}), but {layout.what()}")
     if leaf not in FLOAT_TYPES:
         raise InputError(path, f"the embedding values are {leaf}, not float16 or float32")
@@ -217,10 +232,15 @@ def _batch_rows(path: Path, batch: pa.RecordBatch, layout: Layout, start: int) -
     rows = []
     for i, (p, pg, r) in enumerate(zip(col["path"], pages, roots)):
         meta = {c: col[c][i] for c in meta_names}
-        if "n_vectors" in col and col["n_vectors"][i] is not None and col["n_vectors"][i] != len(vecs[i]) \
-                and layout.kind == "colqwen":
-            raise InputError(path, f"row {start + i}: n_vectors says {col['n_vectors'][i]} but the row holds "
-                                   f"{len(vecs[i])} vectors")
+        if (
+            "n_vectors" in col
+            and col["n_vectors"][i] is not None
+            and col["n_vectors"][i] != len(vecs[i])
+            and layout.kind == "colqwen"
+        ):
+            raise InputError(
+                path, f"row {start + i}: n_vectors says {col['n_vectors'][i]} but the row holds {len(vecs[i])} vectors"
+            )
         rows.append(Row(r, p, pg, vecs[i], meta, start + i))
     return rows
 
@@ -277,8 +297,11 @@ def _npz_rows(path: Path, layout: Layout, batch_rows: int) -> Iterator[list[Row]
         raise InputError(path, f"not a readable npz file ({reason_of(e)})") from None
     with z:
         if any(n.endswith(".pkl") for n in names):
-            raise InputError(path, f"a PyTorch checkpoint (it holds {next(n for n in names if n.endswith('.pkl'))}, "
-                                   f"a Python pickle that can run any code when loaded), so {PICKLE_ADVICE}")
+            raise InputError(
+                path,
+                f"a PyTorch checkpoint (it holds {next(n for n in names if n.endswith('.pkl'))}, "
+                f"a Python pickle that can run any code when loaded), so {PICKLE_ADVICE}",
+            )
         rows: list[Row] = []
         for i, key in enumerate(z.files):
             p, page = split_npz_key(key)
@@ -295,8 +318,9 @@ def _npz_array(path: Path, z, key: str, layout: Layout) -> np.ndarray:
         a = z[key]
     except ValueError as e:
         if "pickle" in str(e):
-            raise InputError(path, f"array {key!r} holds Python objects (a pickle that can run code when loaded), "
-                                   f"so {PICKLE_ADVICE}") from None
+            raise InputError(
+                path, f"array {key!r} holds Python objects (a pickle that can run code when loaded), so {PICKLE_ADVICE}"
+            ) from None
         raise InputError(path, f"array {key!r} cannot be read ({reason_of(e)})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise InputError(path, f"array {key!r} cannot be read ({reason_of(e)})") from None

@@ -50,8 +50,17 @@ DEFAULT_BATCH_ROWS = 128
 READ_ROWS = 256
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 #: What a stored row is compared on to decide that importing it again would change nothing.
-SIGNATURE = ("embedding_checksum", "content_hash", "size", "mtime", "width", "height", "dtype", "model_revision",
-             "proj_fingerprint")
+SIGNATURE = (
+    "embedding_checksum",
+    "content_hash",
+    "size",
+    "mtime",
+    "width",
+    "height",
+    "dtype",
+    "model_revision",
+    "proj_fingerprint",
+)
 
 
 class ImportRefused(NomicMemoryError):
@@ -100,11 +109,23 @@ class ImportReport:
         return self.imported / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "store": self.store, "table": self.table, "files": self.files,
-                "rows": self.rows, "imported": self.imported, "unchanged": self.unchanged, "commits": self.commits,
-                "seconds": round(self.seconds, 3), "write_seconds": round(self.write_seconds, 3),
-                "rows_per_second": round(self.rows_per_second, 1), "fingerprint": self.fingerprint,
-                "storage_dtype": self.storage_dtype, "ignored": self.ignored, "warnings": self.warnings}
+        return {
+            "source": self.source,
+            "store": self.store,
+            "table": self.table,
+            "files": self.files,
+            "rows": self.rows,
+            "imported": self.imported,
+            "unchanged": self.unchanged,
+            "commits": self.commits,
+            "seconds": round(self.seconds, 3),
+            "write_seconds": round(self.write_seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "fingerprint": self.fingerprint,
+            "storage_dtype": self.storage_dtype,
+            "ignored": self.ignored,
+            "warnings": self.warnings,
+        }
 
 
 @dataclass
@@ -123,9 +144,15 @@ class _Checked:
     over_f16: dict = field(default_factory=dict)  # file -> largest |value|, where beyond float16's range
 
 
-def import_embeddings(src: str | Path, store: str | Path | Store, stamp: ImportStamp, *,
-                      root: str | Path | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,
-                      on_event: ProgressCallback | None = None) -> ImportReport:
+def import_embeddings(
+    src: str | Path,
+    store: str | Path | Store,
+    stamp: ImportStamp,
+    *,
+    root: str | Path | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    on_event: ProgressCallback | None = None,
+) -> ImportReport:
     """Import the embeddings in ``src`` (a parquet or npz file, or a folder of them) into
     ``store``, stamped with ``stamp``.  ``root``: the folder the source's paths are relative to
     (needed when it has no ``root`` column; otherwise it replaces it).  Raises
@@ -141,14 +168,24 @@ def import_embeddings(src: str | Path, store: str | Path | Store, stamp: ImportS
     root_key = path_to_key(str(Path(root).expanduser().resolve())) if root is not None else None
     # An existing store is opened now (a bad one fails before the check pass); a new local one is
     # made only once the sources have passed it.
-    opened = store if isinstance(store, Store) else (
-        Store(store) if is_uri(str(store)) or Path(store).expanduser().is_dir() else None)
+    opened = (
+        store
+        if isinstance(store, Store)
+        else (Store(store) if is_uri(str(store)) or Path(store).expanduser().is_dir() else None)
+    )
     table = opened.open_table(stamp.table_name) if opened and stamp.table_name in opened.table_names() else None
     if table is not None and (table.info.kind, table.info.dim) != (stamp.kind, stamp.dim):
-        raise StoreError(f"table {table.name!r} in {table._where} holds {table.info.kind} {table.info.dim}-d "
-                         f"embeddings, not {stamp.kind} {stamp.dim}-d")
-    report = ImportReport(str(src), str(opened.path if opened else store), stamp.table_name, files=len(files),
-                          ignored=[str(p) for p in ignored])
+        raise StoreError(
+            f"table {table.name!r} in {table._where} holds {table.info.kind} {table.info.dim}-d "
+            f"embeddings, not {stamp.kind} {stamp.dim}-d"
+        )
+    report = ImportReport(
+        str(src),
+        str(opened.path if opened else store),
+        stamp.table_name,
+        files=len(files),
+        ignored=[str(p) for p in ignored],
+    )
     emit("sources", {"files": len(files), "ignored": len(ignored)})
     layout = Layout(stamp.kind, stamp.dim, stamp.model_id)
     checked = _check_all(files, layout, root_key, _read_size(batch_rows), refused)  # every bad file, on its own line
@@ -167,8 +204,9 @@ def import_embeddings(src: str | Path, store: str | Path | Store, stamp: ImportS
 
 
 # ----------------------------------------------------------------- pass 1: check
-def _check_all(files: list[Path], layout: Layout, root_key: str | None, read: int,
-               refused: list[InputError]) -> _Checked:
+def _check_all(
+    files: list[Path], layout: Layout, root_key: str | None, read: int, refused: list[InputError]
+) -> _Checked:
     checked = _Checked(files, {})
     keys: dict[tuple, Path] = {}
     problems = list(refused)
@@ -181,16 +219,19 @@ def _check_all(files: list[Path], layout: Layout, root_key: str | None, read: in
         except InputError as e:
             problems.append(e)
     if root_key is not None and len(checked.source_roots) > 1:
-        problems.append(InputError(files[0] if len(files) == 1 else files[0].parent,
-                                   f"its rows come from {len(checked.source_roots)} folders (root column: "
-                                   f"{', '.join(sorted(checked.source_roots)[:3])}); --root would merge them"))
+        problems.append(
+            InputError(
+                files[0] if len(files) == 1 else files[0].parent,
+                f"its rows come from {len(checked.source_roots)} folders (root column: "
+                f"{', '.join(sorted(checked.source_roots)[:3])}); --root would merge them",
+            )
+        )
     if problems:
         raise ImportRefused(problems)
     return checked
 
 
-def _check_rows(f: Path, rows: list[Row], layout: Layout, root_key: str | None, checked: _Checked,
-                keys: dict) -> None:
+def _check_rows(f: Path, rows: list[Row], layout: Layout, root_key: str | None, checked: _Checked, keys: dict) -> None:
     for r in rows:
         if r.root is None and root_key is None:
             raise UsageError(f"{f} has no root column: pass --root DIR, the folder its paths are relative to")
@@ -233,7 +274,7 @@ def _key(f: Path, r: Row, root_key: str | None) -> tuple[str, str, int]:
         prefix = root.rstrip("/") + "/"
         if not path.startswith(prefix):
             raise InputError(f, f"row {r.number}: path {path!r} is absolute and not under the root {root}")
-        path = path[len(prefix):]
+        path = path[len(prefix) :]
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise InputError(f, f"row {r.number}: path {r.path!r} is not a plain relative path")
@@ -245,16 +286,20 @@ def _key(f: Path, r: Row, root_key: str | None) -> tuple[str, str, int]:
     return root, path, int(r.page)
 
 
-def _table_info(stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | None,
-                report: ImportReport) -> TableInfo:
+def _table_info(stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | None, report: ImportReport) -> TableInfo:
     """The stamp checked against what the sources say made them, with the fingerprint the rows
     will record and, for a new table, the storage dtype."""
     problems = []
     for (mid, rev), f in checked.revisions.items():
         if (rev and rev != stamp.revision) or (not rev and mid != stamp.model_id):
-            problems.append(InputError(f, f"its rows were made by {mid or 'a model'} at revision {rev or '?'}, but "
-                                          f"{stamp.model_id} is revision {stamp.revision}: import them with the "
-                                          "model that made them"))
+            problems.append(
+                InputError(
+                    f,
+                    f"its rows were made by {mid or 'a model'} at revision {rev or '?'}, but "
+                    f"{stamp.model_id} is revision {stamp.revision}: import them with the "
+                    "model that made them",
+                )
+            )
     fingerprint = _fingerprint(stamp, checked, table, problems, report)
     if problems:
         raise ImportRefused(problems)
@@ -265,8 +310,14 @@ def _table_info(stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | N
         storage = "float32" if checked.dtypes == {"float32"} else "float16"
     else:
         storage = "float16" if checked.float_types == {"float16"} else "float32"
-    over = [InputError(f, f"values up to {v:.4g}, beyond float16's range: the table stores float16")
-            for f, v in checked.over_f16.items()] if storage == "float16" else []
+    over = (
+        [
+            InputError(f, f"values up to {v:.4g}, beyond float16's range: the table stores float16")
+            for f, v in checked.over_f16.items()
+        ]
+        if storage == "float16"
+        else []
+    )
     if over:
         raise ImportRefused(over)
     report.fingerprint, report.storage_dtype = fingerprint, storage
@@ -285,12 +336,15 @@ def _check_table(table: EmbeddingTable, stamp: ImportStamp, fingerprint: str) ->
     elif stamp.kind == "colqwen" and not fingerprint and info.seed != stamp.seed:
         other = f"seed {info.seed}, the rows seed {stamp.seed} (a head initialised from another seed)"
     if other:
-        raise StoreError(f"table {table.name!r} in {table._where} was made by {info.model_id} at {other}: "
-                         "its queries would score these rows meaninglessly; import them into another store")
+        raise StoreError(
+            f"table {table.name!r} in {table._where} was made by {info.model_id} at {other}: "
+            "its queries would score these rows meaninglessly; import them into another store"
+        )
 
 
-def _fingerprint(stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | None, problems: list,
-                 report: ImportReport) -> str:
+def _fingerprint(
+    stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | None, problems: list, report: ImportReport
+) -> str:
     if stamp.kind != "colqwen":
         return ""
     found = checked.fingerprints
@@ -298,8 +352,13 @@ def _fingerprint(stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | 
         accepted = stamp.fingerprints | {stamp.fingerprint}
         for fp, f in found.items():
             if fp not in accepted:
-                problems.append(InputError(f, f"its rows were made with projection {fp}, but {stamp.model_id} "
-                                              f"has projection {stamp.fingerprint} (another seed or checkpoint)"))
+                problems.append(
+                    InputError(
+                        f,
+                        f"its rows were made with projection {fp}, but {stamp.model_id} "
+                        f"has projection {stamp.fingerprint} (another seed or checkpoint)",
+                    )
+                )
         return stamp.fingerprint
     if len(found) > 1:
         for fp, f in found.items():
@@ -307,11 +366,16 @@ def _fingerprint(stamp: ImportStamp, checked: _Checked, table: EmbeddingTable | 
         return ""
     if found:  # this tool's own export says which projection made them
         return next(iter(found))
-    if table is not None and (table.info.model_id, table.info.revision, table.info.seed) == (
-            stamp.model_id, stamp.revision, stamp.seed) and table.info.fingerprint:
+    if (
+        table is not None
+        and (table.info.model_id, table.info.revision, table.info.seed) == (stamp.model_id, stamp.revision, stamp.seed)
+        and table.info.fingerprint
+    ):
         return table.info.fingerprint  # the same weights made the table's rows
-    report.warnings.append(f"the projection fingerprint of {stamp.model_id} is not known ({stamp.note}): the rows "
-                           "record none, and search checks the model's revision but cannot check its projection")
+    report.warnings.append(
+        f"the projection fingerprint of {stamp.model_id} is not known ({stamp.note}): the rows "
+        "record none, and search checks the model's revision but cannot check its projection"
+    )
     return ""
 
 
@@ -337,23 +401,51 @@ class _Writer:
                 raise InputError(f, f"row {r.number}: values that are not finite in {np.dtype(np_dt).name}")
             m = r.meta
             dtype = m.get("dtype") or ("float16" if r.embedding.dtype == np.float16 else "float32")
-            sig = (embedding_checksum(e), m.get("content_hash"), m.get("size"), m.get("mtime"), m.get("width"),
-                   m.get("height"), dtype, self.revision, self.fingerprint)
+            sig = (
+                embedding_checksum(e),
+                m.get("content_hash"),
+                m.get("size"),
+                m.get("mtime"),
+                m.get("width"),
+                m.get("height"),
+                dtype,
+                self.revision,
+                self.fingerprint,
+            )
             old = self.existing.get(key)
             if old == sig:
                 report.unchanged += 1
                 continue
-            rec = Record(key_to_path(key[0]), key_to_path(key[1]), m.get("content_hash"), m.get("size"),
-                         m.get("mtime"), m.get("width"), m.get("height"), e, dtype, page=key[2],
-                         model_revision=self.revision, proj_fingerprint=self.fingerprint)
+            rec = Record(
+                key_to_path(key[0]),
+                key_to_path(key[1]),
+                m.get("content_hash"),
+                m.get("size"),
+                m.get("mtime"),
+                m.get("width"),
+                m.get("height"),
+                e,
+                dtype,
+                page=key[2],
+                model_revision=self.revision,
+                proj_fingerprint=self.fingerprint,
+            )
             if old is None:
                 new.add((rec.path, rec.page))
             records.append(rec)
         return records, new
 
 
-def _write_all(table: EmbeddingTable, checked: _Checked, layout: Layout, root_key: str | None, info: TableInfo,
-               batch_rows: int, report: ImportReport, emit) -> None:
+def _write_all(
+    table: EmbeddingTable,
+    checked: _Checked,
+    layout: Layout,
+    root_key: str | None,
+    info: TableInfo,
+    batch_rows: int,
+    report: ImportReport,
+    emit,
+) -> None:
     t0 = time.perf_counter()
     writer = _Writer(table, root_key, info.revision, info.fingerprint, _existing(table, checked.roots))
     done = 0
@@ -364,15 +456,23 @@ def _write_all(table: EmbeddingTable, checked: _Checked, layout: Layout, root_ke
                 raise ImportRefused([InputError(f, "changed while it was being imported: run the import again")])
             for read in read_rows(f, layout, _read_size(batch_rows)):
                 for i in range(0, len(read), batch_rows):
-                    rows = read[i:i + batch_rows]
+                    rows = read[i : i + batch_rows]
                     records, new = writer.records(f, rows, report)
                     done += len(rows)
                     if records:
                         _commit(table, records, new)
                         report.imported += len(records)
                         report.commits += 1
-                    emit("batch", {"rows": done, "total": checked.rows, "imported": report.imported,
-                                   "unchanged": report.unchanged, "elapsed": time.perf_counter() - t0})
+                    emit(
+                        "batch",
+                        {
+                            "rows": done,
+                            "total": checked.rows,
+                            "imported": report.imported,
+                            "unchanged": report.unchanged,
+                            "elapsed": time.perf_counter() - t0,
+                        },
+                    )
     finally:
         report.write_seconds = time.perf_counter() - t0
         table.maintain()  # compact the batches' small fragments: cheap when there are few
@@ -400,7 +500,7 @@ def _existing(table: EmbeddingTable, roots: set[str]) -> dict[tuple, tuple]:
     out: dict[tuple, tuple] = {}
     roots_l = sorted(roots)
     for i in range(0, len(roots_l), 200):
-        where = f"root IN ({', '.join(_sql_str(r) for r in roots_l[i:i + 200])})"
+        where = f"root IN ({', '.join(_sql_str(r) for r in roots_l[i : i + 200])})"
         d = ds.to_table(columns=cols, filter=where).to_pydict()
         sigs = zip(*[d[c] if c in d else [None] * len(d["root"]) for c in SIGNATURE])
         for ro, p, pg, sig in zip(d["root"], d["path"], d["page"], sigs):

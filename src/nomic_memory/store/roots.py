@@ -29,7 +29,7 @@ def known_roots(store, table_name: str) -> set[str]:
         if not hasattr(store, "db") or TABLE not in store.all_table_names():
             return set()
         t = store.db.open_table(TABLE)
-        rows = t.search().where(f"\"table\" = {_sql(table_name)}").select(["root"]).limit(None).to_arrow()
+        rows = t.search().where(f'"table" = {_sql(table_name)}').select(["root"]).limit(None).to_arrow()
         return set(rows.column("root").to_pylist())
     except Exception as e:  # noqa: BLE001 - a damaged bookkeeping table
         log.info("the store's record of embedded folders cannot be read: %s", e)

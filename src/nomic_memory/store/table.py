@@ -25,9 +25,10 @@ import logging
 import os
 import re
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -113,7 +114,7 @@ class TableInfo:
         return json.dumps({**self.__dict__, "schema_version": SCHEMA_VERSION})
 
     @classmethod
-    def from_json(cls, s: str | bytes) -> "TableInfo":
+    def from_json(cls, s: str | bytes) -> TableInfo:
         d = json.loads(s)
         d.pop("schema_version", None)
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -182,8 +183,10 @@ from nomic_memory.store.roots import forget_roots  # noqa: E402
 def damaged(store_path, what: str, e: BaseException) -> StoreError:
     """The one-line error for a store whose files cannot be read (a damaged manifest or data file)."""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return StoreError(f"cannot read {what} in the store at {store_path} ({reason[:200]}); "
-                      f"run `nomic-memory check --store {store_path}` to find and repair damaged rows")
+    return StoreError(
+        f"cannot read {what} in the store at {store_path} ({reason[:200]}); "
+        f"run `nomic-memory check --store {store_path}` to find and repair damaged rows"
+    )
 
 
 class Store:
@@ -205,11 +208,13 @@ class Store:
         self.local = not is_uri(location)
         if self.local:
             if location.startswith("file://"):
-                location = location[len("file://"):]
+                location = location[len("file://") :]
             self.path: Path | str = Path(location).expanduser().resolve()
             if self.path.exists() and not self.path.is_dir():
-                raise StoreError(f"the store {self.path} is a file, not a store directory; "
-                                 "pass a directory (new or made by nomic-memory) with --store")
+                raise StoreError(
+                    f"the store {self.path} is a file, not a store directory; "
+                    "pass a directory (new or made by nomic-memory) with --store"
+                )
             if not create and not self.path.is_dir():
                 raise StoreError(f"no store at {self.path}")
             try:
@@ -219,8 +224,10 @@ class Store:
         else:
             self.path = location.rstrip("/")
         try:
-            self.db = lancedb.connect(str(self.path), storage_options={
-                "new_table_data_storage_version": LANCE_FORMAT, **(storage_options or {})})
+            self.db = lancedb.connect(
+                str(self.path),
+                storage_options={"new_table_data_storage_version": LANCE_FORMAT, **(storage_options or {})},
+            )
         except Exception as e:  # a malformed URI, an unknown scheme, missing credentials
             raise StoreError(f"cannot open the store at {self.path}: {e}") from None
 
@@ -230,26 +237,28 @@ class Store:
             res = self.db.list_tables()
         except Exception as e:
             raise damaged(self.path, "the list of tables", e) from None
-        names = getattr(res, "tables", res)
-        return sorted(n for n in names)
+        names: Any = getattr(res, "tables", res)  # newer lancedb: a response object with .tables
+        return sorted(str(n) for n in names)
 
     def table_names(self) -> list[str]:
         """The embedding tables (one per model)."""
         return [n for n in self.all_table_names() if not n.startswith("_")]
 
-    def _open(self, name: str) -> "EmbeddingTable":
+    def _open(self, name: str) -> EmbeddingTable:
         try:
             t = self.db.open_table(name)
         except Exception as e:  # a damaged or missing manifest
             raise damaged(self.path, f"table {name!r}", e) from None
         return EmbeddingTable(t, self)
 
-    def open_table(self, name: str) -> "EmbeddingTable":
+    def open_table(self, name: str) -> EmbeddingTable:
         if name not in self.table_names():
-            raise StoreError(f"store {self.path} has no table {name!r} (tables: {', '.join(self.table_names()) or 'none'})")
+            raise StoreError(
+                f"store {self.path} has no table {name!r} (tables: {', '.join(self.table_names()) or 'none'})"
+            )
         return self._open(name)
 
-    def only_table(self) -> "EmbeddingTable":
+    def only_table(self) -> EmbeddingTable:
         names = self.table_names()
         if not names:
             raise StoreError(f"store {self.path} is empty: embed a directory into it first")
@@ -257,14 +266,16 @@ class Store:
             raise StoreError(f"store {self.path} holds several models ({', '.join(names)}); choose one with --table")
         return self.open_table(names[0])
 
-    def create_or_open(self, name: str, info: TableInfo) -> "EmbeddingTable":
+    def create_or_open(self, name: str, info: TableInfo) -> EmbeddingTable:
         with self.lock(name):  # two runs creating the same new table: one creates, one opens
             if name in self.table_names():
                 t = self._open(name)
                 old = t.info
                 if (old.kind, old.dim) != (info.kind, info.dim):
-                    raise StoreError(f"table {name!r} in {self.path} holds {old.kind} {old.dim}-d embeddings, "
-                                     f"not {info.kind} {info.dim}-d")
+                    raise StoreError(
+                        f"table {name!r} in {self.path} holds {old.kind} {old.dim}-d embeddings, "
+                        f"not {info.kind} {info.dim}-d"
+                    )
                 return t
             return EmbeddingTable(self.db.create_table(name, schema=schema_for(info)), self)
 
@@ -289,8 +300,9 @@ class Store:
                 log.warning("waiting for another nomic-memory process writing to table %s of %s", table, self.path)
                 lock.acquire()
         except OSError as e:  # a store this user cannot write (the lock file cannot be created)
-            raise StoreError(f"cannot write to the store at {self.path}: {e.strerror or e} "
-                             f"(lock file {lock.lock_file})") from None
+            raise StoreError(
+                f"cannot write to the store at {self.path}: {e.strerror or e} (lock file {lock.lock_file})"
+            ) from None
         try:
             yield
         finally:
@@ -301,23 +313,25 @@ class Store:
         """Delete a table, its remembered failures and, for a local store, the search side index
         built from it."""
         if name not in self.table_names():
-            raise StoreError(f"store {self.path} has no table {name!r} (tables: {', '.join(self.table_names()) or 'none'})")
+            raise StoreError(
+                f"store {self.path} has no table {name!r} (tables: {', '.join(self.table_names()) or 'none'})"
+            )
         with self.lock(name):
             try:
                 self.db.drop_table(name)
-                self.forget_failures(f"\"table\" = {_sql_str(name)}")
-                forget_roots(self, f"\"table\" = {_sql_str(name)}")
+                self.forget_failures(f'"table" = {_sql_str(name)}')
+                forget_roots(self, f'"table" = {_sql_str(name)}')
             except Exception as e:
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
                 raise StoreError(f"cannot drop table {name!r} in the store at {self.path}: {reason}") from None
         if self.local:  # search's pooled index: <store>/_nomic_memory_approx/<table>-<method>.lance
             import shutil
 
-            for side in (self.path / "_nomic_memory_approx").glob(f"{name}-*.lance"):
+            for side in (Path(self.path) / "_nomic_memory_approx").glob(f"{name}-*.lance"):
                 shutil.rmtree(side, ignore_errors=True)
             # search's first-stage index (search.liveindex.INDEX_DIR): a new table of this name
             # must not inherit it
-            shutil.rmtree(self.path / "_nomic_memory_index" / name, ignore_errors=True)
+            shutil.rmtree(Path(self.path) / "_nomic_memory_index" / name, ignore_errors=True)
 
     def forget_failures(self, where: str) -> None:
         """Delete the remembered failures (:mod:`nomic_memory.store.failures`) matching ``where``."""
@@ -329,7 +343,7 @@ class Store:
         """Bytes the table's directory takes on disk, old versions included (local stores only)."""
         if not self.local:
             return None
-        d = self.path / f"{name}.lance"
+        d = Path(self.path) / f"{name}.lance"
         return sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.is_dir() else 0
 
 
@@ -379,8 +393,10 @@ class EmbeddingTable:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if isinstance(e, OSError) and e.strerror:
                 reason = e.strerror
-            raise StoreError(f"cannot {what} table {self.name!r} in the store at {self._where}: {reason[:200]} "
-                             "(the rows committed before are intact)") from None
+            raise StoreError(
+                f"cannot {what} table {self.name!r} in the store at {self._where}: {reason[:200]} "
+                "(the rows committed before are intact)"
+            ) from None
 
     def refresh(self) -> None:
         """See the writes other processes committed since this table was opened."""
@@ -409,10 +425,17 @@ class EmbeddingTable:
             raise damaged(self._where, f"table {self.name!r}", e) from None
         self._seen, self._seen_root, self._foreign = seen, root, set()  # see _present_keys
         d = t.to_pydict()
-        return {(key_to_path(p), int(pg or 0)): {"content_hash": h, "model_revision": r, "proj_fingerprint": f,
-                                                 "root": key_to_path(ro)}
-                for ro, p, pg, h, r, f in zip(d["root"], d["path"], d["page"], d["content_hash"], d["model_revision"],
-                                              d["proj_fingerprint"])}
+        return {
+            (key_to_path(p), int(pg or 0)): {
+                "content_hash": h,
+                "model_revision": r,
+                "proj_fingerprint": f,
+                "root": key_to_path(ro),
+            }
+            for ro, p, pg, h, r, f in zip(
+                d["root"], d["path"], d["page"], d["content_hash"], d["model_revision"], d["proj_fingerprint"]
+            )
+        }
 
     def validate(self, records: list[Record]) -> tuple[list[Record], list[tuple[Record, str]]]:
         """Split ``records`` into writable ones and refused ones with the reason: vectors that
@@ -425,8 +448,13 @@ class EmbeddingTable:
                 e = np.asarray(r.embedding, dtype=np_dt)
             want_ndim = 2 if self.info.kind == "colqwen" else 1
             if e.ndim != want_ndim or e.shape[-1] != self.info.dim or e.size == 0:
-                bad.append((r, f"embedding has shape {tuple(e.shape)}, expected "
-                               f"{'(n, ' if want_ndim == 2 else '('}{self.info.dim})"))
+                bad.append(
+                    (
+                        r,
+                        f"embedding has shape {tuple(e.shape)}, expected "
+                        f"{'(n, ' if want_ndim == 2 else '('}{self.info.dim})",
+                    )
+                )
             elif not np.isfinite(e).all():
                 what = "NaN" if np.isnan(e).any() else f"infinite (out of {self.info.storage_dtype} range)"
                 bad.append((r, f"embedding contains {what} values: not stored"))
@@ -439,7 +467,7 @@ class EmbeddingTable:
 
         info = self.info
         np_dt = np.float16 if info.storage_dtype == "float16" else np.float32
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         embs = [np.ascontiguousarray(np.asarray(r.embedding, dtype=np_dt)) for r in records]
         if info.kind == "colqwen":
             flat = np.concatenate([e.reshape(-1) for e in embs]) if embs else np.zeros(0, np_dt)
@@ -452,15 +480,20 @@ class EmbeddingTable:
             emb_arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=self.vector_type), info.dim)
             nvec = [1] * len(embs)
         cols = {
-            "root": [path_to_key(r.root) for r in records], "path": [path_to_key(r.path) for r in records],
+            "root": [path_to_key(r.root) for r in records],
+            "path": [path_to_key(r.path) for r in records],
             "page": [r.page for r in records],
-            "content_hash": [r.content_hash for r in records], "size": [r.size for r in records],
-            "mtime": [r.mtime for r in records], "width": [r.width for r in records],
-            "height": [r.height for r in records], "n_vectors": nvec,
+            "content_hash": [r.content_hash for r in records],
+            "size": [r.size for r in records],
+            "mtime": [r.mtime for r in records],
+            "width": [r.width for r in records],
+            "height": [r.height for r in records],
+            "n_vectors": nvec,
             "model_id": [info.model_id] * len(records),
             "model_revision": [r.model_revision or info.revision for r in records],
-            "proj_fingerprint": [info.fingerprint if r.proj_fingerprint is None else r.proj_fingerprint
-                                 for r in records],
+            "proj_fingerprint": [
+                info.fingerprint if r.proj_fingerprint is None else r.proj_fingerprint for r in records
+            ],
             "dtype": [r.dtype for r in records],
             "embedded_at": [now] * len(records),
             "embedding_checksum": [embedding_checksum(e) for e in embs],
@@ -559,8 +592,12 @@ class EmbeddingTable:
         return out
 
     def _merge(self, records: list[Record]) -> None:
-        (self.table.merge_insert(list(KEY_COLUMNS)).when_matched_update_all()
-         .when_not_matched_insert_all().execute(self._arrow(records)))
+        (
+            self.table.merge_insert(list(KEY_COLUMNS))
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(self._arrow(records))
+        )
 
     def append_replacing(self, records: list[Record], old_row_ids: Iterable[int]) -> list[tuple[Record, str]]:
         """Append ``records``, then delete the rows ``old_row_ids`` they replace (repair's write).
@@ -577,7 +614,7 @@ class EmbeddingTable:
             if records:
                 self.table.add(self._arrow(records))
             for i in range(0, len(ids), 1000):
-                self.table.delete(f"_rowid IN ({', '.join(str(r) for r in ids[i:i + 1000])})")
+                self.table.delete(f"_rowid IN ({', '.join(str(r) for r in ids[i : i + 1000])})")
         return refused
 
     def delete_paths(self, root: str, paths: Iterable[str]) -> int:
@@ -587,9 +624,11 @@ class EmbeddingTable:
         with self._write_errors("delete rows from"), self._lock():
             self.refresh()
             for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
+                chunk = keys[i : i + 500]
                 before = self.count()
-                self.table.delete(f"root = {_sql_str(path_to_key(root))} AND path IN ({', '.join(_sql_str(p) for p in chunk)})")
+                self.table.delete(
+                    f"root = {_sql_str(path_to_key(root))} AND path IN ({', '.join(_sql_str(p) for p in chunk)})"
+                )
                 n += before - self.count()
         return n
 
@@ -601,7 +640,7 @@ class EmbeddingTable:
         with self._write_errors("delete rows from"), self._lock():
             self.refresh()
             for i in range(0, len(keys), 200):
-                cond = " OR ".join(f"(path = {_sql_str(p)} AND page = {pg})" for p, pg in keys[i:i + 200])
+                cond = " OR ".join(f"(path = {_sql_str(p)} AND page = {pg})" for p, pg in keys[i : i + 200])
                 before = self.count()
                 self.table.delete(f"root = {_sql_str(path_to_key(root))} AND ({cond})")
                 n += before - self.count()
@@ -656,7 +695,7 @@ class EmbeddingTable:
                 else:
                     drop.append(rid)
             for i in range(0, len(drop), 1000):
-                self.table.delete(f"_rowid IN ({', '.join(str(int(r)) for r in drop[i:i + 1000])})")
+                self.table.delete(f"_rowid IN ({', '.join(str(int(r)) for r in drop[i : i + 1000])})")
         if drop:
             log.warning("table %s held %d duplicate rows (concurrent writers): removed", self.name, len(drop))
         return len(drop)
@@ -687,7 +726,7 @@ class EmbeddingTable:
         except Exception:  # noqa: BLE001
             return 0
 
-    def optimize(self, cleanup_older_than: "dt.timedelta | None" = None, strict: bool = False) -> None:
+    def optimize(self, cleanup_older_than: dt.timedelta | None = None, strict: bool = False) -> None:
         """Compact the small per-batch fragments into few large ones and delete the files of
         versions older than ``cleanup_older_than`` (default :data:`CLEANUP_GRACE`).  Each batch
         commit makes a version; without the cleanup a store keeps every compacted fragment's
@@ -709,11 +748,12 @@ class EmbeddingTable:
                 if isinstance(e, StoreError):
                     raise
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
-                raise StoreError(f"cannot compact table {self.name!r} in the store at {self._where}: "
-                                 f"{reason}") from None
+                raise StoreError(
+                    f"cannot compact table {self.name!r} in the store at {self._where}: {reason}"
+                ) from None
             log.info("compaction of table %s skipped: %s", self.name, e)
 
-    def maintain(self, max_fragments: int = 16, cleanup_older_than: "dt.timedelta | None" = None) -> bool:
+    def maintain(self, max_fragments: int = 16, cleanup_older_than: dt.timedelta | None = None) -> bool:
         """End-of-run upkeep, cheap when there is nothing to do (reads the manifest only).
 
         Compacts when the table has more than ``max_fragments`` fragments, or versions older
@@ -748,9 +788,7 @@ class EmbeddingTable:
         """Stream the table from disk without materialising it."""
         try:
             ds = self.table.to_lance()
-            it = ds.to_batches(columns=columns, batch_size=batch_size)
-            for b in it:
-                yield b
+            yield from ds.to_batches(columns=columns, batch_size=batch_size)
         except StoreError:
             raise
         except Exception as e:
@@ -773,8 +811,8 @@ class EmbeddingTable:
             before = self.count()
             self.table.delete(f"root = {_sql_str(path_to_key(root))}")
             if self.store is not None:
-                self.store.forget_failures(f"\"table\" = {_sql_str(self.name)} AND root = {_sql_str(root)}")
-                forget_roots(self.store, f"\"table\" = {_sql_str(self.name)} AND root = {_sql_str(path_to_key(root))}")
+                self.store.forget_failures(f'"table" = {_sql_str(self.name)} AND root = {_sql_str(root)}')
+                forget_roots(self.store, f'"table" = {_sql_str(self.name)} AND root = {_sql_str(path_to_key(root))}')
             return before - self.count()
 
     def stats(self) -> dict:
@@ -783,8 +821,12 @@ class EmbeddingTable:
         st = st if isinstance(st, dict) else st.__dict__
         frag = st.get("fragment_stats") or {}
         frag = frag if isinstance(frag, dict) else frag.__dict__
-        return {"rows": self.count(), "fragments": frag.get("num_fragments"),
-                "versions": len(self.table.list_versions()), "data_bytes": st.get("total_bytes")}
+        return {
+            "rows": self.count(),
+            "fragments": frag.get("num_fragments"),
+            "versions": len(self.table.list_versions()),
+            "data_bytes": st.get("total_bytes"),
+        }
 
 
 def _key_filters(records: list[Record], per_filter: int = 200) -> Iterator[str]:
@@ -794,9 +836,11 @@ def _key_filters(records: list[Record], per_filter: int = 200) -> Iterator[str]:
         by_path.setdefault((path_to_key(r.root), path_to_key(r.path)), set()).add(int(r.page))
     items = sorted(by_path.items())
     for i in range(0, len(items), per_filter):
-        yield " OR ".join(f"(root = {_sql_str(root)} AND path = {_sql_str(path)} AND page IN "
-                          f"({', '.join(str(p) for p in sorted(pages))}))"
-                          for (root, path), pages in items[i:i + per_filter])
+        yield " OR ".join(
+            f"(root = {_sql_str(root)} AND path = {_sql_str(path)} AND page IN "
+            f"({', '.join(str(p) for p in sorted(pages))}))"
+            for (root, path), pages in items[i : i + per_filter]
+        )
 
 
 def _naive(ts):

@@ -27,8 +27,10 @@ async def _search_request(request: Request, cfg: ServeConfig) -> tuple[SearchBod
         body = await read_json(request, SearchBody, cfg)
         return body, [(f"images[{i}]", b64_image(s, f"images[{i}]")) for i, s in enumerate(body.images)]
     form = await request.form(max_files=cfg.max_queries, max_fields=cfg.max_queries + 8)
-    fields: dict[str, Any] = {"queries": [t for t in form.getlist("queries") + form.getlist("query") if isinstance(t, str)],
-                              "images": [s for s in form.getlist("images") + form.getlist("image") if isinstance(s, str)]}
+    fields: dict[str, Any] = {
+        "queries": [t for t in form.getlist("queries") + form.getlist("query") if isinstance(t, str)],
+        "images": [s for s in form.getlist("images") + form.getlist("image") if isinstance(s, str)],
+    }
     for name in ("k", "where"):
         if form.get(name) is not None:
             fields[name] = form.get(name)
@@ -48,8 +50,12 @@ async def search(request: Request, service: SearchService = Depends(serving), cf
     body, raw = await _search_request(request, cfg)
     images = [await asyncio.to_thread(decode_image_bytes, b, cfg.max_image_pixels, name) for name, b in raw]
     hits = await service.search([*body.texts, *images], body.k, body.where)
-    return {"k": body.k, "where": body.where, "took_ms": round(1000 * (time.perf_counter() - t0), 3),
-            "results": [[hit_json(h) for h in hs] for hs in hits]}
+    return {
+        "k": body.k,
+        "where": body.where,
+        "took_ms": round(1000 * (time.perf_counter() - t0), 3),
+        "results": [[hit_json(h) for h in hs] for hs in hits],
+    }
 
 
 def _part(p: Any, where: str) -> tuple[str, Any]:
@@ -89,8 +95,9 @@ def pooling_inputs(body: EmbedBody, cfg: ServeConfig) -> list[tuple[str, Any]]:
 
 
 @router.post("/embed", openapi_extra=_body(EmbedBody))
-async def embed(request: Request, service: SearchService = Depends(get_service),
-                cfg: ServeConfig = Depends(get_config)):
+async def embed(
+    request: Request, service: SearchService = Depends(get_service), cfg: ServeConfig = Depends(get_config)
+):
     """Embeddings in vLLM's ``/pooling`` response shape (texts as queries, images as documents)."""
     body = await read_json(request, EmbedBody, cfg)
     queries = []
@@ -104,10 +111,14 @@ async def embed(request: Request, service: SearchService = Depends(get_service),
             queries.append(await asyncio.to_thread(decode_image_bytes, v, cfg.max_image_pixels, f"input[{i}]"))
     embs = await service.embed(queries)
     n_tokens = sum(int(e.shape[0]) if e.ndim == 2 else 1 for e in embs)
-    return {"id": f"pool-{secrets.token_hex(8)}", "object": "list", "created": int(time.time()),
-            "model": service.index.info.model_id,
-            "data": [{"index": i, "object": "pooling", "data": e.tolist()} for i, e in enumerate(embs)],
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens, "completion_tokens": 0}}
+    return {
+        "id": f"pool-{secrets.token_hex(8)}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": service.index.info.model_id,
+        "data": [{"index": i, "object": "pooling", "data": e.tolist()} for i, e in enumerate(embs)],
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens, "completion_tokens": 0},
+    }
 
 
 @router.get("/tokens")

@@ -19,8 +19,9 @@ async def index_page():
 
 @router.get("/favicon.ico")
 async def favicon():
-    return FileResponse(WEB_DIR / "favicon.ico", media_type="image/x-icon",
-                        headers={"Cache-Control": "public, max-age=86400"})
+    return FileResponse(
+        WEB_DIR / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"}
+    )
 
 
 @router.get("/docs")
