@@ -112,10 +112,13 @@ def test_readme_try_out_runs_as_written_on_a_fresh_account(tmp_path):
     assert not (home / ".local" / "share" / "nomic-memory").exists()  # the default store was never touched
 
 
-def test_quick_start_uses_the_sample_folder():
+def test_quick_start_is_one_command_and_offers_the_sample_folder():
     lines = readme_block("## Quick start")
-    assert lines[1] == "uv run nomic-memory samples ~/nomic-samples"
-    assert lines[2] == "uv run python main.py ~/nomic-samples"
+    assert lines == ["pip install uv && uv sync --compile-bytecode && uv run python main.py ~/Pictures"]
+    text = (REPO / "README.md").read_text()
+    quick = text[text.index("## Quick start") : text.index("**Try-out, offline.**")]
+    assert "`uv run nomic-memory samples ~/nomic-samples`" in quick  # for a user without ~/Pictures
+    assert "`uv run python main.py ~/nomic-samples`" in quick
 
 
 def test_bench_refuses_a_missing_backend_before_anything_else(tmp_path):
