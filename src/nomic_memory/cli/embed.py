@@ -102,6 +102,7 @@ class ConsoleProgress:
         for msg in held:
             self.line(msg)
 
+    # Long: one branch per run event, each printing its line in the two report styles (main.py and embed).
     def __call__(self, kind: str, data: dict) -> None:
         legacy = self.style is ReportStyle.legacy
         if kind == "failed":

@@ -17,6 +17,7 @@ from nomic_memory.errors import NomicMemoryError
 from nomic_memory.locations import default_store_path
 
 
+# Long: the options checked in the order a user meets them, then the server or the in-process search and its output.
 def search(
     query: Optional[list[str]] = typer.Argument(
         None, metavar="QUERY", help="Text query (several: one scan answers them all)."

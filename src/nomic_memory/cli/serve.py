@@ -23,6 +23,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# Long: the options checked against each other (host, token, watch, table), then the server started and stopped.
 def serve(
     store: Optional[str] = store_option(),
     table: Optional[str] = typer.Option(

@@ -371,6 +371,7 @@ def load_model(
     return spec.load(backend)
 
 
+# Long: the loading steps in order (kind, dtype, attention, weights, projection seed and fingerprint, image-only).
 def _load(spec: ModelSpec, resolved: ResolvedModel, backend: Backend) -> LoadedModel:
     check_weight_format(resolved.source)
     q = qwen2_5()  # imported only now: it takes seconds, and a bad model name should fail at once

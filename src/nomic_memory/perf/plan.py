@@ -779,9 +779,8 @@ def plan_for_model(
     forward: str = "lean",
 ) -> MemoryPlan:
     """Plan for a loaded model (``loading.LoadedModel``): its own config, tokenizer and backend."""
-    from nomic_memory.model.loading import (
-        document_prompt_ids,  # late: torch (a second); planning from a config needs none
-    )
+    # late: torch (a second); planning from a config needs none
+    from nomic_memory.model.loading import document_prompt_ids
 
     proc = lm.processor
     prompt = len(proc.tokenizer(proc.visual_prompt_prefix, add_special_tokens=True)["input_ids"]) - 1

@@ -226,9 +226,8 @@ class EmbedWorker:
     ):
         import torch
 
-        from nomic_memory.model.encode import (
-            BatchEncoder,  # late: transformers' model code, on the actor only (the driver loads no model)
-        )
+        # late: transformers' model code, on the actor only (the driver loads no model)
+        from nomic_memory.model.encode import BatchEncoder
 
         quiet_libraries()
         if backend_name == "cpu" and threads:

@@ -142,9 +142,8 @@ def check_model(lm, info: TableInfo) -> list[str]:
 
 def _fingerprints(lm) -> frozenset[str]:
     """Every fingerprint a table made with ``lm``'s projection may record (whatever the dtype)."""
-    from nomic_memory.model.loading import (
-        fingerprint_variants,  # late: torch (a second); a search by embeddings needs none
-    )
+    # late: torch (a second); a search by embeddings needs none
+    from nomic_memory.model.loading import fingerprint_variants
 
     return getattr(lm, "fingerprints", None) or fingerprint_variants(lm.model)
 
