@@ -63,9 +63,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
 
+    # isort: off
+    import nomic_memory.run.ray_engine  # noqa: F401  (before ray: opts out of the uv hook)
     import ray
 
-    import nomic_memory.run.ray_engine  # noqa: F401  (before ray: opts out of the uv hook)
+    # isort: on
     from nomic_memory import Embedder
     from nomic_memory.model.backends import select_backend
     from nomic_memory.model.loading import load_model

@@ -33,9 +33,11 @@ def cluster():
         pytest.skip("ray is not installed (uv sync --extra ray)")
     # The engine module first: it opts out of Ray's `uv run` worker hook before Ray is imported
     # (CI runs `uv run pytest`; with the hook, workers start without the project's venv and die).
+    # isort: off
+    import nomic_memory.run.ray_engine  # noqa: F401
     import ray
 
-    import nomic_memory.run.ray_engine  # noqa: F401
+    # isort: on
 
     started = not ray.is_initialized()
     if started:
