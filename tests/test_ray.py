@@ -31,13 +31,12 @@ SIZES = [(120, 90), (64, 200), (300, 300), (500, 120), (90, 90)]
 def cluster():
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed (uv sync --extra ray)")
-    # The engine module first: it opts out of Ray's `uv run` worker hook before Ray is imported
-    # (CI runs `uv run pytest`; with the hook, workers start without the project's venv and die).
-    # isort: off
-    import nomic_memory.run.ray_engine  # noqa: F401
+    # Ray first, as another library or a notebook may have imported it: the engine module must still
+    # opt out of Ray's `uv run` worker hook (CI runs `uv run pytest`; with the hook, workers start
+    # without the project's venv and die).
     import ray
 
-    # isort: on
+    import nomic_memory.run.ray_engine  # noqa: F401
 
     started = not ray.is_initialized()
     if started:

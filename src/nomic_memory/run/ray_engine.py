@@ -47,11 +47,13 @@ import numpy as np
 # Workers started by this engine run on the interpreter and packages of the machine they start on
 # (the same venv on a local cluster; the cluster image on a remote one), so the hook is opted out
 # unless the user asked for it explicitly (RAY_ENABLE_UV_RUN_RUNTIME_ENV=1).  Ray reads the flag
-# once, at import time, hence before `import ray`.
+# once, when `ray` is first imported -- which may already have happened in this process (another
+# library, a notebook cell), so the constant Ray consults at `ray.init` is set as well.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 import ray  # noqa: E402
 import ray.data  # noqa: E402
+from ray._private import ray_constants as _ray_constants  # noqa: E402
 
 from nomic_memory.errors import EngineError, InputError
 from nomic_memory.ingest.decode import DecodeTask
@@ -61,6 +63,9 @@ from nomic_memory.model.backends import Backend, select_backend
 from nomic_memory.model.collate import Prepared, decode_tasks
 from nomic_memory.model.loading import LoadedModel, ModelSpec, ProcessorSource, ResolvedModel
 from nomic_memory.run.driver import BatchResult, ModelStamp, RunPlan, RunReport
+
+if os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"].strip().lower() in ("0", "false"):
+    _ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
 
 log = logging.getLogger("nomic_memory")
 
