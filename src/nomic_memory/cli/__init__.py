@@ -1,7 +1,9 @@
 """The ``nomic-memory`` command line: a thin shell over the library API.
 
 Each command lives in its own module as a plain function; this module assembles them into one
-Typer app, explicitly (no registration by import side effect).  ``python -m nomic_memory``,
+Typer app, explicitly (no registration by import side effect), from a table of command names and
+the modules that hold them: a command's module is imported when the command runs or help lists
+it, so start-up (``--version``, one ``search``) pays only for what it uses.  ``python -m nomic_memory``,
 ``python -m nomic_memory.cli``, the ``nomic-memory`` script and ``main.py`` all run this app.
 
 Help is click's plain format (``rich_markup_mode=None``): rich's option table cuts long option
@@ -10,26 +12,96 @@ names at 80 columns and shows ``<bool>`` for flags.
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Optional
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
+from typer.models import CommandInfo
 
-from nomic_memory.cli import bench as _bench
-from nomic_memory.cli import check as _check
-from nomic_memory.cli import embed as _embed
-from nomic_memory.cli import importing as _importing
-from nomic_memory.cli import index as _index
-from nomic_memory.cli import mcp as _mcp
-from nomic_memory.cli import samples as _samples
-from nomic_memory.cli import search as _search
-from nomic_memory.cli import serve as _serve
-from nomic_memory.cli import store as _store
-from nomic_memory.cli import tools as _tools
-from nomic_memory.cli import watch as _watch
 from nomic_memory.cli.common import reports_errors, version_callback
 
+# Every command, in the order ``--help`` lists them: name -> (module, function or sub-app).  A
+# command's module is imported only when that command is needed (it runs, or help lists it), so
+# ``nomic-memory --version`` or one ``search`` does not import what ``embed`` or ``serve`` need.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "embed": ("nomic_memory.cli.embed", "embed"),
+    "search": ("nomic_memory.cli.search", "search"),
+    "serve": ("nomic_memory.cli.serve", "serve"),
+    "watch": ("nomic_memory.cli.watch", "watch"),
+    "mcp": ("nomic_memory.cli.mcp", "mcp"),
+    "export": ("nomic_memory.cli.tools", "export"),
+    "import": ("nomic_memory.cli.importing", "import_"),
+    "bench": ("nomic_memory.cli.bench", "bench"),
+    "plan": ("nomic_memory.cli.bench", "plan"),
+    "make-tiny-model": ("nomic_memory.cli.tools", "make_tiny_model"),
+    "samples": ("nomic_memory.cli.samples", "samples"),
+    "check": ("nomic_memory.cli.check", "check"),
+    "store": ("nomic_memory.cli", "store_app"),
+    "index": ("nomic_memory.cli", "index_app"),
+}
+
+
+def _build_command(name: str) -> Any:
+    """The click command (or group) ``name``, built from its module, imported now.
+
+    Every command reports any NomicMemoryError it did not handle itself as one line (exit 1, or 2
+    for a usage error): the one exception root, caught in one place.
+    """
+    module, attr = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attr)
+    if isinstance(target, typer.Typer):
+        group = typer.main.get_group(target)
+        group.name = name
+        return group
+    info = CommandInfo(name=name, callback=reports_errors(target))
+    return typer.main.get_command_from_info(info, pretty_exceptions_short=True, rich_markup_mode=None)
+
+
+class _LazyCommands(MutableMapping):
+    """The top-level group's commands: every name known at once, each command built on first use."""
+
+    def __init__(self, build: Callable[[str], Any]) -> None:
+        self._build = build
+        self._names = list(COMMANDS)
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            if name not in self._names:
+                raise KeyError(name)
+            self._built[name] = self._build(name)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        if name not in self._names:
+            self._names.append(name)
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        self._names.remove(name)
+        self._built.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class _LazyGroup(TyperGroup):
+    """Typer's group with the commands of ``COMMANDS``, each imported when first looked up."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        commands = _LazyCommands(_build_command)
+        commands.update(kwargs.pop("commands", None) or {})
+        super().__init__(*args, commands=commands, **kwargs)
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -46,38 +118,43 @@ def _app_options(
     """Embed folders of images and documents with Nomic's multimodal retrievers, store and search them."""
 
 
-# Every command reports any NomicMemoryError it did not handle itself as one line (exit 1, or 2
-# for a usage error): the one exception root, caught in one place.
-app.command("embed")(reports_errors(_embed.embed))
-app.command("search")(reports_errors(_search.search))
-app.command("serve")(reports_errors(_serve.serve))
-app.command("watch")(reports_errors(_watch.watch))
-app.command("mcp")(reports_errors(_mcp.mcp))
-app.command("export")(reports_errors(_tools.export))
-app.command("import")(reports_errors(_importing.import_))
-app.command("bench")(reports_errors(_bench.bench))
-app.command("plan")(reports_errors(_bench.plan))
-app.command("make-tiny-model")(reports_errors(_tools.make_tiny_model))
-app.command("samples")(reports_errors(_samples.samples))
-app.command("check")(reports_errors(_check.check))
-store_app = typer.Typer(
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.",
-)
-store_app.command("list")(reports_errors(_store.list_tables))
-store_app.command("drop")(reports_errors(_store.drop))
-store_app.command("forget")(reports_errors(_store.forget))
-store_app.command("compact")(reports_errors(_store.compact))
-app.add_typer(store_app, name="store")
-index_app = typer.Typer(
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    help="The search index beside each table (kept current by every search).",
-)
-index_app.command("rebuild")(reports_errors(_index.rebuild))
-index_app.command("status")(reports_errors(_index.status))
-app.add_typer(index_app, name="index")
+def __getattr__(name: str) -> typer.Typer:
+    """``store_app`` and ``index_app``, the sub-apps, built (and their modules imported) on first use."""
+    if name == "store_app":
+        return _store_app()
+    if name == "index_app":
+        return _index_app()
+    raise AttributeError(name)
+
+
+def _store_app() -> typer.Typer:
+    # late: only ``store ...`` (or the full help) needs these commands
+    from nomic_memory.cli import store as _store
+
+    sub = typer.Typer(
+        no_args_is_help=True,
+        rich_markup_mode=None,
+        help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.",
+    )
+    sub.command("list")(reports_errors(_store.list_tables))
+    sub.command("drop")(reports_errors(_store.drop))
+    sub.command("forget")(reports_errors(_store.forget))
+    sub.command("compact")(reports_errors(_store.compact))
+    return sub
+
+
+def _index_app() -> typer.Typer:
+    # late: only ``index ...`` (or the full help) needs these commands
+    from nomic_memory.cli import index as _index
+
+    sub = typer.Typer(
+        no_args_is_help=True,
+        rich_markup_mode=None,
+        help="The search index beside each table (kept current by every search).",
+    )
+    sub.command("rebuild")(reports_errors(_index.rebuild))
+    sub.command("status")(reports_errors(_index.status))
+    return sub
 
 
 def main() -> None:
@@ -87,8 +164,7 @@ def main() -> None:
 def legacy_main(argv: list[str] | None = None) -> None:
     """``python main.py DIR [--model-variant ...]``: the original command line and its report
     (the ``embed`` command with the legacy report style)."""
-    cmd = typer.main.get_command(app)
-    embed_cmd = getattr(cmd, "commands", {}).get("embed", cmd)
+    embed_cmd = _build_command("embed")
     embed_cmd.main(
         args=argv if argv is not None else sys.argv[1:], prog_name="main.py", default_map={"report_style": "legacy"}
     )

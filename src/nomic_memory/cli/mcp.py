@@ -73,9 +73,11 @@ def mcp(
         )
     if template is not None and "{}" not in template:
         raise fail(f'--template {template!r} has no {{}} where the query goes (e.g. "Query: {{}}")', EXIT_USAGE)
+    # late: as above
     from nomic_memory.serve.mcp import (  # late: pyarrow and the MCP SDK; the CLI starts without them
         create_mcp_server,
         open_page_store,
+        widen_stdout_pipe,
     )
 
     try:
@@ -96,6 +98,7 @@ def mcp(
             file=sys.stderr,
             flush=True,
         )
+        widen_stdout_pipe()
         server.run("stdio")
         return
     _run_http(server, pages, host, port, token)

@@ -12,12 +12,14 @@ real ``__init__`` as usual and reuses the very same classes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
 import threading
 import types
+from collections.abc import Iterator
 
 _lock = threading.Lock()
 _PARENTS = ("colpali_engine", "colpali_engine.models")
@@ -44,6 +46,39 @@ def _stand_ins() -> list[str]:
     return added
 
 
+_load_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def lean_transformers() -> Iterator[None]:
+    """For the duration: ``transformers.models`` as a stand-in package (its search path, its
+    ``__init__`` not run), removed afterwards.
+
+    That ``__init__`` reads the source of every model family transformers ships (several hundred
+    folders) to build its lazy table of names: the largest single step of importing the Qwen2.5
+    model (``python -X importtime``), and loading a model and processor by their class (as
+    :func:`nomic_memory.model.loading.load_model` does) never consults that table.  A later
+    ``import transformers.models`` runs the real ``__init__`` and reuses the modules loaded here."""
+    name = "transformers.models"
+    with _load_lock:
+        if name in sys.modules or importlib.util.find_spec("transformers") is None:
+            yield
+            return
+        transformers = importlib.import_module("transformers")  # the real top-level package first
+        root = os.path.join(list(transformers.__path__)[0], "models")
+        mod = types.ModuleType(name)
+        mod.__path__ = [root]
+        mod.__spec__ = importlib.util.spec_from_file_location(
+            name, os.path.join(root, "__init__.py"), submodule_search_locations=[root]
+        )
+        sys.modules[name] = mod
+        try:
+            yield
+        finally:
+            if sys.modules.get(name) is mod:
+                del sys.modules[name]
+
+
 def qwen2_5():
     """The ``colpali_engine.models.qwen2_5`` module (``ColQwen2_5``, ``ColQwen2_5_Processor``,
     ``BiQwen2_5``, ``BiQwen2_5_Processor``)."""
@@ -60,4 +95,4 @@ def qwen2_5():
                     del sys.modules[parent]
 
 
-__all__ = ["qwen2_5"]
+__all__ = ["lean_transformers", "qwen2_5"]

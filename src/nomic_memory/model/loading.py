@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from nomic_memory.errors import ModelLoadError, UsageError  # ModelLoadError: re-exported
 from nomic_memory.model.backends import Backend
-from nomic_memory.model.colpali import qwen2_5
+from nomic_memory.model.colpali import lean_transformers, qwen2_5
 from nomic_memory.model.variants import (
     DEFAULT_VARIANT,
     KINDS,
@@ -332,7 +332,9 @@ class ModelSpec:
             ) from None
 
     def load(self, backend: Backend, resolved: ResolvedModel | None = None) -> LoadedModel:
-        return _load(self, resolved or self.resolve(), backend)
+        resolved = resolved or self.resolve()
+        with lean_transformers():  # the model's code and weights, without transformers' table of every model
+            return _load(self, resolved, backend)
 
 
 def load_model(

@@ -570,16 +570,22 @@ class Index:
     def row(self, id: str) -> dict | None:
         """The metadata columns of the row with this :func:`row_id` (None if there is none), as
         JSON-ready values (``embedded_at`` an ISO 8601 string), plus ``id`` and ``file``."""
-        _, meta, ids = self._rows()
-        pos = ids.get(id)
-        if pos is None:
-            return None
-        d = meta.slice(pos, 1).to_pylist()[0]
-        for key, v in d.items():
-            if hasattr(v, "isoformat"):
-                d[key] = v.isoformat()
-        d["page"] = int(d.get("page") or 0)
-        return {**d, "id": id, "file": os.path.join(d["root"], d["path"])}
+        return self.rows([id])[0]
+
+    def rows(self, ids: list[str]) -> list[dict | None]:
+        """:meth:`row` of each id, in order, looked up together (one ``take`` of the metadata)."""
+        _, meta, positions = self._rows()
+        found = [(i, positions[id]) for i, id in enumerate(ids) if id in positions]
+        out: list[dict | None] = [None] * len(ids)
+        if not found:
+            return out
+        for (i, _), d in zip(found, meta.take([pos for _, pos in found]).to_pylist()):
+            for key, v in d.items():
+                if hasattr(v, "isoformat"):
+                    d[key] = v.isoformat()
+            d["page"] = int(d.get("page") or 0)
+            out[i] = {**d, "id": ids[i], "file": os.path.join(d["root"], d["path"])}
+        return out
 
     def row_embedding(self, id: str) -> np.ndarray | None:
         """The stored vectors of the row with this id, float32: ``(n_vectors, dim)`` for ColQwen,

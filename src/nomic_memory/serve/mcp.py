@@ -58,6 +58,20 @@ INSTRUCTIONS = (
 )
 
 
+def widen_stdout_pipe(size: int = 1 << 20) -> None:
+    """Let the pipe this process answers on hold ``size`` bytes (Linux; elsewhere, or beyond the
+    system's limit, nothing changes).  A search's answer with its page images is several hundred
+    kB: through the default 64 kB pipe it crosses in a dozen writes, each waiting for the client to
+    read, which on a busy machine means a dozen waits to be scheduled."""
+    import fcntl
+    import sys
+
+    try:
+        fcntl.fcntl(sys.stdout.fileno(), fcntl.F_SETPIPE_SZ, size)
+    except (AttributeError, OSError, ValueError):  # not Linux, not a pipe, or above the limit
+        pass
+
+
 def _b64(data: bytes) -> str:
     import base64
 
@@ -176,12 +190,13 @@ class PageStore:
 
     def _page_contents(self, hits: list[dict]) -> list:
         blocks = []
+        rows = self.index.rows([h["id"] for h in hits[: self.image_hits]])  # one lookup for all
         for i, h in enumerate(hits):
             if i >= self.image_hits:
                 h["image"] = "not attached (read it as resource page://{id})".format(id=h["id"])
                 continue
             try:
-                data = self.image(self.row(h["id"]))
+                data = self.image(rows[i] or self.row(h["id"]))  # row(): refreshes, or says why not
             except NomicMemoryError as e:  # PageUnavailable, or a row gone since the search
                 h["image"] = f"unavailable: {e}"
                 continue
@@ -353,4 +368,12 @@ def bearer_app(app, token: str):
     return guarded
 
 
-__all__ = ["IMAGE_SIDE", "MAX_K", "PageStore", "bearer_app", "create_mcp_server", "open_page_store"]
+__all__ = [
+    "widen_stdout_pipe",
+    "IMAGE_SIDE",
+    "MAX_K",
+    "PageStore",
+    "bearer_app",
+    "create_mcp_server",
+    "open_page_store",
+]

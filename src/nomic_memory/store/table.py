@@ -202,8 +202,10 @@ class Store:
     local: bool = True  # False for object storage (no side files such as the pooled index)
 
     def __init__(self, path: str | Path, create: bool = True, storage_options: dict[str, str] | None = None):
-        import lancedb
+        # late: lancedb takes a second to import; without its REST namespace client's API classes
+        from nomic_memory.store.lancedb_import import import_lancedb
 
+        lancedb = import_lancedb()
         location = str(path)
         self.local = not is_uri(location)
         if self.local:
