@@ -180,6 +180,34 @@ from nomic_memory.store.failures import TABLE  # noqa: E402
 from nomic_memory.store.roots import forget_roots  # noqa: E402
 
 
+@dataclass
+class WrittenRows:
+    """The rows one write committed, as stored: keys as the table holds them, the storage-dtype
+    vectors and their checksums; ``version_before``/``version`` are the table versions around the
+    commit (read under the table's write lock)."""
+
+    roots: list[str]
+    paths: list[str]
+    pages: list[int]
+    checksums: list[int]
+    embeddings: list[np.ndarray]
+    version_before: int
+    version: int
+
+
+#: Called after every committed :meth:`EmbeddingTable.upsert` with ``(table, WrittenRows)``, under
+#: the table's write lock.  A layer above the store registers what must follow a write (the search
+#: layer's first-stage index codes the new rows from these vectors, so they are never read back).
+#: A hook's failure is logged, never raised: the rows are committed by then.
+COMMIT_HOOKS: list = []
+
+
+def on_commit(hook) -> None:
+    """Register ``hook(table, written: WrittenRows)`` (once; see :data:`COMMIT_HOOKS`)."""
+    if hook not in COMMIT_HOOKS:
+        COMMIT_HOOKS.append(hook)
+
+
 def damaged(store_path, what: str, e: BaseException) -> StoreError:
     """The one-line error for a store whose files cannot be read (a damaged manifest or data file)."""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -520,6 +548,7 @@ class EmbeddingTable:
             return refused
         with self._write_errors("write a batch to"), self._lock():
             self.refresh()
+            before = self.table.version
             if known_new is not None:
                 tracked = self._catch_up()
                 fresh = [r for r in records if r.path in known_new or (r.path, r.page) in known_new]
@@ -537,7 +566,28 @@ class EmbeddingTable:
                     self._compact_small()
             else:
                 self._merge(records)
+            if COMMIT_HOOKS:
+                self._after_commit(records, before)
         return refused
+
+    def _after_commit(self, records: list[Record], before: int) -> None:
+        """Tell the :data:`COMMIT_HOOKS` what was just committed (under the write lock)."""
+        np_dt = np.float16 if self.info.storage_dtype == "float16" else np.float32
+        embs = [np.ascontiguousarray(np.asarray(r.embedding, dtype=np_dt)) for r in records]
+        written = WrittenRows(
+            [path_to_key(r.root) for r in records],
+            [path_to_key(r.path) for r in records],
+            [int(r.page or 0) for r in records],
+            [embedding_checksum(e) for e in embs],
+            embs,
+            int(before),
+            int(self.table.version),
+        )
+        for hook in list(COMMIT_HOOKS):
+            try:
+                hook(self, written)
+            except Exception as e:  # noqa: BLE001 - the rows are committed; the hook only saves later work
+                log.warning("after writing to table %s: %s failed (%s: %s)", self.name, hook, type(e).__name__, e)
 
     def _compact_small(self, max_fragments: int = 64, target_rows: int = 2048) -> None:
         """Under the write lock, during a run: once the table has more than ``max_fragments``
