@@ -92,9 +92,29 @@ def train_codebook(sample: np.ndarray, s: Settings, seed: int = 0) -> tuple[np.n
     return coarse, fine.reshape(-1, x.shape[1])
 
 
+_BLAS: list = []
+
+
+def one_blas_thread():
+    """A context in which BLAS runs on one thread.  Assignment multiplies many small matrices (one
+    per coarse centroid); a multi-threaded BLAS synchronises its threads for each of them, which on
+    a busy machine costs several times the arithmetic (measured: 0.73 s against 0.13 s for 37,500
+    vectors at load 10 on 2 cores)."""
+    from threadpoolctl import ThreadpoolController  # late: inspects the loaded libraries once
+
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 def assign(x: np.ndarray, coarse: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """The code (centroid number) of each row of ``x``: its best coarse centroid, then the best
     fine centroid inside it."""
+    with one_blas_thread():
+        return _assign(x, coarse, centroids)
+
+
+def _assign(x: np.ndarray, coarse: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     n_fine = len(centroids) // len(coarse)
     top = _argmax_dot(x, coarse)

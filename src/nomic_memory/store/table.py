@@ -393,6 +393,7 @@ class EmbeddingTable:
         self._seen: tuple[int, frozenset[int]] | None = None
         self._seen_root: str | None = None
         self._foreign: set[tuple[str, str, int]] = set()
+        self._written: list | None = None  # during upsert with hooks: (records, vectors, checksums) written
 
     @property
     def has_checksums(self) -> bool:
@@ -526,6 +527,8 @@ class EmbeddingTable:
             "embedded_at": [now] * len(records),
             "embedding_checksum": [embedding_checksum(e) for e in embs],
         }
+        if self._written is not None:  # what the commit hooks are told (see upsert)
+            self._written.append((records, embs, cols["embedding_checksum"]))
         schema = self.table.schema
         arrays = [pa.array(cols[f.name], type=f.type) for f in schema if f.name != "embedding"]
         arrays.append(emb_arr.cast(schema.field("embedding").type))
@@ -549,37 +552,44 @@ class EmbeddingTable:
         with self._write_errors("write a batch to"), self._lock():
             self.refresh()
             before = self.table.version
-            if known_new is not None:
-                tracked = self._catch_up()
-                fresh = [r for r in records if r.path in known_new or (r.path, r.page) in known_new]
-                if fresh:
-                    present = self._present_keys(fresh, tracked)
-                    fresh = [r for r in fresh if (path_to_key(r.root), path_to_key(r.path), r.page) not in present]
-                fresh_ids = {id(r) for r in fresh}
-                rest = [r for r in records if id(r) not in fresh_ids]
-                if rest:
-                    self._merge(rest)
-                if fresh:
-                    self.table.add(self._arrow(fresh))
-                if tracked:
-                    self._seen = self._snapshot()  # our own commits: nothing in them to look up later
-                    self._compact_small()
-            else:
-                self._merge(records)
-            if COMMIT_HOOKS:
-                self._after_commit(records, before)
+            self._written = [] if COMMIT_HOOKS else None
+            try:
+                self._write_batch(records, known_new)
+                if self._written:
+                    self._after_commit(self._written, before)
+            finally:
+                self._written = None
         return refused
 
-    def _after_commit(self, records: list[Record], before: int) -> None:
+    def _write_batch(self, records: list[Record], known_new: set | None) -> None:
+        """:meth:`upsert`'s commits, under the write lock."""
+        if known_new is None:
+            self._merge(records)
+            return
+        tracked = self._catch_up()
+        fresh = [r for r in records if r.path in known_new or (r.path, r.page) in known_new]
+        if fresh:
+            present = self._present_keys(fresh, tracked)
+            fresh = [r for r in fresh if (path_to_key(r.root), path_to_key(r.path), r.page) not in present]
+        fresh_ids = {id(r) for r in fresh}
+        rest = [r for r in records if id(r) not in fresh_ids]
+        if rest:
+            self._merge(rest)
+        if fresh:
+            self.table.add(self._arrow(fresh))
+        if tracked:
+            self._seen = self._snapshot()  # our own commits: nothing in them to look up later
+            self._compact_small()
+
+    def _after_commit(self, parts: list, before: int) -> None:
         """Tell the :data:`COMMIT_HOOKS` what was just committed (under the write lock)."""
-        np_dt = np.float16 if self.info.storage_dtype == "float16" else np.float32
-        embs = [np.ascontiguousarray(np.asarray(r.embedding, dtype=np_dt)) for r in records]
+        records = [r for rs, _, _ in parts for r in rs]
         written = WrittenRows(
             [path_to_key(r.root) for r in records],
             [path_to_key(r.path) for r in records],
             [int(r.page or 0) for r in records],
-            [embedding_checksum(e) for e in embs],
-            embs,
+            [int(c) for _, _, cs in parts for c in cs],
+            [e for _, es, _ in parts for e in es],
             int(before),
             int(self.table.version),
         )
