@@ -205,7 +205,7 @@ def _parquet(g: PageGenerator, a: int, b: int, path: Path) -> Path:
     return path
 
 
-def _import_once(st, t, li, g: PageGenerator, start: int, pages: int, tmp: Path) -> dict:
+def _import_once(st, t, li, g: PageGenerator, start: int, pages: int, tmp: Path, with_first: bool = False) -> dict:
     """``nomic-memory import`` of ``pages`` new pages (a parquet, commits of 50 rows) without the
     index, then of ``pages`` others with it (coded by the importer, folded by the next update)."""
     from nomic_memory.run.importing import ImportStamp, import_embeddings
@@ -214,7 +214,8 @@ def _import_once(st, t, li, g: PageGenerator, start: int, pages: int, tmp: Path)
     stamp = ImportStamp(info.model_id, info.revision, info.kind, info.dim, TABLE, info.seed, info.fingerprint or None)
     out: dict = {}
     aside = li.base.with_name(li.base.name + ".aside")
-    for phase, a in (("without", start), ("with", start + pages)):
+    phases = (("without", start), ("with", start + pages))
+    for phase, a in reversed(phases) if with_first else phases:
         src = _parquet(g, a, a + pages, tmp / f"import-{a}.parquet")
         if phase == "without":
             li.base.rename(aside)
@@ -236,34 +237,36 @@ def _import_once(st, t, li, g: PageGenerator, start: int, pages: int, tmp: Path)
     return out
 
 
-def _add_once(t, li, g: PageGenerator, start: int, pages: int) -> dict:
+def _add_once(t, li, g: PageGenerator, start: int, pages: int, with_first: bool = False) -> dict:
     """One run: ``pages`` new pages committed with the index moved aside (no index: table writes
-    only), removed again, then ``pages`` others committed with the index in place (each commit's
-    rows coded by the writer) and folded in by the next update of the index."""
+    only), and ``pages`` others committed with the index in place (each commit's rows coded by
+    the writer) and folded in by the next update of the index; each removed again afterwards.
+    ``with_first``: the indexed half first (runs alternate, against drifts of the machine's load)."""
     from nomic_memory.search.liveindex import SEGMENTS
 
     out: dict = {}
     aside = li.base.with_name(li.base.name + ".aside")
-    recs = _records(g, start, start + pages)
-    li.base.rename(aside)
-    try:
-        out["without_index_s"] = _commit_pages(t, recs)
-    finally:
-        aside.rename(li.base)
-    t.delete_paths("/synthetic", [r.path for r in recs])
-    li.view(t.table.to_lance())  # the deletions folded in (not timed)
-    recs = _records(g, start + pages, start + 2 * pages)
-    out["writes_with_index_s"] = _commit_pages(t, recs)
-    out["segments"] = len(list((li.base / SEGMENTS).glob("seg-*.npz")))
-    view, secs = _time(lambda: li.view(t.table.to_lance()))
-    out["fold_s"] = secs
-    out["rows_read_back"] = view.caught_up
-    out["rows_from_writers"] = view.from_writers
-    out["generation"] = "appended" if view.state.meta.get("base") else "full"
-    out["with_index_s"] = out["writes_with_index_s"] + out["fold_s"]
+    for phase in ("with", "without") if with_first else ("without", "with"):
+        a = start if phase == "without" else start + pages
+        recs = _records(g, a, a + pages)
+        if phase == "without":
+            li.base.rename(aside)
+            try:
+                out["without_index_s"] = _commit_pages(t, recs)
+            finally:
+                aside.rename(li.base)
+        else:
+            out["writes_with_index_s"] = _commit_pages(t, recs)
+            out["segments"] = len(list((li.base / SEGMENTS).glob("seg-*.npz")))
+            view, secs = _time(lambda: li.view(t.table.to_lance()))
+            out["fold_s"] = secs
+            out["rows_read_back"] = view.caught_up
+            out["rows_from_writers"] = view.from_writers
+            out["generation"] = "appended" if view.state.meta.get("base") else "full"
+            out["with_index_s"] = out["writes_with_index_s"] + out["fold_s"]
+        t.delete_paths("/synthetic", [r.path for r in recs])
+        li.view(t.table.to_lance())  # the deletions folded in (not timed)
     out["ratio"] = out["with_index_s"] / out["without_index_s"]
-    t.delete_paths("/synthetic", [r.path for r in recs])
-    li.view(t.table.to_lance())
     return out
 
 
@@ -277,9 +280,9 @@ def _add_pages(a, st, t, idx, g: PageGenerator, n: int, runs: int = 3) -> dict:
     tmp.mkdir(exist_ok=True)
     rounded = lambda d: {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
     for r in range(runs):
-        per.append(_add_once(t, li, g, n + 10_000 + 4_000 * r, 1000))
+        per.append(_add_once(t, li, g, n + 10_000 + 4_000 * r, 1000, with_first=r % 2 == 1))
         print(json.dumps({"commits": rounded(per[-1]), "load": os.getloadavg()[0]}), flush=True)
-        imp.append(_import_once(st, t, li, g, n + 12_000 + 4_000 * r, 1000, tmp))
+        imp.append(_import_once(st, t, li, g, n + 12_000 + 4_000 * r, 1000, tmp, with_first=r % 2 == 1))
         print(json.dumps({"import": rounded(imp[-1]), "load": os.getloadavg()[0]}), flush=True)
     keys = ("without_index_s", "writes_with_index_s", "fold_s", "with_index_s", "ratio")
     out = {k: round(statistics.median(p[k] for p in per), 2) for k in keys}

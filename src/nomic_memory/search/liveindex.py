@@ -8,17 +8,32 @@ int8 vectors for Nomic's single-vector tables).
 
 **Always current.**  Before a search, :meth:`LiveIndex.view` compares the table version with the
 one the index covers.  If it moved, the table's keys and checksums are read (small columns, never
-the vectors) and compared with the index: rows that are new or whose vectors changed are indexed
-(their vectors fetched with ``take``), entries whose row is gone or changed are dropped, and the
-result is written as a new generation.  A search never misses a row and never returns a deleted
-one: rows the index does not cover yet (another process holds the index lock while it updates
-it) are scored exactly, as a *tail*, and entries without a row are masked out.
+the vectors) and compared with the index: entries whose row is gone or changed are marked dead,
+and rows it does not cover are indexed, and the result is saved as a new generation.  A search
+never misses a row and never returns a deleted one: rows the index does not cover yet (another
+process holds the index lock while it updates it) are scored exactly, as a *tail*, and entries
+without a row are masked out.
+
+**Coded by the writer.**  Embed and import commit through
+:meth:`~nomic_memory.store.table.EmbeddingTable.upsert`, which hands each commit's rows (keys,
+checksums, the vectors as stored) to the store's commit hooks; the hook registered here codes them
+against the codebook in the writing process and saves them as a *segment*
+(``segments/seg-CODEBOOK-BEFORE-AFTER-ROWS-*.npz``, written under a temporary name and renamed).
+An update takes a row's codes from a segment whose key and checksum match it, and reads the
+vectors back from the table (``take``) only for rows no segment holds (a writer killed between its
+commit and its segment, another process's writes).  Segments match by content, so their order and
+the table's compactions (new row ids) do not matter; an update removes the segments it folded in.
+
+**Appended, compacted past a fraction.**  An update does not rewrite the base's arrays: it writes a
+generation that names its base and holds only each entry's row id and liveness plus the codes of
+the entries added since (their own small inverted lists).  Once those and the base's dead entries
+pass :data:`COMPACT_FRACTION` of the base, the update writes a full generation instead.
 
 **Crash safety.**  A generation is a directory of ``.npy`` files written under a temporary name,
 fsynced, renamed into place, and only then named in ``CURRENT`` (written to a temporary file and
 renamed over the old one).  ``kill -9`` at any moment leaves ``CURRENT`` naming a complete old or
-new generation; half-written directories are ignored and removed later.  A generation that does
-not load (damaged files) is rebuilt.  The arrays are memory-mapped: a searching process holds
+new generation (an appended one and the base it names); half-written directories are ignored and
+removed later.  A generation that does not load (damaged files) is rebuilt.  The arrays are memory-mapped: a searching process holds
 only the first stage, and reads only its candidates' vectors.
 """
 
