@@ -98,8 +98,8 @@ _BLAS: list = []
 def one_blas_thread():
     """A context in which BLAS runs on one thread.  Assignment multiplies many small matrices (one
     per coarse centroid); a multi-threaded BLAS synchronises its threads for each of them, which on
-    a busy machine costs several times the arithmetic (measured: 0.73 s against 0.13 s for 37,500
-    vectors at load 10 on 2 cores)."""
+    a busy machine costs several times the arithmetic (measured: 0.72 s against 0.13-0.33 s for
+    37,500 vectors at load ~10 on 2 cores)."""
     from threadpoolctl import ThreadpoolController  # late: inspects the loaded libraries once
 
     if not _BLAS:
