@@ -386,7 +386,7 @@ def test_kill9_during_index_updates_then_search_and_check(tmp_path):
 
 
 @pytest.mark.slow
-def test_embed_into_an_indexed_table_is_coded_by_the_embedder(loaded, image_dir, tmp_path):
+def test_embed_and_cli_import_into_an_indexed_table_are_coded_by_the_writer(loaded, image_dir, tiny_colqwen, tmp_path):
     folder = tmp_path / "images"
     shutil.copytree(image_dir, folder)
     moved = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg"})[:3]
@@ -414,6 +414,30 @@ def test_embed_into_an_indexed_table_is_coded_by_the_embedder(loaded, image_dir,
     hits = idx.search_embeddings([q], 10, rerank=1000)
     _assert_same(hits, idx.search_embeddings([q], 10, exact=True))
     assert liveindex.verify(idx.store, t)["problems"] == []
+    # `nomic-memory import` (its own process) codes the rows it commits too
+    from nomic_memory.store.export import export_store
+
+    npz = tmp_path / "rows.npz"
+    export_store(store, "npz", npz)
+    n = t.count()
+    r = run_cli(
+        "import",
+        str(npz),
+        "--store",
+        str(store),
+        "--model-name",
+        str(tiny_colqwen),
+        "--root",
+        str(tmp_path / "other"),
+        "--json",
+    )
+    assert r.returncode == 0, r
+    t.refresh()
+    d = liveindex.describe(idx.store, t)
+    assert d["state"].startswith("current") and d["pending_rows"] == n, d
+    view = li.view(t.table.to_lance())
+    assert (view.caught_up, view.from_writers) == (0, n) and view.state.n == 2 * n
+    _assert_same(idx.search_embeddings([q], 10, rerank=1000), idx.search_embeddings([q], 10, exact=True))
 
 
 @pytest.mark.slow
