@@ -5,6 +5,8 @@ embedder writes, checksums included), streamed.  ``live`` measures on it, in one
 the index from the stored vectors, the exact scan (batched and one query), the indexed search
 (first stage + exact re-rank read from disk), recall@10 against the exact scan, adding 1,000
 pages with and without the index kept current, and that a deleted page is never returned.
+``add`` runs only the adding measurement: bare commits and ``nomic-memory import`` of 1,000 pages,
+each without and with the index (rows coded by the writer, folded in by the next update).
 """
 
 from __future__ import annotations
