@@ -408,13 +408,36 @@ def query_first_stage(ix: fs.CodeIndex, qs, exact, s: fs.Settings, runs: int, de
     }
 
 
+_ARRAYS = ("centroids", "code_offsets", "codes", "inv_offsets", "inv_entries")
+
+
+def _save_built(d: Path, ix: fs.CodeIndex, exact, times: dict) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for name in _ARRAYS:
+        np.save(d / f"{name}.npy", getattr(ix, name))
+    if exact is not None:
+        np.save(d / "exact.npy", exact)
+    (d / "times.json").write_text(json.dumps(times))
+
+
+def _load_built(d: Path):
+    ix = fs.CodeIndex(**{name: np.load(d / f"{name}.npy", mmap_mode="r") for name in _ARRAYS})
+    exact = np.load(d / "exact.npy") if (d / "exact.npy").exists() else None
+    return ix, exact, json.loads((d / "times.json").read_text())
+
+
 def cmd_million(a) -> dict:
     g = PageGenerator(PageSpec(seed=a.seed))
     rng = np.random.default_rng(a.seed + 1)
     sources = rng.choice(a.pages, a.queries, replace=False)
     qs = [g.query(int(p)) for p in sources]
     s = fs.Settings()
-    ix, exact, times = stream_build(g, a.pages, qs, s, with_exact=not a.no_exact)
+    if a.load:  # the index and exact scores a previous run saved: query them again (a quiet machine)
+        ix, exact, times = _load_built(a.load)
+    else:
+        ix, exact, times = stream_build(g, a.pages, qs, s, with_exact=not a.no_exact)
+        if a.save:
+            _save_built(a.save, ix, exact, times)
     c = ix
     nbytes = sum(x.nbytes for x in (c.centroids, c.code_offsets, c.codes, c.inv_offsets, c.inv_entries))
     res = {
@@ -446,6 +469,8 @@ def main():
     m.add_argument("--queries", type=int, default=20)
     m.add_argument("--runs", type=int, default=3)
     m.add_argument("--no-exact", action="store_true")
+    m.add_argument("--save", type=Path, help="keep the built first stage and exact scores here")
+    m.add_argument("--load", type=Path, help="query a first stage saved by --save instead of building one")
     from bench_live import add_live_commands  # the real-store half
 
     add_live_commands(sub)

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -34,21 +33,11 @@ import anyio
 import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from common import REPO, cli, cli_env, queries, tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
 # Between two measured calls: torch's OpenMP threads keep spinning for a while after a parallel
 # region, and on a 2-core machine the spinning of one side's threads would slow the other's call.
 PAUSE = 0.3
-WORDS = (
-    "invoice revenue table chart scanned letter contract receipt diagram map signature photo page "
-    "quarterly annual report budget summary figure caption title total amount date address"
-).split()
-
-
-def queries(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 7)))) + f" {i}" for i in range(n)]
 
 
 def build(base: Path, pages: int) -> tuple[Path, Path]:
@@ -56,11 +45,8 @@ def build(base: Path, pages: int) -> tuple[Path, Path]:
     from PIL import Image
 
     from nomic_memory.api import Embedder
-    from nomic_memory.model.tiny import build_tiny_model
 
-    model = base / "tiny-colqwen"
-    if not (model / "config.json").exists():
-        build_tiny_model(model, "colqwen")
+    model = tiny_model(base / "tiny-colqwen")
     folder, store = base / f"pages{pages}", base / f"store{pages}"
     if not store.exists():
         rng = np.random.default_rng(0)
@@ -80,13 +66,8 @@ async def measure(store: Path, qs: list[str], k: int, rounds: int) -> dict:
     from nomic_memory.search.index import Index
 
     idx = Index.open(store, backend="cpu")
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    params = StdioServerParameters(
-        command=sys.executable,
-        cwd=str(REPO),
-        env={**os.environ, **env},
-        args=["-m", "nomic_memory.cli", "mcp", "--store", str(store), "--backend", "cpu"],
-    )
+    command, *args = cli("mcp", "--store", store, "--backend", "cpu")
+    params = StdioServerParameters(command=command, cwd=str(REPO), env=cli_env(), args=args)
     a_times, w_times, b_times, ratios, w_ratios, stats_times, big_k = [], [], [], [], [], [], []
     a_cpu, b_cpu, bare_times, bare_ratios = [], [], [], []
     me = psutil.Process()

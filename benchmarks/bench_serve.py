@@ -37,23 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-REPO = Path(__file__).resolve().parents[1]
-WORDS = (
-    "invoice revenue table chart scanned letter contract receipt diagram map signature photo page "
-    "quarterly annual report budget summary figure caption title total amount date address"
-).split()
-
-
-def queries(n: int, seed: int = 0) -> list[str]:
-    """Distinct short text queries of varied lengths (2-6 words)."""
-    rng = np.random.default_rng(seed)
-    out: list[str] = []
-    while len(out) < n:
-        q = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 7))))
-        out.append(f"{q} {len(out)}")
-    return out
+from common import REPO, cli, cli_env, queries, size_options, tiny_model
 
 
 def build_store(path: Path, model_dir: Path, docs: int, vectors: int, seed: int = 0) -> str:
@@ -97,11 +81,10 @@ def build_store(path: Path, model_dir: Path, docs: int, vectors: int, seed: int 
 
 
 def start_server(store: Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nomic_memory.cli", "serve", "--store", str(store), "--port", "0", "--backend", "cpu"],
+        cli("serve", "--store", store, "--port", "0", "--backend", "cpu"),
         cwd=REPO,
-        env=env,
+        env=cli_env(),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -157,27 +140,13 @@ async def load(url: str, qs: list[str], clients: int, per_client: int, until: fl
 
 
 def cli_per_query(store: Path, qs: list[str]) -> list[float]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = []
     for q in qs:
         t = time.perf_counter()
         r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "nomic_memory.cli",
-                "search",
-                "--store",
-                str(store),
-                "--json",
-                "-k",
-                "10",
-                "--backend",
-                "cpu",
-                q,
-            ],
+            cli("search", "--store", store, "--json", "-k", "10", "--backend", "cpu", q),
             cwd=REPO,
-            env=env,
+            env=cli_env(),
             capture_output=True,
             text=True,
         )
@@ -190,24 +159,15 @@ def cli_per_query(store: Path, qs: list[str]) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", type=Path, default=Path(tempfile.gettempdir()) / "nomic-memory-bench-serve")
-    ap.add_argument("--docs", type=int, default=20_000)
-    ap.add_argument("--vectors", type=int, default=32)
-    ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--per-client", type=int, default=10)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--cli-samples", type=int, default=3)
-    ap.add_argument("--soak-seconds", type=float, default=180)
+    size_options(ap, docs=20_000, vectors=32, clients=64, per_client=10, runs=3, cli_samples=3, soak_seconds=180.0)
     args = ap.parse_args()
 
     import psutil
 
-    from nomic_memory.model.tiny import build_tiny_model
     from nomic_memory.search.index import Index
 
     args.path.mkdir(parents=True, exist_ok=True)
-    model = args.path / "tiny-colqwen"
-    if not (model / "config.json").exists():
-        build_tiny_model(model, "colqwen", "tiny")
+    model = tiny_model(args.path / "tiny-colqwen")
     store = args.path / f"store-{args.docs}x{args.vectors}"
     t = time.perf_counter()
     table = build_store(store, model, args.docs, args.vectors)

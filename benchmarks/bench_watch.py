@@ -34,7 +34,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,9 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, cli, cli_env, on_cpu, size_options
 
 
 def png(seed: int, w: int = 64, h: int = 48) -> bytes:
@@ -59,24 +56,10 @@ class WatchProcess:
     """The CLI watcher, its JSON reports collected with the time they arrived."""
 
     def __init__(self, folder: Path, store: Path, model: Path, *extra: str):
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        cmd = [
-            sys.executable,
-            "-m",
-            "nomic_memory.cli",
-            "watch",
-            str(folder),
-            "--store",
-            str(store),
-            "--model-name",
-            str(model),
-            "--backend",
-            "cpu",
-            "--json",
-            "--no-progress",
-            *extra,
-        ]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cmd = cli("watch", folder, *on_cpu(store, model), "--json", "--no-progress", *extra)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.reports: list[tuple[float, dict]] = []
         self.ready = threading.Event()
         self.lock = threading.Lock()
@@ -222,26 +205,9 @@ def burst(base: Path, model: Path, n: int, batch_size: int) -> dict:
 
 def embed_baseline(folder: Path, store: Path, model: Path, batch_size: int) -> dict:
     """The same files through ``nomic-memory embed`` (one process, one run): wall time and peak RSS."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [
-        sys.executable,
-        "-m",
-        "nomic_memory.cli",
-        "embed",
-        str(folder),
-        "--store",
-        str(store),
-        "--model-name",
-        str(model),
-        "--backend",
-        "cpu",
-        "--batch-size",
-        str(batch_size),
-        "--json",
-        "--no-progress",
-    ]
+    cmd = cli("embed", folder, *on_cpu(store, model), "--batch-size", batch_size, "--json", "--no-progress")
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = 0
     out: list[str] = []
     threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True).start()
@@ -320,12 +286,7 @@ def soak(base: Path, model: Path, seconds: float, warmup: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--files", type=int, default=50)
-    ap.add_argument("--burst", type=int, default=10_000)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--soak-seconds", type=float, default=600)
-    ap.add_argument("--warmup", type=float, default=60)
+    size_options(ap, rounds=3, files=50, burst=10_000, batch_size=8, soak_seconds=600.0, warmup=60.0)
     ap.add_argument("--only", choices=["latency", "burst", "soak"])
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()

@@ -68,33 +68,22 @@ def card_loop(model, processor, paths: list[Path], batch_size: int, device) -> l
     return out
 
 
-def measure(
-    directory: str | Path, model_dir: str | Path, batch_size: int, backend_name: str = "cpu", kind: str | None = None
-) -> dict:
-    from nomic_memory.ingest.images import discover_images
+def on_the_clock(backend, loop) -> tuple[list[torch.Tensor], dict]:
+    """``loop()`` timed and under the memory tracker, the model already loaded: its embeddings and
+    the figures every baseline reports (seconds, the backend, peak memory above the model, threads)."""
     from nomic_memory.memory import MemoryTracker, current_rss_bytes
-    from nomic_memory.model.backends import select_backend
-    from nomic_memory.model.variants import detect_kind_from_files
 
-    backend = select_backend(backend_name)
-    kind = kind or detect_kind_from_files(model_dir)
-    model, processor = load_reference(model_dir, kind, backend)
-    paths = discover_images(directory)
     gc.collect()
     tracker = MemoryTracker(backend.name, backend.device).start()
     model_bytes = tracker.baseline
     t0 = time.perf_counter()
-    embeddings = card_loop(model, processor, paths, batch_size, backend.device)
+    embeddings = loop()
     if backend.name == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     mem = tracker.stop()
-    return {
-        "impl": "card-loop",
-        "batch_size": batch_size,
-        "images": len(embeddings),
+    return embeddings, {
         "seconds": seconds,
-        "images_per_second": len(embeddings) / seconds,
         "backend": backend.name,
         "peak_bytes": mem.peak_bytes,
         "model_bytes": model_bytes,
@@ -102,6 +91,22 @@ def measure(
         "rss_after_bytes": current_rss_bytes(),
         "threads": torch.get_num_threads(),
     }
+
+
+def measure(
+    directory: str | Path, model_dir: str | Path, batch_size: int, backend_name: str = "cpu", kind: str | None = None
+) -> dict:
+    from nomic_memory.ingest.images import discover_images
+    from nomic_memory.model.backends import select_backend
+    from nomic_memory.model.variants import detect_kind_from_files
+
+    backend = select_backend(backend_name)
+    kind = kind or detect_kind_from_files(model_dir)
+    model, processor = load_reference(model_dir, kind, backend)
+    paths = discover_images(directory)
+    embeddings, figures = on_the_clock(backend, lambda: card_loop(model, processor, paths, batch_size, backend.device))
+    n, seconds = len(embeddings), figures["seconds"]
+    return {"impl": "card-loop", "batch_size": batch_size, "images": n, "images_per_second": n / seconds, **figures}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from common import size_options
+
 
 def _lookup_all(t, records) -> None:
     """The lookup ``upsert`` made before: every stored row of the batch's paths, then an append."""
@@ -86,10 +88,7 @@ def one_run(mode: str, pages: int, batch: int, vectors: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pages", type=int, default=5000)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--vectors", type=int, default=16)
-    ap.add_argument("--runs", type=int, default=3)
+    size_options(ap, pages=5000, batch_size=8, vectors=16, runs=3)
     ap.add_argument("--modes", default="lookup-all,upsert")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -23,16 +23,14 @@ without downloads: ``nomic_memory.model.tiny.build_tiny_model(dir, "colqwen", "m
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from card_loop import load_reference  # noqa: E402 - the model card's loading, shared
+from card_loop import load_reference, on_the_clock  # noqa: E402 - the model card's loading and clock, shared
 
 
 def byaldi_loop(model, processor, pdfs: list[Path], device, dpi: int = 200) -> list[torch.Tensor]:
@@ -60,7 +58,6 @@ def measure(
     dpi: int = 200,
 ) -> dict:
     """Load the model, run the loop over the corpus's PDFs (the first ``files``), report."""
-    from nomic_memory.memory import MemoryTracker, current_rss_bytes
     from nomic_memory.model.backends import select_backend
     from nomic_memory.model.variants import detect_kind_from_files
 
@@ -68,28 +65,15 @@ def measure(
     kind = kind or detect_kind_from_files(model_dir)
     model, processor = load_reference(model_dir, kind, backend)
     pdfs = sorted(Path(corpus).glob("*.pdf"))[:files]
-    gc.collect()
-    tracker = MemoryTracker(backend.name, backend.device).start()
-    model_bytes = tracker.baseline
-    t0 = time.perf_counter()
-    embeddings = byaldi_loop(model, processor, pdfs, backend.device, dpi)
-    if backend.name == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    mem = tracker.stop()
+    embeddings, figures = on_the_clock(backend, lambda: byaldi_loop(model, processor, pdfs, backend.device, dpi))
+    n, seconds = len(embeddings), figures["seconds"]
     return {
         "impl": "byaldi-loop",
         "dpi": dpi,
         "files": len(pdfs),
-        "pages": len(embeddings),
-        "seconds": seconds,
-        "pages_per_second": len(embeddings) / seconds,
-        "backend": backend.name,
-        "peak_bytes": mem.peak_bytes,
-        "model_bytes": model_bytes,
-        "above_model_bytes": max(0, mem.peak_bytes - model_bytes),
-        "rss_after_bytes": current_rss_bytes(),
-        "threads": torch.get_num_threads(),
+        "pages": n,
+        "pages_per_second": n / seconds,
+        **figures,
     }
 
 

@@ -80,47 +80,30 @@ def nomic(directory: Path, model: Path, batch_size: int, workers: int | None = N
     return r
 
 
+def card_config(batch_size: int, threads: int | None = None) -> tuple[str, str, int, dict]:
+    """The card loop at ``batch_size`` (on ``threads`` torch threads): (label, kind, batch size, extra)."""
+    label = f"card loop, batch {batch_size}" + (f", {threads} thread{'s' * (threads > 1)}" if threads else "")
+    return label, "card", batch_size, ({"threads": threads} if threads else {})
+
+
+def nomic_config(batch_size: int, workers: int | None = None) -> tuple[str, str, int, dict]:
+    """nomic-memory at ``batch_size`` (with ``--workers``): (label, kind, batch size, extra)."""
+    label = f"nomic-memory, batch {batch_size}" + (f", --workers {workers}" if workers is not None else "")
+    return label, "nomic", batch_size, ({"workers": workers} if workers is not None else {})
+
+
 SUITES = {
     # name: (folder, model size, [(label, kind, batch size, extra)])
-    "photos": (
-        lambda: photos12mp(24),
-        "tiny",
-        [
-            ("card loop, batch 8", "card", 8, {}),
-            ("card loop, batch 8, 1 thread", "card", 8, {"threads": 1}),
-            ("nomic-memory, batch 8", "nomic", 8, {}),
-        ],
-    ),
+    "photos": (lambda: photos12mp(24), "tiny", [card_config(8), card_config(8, threads=1), nomic_config(8)]),
     # The fixed costs a user waits on: the whole run (scan, hash, decode, embed, store) against its
     # embed phase, on enough photos that start-up costs would show.
-    "photos72": (
-        lambda: photos12mp(72),
-        "tiny",
-        [
-            ("card loop, batch 8", "card", 8, {}),
-            ("nomic-memory, batch 8", "nomic", 8, {}),
-        ],
-    ),
+    "photos72": (lambda: photos12mp(72), "tiny", [card_config(8), nomic_config(8)]),
     "mixed": (
         lambda: mixed(36),
         "medium",
-        [
-            ("card loop, batch 1", "card", 1, {}),
-            ("card loop, batch 8", "card", 8, {}),
-            ("card loop, batch 1, 1 thread", "card", 1, {"threads": 1}),
-            ("card loop, batch 8, 1 thread", "card", 8, {"threads": 1}),
-            ("nomic-memory, batch 8", "nomic", 8, {}),
-        ],
+        [card_config(1), card_config(8), card_config(1, threads=1), card_config(8, threads=1), nomic_config(8)],
     ),
-    "memory": (
-        lambda: mixed(36),
-        "medium",
-        [
-            ("card loop, batch 32", "card", 32, {}),
-            ("nomic-memory, batch 32", "nomic", 32, {}),
-            ("nomic-memory, batch 32, --workers 0", "nomic", 32, {"workers": 0}),
-        ],
-    ),
+    "memory": (lambda: mixed(36), "medium", [card_config(32), nomic_config(32), nomic_config(32, workers=0)]),
 }
 
 

@@ -187,6 +187,11 @@ def cli_env(tmp: Path | None = None) -> dict[str, str]:
     return env
 
 
+def on_cpu(model: Path | str, store: Path | str) -> list[str]:
+    """The options of a CLI run that embeds with a local model on the CPU into ``store``."""
+    return ["--model-name", str(model), "--backend", "cpu", "--store", str(store)]
+
+
 def cli_cmd(*args: str, legacy: bool = False) -> list[str]:
     if legacy:
         return [sys.executable, str(REPO / "main.py"), *args]

@@ -304,30 +304,20 @@ def test_bench_synthetic_weights_scaled_down(tmp_path):
     assert "colnomic-3b (1 layers, vision 1)" in table_markdown([row])
 
 
+def _bench_a_missing_model(image_dir: Path, tmp_path: Path, *extra: str):
+    """``nomic-memory bench`` of three batch sizes x three runs with a model that does not exist."""
+    from nomic_memory.cli import app
+
+    sweep = ["--batch-sizes", "1,2,4", "--runs", "3", "--backend", "cpu", *extra]
+    missing = str(tmp_path / "no-such-model")
+    return CliRunner().invoke(app, ["bench", str(image_dir), "--model-name", missing, *sweep])
+
+
 def test_bench_stops_at_the_first_model_or_backend_failure(image_dir, tmp_path):
     """A model that cannot load would fail every batch size x run alike: one line, exit 1, no
     empty chart."""
-    from nomic_memory.cli import app
-
     out = tmp_path / "out"
-    r = CliRunner().invoke(
-        app,
-        [
-            "bench",
-            str(image_dir),
-            "--model-name",
-            str(tmp_path / "no-such-model"),
-            "--batch-sizes",
-            "1,2,4",
-            "--runs",
-            "3",
-            "--backend",
-            "cpu",
-            "--in-process",
-            "--out-dir",
-            str(out),
-        ],
-    )
+    r = _bench_a_missing_model(image_dir, tmp_path, "--in-process", "--out-dir", str(out))
     assert r.exit_code == 1, r.output
     errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "cannot benchmark" in errors[0] and "no-such-model" in errors[0]
@@ -336,25 +326,7 @@ def test_bench_stops_at_the_first_model_or_backend_failure(image_dir, tmp_path):
 
 @pytest.mark.slow
 def test_bench_stops_at_the_first_failure_in_fresh_processes(image_dir, tmp_path):
-    from nomic_memory.cli import app
-
-    r = CliRunner().invoke(
-        app,
-        [
-            "bench",
-            str(image_dir),
-            "--model-name",
-            str(tmp_path / "no-such-model"),
-            "--batch-sizes",
-            "1,2,4",
-            "--runs",
-            "3",
-            "--backend",
-            "cpu",
-            "--out-dir",
-            str(tmp_path / "out"),
-        ],
-    )
+    r = _bench_a_missing_model(image_dir, tmp_path, "--out-dir", str(tmp_path / "out"))
     assert r.exit_code == 1 and r.output.count("Error:") == 1 and "no-such-model" in r.output, r.output
 
 

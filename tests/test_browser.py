@@ -61,75 +61,27 @@ def _shot(page, tmp_path: Path, name: str) -> Path:
     return out
 
 
-def test_search_page_end_to_end(server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+@pytest.fixture
+def browser():
+    """A headless Chromium of its own for each test, closed after it."""
+    from playwright.sync_api import sync_playwright
 
-    loaded = "(img) => img.complete && img.naturalWidth > 0"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on(
-                "request",
-                lambda r: (
-                    errors.append(f"off-site request {r.url}")
-                    if not r.url.startswith(server["url"]) and not r.url.startswith(("blob:", "data:"))
-                    else None
-                ),
-            )
-            page.goto(server["url"] + "/#token=" + TOKEN)  # the token from the fragment
-            expect(page.locator("#table-info")).to_contain_text("pages")
-
-            # a text query: k thumbnails, all loaded
-            page.fill("#q", "a scanned invoice")
-            page.fill("#k", "6")
-            page.click("#go")
-            cards = page.locator(".card")
-            expect(cards).to_have_count(6)
-            for i in range(6):
-                page.wait_for_function(loaded, arg=cards.nth(i).locator("img").element_handle(), timeout=30_000)
-            expect(page.locator("#status")).to_contain_text("6 results")
-            _shot(page, tmp_path, "serve-results.png")
-
-            # open one: its heatmap loads; then one query token's map
-            cards.first.click()
-            heat = page.locator("#heatmap")
-            page.wait_for_function(loaded, arg=heat.element_handle(), timeout=30_000)
-            assert page.locator("#token-select option").count() > 2
-            first_src = heat.get_attribute("src")
-            page.select_option("#token-select", index=2)
-            page.wait_for_function(
-                "(s) => document.getElementById('heatmap').src !== s && "
-                "document.getElementById('heatmap').naturalWidth > 0",
-                arg=first_src,
-                timeout=30_000,
-            )
-            _shot(page, tmp_path, "serve-heatmap.png")
-            page.click("#viewer-close")
-
-            # an image query through the file chooser: a planted page ranks first
-            page.fill("#q", "")
-            page.set_input_files("#file", str(server["base"] / "query.png"))
-            expect(page.locator("#image-chip")).to_be_visible()
-            page.click("#go")
-            expect(page.locator("#status")).to_contain_text("the image query.png")
-            assert page.locator(".card .path").first.inner_text() in server["planted"]
-            page.locator(".card").first.click()
-            page.wait_for_function(loaded, arg=page.locator("#heatmap").element_handle(), timeout=30_000)
-            _shot(page, tmp_path, "serve-image-query.png")
-            assert not errors, errors
+            yield b
         finally:
-            browser.close()
+            b.close()
 
 
-def _browser(p):
-    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+def _desktop(browser, server, responses: bool = True):
+    """A desktop-sized page and the list its problems go to (see ``_watch``)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    return page, _watch(page, server, responses)
 
 
-def _watch(page, server) -> list[str]:
-    """Page errors, off-site requests and failed responses (a favicon 404 included)."""
+def _watch(page, server, responses: bool = True) -> list[str]:
+    """Page errors, off-site requests and (``responses``) failed responses (a favicon 404 included)."""
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.on(
@@ -140,93 +92,129 @@ def _watch(page, server) -> list[str]:
             else None
         ),
     )
-    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    if responses:
+        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     return problems
 
 
-def test_docs_render_the_operations(server, tmp_path):
+def test_search_page_end_to_end(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    loaded = "(img) => img.complete && img.naturalWidth > 0"
+    page, errors = _desktop(browser, server, responses=False)
+    page.goto(server["url"] + "/#token=" + TOKEN)  # the token from the fragment
+    expect(page.locator("#table-info")).to_contain_text("pages")
+
+    # a text query: k thumbnails, all loaded
+    page.fill("#q", "a scanned invoice")
+    page.fill("#k", "6")
+    page.click("#go")
+    cards = page.locator(".card")
+    expect(cards).to_have_count(6)
+    for i in range(6):
+        page.wait_for_function(loaded, arg=cards.nth(i).locator("img").element_handle(), timeout=30_000)
+    expect(page.locator("#status")).to_contain_text("6 results")
+    _shot(page, tmp_path, "serve-results.png")
+
+    # open one: its heatmap loads; then one query token's map
+    cards.first.click()
+    heat = page.locator("#heatmap")
+    page.wait_for_function(loaded, arg=heat.element_handle(), timeout=30_000)
+    assert page.locator("#token-select option").count() > 2
+    first_src = heat.get_attribute("src")
+    page.select_option("#token-select", index=2)
+    page.wait_for_function(
+        "(s) => document.getElementById('heatmap').src !== s && document.getElementById('heatmap').naturalWidth > 0",
+        arg=first_src,
+        timeout=30_000,
+    )
+    _shot(page, tmp_path, "serve-heatmap.png")
+    page.click("#viewer-close")
+
+    # an image query through the file chooser: a planted page ranks first
+    page.fill("#q", "")
+    page.set_input_files("#file", str(server["base"] / "query.png"))
+    expect(page.locator("#image-chip")).to_be_visible()
+    page.click("#go")
+    expect(page.locator("#status")).to_contain_text("the image query.png")
+    assert page.locator(".card .path").first.inner_text() in server["planted"]
+    page.locator(".card").first.click()
+    page.wait_for_function(loaded, arg=page.locator("#heatmap").element_handle(), timeout=30_000)
+    _shot(page, tmp_path, "serve-image-query.png")
+    assert not errors, errors
+
+
+def test_docs_render_the_operations(server, browser, tmp_path):
     """/docs: Swagger UI (served by the package) renders every operation of the OpenAPI document."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            problems = _watch(page, server)
-            page.goto(server["url"] + "/docs#token=" + TOKEN)
-            ops = page.locator(".opblock-summary-path")
-            expect(ops.first).to_be_visible(timeout=30_000)
-            paths = set(ops.all_inner_texts())
-            assert {"/search", "/embed", "/thumb/{row_id}", "/heatmap/{row_id}", "/tokens", "/stats"} <= {
-                x.replace("\u200b", "") for x in paths
-            }, paths
-            assert "valid version field" not in page.content()
-            _shot(page, tmp_path, "serve-docs.png")
-            assert not problems, problems
-        finally:
-            browser.close()
+    page, problems = _desktop(browser, server)
+    page.goto(server["url"] + "/docs#token=" + TOKEN)
+    ops = page.locator(".opblock-summary-path")
+    expect(ops.first).to_be_visible(timeout=30_000)
+    paths = set(ops.all_inner_texts())
+    assert {"/search", "/embed", "/thumb/{row_id}", "/heatmap/{row_id}", "/tokens", "/stats"} <= {
+        x.replace("\u200b", "") for x in paths
+    }, paths
+    assert "valid version field" not in page.content()
+    _shot(page, tmp_path, "serve-docs.png")
+    assert not problems, problems
 
 
-def test_page_details(server, tmp_path):
+def test_page_details(server, browser, tmp_path):
     """A bad filter clears the old results; an image query says the typed text was not searched;
     file names end in an ellipsis rather than breaking mid-word; the favicon is served; the title
     stays on one line at phone width; the token list hides the query prompt's padding."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            problems = _watch(page, server)
-            page.goto(server["url"] + "/#token=" + TOKEN)
-            expect(page.locator("#table-info")).to_contain_text("pages")
-            page.fill("#q", "city at night")
-            page.fill("#k", "20")
-            page.click("#go")
-            expect(page.locator("#status")).to_contain_text("results")
-            names = page.locator(".card .path .name")
-            assert LONG_NAME in names.all_inner_texts()
-            one_line = page.evaluate("""() => [...document.querySelectorAll('.card .path .name, .card .path .dir')]
-                .map(el => { const r = document.createRange(); r.selectNodeContents(el);
-                             const lines = new Set([...r.getClientRects()].map(x => Math.round(x.top)));
-                             return [el.textContent, lines.size, getComputedStyle(el).textOverflow]; })""")
-            assert all(lines == 1 and overflow == "ellipsis" for _, lines, overflow in one_line), one_line
-            _shot(page, tmp_path, "serve-names.png")
+    page, problems = _desktop(browser, server)
+    page.goto(server["url"] + "/#token=" + TOKEN)
+    expect(page.locator("#table-info")).to_contain_text("pages")
+    page.fill("#q", "city at night")
+    page.fill("#k", "20")
+    page.click("#go")
+    expect(page.locator("#status")).to_contain_text("results")
+    names = page.locator(".card .path .name")
+    assert LONG_NAME in names.all_inner_texts()
+    one_line = page.evaluate("""() => [...document.querySelectorAll('.card .path .name, .card .path .dir')]
+        .map(el => { const r = document.createRange(); r.selectNodeContents(el);
+                     const lines = new Set([...r.getClientRects()].map(x => Math.round(x.top)));
+                     return [el.textContent, lines.size, getComputedStyle(el).textOverflow]; })""")
+    assert all(lines == 1 and overflow == "ellipsis" for _, lines, overflow in one_line), one_line
+    _shot(page, tmp_path, "serve-names.png")
 
-            # the viewer's token list: words, not padding
-            page.locator(".card").first.click()
-            options = page.locator("#token-select option")
-            expect(options.nth(1)).to_be_attached()
-            texts = options.all_inner_texts()
-            assert len(texts) > 2 and not any("endoftext" in t for t in texts), texts
-            page.click("#viewer-close")
+    # the viewer's token list: words, not padding
+    page.locator(".card").first.click()
+    options = page.locator("#token-select option")
+    expect(options.nth(1)).to_be_attached()
+    texts = options.all_inner_texts()
+    assert len(texts) > 2 and not any("endoftext" in t for t in texts), texts
+    page.click("#viewer-close")
 
-            # a bad filter: the error alone, not above the previous results
-            page.fill("#where", "no_such_column >>> 3")
-            page.click("#go")
-            expect(page.locator("#status")).to_have_class("muted error")
-            expect(page.locator(".card")).to_have_count(0)
-            _shot(page, tmp_path, "serve-bad-filter.png")
-            page.fill("#where", "")
+    # a bad filter: the error alone, not above the previous results
+    page.fill("#where", "no_such_column >>> 3")
+    page.click("#go")
+    expect(page.locator("#status")).to_have_class("muted error")
+    expect(page.locator(".card")).to_have_count(0)
+    _shot(page, tmp_path, "serve-bad-filter.png")
+    page.fill("#where", "")
 
-            # an image chosen and text typed: the status says which query ran
-            page.set_input_files("#file", str(server["base"] / "query.png"))
-            expect(page.locator("#image-chip")).to_be_visible()
-            page.fill("#q", "harbour")
-            page.click("#go")
-            expect(page.locator("#status")).to_contain_text("the image query.png")
-            expect(page.locator("#status")).to_contain_text("“harbour” was not searched")
-            assert problems == [f"400 {server['url']}/search"], problems  # the bad filter's, and no other
-            icon = page.request.get(server["url"] + "/favicon.ico")
-            assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
+    # an image chosen and text typed: the status says which query ran
+    page.set_input_files("#file", str(server["base"] / "query.png"))
+    expect(page.locator("#image-chip")).to_be_visible()
+    page.fill("#q", "harbour")
+    page.click("#go")
+    expect(page.locator("#status")).to_contain_text("the image query.png")
+    expect(page.locator("#status")).to_contain_text("“harbour” was not searched")
+    assert problems == [f"400 {server['url']}/search"], problems  # the bad filter's, and no other
+    icon = page.request.get(server["url"] + "/favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
 
-            phone = browser.new_page(viewport={"width": 360, "height": 740}, device_scale_factor=2)
-            phone.goto(server["url"] + "/#token=" + TOKEN)
-            expect(phone.locator("#table-info")).to_contain_text("pages")
-            title_lines = phone.evaluate("""() => { const r = document.createRange();
-                r.selectNodeContents(document.querySelector('header h1'));
-                return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }""")
-            assert title_lines == 1
-            _shot(phone, tmp_path, "serve-phone.png")
-        finally:
-            browser.close()
+    phone = browser.new_page(viewport={"width": 360, "height": 740}, device_scale_factor=2)
+    phone.goto(server["url"] + "/#token=" + TOKEN)
+    expect(phone.locator("#table-info")).to_contain_text("pages")
+    title_lines = phone.evaluate("""() => { const r = document.createRange();
+        r.selectNodeContents(document.querySelector('header h1'));
+        return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }""")
+    assert title_lines == 1
+    _shot(phone, tmp_path, "serve-phone.png")

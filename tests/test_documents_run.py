@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_env, finish, kill_when_rows, make_image, run_cli, start_cli
+from conftest import cli_env, finish, kill_when_rows, make_image, on_cpu, run_cli, start_cli
 from nomic_memory import Embedder, Store
 from nomic_memory.store.table import embedding_to_numpy
 
@@ -144,19 +144,7 @@ def test_bad_documents_reported_good_pages_stored(tiny_colqwen, tmp_path):
     (d / "damaged.pdf").write_bytes(
         data.replace(b"/Kids [" + kids[0] + b" R " + kids[1].strip() + b" R", b"/Kids [" + kids[0] + b" R 999 0 R", 1)
     )
-    r = run_cli(
-        "embed",
-        d,
-        "--model-name",
-        tiny_colqwen,
-        "--backend",
-        "cpu",
-        "--store",
-        tmp_path / "s",
-        "--no-progress",
-        "--json",
-        env=cli_env(tmp_path),
-    )
+    r = run_cli("embed", d, *on_cpu(tiny_colqwen, tmp_path / "s"), "--no-progress", "--json", env=cli_env(tmp_path))
     assert r.returncode == 3, r
     report = r.json()
     failed = {f["path"]: f["reason"] for f in report["failed"]}
@@ -178,21 +166,7 @@ def test_kill9_mid_document_then_resume(tiny_colqwen, tmp_path):
     write_pdf(d / "long.pdf", [f"page {i}" for i in range(1, n + 1)])
     store = tmp_path / "store"
     env = cli_env(tmp_path)
-    args = [
-        "embed",
-        d,
-        "--model-name",
-        tiny_colqwen,
-        "--backend",
-        "cpu",
-        "--store",
-        store,
-        "--batch-size",
-        "2",
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
+    args = ["embed", d, *on_cpu(tiny_colqwen, store), "--batch-size", "2", "--workers", "0", "--no-progress"]
     proc = start_cli(*args, env=env)
     w, seen = kill_when_rows(proc, store, n // 4, n)
     w.join()

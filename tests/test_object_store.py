@@ -13,7 +13,7 @@ import socket
 import numpy as np
 import pytest
 
-from conftest import CLEAN_IMAGES, cli_env, run_cli
+from conftest import CLEAN_IMAGES, cli_env, on_cpu, run_cli
 from nomic_memory.store.table import Store, embedding_to_numpy
 
 pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
@@ -96,19 +96,7 @@ def test_cli_embed_and_search_on_s3(s3, tiny_colqwen, image_dir, tmp_path):
     env_vars, _ = s3
     env = {**cli_env(tmp_path), **env_vars}
     uri = f"s3://{BUCKET}/cli-store"
-    r = run_cli(
-        "embed",
-        image_dir,
-        "--model-name",
-        tiny_colqwen,
-        "--backend",
-        "cpu",
-        "--store",
-        uri,
-        "--json",
-        "--no-progress",
-        env=env,
-    )
+    r = run_cli("embed", image_dir, *on_cpu(tiny_colqwen, uri), "--json", "--no-progress", env=env)
     assert r.returncode == 0, r
     rep = r.json()
     assert rep["embedded"] == len(CLEAN_IMAGES) and rep["store"] == uri
@@ -126,18 +114,7 @@ def test_cli_embed_and_search_on_s3(s3, tiny_colqwen, image_dir, tmp_path):
 
 
 def test_unusable_store_is_refused_before_the_model_loads(tiny_colqwen, image_dir, tmp_path):
-    r = run_cli(
-        "embed",
-        image_dir,
-        "--model-name",
-        tiny_colqwen,
-        "--backend",
-        "cpu",
-        "--store",
-        "nosuch://x/y",
-        "--no-progress",
-        env=cli_env(tmp_path),
-    )
+    r = run_cli("embed", image_dir, *on_cpu(tiny_colqwen, "nosuch://x/y"), "--no-progress", env=cli_env(tmp_path))
     assert r.returncode == 1, r
     assert "cannot open the store at nosuch://x/y" in r.stderr
     assert "Loading model" not in r.stdout

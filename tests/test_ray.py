@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import cli_cmd, on_cpu
 from nomic_memory.model.backends import select_backend
 from nomic_memory.store.table import Store, embedding_to_numpy
 
@@ -168,29 +169,9 @@ def test_interrupted_run_resumes(cluster, models, tmp_path):
 def test_cli_engine_ray(cluster, models, tmp_path):
     """The CLI end to end, joining the running cluster with --ray-address."""
     folder = make_folder(tmp_path / "imgs", 4)
-    cmd = [
-        sys.executable,
-        "-m",
-        "nomic_memory.cli",
-        "embed",
-        str(folder),
-        "--engine",
-        "ray",
-        "--workers",
-        "1",
-        "--ray-address",
-        cluster,
-        "--model-name",
-        str(models["colqwen"]),
-        "--backend",
-        "cpu",
-        "--store",
-        str(tmp_path / "store"),
-        "--batch-size",
-        "2",
-        "--json",
-        "--no-progress",
-    ]
+    engine = ["--engine", "ray", "--workers", "1", "--ray-address", cluster]
+    cmd = cli_cmd("embed", str(folder), *engine, *on_cpu(models["colqwen"], tmp_path / "store"))
+    cmd += ["--batch-size", "2", "--json", "--no-progress"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
     assert out.returncode == 0, out.stdout + out.stderr
     rep = json.loads(out.stdout)  # one JSON document, nothing else

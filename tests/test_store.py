@@ -13,7 +13,7 @@ import signal
 import numpy as np
 import pytest
 
-from conftest import CLEAN_IMAGES, cli_env, copy_tree, finish, kill_when_rows, make_image, start_cli
+from conftest import CLEAN_IMAGES, cli_env, copy_tree, finish, kill_when_rows, make_image, on_cpu, start_cli
 from nomic_memory.store.table import Store, embedding_to_numpy
 
 SCHEMA_COLUMNS = [
@@ -213,20 +213,7 @@ def kill_dir(tmp_path_factory):
 def test_kill9_then_resume(loaded, tiny_colqwen, kill_dir, tmp_path):
     store = tmp_path / "store"
     env = cli_env(tmp_path)
-    args = [
-        kill_dir,
-        "--model-name",
-        tiny_colqwen,
-        "--backend",
-        "cpu",
-        "--store",
-        store,
-        "--batch-size",
-        "2",
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
+    args = [kill_dir, *on_cpu(tiny_colqwen, store), "--batch-size", "2", "--workers", "0", "--no-progress"]
     proc = start_cli(*args, legacy=True, env=env)  # the original `python main.py DIR ...` entry
     watcher, seen = kill_when_rows(proc, store, N_KILL // 4, N_KILL)  # several batches committed, not all
     # While the subprocess imports torch, make the reference: a clean, uninterrupted run.

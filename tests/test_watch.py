@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli_env, finish, kill_when_rows, make_image, start_cli
+from conftest import cli_env, finish, kill_when_rows, make_image, on_cpu, start_cli
 from nomic_memory import Index, Store
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import discover
@@ -316,19 +316,7 @@ def test_stop_commits_and_restart_catches_up(emb, tmp_path):
 # ---------------------------------------------------------------- the CLI
 def start_watch(folder: Path, store: Path, model: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
     return start_cli(
-        "watch",
-        str(folder),
-        "--store",
-        str(store),
-        "--model-name",
-        str(model),
-        "--backend",
-        "cpu",
-        "--debounce",
-        "0.3",
-        "--json",
-        *extra,
-        env=cli_env(tmp_path),
+        "watch", folder, *on_cpu(model, store), "--debounce", "0.3", "--json", *extra, env=cli_env(tmp_path)
     )
 
 

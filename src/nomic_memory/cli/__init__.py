@@ -46,38 +46,51 @@ def _app_options(
     """Embed folders of images and documents with Nomic's multimodal retrievers, store and search them."""
 
 
-# Every command reports any NomicMemoryError it did not handle itself as one line (exit 1, or 2
-# for a usage error): the one exception root, caught in one place.
-app.command("embed")(reports_errors(_embed.embed))
-app.command("search")(reports_errors(_search.search))
-app.command("serve")(reports_errors(_serve.serve))
-app.command("watch")(reports_errors(_watch.watch))
-app.command("mcp")(reports_errors(_mcp.mcp))
-app.command("export")(reports_errors(_tools.export))
-app.command("import")(reports_errors(_importing.import_))
-app.command("bench")(reports_errors(_bench.bench))
-app.command("plan")(reports_errors(_bench.plan))
-app.command("make-tiny-model")(reports_errors(_tools.make_tiny_model))
-app.command("samples")(reports_errors(_samples.samples))
-app.command("check")(reports_errors(_check.check))
-store_app = typer.Typer(
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.",
+def _commands(group: typer.Typer, commands: dict) -> typer.Typer:
+    """Register ``commands`` (name: function) on ``group``.  Every command reports any
+    NomicMemoryError it did not handle itself as one line (exit 1, or 2 for a usage error): the
+    one exception root, caught in one place."""
+    for name, command in commands.items():
+        group.command(name)(reports_errors(command))
+    return group
+
+
+def _group(help: str, commands: dict) -> typer.Typer:
+    """A command group (``nomic-memory store ...``): plain help, and its help when named alone."""
+    return _commands(typer.Typer(no_args_is_help=True, rich_markup_mode=None, help=help), commands)
+
+
+_commands(
+    app,
+    {
+        "embed": _embed.embed,
+        "search": _search.search,
+        "serve": _serve.serve,
+        "watch": _watch.watch,
+        "mcp": _mcp.mcp,
+        "export": _tools.export,
+        "import": _importing.import_,
+        "bench": _bench.bench,
+        "plan": _bench.plan,
+        "make-tiny-model": _tools.make_tiny_model,
+        "samples": _samples.samples,
+        "check": _check.check,
+    },
 )
-store_app.command("list")(reports_errors(_store.list_tables))
-store_app.command("drop")(reports_errors(_store.drop))
-store_app.command("forget")(reports_errors(_store.forget))
-store_app.command("compact")(reports_errors(_store.compact))
-app.add_typer(store_app, name="store")
-index_app = typer.Typer(
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    help="The search index beside each table (kept current by every search).",
+app.add_typer(
+    _group(
+        "Inspect and tidy a store: list tables, drop one, forget a folder, compact.",
+        {"list": _store.list_tables, "drop": _store.drop, "forget": _store.forget, "compact": _store.compact},
+    ),
+    name="store",
 )
-index_app.command("rebuild")(reports_errors(_index.rebuild))
-index_app.command("status")(reports_errors(_index.status))
-app.add_typer(index_app, name="index")
+app.add_typer(
+    _group(
+        "The search index beside each table (kept current by every search).",
+        {"rebuild": _index.rebuild, "status": _index.status},
+    ),
+    name="index",
+)
 
 
 def main() -> None:
