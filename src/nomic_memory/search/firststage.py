@@ -40,6 +40,18 @@ class Settings:
     def n_centroids(self) -> int:
         return self.coarse * self.fine
 
+    def depth_for(self, pages: int) -> int:
+        """Pages re-ranked exactly in a table of ``pages`` rows.  The exact top 10 are close
+        neighbours, and a larger store has more of them for the code scores to confuse: on
+        structured page embeddings (BENCHMARKS.md), 100 candidates recalled 0.965-0.975 of the
+        exact top 10 at 5,000-20,000 pages but 0.785 at 100,000, where 200 recalled 0.95 (a
+        larger ``refine`` or ``probe`` did not help).  So twice ``depth`` from 25,000 pages."""
+        return self.depth if pages < DEEPER_FROM else 2 * self.depth
+
+
+#: Table size (rows) from which twice :attr:`Settings.depth` candidates are re-ranked.
+DEEPER_FROM = 25_000
+
 
 # ------------------------------------------------------------------ k-means
 def _kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.ndarray:

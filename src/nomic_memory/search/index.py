@@ -454,7 +454,7 @@ class Index:
 
     def _index_search(self, ds, embs: list[np.ndarray], k: int, where: str | None, rerank: int | None):
         view = self.live_index().view(ds, wait=self.index_wait)
-        depth = max(k, rerank if rerank is not None else _fs.Settings().depth)
+        depth = max(k, rerank if rerank is not None else _fs.Settings().depth_for(view.state.n))
         allowed, tail = view.alive, view.tail
         if where:
             match = _approx.matching_row_ids(ds, where).astype(np.uint64)
