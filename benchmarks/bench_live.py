@@ -5,6 +5,8 @@ embedder writes, checksums included), streamed.  ``live`` measures on it, in one
 the index from the stored vectors, the exact scan (batched and one query), the indexed search
 (first stage + exact re-rank read from disk), recall@10 against the exact scan, adding 1,000
 pages with and without the index kept current, and that a deleted page is never returned.
+``add`` runs only the adding measurement: bare commits and ``nomic-memory import`` of 1,000 pages,
+each without and with the index (rows coded by the writer, folded in by the next update).
 """
 
 from __future__ import annotations
@@ -163,31 +165,153 @@ def cmd_live(a) -> dict:
         }
     )
     print(json.dumps(res), flush=True)
-    res["add_1000"] = _add_pages(a, st, t, idx, g, n)
+    res["add_1000"] = _add_pages(a, st, t, idx, g, n, a.runs)
     res["deleted_never_returned"] = _delete_check(st, t, idx, qs[0])
     print(json.dumps(res), flush=True)
     return res
 
 
-def _add_pages(a, st, t, idx, g: PageGenerator, n: int) -> dict:
-    """Add 1,000 pages in 20 commits of 50 (as embed commits batch by batch): without the index
-    (table writes only), then 1,000 more with the index caught up (one search afterwards, which
-    indexes them).  The added pages are deleted again afterwards."""
-    schema = t.table.schema
+def _records(g: PageGenerator, a: int, b: int) -> list:
+    """Pages ``a..b`` as the records embed and import commit (float16 vectors, as stored)."""
+    from nomic_memory.store import Record
+
+    return [
+        Record("/synthetic", f"page{i:07d}.png", f"h{i}", 0, 0.0, 0, 0, g.page(i).astype(np.float16), "float16")
+        for i in range(a, b)
+    ]
+
+
+def _commit_pages(t, recs: list, per_commit: int = 50) -> float:
+    """Commit ``recs`` as embed and import do (``upsert`` of new keys, one commit per batch);
+    returns the seconds taken."""
+    t.stored_keys("/synthetic")  # what a run reads first: later commits look up only others' writes
+    t0 = time.perf_counter()
+    for i in range(0, len(recs), per_commit):
+        batch = recs[i : i + per_commit]
+        t.upsert(batch, known_new={(r.path, r.page) for r in batch})
+    return time.perf_counter() - t0
+
+
+def _parquet(g: PageGenerator, a: int, b: int, path: Path) -> Path:
+    """Pages ``a..b`` as a plain parquet for ``nomic-memory import`` (path, page, embedding)."""
+    import pyarrow.parquet as pq
+
+    docs = [g.page(i).astype(np.float16) for i in range(a, b)]
+    nv = sum(len(d) for d in docs)
+    inner = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, nv * DIM + 1, DIM, dtype=np.int32)), pa.array(np.concatenate(docs).reshape(-1))
+    )
+    outer = pa.ListArray.from_arrays(pa.array(np.cumsum([0] + [len(d) for d in docs]).astype(np.int32)), inner)
+    cols = {"path": [f"page{i:07d}.png" for i in range(a, b)], "page": pa.array(np.zeros(b - a, np.int32))}
+    pq.write_table(pa.table({**cols, "embedding": outer}), path)
+    return path
+
+
+def _import_once(st, t, li, g: PageGenerator, start: int, pages: int, tmp: Path, with_first: bool = False) -> dict:
+    """``nomic-memory import`` of ``pages`` new pages (a parquet, commits of 50 rows) without the
+    index, then of ``pages`` others with it (coded by the importer, folded by the next update)."""
+    from nomic_memory.run.importing import ImportStamp, import_embeddings
+
     info = t.info
-    out = {}
-    for label, start in (("without_index_s", n + 10_000), ("with_index_s", n + 20_000)):
-        t0 = time.perf_counter()
-        for s in range(start, start + 1000, 50):
-            t.table.add(pa.Table.from_batches([_batch(g, schema, s, s + 50, info)]))
-        if label == "with_index_s":
-            t1 = time.perf_counter()
-            idx.search_embeddings([g.query(start + 7)], 10)
-            out["catch_up_and_search_s"] = round(time.perf_counter() - t1, 2)
-        out[label] = round(time.perf_counter() - t0, 2)
-    out["ratio"] = round(out["with_index_s"] / out["without_index_s"], 2)
-    t.table.delete("path >= 'page" + f"{n:07d}" + "'")
+    stamp = ImportStamp(info.model_id, info.revision, info.kind, info.dim, TABLE, info.seed, info.fingerprint or None)
+    out: dict = {}
+    aside = li.base.with_name(li.base.name + ".aside")
+    phases = (("without", start), ("with", start + pages))
+    for phase, a in reversed(phases) if with_first else phases:
+        src = _parquet(g, a, a + pages, tmp / f"import-{a}.parquet")
+        if phase == "without":
+            li.base.rename(aside)
+        try:
+            _, secs = _time(lambda: import_embeddings(src, st, stamp, root="/synthetic", batch_rows=50))
+        finally:
+            if phase == "without":
+                aside.rename(li.base)
+        t.refresh()
+        if phase == "with":
+            view, fold = _time(lambda: li.view(t.table.to_lance()))
+            out.update(rows_read_back=view.caught_up, rows_from_writers=view.from_writers, fold_s=fold)
+            secs += fold
+        out[f"{phase}_index_s"] = secs
+        t.delete_paths("/synthetic", [f"page{i:07d}.png" for i in range(a, a + pages)])
+        li.view(t.table.to_lance())  # the deletions folded in (not timed)
+        src.unlink()
+    out["ratio"] = out["with_index_s"] / out["without_index_s"]
     return out
+
+
+def _add_once(t, li, g: PageGenerator, start: int, pages: int, with_first: bool = False) -> dict:
+    """One run: ``pages`` new pages committed with the index moved aside (no index: table writes
+    only), and ``pages`` others committed with the index in place (each commit's rows coded by
+    the writer) and folded in by the next update of the index; each removed again afterwards.
+    ``with_first``: the indexed half first (runs alternate, against drifts of the machine's load)."""
+    from nomic_memory.search.liveindex import SEGMENTS
+
+    out: dict = {}
+    aside = li.base.with_name(li.base.name + ".aside")
+    for phase in ("with", "without") if with_first else ("without", "with"):
+        a = start if phase == "without" else start + pages
+        recs = _records(g, a, a + pages)
+        if phase == "without":
+            li.base.rename(aside)
+            try:
+                out["without_index_s"] = _commit_pages(t, recs)
+            finally:
+                aside.rename(li.base)
+        else:
+            out["writes_with_index_s"] = _commit_pages(t, recs)
+            out["segments"] = len(list((li.base / SEGMENTS).glob("seg-*.npz")))
+            view, secs = _time(lambda: li.view(t.table.to_lance()))
+            out["fold_s"] = secs
+            out["rows_read_back"] = view.caught_up
+            out["rows_from_writers"] = view.from_writers
+            out["generation"] = "appended" if view.state.meta.get("base") else "full"
+            out["with_index_s"] = out["writes_with_index_s"] + out["fold_s"]
+        t.delete_paths("/synthetic", [r.path for r in recs])
+        li.view(t.table.to_lance())  # the deletions folded in (not timed)
+    out["ratio"] = out["with_index_s"] / out["without_index_s"]
+    return out
+
+
+def _add_pages(a, st, t, idx, g: PageGenerator, n: int, runs: int = 3) -> dict:
+    """Add 1,000 pages in 20 commits of 50 (as embed and import commit them), without and with
+    the index kept current, ``runs`` times; medians.  The added pages are deleted again."""
+    li = idx.live_index()
+    li.view(t.table.to_lance())
+    per, imp = [], []
+    tmp = Path(st.path) / "_bench_import"
+    tmp.mkdir(exist_ok=True)
+    rounded = lambda d: {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
+    for r in range(runs):
+        per.append(_add_once(t, li, g, n + 10_000 + 4_000 * r, 1000, with_first=r % 2 == 1))
+        print(json.dumps({"commits": rounded(per[-1]), "load": os.getloadavg()[0]}), flush=True)
+        imp.append(_import_once(st, t, li, g, n + 12_000 + 4_000 * r, 1000, tmp, with_first=r % 2 == 1))
+        print(json.dumps({"import": rounded(imp[-1]), "load": os.getloadavg()[0]}), flush=True)
+    keys = ("without_index_s", "writes_with_index_s", "fold_s", "with_index_s", "ratio")
+    out = {k: round(statistics.median(p[k] for p in per), 2) for k in keys}
+    out["runs"] = [rounded(p) for p in per]
+    out["import"] = {
+        k: round(statistics.median(p[k] for p in imp), 2)
+        for k in ("without_index_s", "fold_s", "with_index_s", "ratio")
+    }
+    out["import"]["runs"] = [rounded(p) for p in imp]
+    out["load"] = os.getloadavg()
+    return out
+
+
+def cmd_add(a) -> dict:
+    """Only the adding measurement (``live`` runs it too, after the searches)."""
+    from nomic_memory.search import Index
+    from nomic_memory.store.table import Store
+
+    st = Store(a.path, create=False)
+    t = st.open_table(TABLE)
+    n = t.count()
+    idx = Index(st, t, index_min_rows=0)
+    if idx.live_index().load() is None:
+        idx.live_index().rebuild()
+    res = {"pages": n, "add_1000": _add_pages(a, st, t, idx, PageGenerator(PageSpec(seed=a.seed)), n, a.runs)}
+    print(json.dumps(res), flush=True)
+    return res
 
 
 def _delete_check(st, t, idx, q) -> dict:
@@ -212,3 +336,7 @@ def add_live_commands(sub) -> None:
     lv.add_argument("--exact-singles", type=int, default=3)
     lv.add_argument("--rebuild", action="store_true")
     lv.set_defaults(func=cmd_live)
+    ad = sub.add_parser("add")
+    ad.add_argument("--path", type=Path, required=True)
+    ad.add_argument("--runs", type=int, default=3)
+    ad.set_defaults(func=cmd_add)

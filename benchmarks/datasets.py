@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nomic_memory.ingest.samples import page, photo, render  # noqa: F401  (the one generator)
+from nomic_memory.ingest.samples import make_sample_images, page, photo, render  # noqa: F401  (the one generator)
 
 ROOT = Path("/tmp/nomic-memory-bench")
 RECIPE_VERSION = 1
@@ -68,13 +68,7 @@ def mixed(n: int = 36, root: Path = ROOT) -> Path:
     recipe = {"kind": "mixed", "n": n, "v": RECIPE_VERSION}
     if _ready(d, recipe):
         return d
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(7)
-    for i in range(n):
-        kind, w, h, fmt = MIXED_SPECS[i % len(MIXED_SPECS)]
-        img = render(kind, w, h, rng)
-        path = d / f"{i:03d}_{kind}.{fmt}"
-        img.save(path, **({"quality": 90} if fmt == "jpg" else {"optimize": False}))
+    make_sample_images(d, n, seed=7, specs=MIXED_SPECS)
     _mark(d, recipe)
     return d
 

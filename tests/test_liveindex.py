@@ -243,6 +243,98 @@ def test_searches_in_threads_while_rows_are_committed(store):
     assert liveindex.verify(st, t)["problems"] == []
 
 
+# ------------------------------------------------------------------ rows coded by their writers
+def _parquet(path: Path, pages) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vecs = [_page(p).astype(np.float16) for p in pages]
+    t = pa.table(
+        {
+            "path": [f"p{p:04d}.png" for p in pages],
+            "page": [p % 3 for p in pages],
+            "embedding": pa.array([v.tolist() for v in vecs], type=pa.list_(pa.list_(pa.float16()))),
+        }
+    )
+    pq.write_table(t, path)
+    return path
+
+
+def test_import_into_an_indexed_table_is_coded_by_the_importer(store, tmp_path):
+    from nomic_memory.run.importing import ImportStamp, import_embeddings
+
+    st, t = store
+    idx = Index(st, t, index_min_rows=0)
+    qs = [_query(p) for p in (3, 130, 145)]
+    idx.search_embeddings(qs, 5)  # builds the index
+    li = idx.live_index()
+    built = li.load()
+    assert built.n == 120 and not built.meta.get("base")
+    stamp = ImportStamp("synthetic", "r1", "colqwen", DIM, "syn", 0)
+    report = import_embeddings(
+        _parquet(tmp_path / "new.parquet", range(120, 150)), st, stamp, root="/data", batch_rows=10
+    )
+    assert (report.imported, report.commits) == (30, 3)
+    t.refresh()
+    # the index's own state: three segments of 30 rows continue it up to the table's version
+    d = liveindex.describe(st, t)
+    assert d["state"].startswith("current") and (d["pending_rows"], d["pending_segments"]) == (30, 3), d
+    assert li.load() is built  # nothing rewritten by the writes themselves
+    view = li.view(t.table.to_lance())
+    assert (view.caught_up, view.from_writers) == (0, 30)  # no vector read back from the table
+    after = view.state
+    assert after.n == 150 and after.meta["base"] == built.path.name  # appended to the same base
+    assert li.pending(after) == [] and not list((li.base / liveindex.SEGMENTS).glob("seg-*"))
+    got = idx.search_embeddings(qs, 10, rerank=1000)
+    _assert_same(got, idx.search_embeddings(qs, 10, exact=True))
+    assert got[1][0].path == "p0130.png" and got[2][0].path == "p0145.png"
+    assert liveindex.verify(st, t)["problems"] == []
+    assert liveindex.describe(st, t)["state"] == "current"
+
+
+def test_appended_entries_are_compacted_past_a_fraction_of_the_base(store):
+    st, t = store
+    idx = Index(st, t, index_min_rows=0)
+    qs = [_query(p) for p in (3, 50, 125, 165)]
+    idx.search_embeddings(qs, 5)
+    li = idx.live_index()
+    base = li.load().path.name
+    t.upsert([_rec(p) for p in range(120, 135)], known_new={f"p{p:04d}.png" for p in range(120, 135)})
+    t.upsert([_rec(50, salt=3)])  # replaced: its old entry is marked dead in the base
+    t.delete_paths("/data", ["p0003.png"])
+    view = li.view(t.table.to_lance())
+    assert (view.caught_up, view.from_writers) == (0, 16)
+    st1 = view.state
+    assert st1.meta["base"] == base and st1.n == 134 and st1.entries == 136
+    assert "p0003.png" not in _paths(idx.search_embeddings(qs, 10, rerank=1000))[0]
+    _assert_same(idx.search_embeddings(qs, 10, rerank=1000), idx.search_embeddings(qs, 10, exact=True))
+    # past COMPACT_FRACTION of the base (2 dead + 16 + 15 > 30): a full generation again
+    t.upsert([_rec(p) for p in range(135, 170)], known_new={f"p{p:04d}.png" for p in range(135, 170)})
+    view = li.view(t.table.to_lance())
+    st2 = view.state
+    assert view.caught_up == 0 and not st2.meta.get("base") and st2.n == st2.entries == 169
+    assert st2.alive is None and st2.delta is None
+    _assert_same(idx.search_embeddings(qs, 10, rerank=1000), idx.search_embeddings(qs, 10, exact=True))
+    assert liveindex.verify(st, t)["problems"] == []
+
+
+def test_rows_whose_writer_left_no_segment_are_read_back(store):
+    st, t = store
+    idx = Index(st, t, index_min_rows=0)
+    qs = [_query(p) for p in (3, 125)]
+    idx.search_embeddings(qs, 5)
+    li = idx.live_index()
+    t.upsert([_rec(p) for p in range(120, 130)])
+    segs = list((li.base / liveindex.SEGMENTS).glob("seg-*.npz"))
+    assert len(segs) == 1
+    segs[0].write_bytes(segs[0].read_bytes()[:100])  # a damaged segment: its rows are read back
+    t.upsert([_rec(p) for p in range(130, 135)])
+    view = li.view(t.table.to_lance())
+    assert (view.caught_up, view.from_writers) == (10, 5)
+    _assert_same(idx.search_embeddings(qs, 10, rerank=1000), idx.search_embeddings(qs, 10, exact=True))
+    assert liveindex.verify(st, t)["problems"] == []
+
+
 # ------------------------------------------------------------------ kill -9 and the CLI
 UPDATER = textwrap.dedent("""
     import sys
@@ -291,6 +383,61 @@ def test_kill9_during_index_updates_then_search_and_check(tmp_path):
     r = run_cli("check", "--store", str(tmp_path / "store"), "--json")
     assert r.returncode == 0, r
     assert r.json()["index"]["state"] == "current" and r.json()["index"]["problems"] == []
+
+
+@pytest.mark.slow
+def test_embed_and_cli_import_into_an_indexed_table_are_coded_by_the_writer(loaded, image_dir, tiny_colqwen, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(image_dir, folder)
+    moved = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg"})[:3]
+    held = tmp_path / "held"
+    held.mkdir()
+    for i, p in enumerate(moved):  # embedded by the second run only
+        p.rename(held / f"{i}{p.suffix}")
+    store = tmp_path / "store"
+    loaded["colqwen"].embed_directory(folder, store=store, workers=0)
+    idx = loaded["colqwen"].index(store, index_min_rows=0)
+    q = np.asarray(idx.table.to_arrow(["embedding"]).column("embedding")[0].as_py(), np.float32)[:6]
+    idx.search_embeddings([q], 5)  # builds the index
+    li = idx.live_index()
+    built = li.load()
+    for i, p in enumerate(moved):
+        (held / f"{i}{p.suffix}").rename(p)
+    report = loaded["colqwen"].embed_directory(folder, store=store, workers=0)
+    assert report.embedded == 3
+    t = idx.table
+    t.refresh()
+    d = liveindex.describe(idx.store, t)
+    assert d["state"].startswith("current") and d["pending_rows"] == 3, d
+    view = li.view(t.table.to_lance())
+    assert (view.caught_up, view.from_writers) == (0, 3) and view.state.n == built.n + 3
+    hits = idx.search_embeddings([q], 10, rerank=1000)
+    _assert_same(hits, idx.search_embeddings([q], 10, exact=True))
+    assert liveindex.verify(idx.store, t)["problems"] == []
+    # `nomic-memory import` (its own process) codes the rows it commits too
+    from nomic_memory.store.export import export_store
+
+    npz = tmp_path / "rows.npz"
+    export_store(store, "npz", npz)
+    n = t.count()
+    r = run_cli(
+        "import",
+        str(npz),
+        "--store",
+        str(store),
+        "--model-name",
+        str(tiny_colqwen),
+        "--root",
+        str(tmp_path / "other"),
+        "--json",
+    )
+    assert r.returncode == 0, r
+    t.refresh()
+    d = liveindex.describe(idx.store, t)
+    assert d["state"].startswith("current") and d["pending_rows"] == n, d
+    view = li.view(t.table.to_lance())
+    assert (view.caught_up, view.from_writers) == (0, n) and view.state.n == 2 * n
+    _assert_same(idx.search_embeddings([q], 10, rerank=1000), idx.search_embeddings([q], 10, exact=True))
 
 
 @pytest.mark.slow

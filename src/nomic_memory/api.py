@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from nomic_memory.logs import ProgressCallback
 from nomic_memory.model.backends import Backend, select_backend
 from nomic_memory.model.loading import DEFAULT_SEED, LoadedModel, ModelSpec, ResolvedModel
-from nomic_memory.run.driver import ProgressCallback, RunReport
+from nomic_memory.run.driver import RunReport
 from nomic_memory.store.check import CheckReport, present_keys, readable_keys, readable_roots
 from nomic_memory.store.roots import known_roots
 from nomic_memory.store.table import EmbeddingTable, Store, default_store_path, key_to_path, path_to_key

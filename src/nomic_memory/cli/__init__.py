@@ -127,34 +127,34 @@ def __getattr__(name: str) -> typer.Typer:
     raise AttributeError(name)
 
 
+def _group(help: str, commands: dict) -> typer.Typer:
+    """A command group (``nomic-memory store ...``): plain help, and its help when named alone.
+    Every command reports any NomicMemoryError it did not handle itself as one line (exit 1, or 2
+    for a usage error): the one exception root, caught in one place."""
+    group = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help=help)
+    for name, command in commands.items():
+        group.command(name)(reports_errors(command))
+    return group
+
+
 def _store_app() -> typer.Typer:
     # late: only ``store ...`` (or the full help) needs these commands
     from nomic_memory.cli import store as _store
 
-    sub = typer.Typer(
-        no_args_is_help=True,
-        rich_markup_mode=None,
-        help="Inspect and tidy a store: list tables, drop one, forget a folder, compact.",
+    return _group(
+        "Inspect and tidy a store: list tables, drop one, forget a folder, compact.",
+        {"list": _store.list_tables, "drop": _store.drop, "forget": _store.forget, "compact": _store.compact},
     )
-    sub.command("list")(reports_errors(_store.list_tables))
-    sub.command("drop")(reports_errors(_store.drop))
-    sub.command("forget")(reports_errors(_store.forget))
-    sub.command("compact")(reports_errors(_store.compact))
-    return sub
 
 
 def _index_app() -> typer.Typer:
     # late: only ``index ...`` (or the full help) needs these commands
     from nomic_memory.cli import index as _index
 
-    sub = typer.Typer(
-        no_args_is_help=True,
-        rich_markup_mode=None,
-        help="The search index beside each table (kept current by every search).",
+    return _group(
+        "The search index beside each table (kept current by every search).",
+        {"rebuild": _index.rebuild, "status": _index.status},
     )
-    sub.command("rebuild")(reports_errors(_index.rebuild))
-    sub.command("status")(reports_errors(_index.status))
-    return sub
 
 
 def main() -> None:

@@ -10,7 +10,18 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import EXIT_FATAL, EXIT_OK, EXIT_USAGE, BackendChoice, DtypeChoice, fail, setup_logging
+from nomic_memory.cli.common import (
+    DTYPE,
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    VERBOSE,
+    BackendChoice,
+    DtypeChoice,
+    fail,
+    json_option,
+    setup_logging,
+)
 from nomic_memory.errors import BenchSetupError
 from nomic_memory.model.variants import VARIANTS
 from nomic_memory.perf.plan import GB, Arch, guess_backend, image_tokens, plan_memory, resized_size
@@ -97,7 +108,7 @@ def bench(
     workers: Optional[int] = typer.Option(
         None, "--workers", min=0, metavar="N", help="Decode worker processes (default: automatic)."
     ),
-    dtype: DtypeChoice = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU."),
+    dtype: DtypeChoice = DTYPE,
     out_dir: Path = typer.Option(
         Path("bench_out"), "--out-dir", metavar="DIR", help="Where bench.json and bench.png go."
     ),
@@ -106,8 +117,8 @@ def bench(
         "--in-process",
         help="Measure in this process (faster; CPU peaks then carry over between configurations).",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Also print the JSON results on stdout."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
+    json_out: bool = json_option("Also print the JSON results on stdout."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Sweep batch sizes (x modes, models, backends): peak memory, time, images/s, and the plan."""
     setup_logging(verbose)
@@ -286,7 +297,7 @@ def plan(
         help="lean (nomic-memory), colpali (colpali-engine's forward) or colpali-dense-mask (colpali-engine's forward on transformers <= 4.53, whose vision tower masks the whole batch at once).",
     ),
     image_only: bool = typer.Option(False, "--image-only", help="Plan for image-only mode (no text-embedding table)."),
-    json_out: bool = typer.Option(False, "--json", help="Print each plan as one JSON object per line."),
+    json_out: bool = json_option("Print each plan as one JSON object per line."),
 ) -> None:
     """Predict peak memory from the architecture and token counts (weights + activations), and
     say what it assumes. One plan: its breakdown; several (variants x batch sizes): a table."""

@@ -10,20 +10,21 @@ import typer
 from nomic_memory.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
+    VERBOSE,
     BackendChoice,
     fail_on,
+    json_option,
     resolve_store,
     setup_logging,
     store_option,
+    table_option,
 )
 from nomic_memory.errors import NomicMemoryError
 
 
 def check(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(
-        None, "--table", metavar="NAME", help="Table (model) to check, if the store has several."
-    ),
+    table: Optional[str] = table_option("check"),
     repair: bool = typer.Option(
         False,
         "--repair",
@@ -36,8 +37,8 @@ def check(
         help="With --repair: also delete the bad rows that cannot be re-embedded (their files are gone or unreadable).",
     ),
     backend: BackendChoice = typer.Option("auto", "--backend", help="Device for re-embedding (--repair)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (nothing else on stdout)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
+    json_out: bool = json_option("Print the report as JSON (nothing else on stdout)."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Verify every row (every column readable, checksum, NaN, vector count), find missing pages, and
     verify the search index. Exit 0: clean; 1: problems (after --repair: something could not be restored)."""

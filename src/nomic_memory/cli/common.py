@@ -89,6 +89,29 @@ def json_option(help: str = "Print one JSON document on stdout and nothing else 
     return typer.Option(False, "--json", help=help)
 
 
+def table_option(verb: str):
+    """``--table NAME``: the one table a command works on, when the store has several."""
+    return typer.Option(None, "--table", metavar="NAME", help=f"Table (model) to {verb}, if the store has several.")
+
+
+def allow_mismatch_option(verb: str):
+    return typer.Option(
+        False, "--allow-mismatch", help=f"{verb} even if the model's revision/projection differ from the table's."
+    )
+
+
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr.")
+DTYPE = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU.")
+# Every table, or the one named (the store's housekeeping commands).
+TABLE_FILTER = typer.Option(None, "--table", metavar="NAME", help="Only this table (default: all).")
+# The query model of the commands that search a table (search, serve, mcp).
+QUERY_BACKEND = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU).")
+QUERY_MODEL_NAME = typer.Option(
+    None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."
+)
+TEMPLATE = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".')
+
+
 def resolve_store(store: str | None):
     """``--store``, else the default store (``$NOMIC_MEMORY_STORE`` or the XDG data directory)."""
     from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
@@ -161,3 +184,17 @@ def setup_logging(verbose: bool) -> None:
     )
 
     quiet_libraries("lance", "lancedb")
+
+
+def check_template(template: str | None) -> None:
+    """A ``--template`` must say where the query goes: refused (exit 2) before anything loads."""
+    if template is not None and "{}" not in template:
+        raise fail(f'--template {template!r} has no {{}} where the query goes (e.g. "Query: {{}}")', EXIT_USAGE)
+
+
+def open_for_queries(
+    opener, store: str | None, table: str | None, backend: BackendChoice, model_name, template, **more
+):
+    """``opener(store, table, ...)`` (``Index.open``, ``open_page_store``) with the query-model
+    options a searching command takes (``--store`` resolved, ``--backend`` as its name)."""
+    return opener(resolve_store(store), table, backend=backend.value, model_name=model_name, template=template, **more)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
+import typing
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from nomic_memory.cli.common import (
+    DTYPE,
     EXIT_OK,
     EXIT_PARTIAL,
     EXIT_USAGE,
+    VERBOSE,
     BackendChoice,
     DtypeChoice,
     EngineChoice,
@@ -23,6 +29,7 @@ from nomic_memory.cli.common import (
     fail,
     fail_on,
     plural,
+    resolve_store,
     say,
     setup_logging,
     store_option,
@@ -261,50 +268,95 @@ MAX_BATCH_TOKENS = typer.Option(
 )
 BACKEND = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU.")
 IMAGE_ONLY = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory).")
-DTYPE = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU.")
 SEED = typer.Option(0, "--seed", metavar="N", help="RNG seed set before loading (fixes any randomly initialised head).")
 REVISION = typer.Option(None, "--revision", metavar="REV", help="Hub revision (branch, tag or commit) of a hub model.")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal).")
-VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr.")
 
 
-def make_embedder(
-    model_variant: VariantChoice,
-    model_name: str | None,
-    model_kind: KindChoice | None,
-    backend: BackendChoice,
-    dtype: DtypeChoice,
-    image_only: bool,
-    seed: int,
-    revision: str | None,
-):
-    """The (lazy) Embedder the model options describe; loads nothing yet."""
-    from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model and batching options `embed` and `watch` share, as one value (these eight, in
+    this order in both commands' help)."""
 
-    return Embedder(
-        model_name or model_variant.value,
-        backend=backend.value,
-        dtype=dtype.value,
-        kind=model_kind.value if model_kind else None,
-        image_only=image_only,
-        seed=seed,
-        revision=revision,
-        lazy=True,
-    )
+    model_variant: VariantChoice
+    model_name: Optional[str]
+    model_kind: Optional[KindChoice]
+    batch_size: int
+    max_batch_tokens: Optional[int]
+    backend: BackendChoice
+    image_only: bool
+    dtype: DtypeChoice
+
+    def embedder(self, seed: int, revision: str | None):
+        """The (lazy) Embedder these options (and ``--seed``, ``--revision``) describe; loads nothing yet."""
+        from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
+
+        return Embedder(
+            self.model_name or self.model_variant.value,
+            backend=self.backend.value,
+            dtype=self.dtype.value,
+            kind=self.model_kind.value if self.model_kind else None,
+            image_only=self.image_only,
+            seed=seed,
+            revision=revision,
+            lazy=True,
+        )
+
+    def open(self, store: str | None, seed: int, revision: str | None, json_out: bool, legacy: bool = False):
+        """``(embedder, store)``, once the backend lines are printed.  Before any model work: a
+        wrong --store must not cost a model load (opening a local store creates its directory, so
+        after the backend check, which writes nothing)."""
+        from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
+        from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
+
+        emb = self.embedder(seed, revision)
+        store_obj = Store(resolve_store(store))
+        report_backend(emb.backend, describe(emb.backend), json_out, legacy, self.image_only)
+        return emb, store_obj
 
 
+_MODEL_OPTIONS = {
+    "model_variant": MODEL_VARIANT,
+    "model_name": MODEL_NAME,
+    "model_kind": MODEL_KIND,
+    "batch_size": BATCH_SIZE,
+    "max_batch_tokens": MAX_BATCH_TOKENS,
+    "backend": BACKEND,
+    "image_only": IMAGE_ONLY,
+    "dtype": DTYPE,
+}
+# A command's ``model: ModelOptions = MODEL_OPTIONS`` parameter: see takes_model_options.
+MODEL_OPTIONS: Any = None
+
+
+def takes_model_options(command):
+    """Typer reads a command's options from its signature: there, ``command``'s ``model``
+    parameter becomes the eight options of :class:`ModelOptions`, and the command is called with
+    them as one ``ModelOptions``."""
+    sig = inspect.signature(command, eval_str=True)
+    hints = typing.get_type_hints(ModelOptions)
+    group = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=hints[name])
+        for name, option in _MODEL_OPTIONS.items()
+    ]
+    params = list(sig.parameters.values())
+    at = list(sig.parameters).index("model")
+
+    @functools.wraps(command)
+    def run(**kwargs):
+        model = ModelOptions(**{name: kwargs.pop(name) for name in _MODEL_OPTIONS})
+        return command(model=model, **kwargs)
+
+    run.__signature__ = sig.replace(parameters=params[:at] + group + params[at + 1 :])  # type: ignore[attr-defined]
+    return run
+
+
+@takes_model_options
 def embed(
     directory: Path = typer.Argument(
         ..., metavar="DIRECTORY", help="Directory of images and documents (searched recursively)."
     ),
-    model_variant: VariantChoice = MODEL_VARIANT,
-    model_name: Optional[str] = MODEL_NAME,
-    model_kind: Optional[KindChoice] = MODEL_KIND,
-    batch_size: int = BATCH_SIZE,
-    max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS,
-    backend: BackendChoice = BACKEND,
-    image_only: bool = IMAGE_ONLY,
-    dtype: DtypeChoice = DTYPE,
+    model: ModelOptions = MODEL_OPTIONS,
     store: Optional[str] = store_option(),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
     workers: Optional[int] = typer.Option(
@@ -339,21 +391,16 @@ def embed(
     """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
     setup_logging(verbose)
     legacy = report_style is ReportStyle.legacy
-    precheck(directory, model_name, revision, prune)
+    precheck(directory, model.model_name, revision, prune)
     if legacy:
-        for line in legacy_header(model_variant.value, model_name):
+        for line in legacy_header(model.model_variant.value, model.model_name):
             say(line, json_out)
-    ui = ConsoleProgress(progress, style=report_style, json_out=json_out, directory=directory, batch_size=batch_size)
+    ui = ConsoleProgress(
+        progress, style=report_style, json_out=json_out, directory=directory, batch_size=model.batch_size
+    )
     with out_of_memory_exits(lambda: ui.loaded):
-        from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
-        from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
-
         try:
-            emb = make_embedder(model_variant, model_name, model_kind, backend, dtype, image_only, seed, revision)
-            # Before any model work: a wrong --store must not cost a model load (opening a local
-            # store creates its directory, so after the backend check, which writes nothing).
-            store_obj = Store(store or default_store_path())
-            report_backend(emb.backend, describe(emb.backend), json_out, legacy, image_only)
+            emb, store_obj = model.open(store, seed, revision, json_out, legacy)
             if engine == EngineChoice.ray:
                 try:
                     import nomic_memory.run.ray_engine  # noqa: F401  (late: ray, an optional extra; sets its environment before ray starts)
@@ -366,8 +413,8 @@ def embed(
             report = emb.embed_directory(
                 directory,
                 store_obj,
-                batch_size=batch_size,
-                max_batch_tokens=max_batch_tokens,
+                batch_size=model.batch_size,
+                max_batch_tokens=model.max_batch_tokens,
                 workers=workers,
                 prune=prune,
                 engine=engine.value,

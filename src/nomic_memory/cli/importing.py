@@ -67,6 +67,9 @@ def import_(
         raise fail("give the model that made the embeddings: --model-variant or --model-name (one of them)", EXIT_USAGE)
     from nomic_memory.run.importing import ImportRefused, import_embeddings  # late: torch, LanceDB (seconds)
 
+    # late, as above; imported for its store commit hook: the rows an import commits to an indexed table are coded by it
+    from nomic_memory.search import liveindex  # noqa: F401
+
     model = model_name or model_variant.value
     try:
         report = import_embeddings(

@@ -12,8 +12,7 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import fail_on, json_option, resolve_store, say, setup_logging, store_option
-from nomic_memory.errors import NomicMemoryError
+from nomic_memory.cli.common import TABLE_FILTER, json_option, resolve_store, say, setup_logging, store_option
 
 
 def _tables(store: str | None, table: str | None):
@@ -25,7 +24,7 @@ def _tables(store: str | None, table: str | None):
 
 def rebuild(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Only this table (default: all)."),
+    table: Optional[str] = TABLE_FILTER,
     json_out: bool = json_option(),
 ) -> None:
     """Build the search index of each table from scratch (recovery; a changed setting)."""
@@ -33,45 +32,39 @@ def rebuild(
     from nomic_memory.search.liveindex import LiveIndex  # late: numpy/pyarrow; the CLI starts without it
 
     out = []
-    try:
-        s, tables = _tables(store, table)
-        for t in tables:
-            t0 = time.perf_counter()
-            st = LiveIndex(s, t).rebuild()
-            out.append(
-                {
-                    "table": t.name,
-                    "entries": st.n,
-                    "version": st.version,
-                    "bytes": st.nbytes(),
-                    "seconds": round(time.perf_counter() - t0, 3),
-                }
+    s, tables = _tables(store, table)
+    for t in tables:
+        t0 = time.perf_counter()
+        st = LiveIndex(s, t).rebuild()
+        out.append(
+            {
+                "table": t.name,
+                "entries": st.n,
+                "version": st.version,
+                "bytes": st.nbytes(),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
+        if not json_out:
+            say(
+                f"{t.name}: indexed {st.n} rows in {out[-1]['seconds']:.1f} s "
+                f"({st.nbytes() / 2**20:.1f} MiB, {st.nbytes() / max(st.n, 1):.0f} bytes per row)"
             )
-            if not json_out:
-                say(
-                    f"{t.name}: indexed {st.n} rows in {out[-1]['seconds']:.1f} s "
-                    f"({st.nbytes() / 2**20:.1f} MiB, {st.nbytes() / max(st.n, 1):.0f} bytes per row)"
-                )
-    except NomicMemoryError as e:
-        raise fail_on(e)
     if json_out:
         typer.echo(json.dumps({"store": str(s.path), "tables": out}))
 
 
 def status(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Only this table (default: all)."),
+    table: Optional[str] = TABLE_FILTER,
     json_out: bool = json_option(),
 ) -> None:
     """Show each table's search index: rows covered, table version, size."""
     setup_logging(False)
     from nomic_memory.search.liveindex import describe  # late: numpy/pyarrow; the CLI starts without it
 
-    try:
-        s, tables = _tables(store, table)
-        out = [{"table": t.name, **describe(s, t)} for t in tables]
-    except NomicMemoryError as e:
-        raise fail_on(e)
+    s, tables = _tables(store, table)
+    out = [{"table": t.name, **describe(s, t)} for t in tables]
     if json_out:
         typer.echo(json.dumps({"store": str(s.path), "tables": out}))
         return

@@ -11,13 +11,19 @@ import typer
 from nomic_memory.cli.common import (
     EXIT_FATAL,
     EXIT_USAGE,
+    QUERY_BACKEND,
+    QUERY_MODEL_NAME,
+    TEMPLATE,
+    VERBOSE,
     BackendChoice,
+    check_template,
     fail,
-    resolve_store,
+    open_for_queries,
     setup_logging,
     store_option,
+    table_option,
 )
-from nomic_memory.cli.serve import is_loopback
+from nomic_memory.cli.serve import is_loopback, token_option, when_listening
 from nomic_memory.errors import NomicMemoryError
 
 
@@ -28,9 +34,7 @@ class TransportChoice(str, Enum):
 
 def mcp(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(
-        None, "--table", metavar="NAME", help="Table (model) to serve, if the store has several."
-    ),
+    table: Optional[str] = table_option("serve"),
     transport: TransportChoice = typer.Option(
         "stdio", "--transport", help="stdio (the client starts this command) or http (Streamable HTTP at /mcp)."
     ),
@@ -40,26 +44,16 @@ def mcp(
     port: int = typer.Option(
         8765, "--port", metavar="N", min=0, max=65535, help="http: port to bind (0: any free port)."
     ),
-    token: Optional[str] = typer.Option(
-        None,
-        "--token",
-        metavar="TOKEN",
-        envvar="NOMIC_MEMORY_MCP_TOKEN",
-        help="http: require 'Authorization: Bearer TOKEN' (or set NOMIC_MEMORY_MCP_TOKEN).",
+    token: Optional[str] = token_option(
+        "NOMIC_MEMORY_MCP_TOKEN", "http: require 'Authorization: Bearer TOKEN' (or set NOMIC_MEMORY_MCP_TOKEN)."
     ),
     allow_write: bool = typer.Option(
         False, "--allow-write", help="Offer the add_folder tool (embeds a folder into the store)."
     ),
-    backend: BackendChoice = typer.Option(
-        "auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."
-    ),
-    model_name: Optional[str] = typer.Option(
-        None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."
-    ),
-    template: Optional[str] = typer.Option(
-        None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'
-    ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
+    backend: BackendChoice = QUERY_BACKEND,
+    model_name: Optional[str] = QUERY_MODEL_NAME,
+    template: Optional[str] = TEMPLATE,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Serve the store to AI assistants (Model Context Protocol): search, get_page, stats tools."""
     setup_logging(verbose)
@@ -71,9 +65,7 @@ def mcp(
             "(or NOMIC_MEMORY_MCP_TOKEN)",
             EXIT_USAGE,
         )
-    if template is not None and "{}" not in template:
-        raise fail(f'--template {template!r} has no {{}} where the query goes (e.g. "Query: {{}}")', EXIT_USAGE)
-    # late: as above
+    check_template(template)
     from nomic_memory.serve.mcp import (  # late: pyarrow and the MCP SDK; the CLI starts without them
         create_mcp_server,
         open_page_store,
@@ -81,14 +73,7 @@ def mcp(
     )
 
     try:
-        pages = open_page_store(
-            resolve_store(store),
-            table,
-            backend=backend.value,
-            model_name=model_name,
-            template=template,
-            allow_write=allow_write,
-        )
+        pages = open_for_queries(open_page_store, store, table, backend, model_name, template, allow_write=allow_write)
     except NomicMemoryError as e:
         raise fail(str(e), EXIT_FATAL)
     server = create_mcp_server(pages)
@@ -105,9 +90,6 @@ def mcp(
 
 
 def _run_http(server, pages, host: str, port: int, token: str | None) -> None:
-    import threading
-    import time
-
     import uvicorn
 
     from nomic_memory.serve.mcp import bearer_app  # late: the MCP SDK; the CLI starts without it
@@ -117,20 +99,12 @@ def _run_http(server, pages, host: str, port: int, token: str | None) -> None:
         app = bearer_app(app, token)
     srv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
 
-    def announce():
-        while not srv.started and not srv.should_exit:
-            time.sleep(0.05)
-        for s in getattr(srv, "servers", []) or []:
-            for sock in s.sockets:
-                addr = sock.getsockname()
-                shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
-                print(
-                    f"nomic-memory MCP server (Streamable HTTP): table {pages.index.table.name} at "
-                    f"http://{shown}:{addr[1]}/mcp",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                return
+    def announce(address: str, shown: str, port: int) -> None:
+        print(
+            f"nomic-memory MCP server (Streamable HTTP): table {pages.index.table.name} at http://{shown}:{port}/mcp",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    threading.Thread(target=announce, daemon=True).start()
+    when_listening(srv, announce)
     srv.run()

@@ -10,7 +10,23 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import EXIT_OK, EXIT_USAGE, BackendChoice, fail, fail_on, setup_logging, store_option
+from nomic_memory.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    QUERY_BACKEND,
+    QUERY_MODEL_NAME,
+    TEMPLATE,
+    VERBOSE,
+    BackendChoice,
+    allow_mismatch_option,
+    check_template,
+    fail,
+    json_option,
+    open_for_queries,
+    setup_logging,
+    store_option,
+    table_option,
+)
 from nomic_memory.cli.remote import search_via_server
 from nomic_memory.cli.results import print_results
 from nomic_memory.errors import NomicMemoryError
@@ -24,19 +40,15 @@ def search(
     ),
     store: Optional[str] = store_option(),
     k: int = typer.Option(10, "-k", "--top-k", min=1, metavar="N", help="How many results per query."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (nothing else on stdout)."),
-    table: Optional[str] = typer.Option(
-        None, "--table", metavar="NAME", help="Table (model) to search, if the store has several."
-    ),
+    json_out: bool = json_option("Print the results as JSON (nothing else on stdout)."),
+    table: Optional[str] = table_option("search"),
     image: Optional[list[str]] = typer.Option(
         None,
         "--image",
         metavar="FILE",
         help="Search by this image, or by a page of a PDF or multi-page TIFF: FILE#N (page N; page 1 without #N). Repeatable.",
     ),
-    template: Optional[str] = typer.Option(
-        None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'
-    ),
+    template: Optional[str] = TEMPLATE,
     where: Optional[str] = typer.Option(
         None,
         "--where",
@@ -64,19 +76,13 @@ def search(
     rerank: Optional[int] = typer.Option(
         None, "--rerank", min=1, metavar="N", help="--approx: candidates re-ranked exactly (default max(10k, 100))."
     ),
-    backend: BackendChoice = typer.Option(
-        "auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."
-    ),
-    model_name: Optional[str] = typer.Option(
-        None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."
-    ),
-    allow_mismatch: bool = typer.Option(
-        False, "--allow-mismatch", help="Search even if the model's revision/projection differ from the table's."
-    ),
+    backend: BackendChoice = QUERY_BACKEND,
+    model_name: Optional[str] = QUERY_MODEL_NAME,
+    allow_mismatch: bool = allow_mismatch_option("Search"),
     no_server: bool = typer.Option(
         False, "--no-server", help="Search in this process even when a server of the store is running."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Search the store: rank stored images against a text query or a query image."""
     if not verbose:
@@ -92,8 +98,7 @@ def search(
         raise fail("give a text query, --image FILE, or --build-index", EXIT_USAGE)
     if exact and approx:
         raise fail("--exact and --approx exclude each other", EXIT_USAGE)
-    if template is not None and "{}" not in template:
-        raise fail(f'--template {template!r} has no {{}} where the query goes (e.g. "Query: {{}}")', EXIT_USAGE)
+    check_template(template)
     if texts and not (images or no_server or approx or build_index or index_method or model_name or allow_mismatch):
         _answer_from_server(store or default_store_path(), table, texts, k, where, template, json_out)
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
@@ -109,38 +114,25 @@ def search(
     if index_method is not None and not (approx or build_index):
         raise fail("--index-method chooses the approximate index: use it with --approx or --build-index", EXIT_USAGE)
     _check_images(images)
-    try:
-        idx = Index.open(
-            store or default_store_path(),
-            table,
-            backend=backend.value,
-            model_name=model_name,
-            allow_mismatch=allow_mismatch,
-            template=template,
-        )
-    except NomicMemoryError as e:
-        raise fail_on(e)
+    idx = open_for_queries(Index.open, store, table, backend, model_name, template, allow_mismatch=allow_mismatch)
     try:  # a bad filter is refused before the model loads
         where = check_where(idx.table.table.to_lance(), where)
     except NomicMemoryError as e:
         raise fail(str(e), EXIT_USAGE)
-    try:
-        if build_index:
-            _build_index(idx, index_method or "pooled", pool_factor, json_out and not texts and not images)
-            if not texts and not images:
-                raise typer.Exit(EXIT_OK)
-        queries: list = texts + [Path(ref) for ref in images]  # a Path is an image query (a str is text)
-        tl = time.perf_counter()
-        _ = idx.model  # load (and check) the query model
-        t0 = time.perf_counter()
-        embs = idx.embed_queries(queries)
-        t1 = time.perf_counter()
-        results = idx.search_embeddings(
-            embs, k, exact=exact, approx=approx, rerank=rerank, method=index_method, where=where
-        )
-        t2 = time.perf_counter()
-    except NomicMemoryError as e:
-        raise fail_on(e)
+    if build_index:
+        _build_index(idx, index_method or "pooled", pool_factor, json_out and not texts and not images)
+        if not texts and not images:
+            raise typer.Exit(EXIT_OK)
+    queries: list = texts + [Path(ref) for ref in images]  # a Path is an image query (a str is text)
+    tl = time.perf_counter()
+    _ = idx.model  # load (and check) the query model
+    t0 = time.perf_counter()
+    embs = idx.embed_queries(queries)
+    t1 = time.perf_counter()
+    results = idx.search_embeddings(
+        embs, k, exact=exact, approx=approx, rerank=rerank, method=index_method, where=where
+    )
+    t2 = time.perf_counter()
     timing = {
         "load_seconds": round(t0 - tl, 4),
         "embed_seconds": round(t1 - t0, 4),

@@ -8,7 +8,20 @@ from typing import Optional
 
 import typer
 
-from nomic_memory.cli.common import EXIT_FATAL, EXIT_USAGE, BackendChoice, fail, setup_logging, store_option
+from nomic_memory.cli.common import (
+    EXIT_FATAL,
+    EXIT_USAGE,
+    QUERY_BACKEND,
+    QUERY_MODEL_NAME,
+    TEMPLATE,
+    BackendChoice,
+    allow_mismatch_option,
+    fail,
+    open_for_queries,
+    setup_logging,
+    store_option,
+    table_option,
+)
 from nomic_memory.errors import NomicMemoryError, UsageError
 from nomic_memory.serve.registry import register, unregister
 
@@ -23,12 +36,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def token_option(envvar: str, help: str):
+    """``--token TOKEN`` (or ``$envvar``): the bearer token a server asks of every client."""
+    return typer.Option(None, "--token", metavar="TOKEN", envvar=envvar, help=help)
+
+
 # Long: the options checked against each other (host, token, watch, table), then the server started and stopped.
 def serve(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(
-        None, "--table", metavar="NAME", help="Table (model) to serve, if the store has several."
-    ),
+    table: Optional[str] = table_option("serve"),
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
@@ -44,15 +60,9 @@ def serve(
         envvar="NOMIC_MEMORY_PORT",
         help="Port to bind (0: any free port).",
     ),
-    backend: BackendChoice = typer.Option(
-        "auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU)."
-    ),
-    token: Optional[str] = typer.Option(
-        None,
-        "--token",
-        envvar="NOMIC_MEMORY_TOKEN",
-        metavar="TOKEN",
-        help="Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN).",
+    backend: BackendChoice = QUERY_BACKEND,
+    token: Optional[str] = token_option(
+        "NOMIC_MEMORY_TOKEN", "Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."
     ),
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."
@@ -69,15 +79,9 @@ def serve(
         metavar="ORIGIN",
         help="Allow browser calls from this origin (repeatable); CORS is off otherwise.",
     ),
-    template: Optional[str] = typer.Option(
-        None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".'
-    ),
-    model_name: Optional[str] = typer.Option(
-        None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."
-    ),
-    allow_mismatch: bool = typer.Option(
-        False, "--allow-mismatch", help="Serve even if the model's revision/projection differ from the table's."
-    ),
+    template: Optional[str] = TEMPLATE,
+    model_name: Optional[str] = QUERY_MODEL_NAME,
+    allow_mismatch: bool = allow_mismatch_option("Serve"),
     max_body_mb: float = typer.Option(
         32.0, "--max-body-mb", min=0.001, metavar="MB", help="Largest request body (uploads included), MB."
     ),
@@ -134,7 +138,6 @@ def serve(
         SearchService,
         ServeConfig,
     )
-    from nomic_memory.store.table import default_store_path  # late: pyarrow; the CLI starts without it
 
     cfg = ServeConfig(
         token=token or None,
@@ -148,14 +151,7 @@ def serve(
         exact_batching=exact_batching,
     )
     try:
-        idx = Index.open(
-            store or default_store_path(),
-            table,
-            backend=backend.value,
-            model_name=model_name,
-            allow_mismatch=allow_mismatch,
-            template=template,
-        )
+        idx = open_for_queries(Index.open, store, table, backend, model_name, template, allow_mismatch=allow_mismatch)
         service = SearchService(idx, cfg)  # loads and checks the model now
         if watch:
             _watch_in_background(watch, idx, service)
@@ -279,25 +275,33 @@ def _watch_in_background(dirs: list[Path], idx, service) -> None:
 def _announce(server, idx, host: str, on_listening=None) -> None:
     """Print the URL once uvicorn is listening (port 0 resolves to the real port then)."""
     import sys
+
+    def listening(address: str, shown: str, port: int) -> None:
+        print(
+            f"Serving table {idx.table.name} ({idx.info.kind}, {idx.table.count()} rows) at http://{shown}:{port}/",
+            file=sys.stderr,
+            flush=True,
+        )
+        if on_listening is not None:
+            local = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(address, shown)
+            on_listening(f"http://{local}:{port}")
+
+    when_listening(server, listening)
+
+
+def when_listening(server, listening) -> None:
+    """Call ``listening(address, shown, port)`` from a thread once uvicorn's ``server`` listens
+    (port 0 has resolved to the real port then): ``shown`` is the address as a URL writes it."""
     import threading
     import time
 
-    def wait():
+    def wait() -> None:
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         for s in getattr(server, "servers", []) or []:
             for sock in s.sockets:
-                addr = sock.getsockname()
-                shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
-                print(
-                    f"Serving table {idx.table.name} ({idx.info.kind}, {idx.table.count()} rows) at "
-                    f"http://{shown}:{addr[1]}/",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                if on_listening is not None:
-                    local = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(addr[0], shown)
-                    on_listening(f"http://{local}:{addr[1]}")
+                address, port = sock.getsockname()[:2]
+                listening(address, f"[{address}]" if ":" in address else address, port)
                 return
 
     threading.Thread(target=wait, daemon=True).start()

@@ -15,6 +15,7 @@ import typer
 
 from nomic_memory.cli.common import (
     EXIT_USAGE,
+    TABLE_FILTER,
     fail,
     json_option,
     plural,
@@ -172,7 +173,7 @@ def forget(
 
 def compact(
     store: Optional[str] = store_option(),
-    table: Optional[str] = typer.Option(None, "--table", metavar="NAME", help="Only this table (default: all)."),
+    table: Optional[str] = TABLE_FILTER,
     json_out: bool = json_option(),
 ) -> None:
     """Merge small fragments and delete old table versions (frees disk; run while nothing else uses

@@ -18,6 +18,7 @@ from nomic_memory.cli.common import (
     say,
     setup_logging,
     store_option,
+    table_option,
 )
 
 
@@ -27,9 +28,7 @@ def export(
         "npz", "--format", help="npz (key = relative path, float32 array) or parquet (the table, float32 embeddings)."
     ),
     out: Path = typer.Option(..., "--out", metavar="FILE", help="Output file."),
-    table: Optional[str] = typer.Option(
-        None, "--table", metavar="NAME", help="Table (model) to export, if the store has several."
-    ),
+    table: Optional[str] = table_option("export"),
     root: Optional[str] = typer.Option(
         None, "--root", metavar="DIR", help="Only the images embedded from this directory."
     ),

@@ -10,10 +10,7 @@ import typer
 
 from nomic_memory.cli.common import (
     EXIT_OK,
-    BackendChoice,
-    DtypeChoice,
-    KindChoice,
-    VariantChoice,
+    VERBOSE,
     fail,
     fail_on,
     plural,
@@ -22,23 +19,15 @@ from nomic_memory.cli.common import (
     store_option,
 )
 from nomic_memory.cli.embed import (
-    BACKEND,
-    BATCH_SIZE,
-    DTYPE,
-    IMAGE_ONLY,
-    MAX_BATCH_TOKENS,
-    MODEL_KIND,
-    MODEL_NAME,
-    MODEL_VARIANT,
+    MODEL_OPTIONS,
     PROGRESS,
     REVISION,
     SEED,
-    VERBOSE,
     ConsoleProgress,
+    ModelOptions,
     check_revision,
-    make_embedder,
-    report_backend,
     summary,
+    takes_model_options,
 )
 from nomic_memory.errors import NomicMemoryError
 
@@ -88,18 +77,12 @@ class ConsoleListener:
         typer.echo(f"Error: {root}: {message}", err=True)
 
 
+@takes_model_options
 def watch(
     directories: list[Path] = typer.Argument(
         ..., metavar="DIRECTORY", help="Folders to keep in sync (watched recursively)."
     ),
-    model_variant: VariantChoice = MODEL_VARIANT,
-    model_name: Optional[str] = MODEL_NAME,
-    model_kind: Optional[KindChoice] = MODEL_KIND,
-    batch_size: int = BATCH_SIZE,
-    max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS,
-    backend: BackendChoice = BACKEND,
-    image_only: bool = IMAGE_ONLY,
-    dtype: DtypeChoice = DTYPE,
+    model: ModelOptions = MODEL_OPTIONS,
     store: Optional[str] = store_option(),
     seed: int = SEED,
     revision: Optional[str] = REVISION,
@@ -119,22 +102,18 @@ def watch(
     """Keep the store in sync with DIRECTORY... while this runs: catch up first, then embed new and
     changed files once they are written, remove the rows of deleted and moved ones (Ctrl-C stops)."""
     setup_logging(verbose)
-    check_revision(model_name, revision)
+    check_revision(model.model_name, revision)
     for d in directories:
         if not d.exists():
             raise fail(f"no such directory: {d}")
         if not d.is_dir():
             raise fail(f"not a directory: {d}")
-    from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
     from nomic_memory.run.watch import Watcher, WatchOptions  # late: pyarrow and watchdog; the CLI starts without them
-    from nomic_memory.store.table import Store, default_store_path  # late: pyarrow; the CLI starts without it
 
     try:
-        emb = make_embedder(model_variant, model_name, model_kind, backend, dtype, image_only, seed, revision)
-        store_obj = Store(store or default_store_path())
-        report_backend(emb.backend, describe(emb.backend), json_out, False, image_only)
-        listener = ConsoleListener(progress, json_out, batch_size, emb.resolved.model_id)
-        options = WatchOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens, debounce=debounce)
+        emb, store_obj = model.open(store, seed, revision, json_out)
+        listener = ConsoleListener(progress, json_out, model.batch_size, emb.resolved.model_id)
+        options = WatchOptions(batch_size=model.batch_size, max_batch_tokens=model.max_batch_tokens, debounce=debounce)
         watcher = Watcher(emb, directories, store_obj, options, listener)
         watcher.start_observing()
         _stop_on_signals(watcher)

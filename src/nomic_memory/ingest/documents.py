@@ -338,7 +338,6 @@ def render_page(
     size: tuple[int, int],
     *,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    cache: bool = True,
 ) -> Image.Image:
     """Draw page ``page`` (1-based) of a PDF as an RGB image of exactly ``size`` = (w, h).
 
@@ -347,7 +346,8 @@ def render_page(
     time limit, so a page that allocates without bound, draws for ever or crashes PDFium costs
     that page only.  Drawing itself is :func:`draw_page_here`.  Damaged images the page holds
     (a JBIG2 or JPX image that cannot be decoded, drawn blank) are logged as one warning line.
-    ``cache`` is kept for compatibility: renderers always keep their last document open.
+    A renderer keeps its last document open, so the pages of one document are drawn without
+    reopening it.
 
     Raises:
         DocumentError: the document cannot be opened, has no such page, the page cannot be
@@ -383,7 +383,6 @@ def draw_page_here(
     size: tuple[int, int],
     *,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    cache: bool = True,
 ) -> tuple[Image.Image, list[str]]:
     """Draw a page in *this* process (what a renderer process runs; see :func:`render_page`):
     ``(RGB image of exactly size, notes)``, the notes naming damaged images on the page.
@@ -391,29 +390,25 @@ def draw_page_here(
     The page is scaled straight to ``size`` (from :func:`render_size`): no full-resolution
     bitmap ever exists, so a 200 x 200 inch poster costs what an A4 page costs.  Pages padded
     by :func:`render_size` are centred on white.  ``size`` itself is bounded by
-    ``max_pixels`` before the bitmap is allocated.  With ``cache``, the document stays open
-    for the next call (one document per process)."""
+    ``max_pixels`` before the bitmap is allocated.  The document stays open for the next call
+    (one document per process)."""
     width, height = _check_size(path, page, size, max_pixels)
     pdfium = _pdfium()
     with _PDFIUM_LOCK:
-        pdf = _document(path, cache=cache)
+        pdf = _document(path, cache=True)
+        count = len(pdf)
+        if not 1 <= page <= count:
+            raise DocumentError(path, f"no page {page} (the document has {count})", page=page)
         try:
-            count = len(pdf)
-            if not 1 <= page <= count:
-                raise DocumentError(path, f"no page {page} (the document has {count})", page=page)
-            try:
-                pdf_page = pdf[page - 1]
-            except pdfium.PdfiumError:
-                raise DocumentError(path, "page cannot be loaded (damaged page)", page=page) from None
-            try:
-                return _draw(pdf_page, width, height), damaged_images(pdf_page)
-            except ValueError as exc:
-                raise DocumentError(path, f"page cannot be drawn: {exc}", page=page) from None
-            finally:
-                pdf_page.close()
+            pdf_page = pdf[page - 1]
+        except pdfium.PdfiumError:
+            raise DocumentError(path, "page cannot be loaded (damaged page)", page=page) from None
+        try:
+            return _draw(pdf_page, width, height), damaged_images(pdf_page)
+        except ValueError as exc:
+            raise DocumentError(path, f"page cannot be drawn: {exc}", page=page) from None
         finally:
-            if not cache:
-                pdf.close()
+            pdf_page.close()
 
 
 def _draw(pdf_page, width: int, height: int) -> Image.Image:

@@ -16,6 +16,7 @@ import torch
 
 from nomic_memory.errors import UsageError
 from nomic_memory.model.loading import BIQWEN_KEY_MAPPING
+from nomic_memory.model.qwen import VISION_PATCHING, qwen_vl_config, token_ids
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -82,13 +83,10 @@ def build_processor(kind: str, size: TinySize):
 
 
 def build_config(tokenizer, size: TinySize):
-    from transformers import Qwen2_5_VLConfig
-
     head_dim = size.hidden // size.heads
     half = head_dim // 2
     t = half // 4
     mrope = [half - 2 * ((half - t) // 2), (half - t) // 2, (half - t) // 2]
-    ids = {t_: tokenizer.convert_tokens_to_ids(t_) for t_ in SPECIAL_TOKENS}
     text_config = dict(
         vocab_size=size.vocab_size or len(tokenizer),
         hidden_size=size.hidden,
@@ -99,30 +97,16 @@ def build_config(tokenizer, size: TinySize):
         max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
     )
     vision_config = dict(
         depth=size.vision_depth,
         hidden_size=size.vision_hidden,
         intermediate_size=size.vision_intermediate,
         num_heads=size.vision_heads,
-        out_hidden_size=size.hidden,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
+        **VISION_PATCHING,
         fullatt_block_indexes=[size.vision_depth - 1],
     )
-    return Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+    return qwen_vl_config(text_config, vision_config, token_ids(tokenizer))
 
 
 def build_tiny_model(out_dir: str | Path, kind: str = "colqwen", size: str = "tiny", seed: int = 0) -> Path:

@@ -40,6 +40,7 @@ from nomic_memory.ingest.samples import make_sample_images  # noqa: F401  (bench
 from nomic_memory.memory import current_rss_bytes
 from nomic_memory.model.backends import select_backend
 from nomic_memory.model.loading import LoadedModel, load_model, make_image_only
+from nomic_memory.model.qwen import token_ids
 from nomic_memory.model.tiny import SPECIAL_TOKENS, TinySize, build_processor
 from nomic_memory.model.variants import VARIANTS
 from nomic_memory.perf.plan import Arch, architecture_config, forward_flops, plan_for_model, qwen_config
@@ -120,19 +121,7 @@ def build_synthetic_model(
     max_tokens = int(visual_tokens or 768)
     proc_size = TinySize(t["hidden_size"], 1, 1, 1, 1, 1, 1, 1, 1, max_visual_tokens=max_tokens)
     processor = build_processor(kind, proc_size)
-    tok = processor.tokenizer
-    ids = {
-        name: tok.convert_tokens_to_ids(t_)
-        for name, t_ in (
-            ("bos_token_id", "<|endoftext|>"),
-            ("eos_token_id", "<|im_end|>"),
-            ("pad_token_id", "<|endoftext|>"),
-            ("image_token_id", "<|image_pad|>"),
-            ("video_token_id", "<|video_pad|>"),
-            ("vision_start_token_id", "<|vision_start|>"),
-            ("vision_end_token_id", "<|vision_end|>"),
-        )
-    }
+    ids = token_ids(processor.tokenizer)
     assert max(ids.values()) < t["vocab_size"] and len(SPECIAL_TOKENS) == 7
     cfg = qwen_config(arch, token_ids=ids, attn_implementation=backend.attn_implementation)
     cls = ColQwen2_5 if kind == "colqwen" else BiQwen2_5

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 
 from nomic_memory.errors import UsageError
 from nomic_memory.model.chunks import CHUNKS, chunk_limits
+from nomic_memory.model.qwen import VISION_PATCHING, qwen_vl_config
 from nomic_memory.model.variants import VARIANTS
 
 GB = 1024**3
@@ -59,10 +60,7 @@ _VISION = {
     "intermediate_size": 3420,
     "num_heads": 16,
     "in_channels": 3,
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-    "window_size": 112,
+    **VISION_PATCHING,
     "fullatt_block_indexes": [7, 15, 23, 31],
     "tokens_per_second": 2,
     "hidden_act": "silu",
@@ -76,41 +74,35 @@ _TOKENS = {
     "video_token_id": 151656,
 }
 
+# The text models' sizes, one row each, in the order of _TEXT_SIZES; the rest of the text config
+# (_TEXT) is the same for both.
+_TEXT_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+)
+_SHIPPED = {
+    "qwen2.5-vl-3b": (151936, 2048, 11008, 36, 16, 2, True),
+    "qwen2.5-vl-7b": (152064, 3584, 18944, 28, 28, 4, False),
+}
+_TEXT = {
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 128000,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+
 ARCHITECTURES: dict[str, dict] = {
-    "qwen2.5-vl-3b": {
-        "text_config": {
-            "vocab_size": 151936,
-            "hidden_size": 2048,
-            "intermediate_size": 11008,
-            "num_hidden_layers": 36,
-            "num_attention_heads": 16,
-            "num_key_value_heads": 2,
-            "hidden_act": "silu",
-            "rms_norm_eps": 1e-6,
-            "max_position_embeddings": 128000,
-            "tie_word_embeddings": True,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-        },
-        "vision_config": {**_VISION, "out_hidden_size": 2048},
+    name: {
+        "text_config": {**dict(zip(_TEXT_SIZES, sizes)), **copy.deepcopy(_TEXT)},
+        "vision_config": {**_VISION, "out_hidden_size": sizes[1]},
         **_TOKENS,
-    },
-    "qwen2.5-vl-7b": {
-        "text_config": {
-            "vocab_size": 152064,
-            "hidden_size": 3584,
-            "intermediate_size": 18944,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 28,
-            "num_key_value_heads": 4,
-            "hidden_act": "silu",
-            "rms_norm_eps": 1e-6,
-            "max_position_embeddings": 128000,
-            "tie_word_embeddings": False,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-        },
-        "vision_config": {**_VISION, "out_hidden_size": 3584},
-        **_TOKENS,
-    },
+    }
+    for name, sizes in _SHIPPED.items()
 }
 
 VARIANT_ARCHITECTURE = {name: ("qwen2.5-vl-7b" if "7b" in name else "qwen2.5-vl-3b") for name in VARIANTS}
@@ -202,28 +194,8 @@ def architecture_config(variant_or_arch: str, *, layers: int | None = None, visi
 def qwen_config(arch: dict, *, token_ids: dict | None = None, attn_implementation: str = "sdpa"):
     """A ``Qwen2_5_VLConfig`` from an :data:`ARCHITECTURES` dict (``token_ids`` overrides the special
     token ids, e.g. those of a stand-in tokenizer)."""
-    from transformers import Qwen2_5_VLConfig
-
-    arch = copy.deepcopy(arch)
     ids = {**{k: v for k, v in arch.items() if k.endswith("_token_id")}, **(token_ids or {})}
-    text = dict(arch["text_config"])
-    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if k in ids:
-            text[k] = ids[k]
-    vision = dict(arch["vision_config"])
-    vision["out_hidden_size"] = text["hidden_size"]
-    cfg = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["image_token_id"],
-        video_token_id=ids["video_token_id"],
-        vision_start_token_id=ids["vision_start_token_id"],
-        vision_end_token_id=ids["vision_end_token_id"],
-    )
-    cfg._attn_implementation = attn_implementation
-    for sub in (cfg.text_config, cfg.vision_config):
-        sub._attn_implementation = attn_implementation
-    return cfg
+    return qwen_vl_config(arch["text_config"], arch["vision_config"], ids, attn_implementation)
 
 
 # ---------------------------------------------------------------- architecture summary

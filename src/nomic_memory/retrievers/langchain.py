@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nomic_memory.errors import MissingExtra
-from nomic_memory.retrievers.pages import IMAGE_SIDE, open_index, search_pages
+from nomic_memory.retrievers.pages import IMAGE_SIDE, missing_extra, open_index, search_pages
 
 try:
     from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -23,10 +22,7 @@ try:
     from langchain_core.retrievers import BaseRetriever
     from pydantic import ConfigDict
 except ImportError as e:  # an optional extra
-    raise MissingExtra(
-        "the LangChain retriever needs langchain-core: pip install 'nomic-memory[langchain]' "
-        f"(or uv sync --extra langchain) ({e})"
-    ) from None
+    raise missing_extra("LangChain", "langchain-core", "langchain", e) from None
 
 
 class NomicMemoryRetriever(BaseRetriever):

@@ -12,17 +12,13 @@ JPEG, ``image_mimetype`` ``image/jpeg``), ``image_path`` the file, ``text`` name
 
 from __future__ import annotations
 
-from nomic_memory.errors import MissingExtra
-from nomic_memory.retrievers.pages import IMAGE_SIDE, open_index, search_pages
+from nomic_memory.retrievers.pages import IMAGE_SIDE, missing_extra, open_index, search_pages
 
 try:
     from llama_index.core.retrievers import BaseRetriever
     from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle
 except ImportError as e:  # an optional extra
-    raise MissingExtra(
-        "the LlamaIndex retriever needs llama-index-core: pip install 'nomic-memory[llamaindex]' "
-        f"(or uv sync --extra llamaindex) ({e})"
-    ) from None
+    raise missing_extra("LlamaIndex", "llama-index-core", "llamaindex", e) from None
 
 
 class NomicMemoryRetriever(BaseRetriever):

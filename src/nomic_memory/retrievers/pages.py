@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
+from nomic_memory.errors import MissingExtra
 from nomic_memory.search.index import Hit, Index
 from nomic_memory.serve.thumbs import PageUnavailable, page_file, thumbnail
 
@@ -41,6 +42,15 @@ class Page:
         return f"{h.path}" + (f" (page {h.page})" if h.page else "")
 
 
+def missing_extra(retriever: str, package: str, extra: str, error: ImportError) -> MissingExtra:
+    """The one-line error of a retriever whose framework is not installed: ``package`` comes with
+    the ``extra`` of nomic-memory."""
+    return MissingExtra(
+        f"the {retriever} retriever needs {package}: pip install 'nomic-memory[{extra}]' "
+        f"(or uv sync --extra {extra}) ({error})"
+    )
+
+
 def open_index(store, table: str | None = None, **kwargs) -> Index:
     """``store`` as an :class:`Index` (an Index, a store path, or None for the default store)."""
     if isinstance(store, Index):
@@ -73,4 +83,4 @@ def page_jpeg(index: Index, row_id: str, side: int = IMAGE_SIDE) -> bytes:
     return thumbnail(index.store, index.table.name, row_id, row, side=side)
 
 
-__all__ = ["IMAGE_SIDE", "Page", "open_index", "page_jpeg", "search_pages"]
+__all__ = ["IMAGE_SIDE", "Page", "missing_extra", "open_index", "page_jpeg", "search_pages"]

@@ -39,6 +39,7 @@ from nomic_memory.ingest.batching import (
 from nomic_memory.ingest.documents import PageGeometry, is_input_path, render_size
 from nomic_memory.ingest.images import UNLISTABLE, discover, discover_paths
 from nomic_memory.ingest.listing import Item, SourceFile, inspect_files
+from nomic_memory.logs import ProgressCallback, report_dict
 from nomic_memory.memory import MemoryReport
 from nomic_memory.store.failures import FailureLog
 from nomic_memory.store.roots import remember_root
@@ -46,7 +47,6 @@ from nomic_memory.store.table import Record, Store, TableInfo, path_to_key
 
 log = logging.getLogger("nomic_memory")
 
-ProgressCallback = Callable[[str, dict], None]
 # Said of a failure remembered from an earlier run: the file was not tried again.
 REMEMBERED = " (failed before; the file has not changed since)"
 
@@ -109,31 +109,18 @@ class RunReport:
         return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {
-            "directory": self.directory,
-            "store": self.store,
-            "table": self.table,
-            "discovered": self.discovered,
-            "inputs": self.inputs,
-            "skipped_unchanged": self.skipped_unchanged,
-            "embedded": self.embedded,
-            "failed": [{"path": p, "reason": r, "remembered": p in set(self.remembered)} for p, r in self.failed],
-            "pruned": self.pruned,
-            "seconds": round(self.seconds, 3),
-            "embed_seconds": round(self.embed_seconds, 3),
-            "images_per_second": round(self.images_per_second, 3),
-            "batches": self.batches,
-            "padding_overhead": round(self.padding_overhead, 4),
-            "oom_splits": self.oom_splits,
-            "decode_workers": self.decode_workers,
-            "decode_threads": self.decode_threads,
-            "model_threads": self.model_threads,
-            "model_loaded": self.model_loaded,
-            "memory": self.memory.to_dict() if self.memory else None,
-            **(
-                {"worker_memory": {w: m.to_dict() for w, m in self.worker_memory.items()}} if self.worker_memory else {}
-            ),
-        }
+        out = report_dict(
+            self,
+            "directory store table discovered inputs skipped_unchanged embedded failed pruned seconds embed_seconds"
+            " images_per_second batches padding_overhead oom_splits decode_workers decode_threads model_threads"
+            " model_loaded memory",
+            digits={"seconds": 3, "embed_seconds": 3, "images_per_second": 3, "padding_overhead": 4},
+            failed=[{"path": p, "reason": r, "remembered": p in set(self.remembered)} for p, r in self.failed],
+            memory=self.memory.to_dict() if self.memory else None,
+        )
+        if self.worker_memory:
+            out["worker_memory"] = {w: m.to_dict() for w, m in self.worker_memory.items()}
+        return out
 
 
 @dataclass

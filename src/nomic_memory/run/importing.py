@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nomic_memory.logs import ProgressCallback
 from nomic_memory.model.files import model_facts
 from nomic_memory.model.loading import ModelSpec
-from nomic_memory.store.importer import DEFAULT_BATCH_ROWS, ImportRefused, ImportReport, ImportStamp, ProgressCallback
+from nomic_memory.store.importer import DEFAULT_BATCH_ROWS, ImportRefused, ImportReport, ImportStamp
 from nomic_memory.store.importer import import_embeddings as import_with_stamp
 from nomic_memory.store.table import Store
 

@@ -51,7 +51,8 @@ from watchdog.observers import Observer
 from nomic_memory.errors import BackendUnavailable, ModelLoadError, NomicMemoryError, UsageError
 from nomic_memory.ingest.documents import is_input_path
 from nomic_memory.ingest.images import discover
-from nomic_memory.run.driver import ProgressCallback, RunReport
+from nomic_memory.logs import ProgressCallback
+from nomic_memory.run.driver import RunReport
 from nomic_memory.store.table import Store, default_store_path
 
 log = logging.getLogger("nomic_memory.watch")

@@ -40,6 +40,18 @@ class Settings:
     def n_centroids(self) -> int:
         return self.coarse * self.fine
 
+    def depth_for(self, pages: int) -> int:
+        """Pages re-ranked exactly in a table of ``pages`` rows.  The exact top 10 are close
+        neighbours, and a larger store has more of them for the code scores to confuse: on
+        structured page embeddings (BENCHMARKS.md), 100 candidates recalled 0.965-0.975 of the
+        exact top 10 at 5,000-20,000 pages but 0.785 at 100,000, where 200 recalled 0.95 (a
+        larger ``refine`` or ``probe`` did not help).  So twice ``depth`` from 25,000 pages."""
+        return self.depth if pages < DEEPER_FROM else 2 * self.depth
+
+
+#: Table size (rows) from which twice :attr:`Settings.depth` candidates are re-ranked.
+DEEPER_FROM = 25_000
+
 
 # ------------------------------------------------------------------ k-means
 def _kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.ndarray:
@@ -92,9 +104,29 @@ def train_codebook(sample: np.ndarray, s: Settings, seed: int = 0) -> tuple[np.n
     return coarse, fine.reshape(-1, x.shape[1])
 
 
+_BLAS: list = []
+
+
+def one_blas_thread():
+    """A context in which BLAS runs on one thread.  Assignment multiplies many small matrices (one
+    per coarse centroid); a multi-threaded BLAS synchronises its threads for each of them, which on
+    a busy machine costs several times the arithmetic (measured: 0.72 s against 0.13-0.33 s for
+    37,500 vectors at load ~10 on 2 cores)."""
+    from threadpoolctl import ThreadpoolController  # late: inspects the loaded libraries once
+
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 def assign(x: np.ndarray, coarse: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """The code (centroid number) of each row of ``x``: its best coarse centroid, then the best
     fine centroid inside it."""
+    with one_blas_thread():
+        return _assign(x, coarse, centroids)
+
+
+def _assign(x: np.ndarray, coarse: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     n_fine = len(centroids) // len(coarse)
     top = _argmax_dot(x, coarse)
@@ -153,21 +185,7 @@ class CodeIndex:
     ) -> np.ndarray:
         """The entries (indices) of the ``depth`` best pages for one query ``(T, dim)``, best
         first; ``allowed`` (bool per entry) restricts them."""
-        depth = s.depth if depth is None else depth
-        n = self.n
-        if n == 0:
-            return np.zeros(0, np.int64)
-        sims = np.ascontiguousarray(q, dtype=np.float32) @ self.centroids.T  # (T, K)
-        approx = self._probe_scores(sims, s.probe)
-        if allowed is not None:
-            approx[~allowed] = -np.inf
-        live = int(np.count_nonzero(approx > -np.inf))
-        m = min(max(s.refine, depth), live)
-        if m <= 0:
-            return np.zeros(0, np.int64)
-        top = _top(approx, m)
-        refined = self._full_scores(sims, top)
-        return top[_top(refined, min(depth, len(top)))]
+        return candidates([self], q, s, allowed, depth)
 
     def _probe_scores(self, sims: np.ndarray, probe: int) -> np.ndarray:
         T, K = sims.shape
@@ -206,6 +224,34 @@ class CodeIndex:
         out = np.full(len(entries), -np.inf, np.float32)
         out[nonempty] = np.maximum.reduceat(g, starts[nonempty], axis=1).sum(axis=0)
         return out
+
+
+def candidates(
+    parts: list[CodeIndex], q: np.ndarray, s: Settings, allowed: np.ndarray | None = None, depth: int | None = None
+) -> np.ndarray:
+    """:meth:`CodeIndex.candidates` over several indexes with the same centroids (a base and the
+    entries added since), whose entries are numbered one after the other."""
+    depth = s.depth if depth is None else depth
+    parts = [p for p in parts if p.n]
+    n = sum(p.n for p in parts)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    sims = np.ascontiguousarray(q, dtype=np.float32) @ parts[0].centroids.T  # (T, K)
+    approx = np.concatenate([p._probe_scores(sims, s.probe) for p in parts])
+    if allowed is not None:
+        approx[~allowed] = -np.inf
+    live = int(np.count_nonzero(approx > -np.inf))
+    m = min(max(s.refine, depth), live)
+    if m <= 0:
+        return np.zeros(0, np.int64)
+    top = _top(approx, m)
+    refined = np.empty(len(top), np.float32)
+    start = 0
+    for p in parts:
+        inside = (top >= start) & (top < start + p.n)
+        refined[inside] = p._full_scores(sims, top[inside] - start)
+        start += p.n
+    return top[_top(refined, min(depth, len(top)))]
 
 
 def _ranges(starts: np.ndarray, lens: np.ndarray, total: int) -> np.ndarray:
@@ -252,6 +298,7 @@ __all__ = [
     "assemble",
     "assign",
     "build_code_index",
+    "candidates",
     "code_dtype",
     "inverted_lists",
     "page_code_sets",

@@ -454,7 +454,7 @@ class Index:
 
     def _index_search(self, ds, embs: list[np.ndarray], k: int, where: str | None, rerank: int | None):
         view = self.live_index().view(ds, wait=self.index_wait)
-        depth = max(k, rerank if rerank is not None else _fs.Settings().depth)
+        depth = max(k, rerank if rerank is not None else _fs.Settings().depth_for(view.state.n))
         allowed, tail = view.alive, view.tail
         if where:
             match = _approx.matching_row_ids(ds, where).astype(np.uint64)
@@ -475,7 +475,7 @@ class Index:
             return [np.zeros(0, np.int64) for _ in embs]
         if st.codes is not None:
             s = _fs.Settings(**st.meta["settings"])
-            return [st.codes.candidates(q.reshape(-1, self.info.dim), s, allowed, depth) for q in embs]
+            return [_fs.candidates(st.parts, q.reshape(-1, self.info.dim), s, allowed, depth) for q in embs]
         return [_vector_candidates(st, q, depth, allowed) for q in embs]
 
     def _query_arrays(self, embeddings) -> list[np.ndarray]:

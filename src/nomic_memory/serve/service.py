@@ -38,7 +38,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -530,17 +532,25 @@ class SearchService:
         }
 
 
-def page_or_error(row: dict, size: tuple[int, int] | None = None, **kw):
-    """The row's page (:func:`.thumbs.load_page`), its failures as HTTP errors: 409 when the file
-    no longer holds the bytes that were embedded, 404 when it cannot be read."""
+@contextmanager
+def page_errors(row: dict) -> Iterator[None]:
+    """Reading the row's page inside, its failures become HTTP errors: 409 when the file no longer
+    holds the bytes that were embedded, 404 when it cannot be read, 503 when decoding it runs out
+    of memory."""
     try:
-        return load_page(row, size, **kw)
+        yield
     except PageChanged as e:
         raise HTTPError(409, str(e)) from None
     except PageUnavailable as e:
         raise HTTPError(404, str(e)) from None
     except MemoryError:
         raise HTTPError(503, f"{row['path']}: out of memory while decoding the page; try again later") from None
+
+
+def page_or_error(row: dict, size: tuple[int, int] | None = None, **kw):
+    """The row's page (:func:`.thumbs.load_page`), its failures as HTTP errors (:func:`page_errors`)."""
+    with page_errors(row):
+        return load_page(row, size, **kw)
 
 
 def _index_stats(index) -> dict | None:
@@ -559,5 +569,6 @@ __all__ = [
     "b64_image",
     "hit_json",
     "WEB_DIR",
+    "page_errors",
     "page_or_error",
 ]

@@ -15,13 +15,14 @@ files and only then removes the bad rows; what it cannot re-embed it keeps and r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from nomic_memory.ingest.listing import inspect_file
+from nomic_memory.logs import report_dict
 from nomic_memory.store.failures import FailureLog
 from nomic_memory.store.table import EmbeddingTable, embedding_checksum, key_to_path
 
@@ -40,13 +41,8 @@ class BadRow:
     fragment: int | None = None
 
     def to_dict(self) -> dict:
-        return {
-            "root": self.root,
-            "path": self.path,
-            "page": self.page,
-            "reason": self.reason,
-            "fragment": self.fragment,
-        }
+        """Every field but ``row_id`` (Lance's internal row address, for repair to delete by)."""
+        return {k: v for k, v in asdict(self).items() if k != "row_id"}
 
 
 @dataclass
@@ -57,7 +53,7 @@ class MissingRow:
     reason: str
 
     def to_dict(self) -> dict:
-        return {"root": self.root, "path": self.path, "page": self.page, "reason": self.reason}
+        return asdict(self)
 
 
 @dataclass
@@ -85,16 +81,12 @@ class CheckReport:
         return out
 
     def to_dict(self) -> dict:
-        return {
-            "table": self.table,
-            "rows_checked": self.rows_checked,
-            "checksummed": self.checksummed,
-            "ok": self.ok,
-            "duplicates": self.duplicates,
-            "unreadable_fragments": self.unreadable_fragments,
-            "bad": [b.to_dict() for b in self.bad],
-            "missing": [m.to_dict() for m in self.missing],
-        }
+        return report_dict(
+            self,
+            "table rows_checked checksummed ok duplicates unreadable_fragments bad missing",
+            bad=[b.to_dict() for b in self.bad],
+            missing=[m.to_dict() for m in self.missing],
+        )
 
 
 def _row_vectors(emb: pa.Array, kind: str) -> tuple[np.ndarray, np.ndarray]:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from nomic_memory.errors import InputError, NomicMemoryError, StoreError, UsageError
+from nomic_memory.logs import ProgressCallback, report_dict
 from nomic_memory.store.import_sources import Layout, Row, find_sources, read_rows
 from nomic_memory.store.table import (
     EmbeddingTable,
@@ -43,24 +43,15 @@ from nomic_memory.store.table import (
 
 log = logging.getLogger("nomic_memory")
 
-ProgressCallback = Callable[[str, dict], None]
 DEFAULT_BATCH_ROWS = 128
 #: Rows read from a source at a time (at least the commit size): parquet decodes much faster in
 #: large batches than in commit-sized ones, and a batch of ~750-vector pages is ~50 MB in float16.
 READ_ROWS = 256
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+#: What a row records of its file (:class:`Record` fields), from a source row's metadata.
+FILE_FIELDS = ("content_hash", "size", "mtime", "width", "height")
 #: What a stored row is compared on to decide that importing it again would change nothing.
-SIGNATURE = (
-    "embedding_checksum",
-    "content_hash",
-    "size",
-    "mtime",
-    "width",
-    "height",
-    "dtype",
-    "model_revision",
-    "proj_fingerprint",
-)
+SIGNATURE = ("embedding_checksum", *FILE_FIELDS, "dtype", "model_revision", "proj_fingerprint")
 
 
 class ImportRefused(NomicMemoryError):
@@ -109,23 +100,12 @@ class ImportReport:
         return self.imported / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {
-            "source": self.source,
-            "store": self.store,
-            "table": self.table,
-            "files": self.files,
-            "rows": self.rows,
-            "imported": self.imported,
-            "unchanged": self.unchanged,
-            "commits": self.commits,
-            "seconds": round(self.seconds, 3),
-            "write_seconds": round(self.write_seconds, 3),
-            "rows_per_second": round(self.rows_per_second, 1),
-            "fingerprint": self.fingerprint,
-            "storage_dtype": self.storage_dtype,
-            "ignored": self.ignored,
-            "warnings": self.warnings,
-        }
+        return report_dict(
+            self,
+            "source store table files rows imported unchanged commits seconds write_seconds rows_per_second"
+            " fingerprint storage_dtype ignored warnings",
+            digits={"seconds": 3, "write_seconds": 3, "rows_per_second": 1},
+        )
 
 
 @dataclass
@@ -401,17 +381,8 @@ class _Writer:
                 raise InputError(f, f"row {r.number}: values that are not finite in {np.dtype(np_dt).name}")
             m = r.meta
             dtype = m.get("dtype") or ("float16" if r.embedding.dtype == np.float16 else "float32")
-            sig = (
-                embedding_checksum(e),
-                m.get("content_hash"),
-                m.get("size"),
-                m.get("mtime"),
-                m.get("width"),
-                m.get("height"),
-                dtype,
-                self.revision,
-                self.fingerprint,
-            )
+            file_meta = {k: m.get(k) for k in FILE_FIELDS}
+            sig = (embedding_checksum(e), *file_meta.values(), dtype, self.revision, self.fingerprint)
             old = self.existing.get(key)
             if old == sig:
                 report.unchanged += 1
@@ -419,13 +390,9 @@ class _Writer:
             rec = Record(
                 key_to_path(key[0]),
                 key_to_path(key[1]),
-                m.get("content_hash"),
-                m.get("size"),
-                m.get("mtime"),
-                m.get("width"),
-                m.get("height"),
-                e,
-                dtype,
+                embedding=e,
+                dtype=dtype,
+                **file_meta,
                 page=key[2],
                 model_revision=self.revision,
                 proj_fingerprint=self.fingerprint,

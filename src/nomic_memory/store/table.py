@@ -180,6 +180,34 @@ from nomic_memory.store.failures import TABLE  # noqa: E402
 from nomic_memory.store.roots import forget_roots  # noqa: E402
 
 
+@dataclass
+class WrittenRows:
+    """The rows one write committed, as stored: keys as the table holds them, the storage-dtype
+    vectors and their checksums; ``version_before``/``version`` are the table versions around the
+    commit (read under the table's write lock)."""
+
+    roots: list[str]
+    paths: list[str]
+    pages: list[int]
+    checksums: list[int]
+    embeddings: list[np.ndarray]
+    version_before: int
+    version: int
+
+
+#: Called after every committed :meth:`EmbeddingTable.upsert` with ``(table, WrittenRows)``, under
+#: the table's write lock.  A layer above the store registers what must follow a write (the search
+#: layer's first-stage index codes the new rows from these vectors, so they are never read back).
+#: A hook's failure is logged, never raised: the rows are committed by then.
+COMMIT_HOOKS: list = []
+
+
+def on_commit(hook) -> None:
+    """Register ``hook(table, written: WrittenRows)`` (once; see :data:`COMMIT_HOOKS`)."""
+    if hook not in COMMIT_HOOKS:
+        COMMIT_HOOKS.append(hook)
+
+
 def damaged(store_path, what: str, e: BaseException) -> StoreError:
     """The one-line error for a store whose files cannot be read (a damaged manifest or data file)."""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -367,6 +395,7 @@ class EmbeddingTable:
         self._seen: tuple[int, frozenset[int]] | None = None
         self._seen_root: str | None = None
         self._foreign: set[tuple[str, str, int]] = set()
+        self._written: list | None = None  # during upsert with hooks: (records, vectors, checksums) written
 
     @property
     def has_checksums(self) -> bool:
@@ -500,6 +529,8 @@ class EmbeddingTable:
             "embedded_at": [now] * len(records),
             "embedding_checksum": [embedding_checksum(e) for e in embs],
         }
+        if self._written is not None:  # what the commit hooks are told (see upsert)
+            self._written.append((records, embs, cols["embedding_checksum"]))
         schema = self.table.schema
         arrays = [pa.array(cols[f.name], type=f.type) for f in schema if f.name != "embedding"]
         arrays.append(emb_arr.cast(schema.field("embedding").type))
@@ -522,24 +553,53 @@ class EmbeddingTable:
             return refused
         with self._write_errors("write a batch to"), self._lock():
             self.refresh()
-            if known_new is not None:
-                tracked = self._catch_up()
-                fresh = [r for r in records if r.path in known_new or (r.path, r.page) in known_new]
-                if fresh:
-                    present = self._present_keys(fresh, tracked)
-                    fresh = [r for r in fresh if (path_to_key(r.root), path_to_key(r.path), r.page) not in present]
-                fresh_ids = {id(r) for r in fresh}
-                rest = [r for r in records if id(r) not in fresh_ids]
-                if rest:
-                    self._merge(rest)
-                if fresh:
-                    self.table.add(self._arrow(fresh))
-                if tracked:
-                    self._seen = self._snapshot()  # our own commits: nothing in them to look up later
-                    self._compact_small()
-            else:
-                self._merge(records)
+            before = self.table.version
+            self._written = [] if COMMIT_HOOKS else None
+            try:
+                self._write_batch(records, known_new)
+                if self._written:
+                    self._after_commit(self._written, before)
+            finally:
+                self._written = None
         return refused
+
+    def _write_batch(self, records: list[Record], known_new: set | None) -> None:
+        """:meth:`upsert`'s commits, under the write lock."""
+        if known_new is None:
+            self._merge(records)
+            return
+        tracked = self._catch_up()
+        fresh = [r for r in records if r.path in known_new or (r.path, r.page) in known_new]
+        if fresh:
+            present = self._present_keys(fresh, tracked)
+            fresh = [r for r in fresh if (path_to_key(r.root), path_to_key(r.path), r.page) not in present]
+        fresh_ids = {id(r) for r in fresh}
+        rest = [r for r in records if id(r) not in fresh_ids]
+        if rest:
+            self._merge(rest)
+        if fresh:
+            self.table.add(self._arrow(fresh))
+        if tracked:
+            self._seen = self._snapshot()  # our own commits: nothing in them to look up later
+            self._compact_small()
+
+    def _after_commit(self, parts: list, before: int) -> None:
+        """Tell the :data:`COMMIT_HOOKS` what was just committed (under the write lock)."""
+        records = [r for rs, _, _ in parts for r in rs]
+        written = WrittenRows(
+            [path_to_key(r.root) for r in records],
+            [path_to_key(r.path) for r in records],
+            [int(r.page or 0) for r in records],
+            [int(c) for _, _, cs in parts for c in cs],
+            [e for _, es, _ in parts for e in es],
+            int(before),
+            int(self.table.version),
+        )
+        for hook in list(COMMIT_HOOKS):
+            try:
+                hook(self, written)
+            except Exception as e:  # noqa: BLE001 - the rows are committed; the hook only saves later work
+                log.warning("after writing to table %s: %s failed (%s: %s)", self.name, hook, type(e).__name__, e)
 
     def _compact_small(self, max_fragments: int = 64, target_rows: int = 2048) -> None:
         """Under the write lock, during a run: once the table has more than ``max_fragments``

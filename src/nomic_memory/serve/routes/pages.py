@@ -12,8 +12,8 @@ from fastapi.responses import Response
 from nomic_memory.serve.config import HTTPError, ServeConfig
 from nomic_memory.serve.deps import get_config, require_token, serving, text_query
 from nomic_memory.serve.schemas import HeatmapBody, read_json
-from nomic_memory.serve.service import SearchService, b64_image, decode_image_bytes
-from nomic_memory.serve.thumbs import PageChanged, PageUnavailable, thumbnail
+from nomic_memory.serve.service import SearchService, b64_image, decode_image_bytes, page_errors
+from nomic_memory.serve.thumbs import thumbnail
 
 router = APIRouter(dependencies=[Depends(require_token)], tags=["pages"])
 
@@ -23,14 +23,8 @@ async def thumb(row_id: str, service: SearchService = Depends(serving)):
     """A JPEG thumbnail of a stored page (409 if its file changed since it was embedded)."""
     row = await asyncio.to_thread(service.row, row_id)
     index = service.index
-    try:
+    with page_errors(row):
         data = await service.decode(thumbnail, index.store, index.table.name, row_id, row)
-    except PageChanged as e:
-        raise HTTPError(409, str(e)) from None
-    except PageUnavailable as e:
-        raise HTTPError(404, str(e)) from None
-    except MemoryError:
-        raise HTTPError(503, f"{row['path']}: out of memory while decoding the page; try again later") from None
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
