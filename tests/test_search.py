@@ -755,3 +755,14 @@ def test_document_pages_have_their_own_ids_and_filter_by_page(env, tmp_path):
         row = idx.row(h.id)
         assert (row["path"], row["page"]) == (h.path, h.page)
         assert idx.row_embedding(h.id).shape == (row["n_vectors"], 128)
+
+
+def test_rows_together_equal_one_by_one(env):
+    idx = Index.open(env["col_store"], backend="cpu")
+    ids = [h.id for h in idx.search("a page", 5)]
+    assert len(ids) == 5
+    wanted = [ids[3], "0" * 16, ids[0], ids[3]]  # out of order, one missing, one twice
+    got = idx.rows(wanted)
+    assert got == [idx.row(i) for i in wanted]
+    assert got[1] is None and got[0] is not None and got[0]["id"] == ids[3]
+    assert idx.rows([]) == []
