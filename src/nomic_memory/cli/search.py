@@ -74,7 +74,11 @@ def search(
         4, "--pool-factor", min=1, metavar="N", help="pooled index: vectors per pooled vector."
     ),
     rerank: Optional[int] = typer.Option(
-        None, "--rerank", min=1, metavar="N", help="--approx: candidates re-ranked exactly (default max(10k, 100))."
+        None,
+        "--rerank",
+        min=1,
+        metavar="N",
+        help="Candidates re-ranked exactly (index: 100, 200 from 25,000 rows; --approx: max(10k, 100)).",
     ),
     backend: BackendChoice = QUERY_BACKEND,
     model_name: Optional[str] = QUERY_MODEL_NAME,
