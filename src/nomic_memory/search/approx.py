@@ -350,7 +350,7 @@ def rerank(
         local = np.asarray([where[int(c)] for c in ids], dtype=np.int64)
         sub = batch.take(pa.array(local))
         top = TopK(1, k)
-        top.update(scan.scorer([q], info).score_batch(sub), ids, meta_getter(sub))
+        top.update(scan.score_batch([q], info, sub), ids, meta_getter(sub))
         out.append(top)
     return out
 
