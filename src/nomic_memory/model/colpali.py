@@ -36,14 +36,20 @@ def _stand_ins() -> list[str]:
     for name, path in zip(_PARENTS, (root, os.path.join(root, "models"))):
         if name in sys.modules:
             continue
-        mod = types.ModuleType(name)
-        mod.__path__ = [path]
-        mod.__spec__ = importlib.util.spec_from_file_location(
-            name, os.path.join(path, "__init__.py"), submodule_search_locations=[path]
-        )
-        sys.modules[name] = mod
+        sys.modules[name] = _stand_in(name, path)
         added.append(name)
     return added
+
+
+def _stand_in(name: str, path: str) -> types.ModuleType:
+    """A package object for ``name`` with the search path ``path`` whose ``__init__`` is not run:
+    its sub-modules import through it as usual."""
+    mod = types.ModuleType(name)
+    mod.__path__ = [path]
+    mod.__spec__ = importlib.util.spec_from_file_location(
+        name, os.path.join(path, "__init__.py"), submodule_search_locations=[path]
+    )
+    return mod
 
 
 _load_lock = threading.Lock()
@@ -65,13 +71,7 @@ def lean_transformers() -> Iterator[None]:
             yield
             return
         transformers = importlib.import_module("transformers")  # the real top-level package first
-        root = os.path.join(list(transformers.__path__)[0], "models")
-        mod = types.ModuleType(name)
-        mod.__path__ = [root]
-        mod.__spec__ = importlib.util.spec_from_file_location(
-            name, os.path.join(root, "__init__.py"), submodule_search_locations=[root]
-        )
-        sys.modules[name] = mod
+        mod = sys.modules[name] = _stand_in(name, os.path.join(list(transformers.__path__)[0], "models"))
         try:
             yield
         finally:
