@@ -134,6 +134,15 @@ def test_hub_model_not_on_this_machine_needs_a_commit(monkeypatch):
     assert model_facts(ModelSpec.of("colnomic-7b", revision=COMMIT)).fingerprint is None  # unknown
 
 
+def test_missing_source_is_named_before_the_model_is_looked_up(monkeypatch, tmp_path):
+    """A mistyped source is reported as such, not as a hub model this offline machine cannot
+    resolve (the revision lookup comes second); nothing is written."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ImportRefused, match="no such file or directory"):
+        import_embeddings(tmp_path / "typo.parquet", tmp_path / "store", "nomic-3b")
+    assert not (tmp_path / "store").exists()
+
+
 # ---------------------------------------------------------------- round trips
 @pytest.mark.parametrize("fmt", ["npz", "parquet"])
 @pytest.mark.parametrize("kind", ["colqwen", "biqwen"])

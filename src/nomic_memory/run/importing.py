@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nomic_memory.errors import InputError
 from nomic_memory.logs import ProgressCallback
 from nomic_memory.model.files import model_facts
 from nomic_memory.model.loading import ModelSpec
@@ -44,6 +45,8 @@ def import_embeddings(
     folder the source's paths are relative to (needed when it has no ``root`` column; otherwise
     it replaces it).  Every file is checked first: :class:`ImportRefused` (nothing written) names
     each bad one.  Rerunning writes nothing new; an interrupted import resumes."""
+    if not Path(src).exists():  # before the model's revision is looked up (which may ask the hub)
+        raise ImportRefused([InputError(src, "no such file or directory")])
     stamp = model if isinstance(model, ImportStamp) else resolve_stamp(model, revision, seed)
     return import_with_stamp(src, store, stamp, root=root, batch_rows=batch_rows, on_event=on_event)
 
