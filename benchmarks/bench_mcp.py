@@ -9,9 +9,10 @@ over stdio (B: JSON-RPC to the ``nomic-memory mcp`` subprocess, its answer parse
 page images the tool attaches), so a drifting machine moves both; the ratio B/A is taken pair by
 pair and its median reported, with each side's median latency.  Also measured: the ``stats`` tool
 (the protocol's round trip with almost no work), B with ``k`` above the 10 pages that carry
-images (the JSON of every hit, images of ten), and each side's CPU time per search (this process's
-for A; for B this process's plus the server process's, from the kernel's accounting): on a shared
-machine wall times swing with other load, CPU seconds much less.
+images (the JSON of every hit, images of ten), the cost of the images (pair by pair: the same
+query with and without them), and each side's CPU time per search (this process's for A; for B
+this process's plus the server process's, from the kernel's accounting): on a shared machine
+wall times swing with other load, CPU seconds much less.
 
     uv run python benchmarks/bench_mcp.py                       # 200 pages, 20 queries, 3 rounds
     uv run python benchmarks/bench_mcp.py --pages 1000 --rounds 5
@@ -135,6 +136,7 @@ async def measure(store: Path, qs: list[str], k: int, rounds: int) -> dict:
         "ratio_vs_worker_thread_p10_p90": [round(float(x), 3) for x in np.percentile(w_ratios, [10, 90])],
         "mcp_stdio_no_images_ms": round(1000 * med(bare_times), 2),
         "ratio_no_images_median": round(med(bare_ratios), 3),
+        "images_cost_ms": round(1000 * med([b - n for b, n in zip(b_times, bare_times)]), 2),  # paired, same query
         "in_process_cpu_ms": round(1000 * med(a_cpu), 1),
         "mcp_stdio_cpu_ms": round(1000 * med(b_cpu), 1),
         "cpu_ratio": round(med(b_cpu) / med(a_cpu), 3),

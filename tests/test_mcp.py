@@ -263,6 +263,50 @@ def test_only_files_inside_their_root_are_served(env, tmp_path):
     assert len(errs) == 2 and "no longer there" in errs[0] and "outside its root" in errs[1]
 
 
+def test_images_kept_in_memory_are_not_served_once_their_file_changes(env, tmp_path, monkeypatch):
+    """The server keeps the images it sent: the same page again is the same image, but not once
+    its file is deleted, swapped for a symlink leading out of its root, or rewritten and embedded
+    again."""
+    from nomic_memory import Embedder
+
+    folder = _pages(tmp_path / "pages", 3, seed=60)
+    store = tmp_path / "store"
+    embedder = Embedder(str(env["model"]), backend="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        embedder.embed_directory(folder, store=store, workers=0)
+    secret = make_image(tmp_path / "outside" / "secret.png", 64, 64, seed=9)
+    monkeypatch.setattr("nomic_memory.serve.mcp.REFRESH_SECONDS", 0.0)  # each search sees the latest commit
+
+    def images_by_path(r) -> dict:
+        hits = hits_of(r)
+        blocks = iter(r.content[1:])
+        return {h["path"]: (jpeg(next(blocks)) if h["image"].startswith("attached") else h["image"]) for h in hits}
+
+    async def go(c):
+        first = images_by_path(await c.call_tool("search", {"query": "x", "k": 3}))
+        again = images_by_path(await c.call_tool("search", {"query": "x", "k": 3}))
+        (folder / "page01.png").unlink()
+        (folder / "page02.png").unlink()
+        (folder / "page02.png").symlink_to(secret)
+        gone = images_by_path(await c.call_tool("search", {"query": "x", "k": 3}))
+        make_image(folder / "sub" / "page00.png", 120, 90, seed=61)  # rewritten, then embedded again
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            embedder.embed_directory(folder, store=store, workers=0)
+        after = images_by_path(await c.call_tool("search", {"query": "x", "k": 3}))
+        return first, again, gone, after
+
+    first, again, gone, after = call(server_for(store), go)
+    assert all(isinstance(v, Image.Image) for v in first.values()) and len(first) == 3
+    assert {p: v.tobytes() for p, v in first.items()} == {p: v.tobytes() for p, v in again.items()}
+    assert "no longer there" in gone["page01.png"]
+    assert "outside its root" in gone["page02.png"]
+    assert gone["sub/page00.png"].tobytes() == first["sub/page00.png"].tobytes()
+    assert first["sub/page00.png"].size == (200, 160)
+    assert after["sub/page00.png"].size == (120, 90)  # the new file's image, not the one kept
+
+
 def test_add_folder_with_progress_only_when_allowed(env, tmp_path):
     from nomic_memory import Index
 

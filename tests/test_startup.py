@@ -87,3 +87,63 @@ def test_model_loads_without_transformers_model_table(tiny_colqwen):
         ).splitlines()[-1]
     )
     assert got == {"skipped": True, "real_later": True, "same_module": True}
+
+
+def _embedded(model, images, store):
+    import warnings
+
+    from nomic_memory import Embedder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Embedder(str(model), backend="cpu").embed_directory(images, store=store, workers=0)
+    return store
+
+
+def _cli_search_in_a_fresh_process(store, queries: list[str], k: int) -> dict:
+    return json.loads(
+        _python(
+            "import contextlib, io, json, sys\n"
+            "from nomic_memory.cli import app\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n"
+            f"        app(['search', *{queries!r}, '--store', {str(store)!r}, '-k', '{k}', '--json', '--no-server', '--backend', 'cpu'])\n"
+            "    except SystemExit as e:\n"
+            "        code = e.code\n"
+            "print(json.dumps({'code': code, 'out': json.loads(out.getvalue()),\n"
+            "    'left_out': sorted(m for m in ('pandas', 'scipy', 'boto3') if m in sys.modules)}))\n"
+        ).splitlines()[-1]
+    )
+
+
+def _library_hits(store, queries: list[str], k: int) -> list:
+    import boto3  # noqa: F401  (the library's side imports what the command leaves out, as a normal process would)
+    import pandas  # noqa: F401
+    import scipy.optimize  # noqa: F401
+
+    from nomic_memory import Index
+
+    return [[h.to_dict() for h in hits] for hits in Index.open(store, backend="cpu").search_many(queries, k)]
+
+
+def test_cli_search_in_process_leaves_out_pandas_scipy_boto3_with_the_same_hits(tiny_colqwen, image_dir, tmp_path):
+    """``nomic-memory search --no-server`` imports neither pandas (pyarrow's shim is refused it)
+    nor scipy and boto3 (the model's code is imported as if they were absent), and answers exactly
+    as the library does in a process that imports all three."""
+    store = _embedded(tiny_colqwen, image_dir, tmp_path / "store")
+    queries = ["a red bicycle", "chart"]
+    got = _cli_search_in_a_fresh_process(store, queries, 4)
+    assert got["code"] == 0 and got["left_out"] == []
+    assert got["out"]["results"] == _library_hits(store, queries, 4)
+
+
+def test_cli_search_in_process_of_a_peft_adapter_model(image_dir, tmp_path):
+    """The same for a model shipped as a PEFT adapter (as Nomic's are): the adapter is loaded and
+    merged, and the hits equal the library's."""
+    from nomic_memory.model.tiny import build_tiny_adapter, build_tiny_base
+
+    adapter = build_tiny_adapter(tmp_path / "colqwen", build_tiny_base(tmp_path / "base"), "colqwen")
+    store = _embedded(adapter, image_dir, tmp_path / "store")
+    got = _cli_search_in_a_fresh_process(store, ["a red bicycle"], 3)
+    assert got["code"] == 0 and got["left_out"] == []
+    assert got["out"]["results"] == _library_hits(store, ["a red bicycle"], 3)

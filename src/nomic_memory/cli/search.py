@@ -105,6 +105,11 @@ def search(
     check_template(template)
     if texts and not (images or no_server or approx or build_index or index_method or model_name or allow_mismatch):
         _answer_from_server(store or default_store_path(), table, texts, k, where, template, json_out)
+    from nomic_memory.model.colpali import query_only_process  # late: the model package imports torch
+    from nomic_memory.store.lancedb_import import import_lancedb  # late: the CLI starts without the store
+
+    query_only_process()  # this process embeds queries and searches: the model's code without scipy,
+    import_lancedb(pandas=False)  # and pyarrow without pandas (nothing here hands it a pandas object)
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow
@@ -218,6 +223,8 @@ def _print_json(meta: dict, queries: list, results: list, *, k: int, approx: boo
 
 def _check_images(images: list[str]) -> None:
     """Before the model loads: a missing file or page (``FILE#N``) is one line, exit 1."""
+    if not images:
+        return
     from nomic_memory.ingest.pageref import resolve_page_ref  # late: PIL, pypdfium2
 
     try:

@@ -8,6 +8,17 @@ torch and transformers).  :func:`qwen2_5` imports the ``qwen2_5`` sub-package di
 duration of that import, the two parent packages are stand-in package objects (the same search
 path, no ``__init__`` run), removed afterwards, so a later ``import colpali_engine`` runs its
 real ``__init__`` as usual and reuses the very same classes.
+
+:func:`query_only_process` (a command-line search calls it) has the model's code imported as if
+scipy and boto3 were not installed.  transformers imports ``scipy.optimize`` only for the
+Hungarian matching of its object-detection losses (``transformers.loss``, imported by
+``modeling_utils``), and only where it finds scipy installed: its own installations without scipy
+take the same path.  accelerate (imported by transformers' model loading) imports boto3, where
+installed, for its SageMaker configuration commands; boto3 is no dependency of nomic-memory (only
+of its development tools).  Together about 0.4 s of the command's imports (``python -X
+importtime``).  Nothing that embeds a query uses either: the query embedding and the hits are
+the same (``tests/test_startup.py`` and the instant-search tests compare them with a normal
+process's).
 """
 
 from __future__ import annotations
@@ -23,6 +34,30 @@ from collections.abc import Iterator
 
 _lock = threading.Lock()
 _PARENTS = ("colpali_engine", "colpali_engine.models")
+_OPTIONAL = ("scipy", "boto3")  # what query_only_process hides (see the module's docstring)
+_LEFT_OUT: dict[str, None] = {}  # optional packages hidden until the model's code is imported (query_only_process)
+
+
+def query_only_process() -> None:
+    """Declare that this process only embeds queries and searches (a command-line search): until
+    the model's code is imported (:func:`qwen2_5`), scipy and boto3 are hidden (``import scipy``
+    fails, ``importlib.util.find_spec("scipy")`` is None), so transformers and accelerate, which
+    look once per process, take their paths for an installation without them (see the module's
+    docstring).  A process that imported transformers already is left as it is."""
+    if "transformers" in sys.modules:
+        return
+    for name in _OPTIONAL:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]
+            _LEFT_OUT[name] = None
+
+
+def _show_left_out() -> None:
+    """Make what :func:`query_only_process` hid importable again."""
+    for name in list(_LEFT_OUT):
+        if name in sys.modules and sys.modules[name] is None:
+            del sys.modules[name]
+        _LEFT_OUT.pop(name, None)
 
 
 def _stand_ins() -> list[str]:
@@ -84,15 +119,22 @@ def qwen2_5():
     ``BiQwen2_5``, ``BiQwen2_5_Processor``)."""
     name = "colpali_engine.models.qwen2_5"
     if name in sys.modules or "colpali_engine.models" in sys.modules:
+        _show_left_out()
         return importlib.import_module(name)
     with _lock:
         added = _stand_ins()
         try:
+            if _LEFT_OUT:
+                try:
+                    return importlib.import_module(name)
+                except ImportError:  # something needs a hidden package after all: once more with it
+                    _show_left_out()
             return importlib.import_module(name)
         finally:
+            _show_left_out()
             for parent in added:
                 if sys.modules.get(parent) is not None and not hasattr(sys.modules[parent], "__file__"):
                     del sys.modules[parent]
 
 
-__all__ = ["lean_transformers", "qwen2_5"]
+__all__ = ["lean_transformers", "query_only_process", "qwen2_5"]

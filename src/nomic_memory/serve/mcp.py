@@ -24,8 +24,11 @@ The query model is loaded on the first search (the table records which model it 
 
 import json
 import logging
+import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,6 +50,7 @@ log = logging.getLogger("nomic_memory.mcp")
 MAX_K = 50  # results of one search
 IMAGE_HITS = 10  # of these, how many come with their image
 IMAGE_SIDE = 768  # the long side of a page image, pixels (JPEG)
+IMAGE_CACHE_BYTES = 64 << 20  # page images kept encoded in memory (base64 characters), least recently used dropped
 MAX_QUERY_CHARS = 2000
 REFRESH_SECONDS = 5.0  # how often a search first looks for rows other processes committed
 ROW_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -78,6 +82,57 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _identity(row: dict) -> tuple | None:
+    """What the file at the row's path is now (inode, device, size, mtime; the target of a
+    symlink), or None if there is nothing there."""
+    try:
+        st = os.stat(os.path.join(row["root"], row["path"]))
+    except (OSError, ValueError):
+        return None
+    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
+
+
+class ImageCache:
+    """Page images ready to send (base64 in an :class:`ImageContent`), by row id, least recently
+    used dropped beyond ``max_chars``.
+
+    An entry is served only while the table is at the version it was made at (a re-embedded page
+    is a new commit) and the file at the row's path is the very file it was made from (same
+    inode, device, size and modification time: a file deleted, replaced, or swapped for a symlink
+    to anything else misses, and goes through :func:`~nomic_memory.serve.thumbs.page_file`'s
+    checks again).  A hit costs one ``stat``: no row lookup, path resolution, file read or
+    base64 encoding."""
+
+    def __init__(self, max_chars: int = IMAGE_CACHE_BYTES):
+        self.max_chars = max_chars
+        self._entries: OrderedDict[str, tuple[int, tuple, ImageContent]] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, row: dict, version: int) -> ImageContent | None:
+        with self._lock:
+            entry = self._entries.get(row["id"])
+        if entry is None or entry[0] != version or entry[1] != _identity(row):
+            return None
+        with self._lock:
+            if row["id"] in self._entries:
+                self._entries.move_to_end(row["id"])
+        return entry[2]
+
+    def put(self, row_id: str, version: int, identity: tuple | None, block: ImageContent) -> None:
+        if identity is None or len(block.data) > self.max_chars:
+            return
+        with self._lock:
+            old = self._entries.pop(row_id, None)
+            if old is not None:
+                self._chars -= len(old[2].data)
+            self._entries[row_id] = (version, identity, block)
+            self._chars += len(block.data)
+            while self._chars > self.max_chars:
+                _, (_, _, dropped) = self._entries.popitem(last=False)
+                self._chars -= len(dropped.data)
+
+
 class PageStore:
     """The state behind the tools: one store table, its index and the page images.
 
@@ -100,6 +155,7 @@ class PageStore:
         self.image_hits = image_hits
         self.image_side = image_side
         self.limiter = anyio.CapacityLimiter(1)
+        self.images = ImageCache()
         self._refreshed = time.monotonic()
 
     # ---- runs on the worker thread
@@ -188,21 +244,34 @@ class PageStore:
         hit says whether its image is attached (and if not, why)."""
         return await anyio.to_thread.run_sync(self._page_contents, hits)  # file reads: off the event loop
 
+    def search_with_images(self, query: str, k: int, where: str | None) -> tuple[list[dict], list]:
+        """:meth:`search` and the hits' image blocks, in one turn of the worker thread."""
+        hits = self.search(query, k, where)
+        return hits, self._page_contents(hits)
+
     def _page_contents(self, hits: list[dict]) -> list:
-        blocks = []
-        rows = self.index.rows([h["id"] for h in hits[: self.image_hits]])  # one lookup for all
+        shown = hits[: self.image_hits]
+        version = self.index.table.version()
+        blocks: list = [self.images.get(h, version) if "root" in h else None for h in shown]
+        missing = [i for i, b in enumerate(blocks) if b is None]
+        rows = self.index.rows([shown[i]["id"] for i in missing]) if missing else []  # one lookup for all
+        for i, row in zip(missing, rows):
+            try:
+                row = row or self.row(shown[i]["id"])  # row(): refreshes, or says why not
+                identity = _identity(row)  # before the checks: a file changed meanwhile misses next time
+                blocks[i] = ImageContent(type="image", data=_b64(self.image(row)), mime_type="image/jpeg")
+            except NomicMemoryError as e:  # PageUnavailable, or a row gone since the search
+                shown[i]["image"] = f"unavailable: {e}"
+                continue
+            self.images.put(row["id"], version, identity, blocks[i])
+        out = []
         for i, h in enumerate(hits):
             if i >= self.image_hits:
                 h["image"] = "not attached (read it as resource page://{id})".format(id=h["id"])
-                continue
-            try:
-                data = self.image(rows[i] or self.row(h["id"]))  # row(): refreshes, or says why not
-            except NomicMemoryError as e:  # PageUnavailable, or a row gone since the search
-                h["image"] = f"unavailable: {e}"
-                continue
-            h["image"] = f"attached: image {len(blocks) + 1}"
-            blocks.append(ImageContent(type="image", data=_b64(data), mime_type="image/jpeg"))
-        return blocks
+            elif blocks[i] is not None:
+                out.append(blocks[i])
+                h["image"] = f"attached: image {len(out)}"
+        return out
 
 
 def _result(payload: dict, images: list) -> CallToolResult:
@@ -242,9 +311,11 @@ def create_mcp_server(pages: PageStore) -> MCPServer:
         and the best pages' images."""
         if not query.strip():
             raise ToolError("query is empty")
-        hits = await pages.run(pages.search, query, k, where)
-        images = await pages.page_contents(hits) if images else []
-        return _result({"query": query, "k": k, "where": where, "results": hits}, images)
+        if images:  # one hop to the worker thread for both
+            hits, blocks = await pages.run(pages.search_with_images, query, k, where)
+        else:
+            hits, blocks = await pages.run(pages.search, query, k, where), []
+        return _result({"query": query, "k": k, "where": where, "results": hits}, blocks)
 
     @mcp.tool(annotations=read_only)
     async def get_page(

@@ -9,6 +9,16 @@ lazy module (its search path, its ``__init__`` not run yet), so importing ``lanc
 the models it names; the first attribute asked of the package itself that is not one of its
 sub-modules (``TableApi``, ``ApiClient``, ``__version__``: a REST namespace at work) runs the real
 ``__init__`` in that same module, which from then on is the package as usual.
+
+``import_lancedb(pandas=False)``, for a process that never gives pyarrow a pandas object (a
+command-line search), also leaves pandas out: importing ``pyarrow.dataset`` builds a scalar,
+whose conversion asks pyarrow's pandas shim whether pandas is installed, and the shim's answer is
+to import it (about a third of a second, under ``python -X importtime``).  While
+``pyarrow.dataset`` is imported, ``import pandas`` is refused, so the shim records "no pandas",
+which is what it records in any installation without pandas (``nomic-memory`` does not depend
+on it; only the ``ray`` extra brings it).  No pandas object can exist in a process that never
+imported pandas, so no conversion can differ; and the shim imports pandas again when a pandas
+API is asked of it (``to_pandas``), so nothing is lost either.
 """
 
 from __future__ import annotations
@@ -55,12 +65,35 @@ def _lazy_package() -> types.ModuleType | None:
     return mod
 
 
-def import_lancedb() -> types.ModuleType:
-    """The ``lancedb`` module (imported now if it is not yet)."""
+class _RefusePandas:
+    """A finder that refuses ``pandas`` (as if it were not installed)."""
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError(f"{name} is left out of this process", name=name)
+        return None
+
+
+def _pyarrow_dataset_without_pandas() -> None:
+    if "pyarrow.dataset" in sys.modules or "pandas" in sys.modules:
+        return
+    refuse = _RefusePandas()
+    sys.meta_path.insert(0, refuse)
+    try:
+        importlib.import_module("pyarrow.dataset")
+    finally:
+        sys.meta_path.remove(refuse)
+
+
+def import_lancedb(*, pandas: bool = True) -> types.ModuleType:
+    """The ``lancedb`` module (imported now if it is not yet).  ``pandas=False``: pyarrow's
+    pandas shim does not import pandas on the way (see the module's docstring)."""
     if "lancedb" in sys.modules:
         return sys.modules["lancedb"]
     with _lock:
         _lazy_package()
+        if not pandas:
+            _pyarrow_dataset_without_pandas()
         return importlib.import_module("lancedb")
 
 
