@@ -131,6 +131,26 @@ def test_search_equals_index_search_with_page_images(env):
         assert all("page://" in h["image"] for h in hits[10:])
 
 
+def test_page_images_are_progressive_jpegs_with_the_pixels_of_a_baseline_one(env):
+    """Images are written optimised and progressive: fewer bytes, the very pixels that a baseline
+    JPEG of the same quality decodes to."""
+    from nomic_memory.serve.mcp import IMAGE_SIDE
+    from nomic_memory.serve.thumbs import load_page, thumbnail
+
+    idx = env["idx"]
+    for hit in idx.search("blue sky", k=3):
+        row = idx.row(hit.id)
+        data = thumbnail(idx.store, idx.table.name, hit.id, row, side=IMAGE_SIDE)
+        got = Image.open(io.BytesIO(data))
+        assert got.format == "JPEG" and got.info.get("progressive") and got.info.get("progression")
+        page = load_page(row, side=IMAGE_SIDE)
+        page.thumbnail((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        page.convert("RGB").save(buf, "JPEG", quality=85)
+        assert len(data) < len(buf.getvalue())
+        assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(Image.open(buf).convert("RGB")))
+
+
 def test_where_filter_and_large_pages_are_bounded(env, tmp_path):
     from nomic_memory import Embedder, Index
 
