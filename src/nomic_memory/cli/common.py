@@ -100,15 +100,56 @@ def allow_mismatch_option(verb: str):
     )
 
 
-VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what happens (INFO) on stderr.")
+def json_report_option(what: str = "the report"):
+    """``--json`` of a command that ends with a report: the report alone on stdout."""
+    return json_option(f"Print {what} as one JSON document on stdout (every other line goes to stderr).")
+
+
+def verbose_option(what: str = "what happens"):
+    return typer.Option(False, "--verbose", "-v", help=f"Log {what} (INFO) on stderr.")
+
+
+def number_option(default, flag: str, help: str, *, metavar: str = "N", **bounds):
+    """``--flag N``: a number, with its bounds (``min``, ``max``) checked before the command runs."""
+    return typer.Option(default, flag, metavar=metavar, help=help, **bounds)
+
+
+def value_option(flag: str, metavar: str, help: str, default=None):
+    """``--flag METAVAR``: a value (a list where the parameter is one: the option repeats)."""
+    return typer.Option(default, flag, metavar=metavar, help=help)
+
+
+def model_name_option(metavar: str, help: str):
+    return value_option("--model-name", metavar, help)
+
+
+def revision_option(help: str):
+    return value_option("--revision", "REV", help)
+
+
+def seed_option(help: str):
+    return number_option(0, "--seed", help)
+
+
+def workers_option(help: str):
+    return number_option(None, "--workers", help, min=0)
+
+
+def host_option(help: str):
+    return value_option("--host", "ADDRESS", help, default="127.0.0.1")
+
+
+def port_option(default: int, help: str, metavar: str = "N", envvar: str | None = None):
+    return typer.Option(default, "--port", min=0, max=65535, metavar=metavar, envvar=envvar, help=help)
+
+
+VERBOSE = verbose_option()
 DTYPE = typer.Option("auto", "--dtype", help="auto: bf16 on CUDA, fp16 on MPS, fp32 on CPU.")
 # Every table, or the one named (the store's housekeeping commands).
 TABLE_FILTER = typer.Option(None, "--table", metavar="NAME", help="Only this table (default: all).")
 # The query model of the commands that search a table (search, serve, mcp).
 QUERY_BACKEND = typer.Option("auto", "--backend", help="Device for the query model (auto: CUDA, MPS, CPU).")
-QUERY_MODEL_NAME = typer.Option(
-    None, "--model-name", metavar="PATH", help="Load the query model from here instead of the id the table records."
-)
+QUERY_MODEL_NAME = model_name_option("PATH", "Load the query model from here instead of the id the table records.")
 TEMPLATE = typer.Option(None, "--template", metavar="TEXT", help='Format text queries first, e.g. "Query: {}".')
 
 

@@ -28,11 +28,18 @@ from nomic_memory.cli.common import (
     VariantChoice,
     fail,
     fail_on,
+    json_report_option,
+    model_name_option,
+    number_option,
     plural,
     resolve_store,
+    revision_option,
     say,
+    seed_option,
     setup_logging,
     store_option,
+    value_option,
+    workers_option,
 )
 from nomic_memory.errors import NomicMemoryError, out_of_memory_detail, out_of_memory_kind
 from nomic_memory.ingest.documents import is_input_path
@@ -258,18 +265,14 @@ def precheck(directory: Path, model_name: str | None, revision: str | None, prun
 
 # The model and batching options `embed` shares with `watch`: one declaration each.
 MODEL_VARIANT = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model.")
-MODEL_NAME = typer.Option(
-    None, "--model-name", metavar="NAME", help="Hub id or local directory; overrides --model-variant."
-)
+MODEL_NAME = model_name_option("NAME", "Hub id or local directory; overrides --model-variant.")
 MODEL_KIND = typer.Option(None, "--model-kind", help="Force the model kind of a custom model.")
-BATCH_SIZE = typer.Option(8, "--batch-size", min=1, metavar="N", help="Images per batch (at most).")
-MAX_BATCH_TOKENS = typer.Option(
-    None, "--max-batch-tokens", min=1, metavar="N", help="Cap on padded visual tokens per batch."
-)
+BATCH_SIZE = number_option(8, "--batch-size", "Images per batch (at most).", min=1)
+MAX_BATCH_TOKENS = number_option(None, "--max-batch-tokens", "Cap on padded visual tokens per batch.", min=1)
 BACKEND = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU.")
 IMAGE_ONLY = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory).")
-SEED = typer.Option(0, "--seed", metavar="N", help="RNG seed set before loading (fixes any randomly initialised head).")
-REVISION = typer.Option(None, "--revision", metavar="REV", help="Hub revision (branch, tag or commit) of a hub model.")
+SEED = seed_option("RNG seed set before loading (fixes any randomly initialised head).")
+REVISION = revision_option("Hub revision (branch, tag or commit) of a hub model.")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal).")
 
 
@@ -359,29 +362,19 @@ def embed(
     model: ModelOptions = MODEL_OPTIONS,
     store: Optional[str] = store_option(),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
-    workers: Optional[int] = typer.Option(
-        None,
-        "--workers",
-        min=0,
-        metavar="N",
-        help="Decode worker processes (0: inline). With --engine ray: model actors.",
-    ),
+    workers: Optional[int] = workers_option("Decode worker processes (0: inline). With --engine ray: model actors."),
     seed: int = SEED,
     revision: Optional[str] = REVISION,
     engine: EngineChoice = typer.Option("local", "--engine", help="local, or ray for a Ray cluster."),
-    ray_address: Optional[str] = typer.Option(
-        None,
+    ray_address: Optional[str] = value_option(
         "--ray-address",
-        metavar="ADDRESS",
-        help="Ray cluster (auto, HOST:6379, ray://HOST:10001); default: "
-        "a running one, else a local one started for the run.",
+        "ADDRESS",
+        "Ray cluster (auto, HOST:6379, ray://HOST:10001); default: a running one, else a local one started for the run.",
     ),
-    gpus_per_worker: float = typer.Option(
-        1.0, "--gpus-per-worker", metavar="G", help="GPUs per Ray model actor (CUDA only)."
+    gpus_per_worker: float = number_option(
+        1.0, "--gpus-per-worker", "GPUs per Ray model actor (CUDA only).", metavar="G"
     ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print the final report as one JSON document on stdout (every other line goes to stderr)."
-    ),
+    json_out: bool = json_report_option("the final report"),
     progress: Optional[bool] = PROGRESS,
     verbose: bool = VERBOSE,
     report_style: ReportStyle = typer.Option(

@@ -18,7 +18,9 @@ from nomic_memory.cli.common import (
     BackendChoice,
     check_template,
     fail,
+    host_option,
     open_for_queries,
+    port_option,
     setup_logging,
     store_option,
     table_option,
@@ -38,12 +40,8 @@ def mcp(
     transport: TransportChoice = typer.Option(
         "stdio", "--transport", help="stdio (the client starts this command) or http (Streamable HTTP at /mcp)."
     ),
-    host: str = typer.Option(
-        "127.0.0.1", "--host", metavar="ADDRESS", help="http: address to bind; anything but loopback needs --token."
-    ),
-    port: int = typer.Option(
-        8765, "--port", metavar="N", min=0, max=65535, help="http: port to bind (0: any free port)."
-    ),
+    host: str = host_option("http: address to bind; anything but loopback needs --token."),
+    port: int = port_option(8765, "http: port to bind (0: any free port)."),
     token: Optional[str] = token_option(
         "NOMIC_MEMORY_MCP_TOKEN", "http: require 'Authorization: Bearer TOKEN' (or set NOMIC_MEMORY_MCP_TOKEN)."
     ),

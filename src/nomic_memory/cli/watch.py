@@ -13,6 +13,8 @@ from nomic_memory.cli.common import (
     VERBOSE,
     fail,
     fail_on,
+    json_option,
+    number_option,
     plural,
     say,
     setup_logging,
@@ -86,16 +88,14 @@ def watch(
     store: Optional[str] = store_option(),
     seed: int = SEED,
     revision: Optional[str] = REVISION,
-    debounce: float = typer.Option(
+    debounce: float = number_option(
         0.5,
         "--debounce",
-        min=0.0,
+        "How long a changed file must stay unchanged before it is embedded.",
         metavar="SECONDS",
-        help="How long a changed file must stay unchanged before it is embedded.",
+        min=0.0,
     ),
-    json_out: bool = typer.Option(
-        False, "--json", help="One JSON report per run on stdout (every other line goes to stderr)."
-    ),
+    json_out: bool = json_option("One JSON report per run on stdout (every other line goes to stderr)."),
     progress: Optional[bool] = PROGRESS,
     verbose: bool = VERBOSE,
 ) -> None:
