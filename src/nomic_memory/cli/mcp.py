@@ -10,7 +10,6 @@ import typer
 
 from nomic_memory.cli.common import (
     EXIT_FATAL,
-    EXIT_USAGE,
     QUERY_BACKEND,
     QUERY_MODEL_NAME,
     TEMPLATE,
@@ -25,7 +24,7 @@ from nomic_memory.cli.common import (
     store_option,
     table_option,
 )
-from nomic_memory.cli.serve import is_loopback, token_option, when_listening
+from nomic_memory.cli.serve import check_access, token_option, when_listening
 from nomic_memory.errors import NomicMemoryError
 
 
@@ -55,14 +54,7 @@ def mcp(
 ) -> None:
     """Serve the store to AI assistants (Model Context Protocol): search, get_page, stats tools."""
     setup_logging(verbose)
-    if token is not None and not token.strip():
-        raise fail("--token is empty", EXIT_USAGE)
-    if transport is TransportChoice.http and not is_loopback(host) and not token:
-        raise fail(
-            f"--host {host} is reachable from other machines: protect it with --token TOKEN "
-            "(or NOMIC_MEMORY_MCP_TOKEN)",
-            EXIT_USAGE,
-        )
+    check_access(host if transport is TransportChoice.http else None, token, "NOMIC_MEMORY_MCP_TOKEN")
     check_template(template)
     from nomic_memory.serve.mcp import (  # late: pyarrow and the MCP SDK; the CLI starts without them
         create_mcp_server,

@@ -46,6 +46,22 @@ def token_option(envvar: str, help: str):
     return typer.Option(None, "--token", metavar="TOKEN", envvar=envvar, help=help)
 
 
+def check_access(host: str | None, token: str | None, envvar: str, no_auth: bool | None = None) -> None:
+    """A server's --host and --token, refused (exit 2) before anything loads: an empty token, and
+    an address other machines reach without one (``host`` None: nothing is bound; ``no_auth``:
+    the command's --no-auth, which serves such an address open; None: the command has none)."""
+    if token is not None and not token.strip():
+        raise fail("--token is empty", EXIT_USAGE)
+    if token and no_auth:
+        raise fail("--token and --no-auth contradict each other", EXIT_USAGE)
+    if host is not None and not is_loopback(host) and not token and not no_auth:
+        open_hint = "" if no_auth is None else ", or pass --no-auth to serve it open"
+        raise fail(
+            f"--host {host} is reachable from other machines: protect it with --token TOKEN (or {envvar}){open_hint}",
+            EXIT_USAGE,
+        )
+
+
 # Long: the options checked against each other (host, token, watch, table), then the server started and stopped.
 def serve(
     store: Optional[str] = store_option(),
@@ -103,16 +119,7 @@ def serve(
 ) -> None:
     """Serve a store over HTTP: a search API and a search page showing why pages matched."""
     setup_logging(verbose)
-    if token is not None and not token.strip():
-        raise fail("--token is empty", EXIT_USAGE)
-    if token and no_auth:
-        raise fail("--token and --no-auth contradict each other", EXIT_USAGE)
-    if not is_loopback(host) and not token and not no_auth:
-        raise fail(
-            f"--host {host} is reachable from other machines: protect it with --token TOKEN "
-            "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open",
-            EXIT_USAGE,
-        )
+    check_access(host, token, "NOMIC_MEMORY_TOKEN", no_auth)
     from nomic_memory.search.index import Index  # late: pyarrow; the CLI starts without it
     from nomic_memory.serve.app import create_app  # late: torch and FastAPI (a second); the CLI starts without it
     from nomic_memory.serve.service import (  # late: torch (a second); the CLI starts without it

@@ -10,7 +10,13 @@ import typer
 
 from nomic_memory.cli.common import (
     EXIT_OK,
+    MODEL_OPTIONS,
+    PROGRESS,
+    REVISION,
+    SEED,
     VERBOSE,
+    ModelOptions,
+    check_revision,
     fail,
     fail_on,
     json_option,
@@ -19,18 +25,9 @@ from nomic_memory.cli.common import (
     say,
     setup_logging,
     store_option,
-)
-from nomic_memory.cli.embed import (
-    MODEL_OPTIONS,
-    PROGRESS,
-    REVISION,
-    SEED,
-    ConsoleProgress,
-    ModelOptions,
-    check_revision,
-    summary,
     takes_model_options,
 )
+from nomic_memory.cli.embed import ConsoleProgress, summary
 from nomic_memory.errors import NomicMemoryError
 
 EXIT_INTERRUPTED = 130
