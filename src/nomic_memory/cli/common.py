@@ -214,7 +214,6 @@ def reports_errors(command):
     """Wrap a command so that a :class:`~nomic_memory.errors.NomicMemoryError` it lets through is
     printed as one line with the right exit status, never a traceback (the signature is kept:
     Typer reads the options from it)."""
-    import functools
 
     @functools.wraps(command)
     def run(*args, **kwargs):
@@ -248,16 +247,6 @@ def open_for_queries(
     return opener(resolve_store(store), table, backend=backend.value, model_name=model_name, template=template, **more)
 
 
-def check_revision(model_name: str | None, revision: str | None) -> None:
-    """``--revision`` names a hub commit: refused (exit 2) with a local ``--model-name``."""
-    if revision is not None and model_name is not None and Path(model_name).expanduser().is_dir():
-        raise fail(
-            f"--revision {revision} names a hub revision, but --model-name {model_name} is a local "
-            "directory (it has no revisions): drop --revision, or pass a hub id",
-            EXIT_USAGE,
-        )
-
-
 # The model and batching options `embed` and `watch` share: one declaration each.
 MODEL_VARIANT = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model.")
 MODEL_NAME = model_name_option("NAME", "Hub id or local directory; overrides --model-variant.")
@@ -284,6 +273,15 @@ class ModelOptions:
     backend: BackendChoice
     image_only: bool
     dtype: DtypeChoice
+
+    def check_revision(self, revision: str | None) -> None:
+        """``--revision`` names a hub commit: refused (exit 2) with a local ``--model-name``."""
+        if revision is not None and self.model_name is not None and Path(self.model_name).expanduser().is_dir():
+            raise fail(
+                f"--revision {revision} names a hub revision, but --model-name {self.model_name} is a local "
+                "directory (it has no revisions): drop --revision, or pass a hub id",
+                EXIT_USAGE,
+            )
 
     def embedder(self, seed: int, revision: str | None):
         """The (lazy) Embedder these options (and ``--seed``, ``--revision``) describe; loads nothing yet."""

@@ -21,7 +21,6 @@ from nomic_memory.cli.common import (
     VERBOSE,
     EngineChoice,
     ModelOptions,
-    check_revision,
     fail,
     fail_on,
     json_report_option,
@@ -230,11 +229,11 @@ def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
     return [f"Using model variant: {model_variant} ({VARIANTS[model_variant].repo_id})"]
 
 
-def precheck(directory: Path, model_name: str | None, revision: str | None, prune: bool) -> None:
+def precheck(directory: Path, model: ModelOptions, revision: str | None, prune: bool) -> None:
     """Checked before torch is imported (seconds): a mistyped directory or option fails at once.
     With --prune, a folder that is now empty or gone is fine: its rows are what gets removed."""
 
-    check_revision(model_name, revision)
+    model.check_revision(revision)
     if not directory.exists() and not prune:
         raise fail(f"no such directory: {directory}")
     if directory.exists() and not directory.is_dir():
@@ -277,7 +276,7 @@ def embed(
     """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
     setup_logging(verbose)
     legacy = report_style is ReportStyle.legacy
-    precheck(directory, model.model_name, revision, prune)
+    precheck(directory, model, revision, prune)
     if legacy:
         for line in legacy_header(model.model_variant.value, model.model_name):
             say(line, json_out)

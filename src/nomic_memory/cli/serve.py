@@ -62,7 +62,6 @@ def check_access(host: str | None, token: str | None, envvar: str, no_auth: bool
         )
 
 
-# Long: the options checked against each other (host, token, watch, table), then the server started and stopped.
 def serve(
     store: Optional[str] = store_option(),
     table: Optional[str] = table_option("serve"),

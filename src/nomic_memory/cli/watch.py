@@ -16,7 +16,6 @@ from nomic_memory.cli.common import (
     SEED,
     VERBOSE,
     ModelOptions,
-    check_revision,
     fail,
     fail_on,
     json_option,
@@ -99,7 +98,7 @@ def watch(
     """Keep the store in sync with DIRECTORY... while this runs: catch up first, then embed new and
     changed files once they are written, remove the rows of deleted and moved ones (Ctrl-C stops)."""
     setup_logging(verbose)
-    check_revision(model.model_name, revision)
+    model.check_revision(revision)
     for d in directories:
         if not d.exists():
             raise fail(f"no such directory: {d}")
