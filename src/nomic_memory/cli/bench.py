@@ -20,7 +20,11 @@ from nomic_memory.cli.common import (
     DtypeChoice,
     fail,
     json_option,
+    model_name_option,
+    number_option,
     setup_logging,
+    value_option,
+    workers_option,
 )
 from nomic_memory.errors import BenchSetupError
 from nomic_memory.model.variants import VARIANTS
@@ -29,6 +33,19 @@ from nomic_memory.perf.plan import GB, Arch, guess_backend, image_tokens, plan_m
 # Neither command imports torch or transformers before it needs them: `plan` reads a
 # --model-name's config.json with transformers only, and never imports torch.
 _VARIANT_HELP = "colnomic-7b, colnomic-3b, nomic-7b, nomic-3b (comma-separated: several)"
+
+
+# The options `bench` and `plan` share (each with its own default and help).
+def _variants_option(help: str):
+    return value_option("--model-variant", "VARIANTS", help)
+
+
+def _batch_sizes_option(default: str, help: str, *aliases: str):
+    return typer.Option(default, "--batch-sizes", *aliases, metavar="N,N,...", help=help)
+
+
+def _visual_tokens_option(default: int | None, help: str):
+    return number_option(default, "--visual-tokens", help, min=4)
 
 
 class AttnChoice(str, Enum):
@@ -73,11 +90,9 @@ def bench(
     directory: Optional[Path] = typer.Argument(
         None, metavar="DIR", help="Images to embed (default: a generated sample set)."
     ),
-    model_variant: Optional[str] = typer.Option(None, "--model-variant", metavar="VARIANTS", help=_VARIANT_HELP),
-    model_name: Optional[str] = typer.Option(
-        None, "--model-name", metavar="NAMES", help="Hub id or local directory (comma-separated: several)."
-    ),
-    batch_sizes: str = typer.Option("1,2,4,8,16,32", "--batch-sizes", metavar="N,N,...", help="Batch sizes to sweep."),
+    model_variant: Optional[str] = _variants_option(_VARIANT_HELP),
+    model_name: Optional[str] = model_name_option("NAMES", "Hub id or local directory (comma-separated: several)."),
+    batch_sizes: str = _batch_sizes_option("1,2,4,8,16,32", "Batch sizes to sweep."),
     backend: str = typer.Option(
         "auto", "--backend", metavar="BACKENDS", help="auto, cuda, mps, cpu (comma-separated: several)."
     ),
@@ -88,30 +103,20 @@ def bench(
         "--synthetic-weights",
         help="The variant's real architecture with random weights, built on the device (memory/throughput only; nothing is stored).",
     ),
-    synthetic_layers: Optional[int] = typer.Option(
-        None,
-        "--synthetic-layers",
-        min=1,
-        metavar="N",
-        help="Scale the synthetic model's text layers down (e.g. 2, for a quick CPU try).",
+    synthetic_layers: Optional[int] = number_option(
+        None, "--synthetic-layers", "Scale the synthetic model's text layers down (e.g. 2, for a quick CPU try).", min=1
     ),
-    synthetic_vision_depth: Optional[int] = typer.Option(
-        None, "--synthetic-vision-depth", min=1, metavar="N", help="Scale the synthetic vision tower's depth down."
+    synthetic_vision_depth: Optional[int] = number_option(
+        None, "--synthetic-vision-depth", "Scale the synthetic vision tower's depth down.", min=1
     ),
-    visual_tokens: Optional[int] = typer.Option(
-        None, "--visual-tokens", min=4, metavar="N", help="Cap on visual tokens per image (synthetic default 768)."
+    visual_tokens: Optional[int] = _visual_tokens_option(
+        None, "Cap on visual tokens per image (synthetic default 768)."
     ),
-    images: int = typer.Option(
-        24, "--images", min=1, metavar="N", help="Sample images to generate when DIR is omitted."
-    ),
-    runs: int = typer.Option(3, "--runs", min=1, metavar="N", help="Runs per configuration; the median is reported."),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", min=0, metavar="N", help="Decode worker processes (default: automatic)."
-    ),
+    images: int = number_option(24, "--images", "Sample images to generate when DIR is omitted.", min=1),
+    runs: int = number_option(3, "--runs", "Runs per configuration; the median is reported.", min=1),
+    workers: Optional[int] = workers_option("Decode worker processes (default: automatic)."),
     dtype: DtypeChoice = DTYPE,
-    out_dir: Path = typer.Option(
-        Path("bench_out"), "--out-dir", metavar="DIR", help="Where bench.json and bench.png go."
-    ),
+    out_dir: Path = value_option("--out-dir", "DIR", "Where bench.json and bench.png go.", default=Path("bench_out")),
     in_process: bool = typer.Option(
         False,
         "--in-process",
@@ -256,33 +261,20 @@ def _check_backends(backends: list[str]) -> list[str]:
 
 
 def plan(
-    model_variant: Optional[str] = typer.Option(
-        None,
-        "--model-variant",
-        metavar="VARIANTS",
-        help=_VARIANT_HELP + "; default colnomic-7b unless --model-name is given",
+    model_variant: Optional[str] = _variants_option(
+        _VARIANT_HELP + "; default colnomic-7b unless --model-name is given"
     ),
-    model_name: Optional[str] = typer.Option(
-        None,
-        "--model-name",
-        metavar="DIRS",
-        help="Local model directories (their config.json) instead of variants (comma-separated: several).",
+    model_name: Optional[str] = model_name_option(
+        "DIRS", "Local model directories (their config.json) instead of variants (comma-separated: several)."
     ),
-    batch_sizes: str = typer.Option(
-        "8", "--batch-sizes", "--batch-size", metavar="N,N,...", help="Batch sizes (comma-separated: several)."
+    batch_sizes: str = _batch_sizes_option("8", "Batch sizes (comma-separated: several).", "--batch-size"),
+    visual_tokens: int = _visual_tokens_option(
+        768, "The processor's cap on visual tokens per image; without --image-size every image has this many."
     ),
-    visual_tokens: int = typer.Option(
-        768,
-        "--visual-tokens",
-        min=4,
-        metavar="N",
-        help="The processor's cap on visual tokens per image; without --image-size every image has this many.",
-    ),
-    image_size: Optional[str] = typer.Option(
-        None,
+    image_size: Optional[str] = value_option(
         "--image-size",
-        metavar="WxH,...",
-        help="WIDTHxHEIGHT of the images (comma-separated: a batch cycles through them); each gets the tokens of the processor's resize under --visual-tokens.",
+        "WxH,...",
+        "WIDTHxHEIGHT of the images (comma-separated: a batch cycles through them); each gets the tokens of the processor's resize under --visual-tokens.",
     ),
     backend: BackendChoice = typer.Option(
         "auto",

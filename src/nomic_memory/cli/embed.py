@@ -2,37 +2,36 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import sys
-import typing
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from nomic_memory.cli.common import (
-    DTYPE,
     EXIT_OK,
     EXIT_PARTIAL,
-    EXIT_USAGE,
+    MODEL_OPTIONS,
+    PROGRESS,
+    REVISION,
+    SEED,
     VERBOSE,
-    BackendChoice,
-    DtypeChoice,
     EngineChoice,
-    KindChoice,
-    VariantChoice,
+    ModelOptions,
     fail,
     fail_on,
+    json_report_option,
+    number_option,
     plural,
-    resolve_store,
     say,
     setup_logging,
     store_option,
+    takes_model_options,
+    value_option,
+    workers_option,
 )
 from nomic_memory.errors import NomicMemoryError, out_of_memory_detail, out_of_memory_kind
 from nomic_memory.ingest.documents import is_input_path
@@ -230,20 +229,11 @@ def legacy_header(model_variant: str, model_name: str | None) -> list[str]:
     return [f"Using model variant: {model_variant} ({VARIANTS[model_variant].repo_id})"]
 
 
-def check_revision(model_name: str | None, revision: str | None) -> None:
-    if revision is not None and model_name is not None and Path(model_name).expanduser().is_dir():
-        raise fail(
-            f"--revision {revision} names a hub revision, but --model-name {model_name} is a local "
-            "directory (it has no revisions): drop --revision, or pass a hub id",
-            EXIT_USAGE,
-        )
-
-
-def precheck(directory: Path, model_name: str | None, revision: str | None, prune: bool) -> None:
+def precheck(directory: Path, model: ModelOptions, revision: str | None, prune: bool) -> None:
     """Checked before torch is imported (seconds): a mistyped directory or option fails at once.
     With --prune, a folder that is now empty or gone is fine: its rows are what gets removed."""
 
-    check_revision(model_name, revision)
+    model.check_revision(revision)
     if not directory.exists() and not prune:
         raise fail(f"no such directory: {directory}")
     if directory.exists() and not directory.is_dir():
@@ -256,101 +246,6 @@ def precheck(directory: Path, model_name: str | None, revision: str | None, prun
         raise fail(f"no images or documents found under {directory} (looked for {' '.join(IMAGE_EXTENSIONS)} .pdf)")
 
 
-# The model and batching options `embed` shares with `watch`: one declaration each.
-MODEL_VARIANT = typer.Option("colnomic-7b", "--model-variant", help="Which Nomic model.")
-MODEL_NAME = typer.Option(
-    None, "--model-name", metavar="NAME", help="Hub id or local directory; overrides --model-variant."
-)
-MODEL_KIND = typer.Option(None, "--model-kind", help="Force the model kind of a custom model.")
-BATCH_SIZE = typer.Option(8, "--batch-size", min=1, metavar="N", help="Images per batch (at most).")
-MAX_BATCH_TOKENS = typer.Option(
-    None, "--max-batch-tokens", min=1, metavar="N", help="Cap on padded visual tokens per batch."
-)
-BACKEND = typer.Option("auto", "--backend", help="auto picks CUDA, then MPS, then CPU.")
-IMAGE_ONLY = typer.Option(False, "--image-only", help="Keep only what image embedding needs (saves memory).")
-SEED = typer.Option(0, "--seed", metavar="N", help="RNG seed set before loading (fixes any randomly initialised head).")
-REVISION = typer.Option(None, "--revision", metavar="REV", help="Hub revision (branch, tag or commit) of a hub model.")
-PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal).")
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """The model and batching options `embed` and `watch` share, as one value (these eight, in
-    this order in both commands' help)."""
-
-    model_variant: VariantChoice
-    model_name: Optional[str]
-    model_kind: Optional[KindChoice]
-    batch_size: int
-    max_batch_tokens: Optional[int]
-    backend: BackendChoice
-    image_only: bool
-    dtype: DtypeChoice
-
-    def embedder(self, seed: int, revision: str | None):
-        """The (lazy) Embedder these options (and ``--seed``, ``--revision``) describe; loads nothing yet."""
-        from nomic_memory.api import Embedder  # late: torch (a second); the CLI starts without it
-
-        return Embedder(
-            self.model_name or self.model_variant.value,
-            backend=self.backend.value,
-            dtype=self.dtype.value,
-            kind=self.model_kind.value if self.model_kind else None,
-            image_only=self.image_only,
-            seed=seed,
-            revision=revision,
-            lazy=True,
-        )
-
-    def open(self, store: str | None, seed: int, revision: str | None, json_out: bool, legacy: bool = False):
-        """``(embedder, store)``, once the backend lines are printed.  Before any model work: a
-        wrong --store must not cost a model load (opening a local store creates its directory, so
-        after the backend check, which writes nothing)."""
-        from nomic_memory.model.backends import describe  # late: torch (a second); the CLI starts without it
-        from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
-
-        emb = self.embedder(seed, revision)
-        store_obj = Store(resolve_store(store))
-        report_backend(emb.backend, describe(emb.backend), json_out, legacy, self.image_only)
-        return emb, store_obj
-
-
-_MODEL_OPTIONS = {
-    "model_variant": MODEL_VARIANT,
-    "model_name": MODEL_NAME,
-    "model_kind": MODEL_KIND,
-    "batch_size": BATCH_SIZE,
-    "max_batch_tokens": MAX_BATCH_TOKENS,
-    "backend": BACKEND,
-    "image_only": IMAGE_ONLY,
-    "dtype": DTYPE,
-}
-# A command's ``model: ModelOptions = MODEL_OPTIONS`` parameter: see takes_model_options.
-MODEL_OPTIONS: Any = None
-
-
-def takes_model_options(command):
-    """Typer reads a command's options from its signature: there, ``command``'s ``model``
-    parameter becomes the eight options of :class:`ModelOptions`, and the command is called with
-    them as one ``ModelOptions``."""
-    sig = inspect.signature(command, eval_str=True)
-    hints = typing.get_type_hints(ModelOptions)
-    group = [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=hints[name])
-        for name, option in _MODEL_OPTIONS.items()
-    ]
-    params = list(sig.parameters.values())
-    at = list(sig.parameters).index("model")
-
-    @functools.wraps(command)
-    def run(**kwargs):
-        model = ModelOptions(**{name: kwargs.pop(name) for name in _MODEL_OPTIONS})
-        return command(model=model, **kwargs)
-
-    run.__signature__ = sig.replace(parameters=params[:at] + group + params[at + 1 :])  # type: ignore[attr-defined]
-    return run
-
-
 @takes_model_options
 def embed(
     directory: Path = typer.Argument(
@@ -359,29 +254,19 @@ def embed(
     model: ModelOptions = MODEL_OPTIONS,
     store: Optional[str] = store_option(),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of files that no longer exist."),
-    workers: Optional[int] = typer.Option(
-        None,
-        "--workers",
-        min=0,
-        metavar="N",
-        help="Decode worker processes (0: inline). With --engine ray: model actors.",
-    ),
+    workers: Optional[int] = workers_option("Decode worker processes (0: inline). With --engine ray: model actors."),
     seed: int = SEED,
     revision: Optional[str] = REVISION,
     engine: EngineChoice = typer.Option("local", "--engine", help="local, or ray for a Ray cluster."),
-    ray_address: Optional[str] = typer.Option(
-        None,
+    ray_address: Optional[str] = value_option(
         "--ray-address",
-        metavar="ADDRESS",
-        help="Ray cluster (auto, HOST:6379, ray://HOST:10001); default: "
-        "a running one, else a local one started for the run.",
+        "ADDRESS",
+        "Ray cluster (auto, HOST:6379, ray://HOST:10001); default: a running one, else a local one started for the run.",
     ),
-    gpus_per_worker: float = typer.Option(
-        1.0, "--gpus-per-worker", metavar="G", help="GPUs per Ray model actor (CUDA only)."
+    gpus_per_worker: float = number_option(
+        1.0, "--gpus-per-worker", "GPUs per Ray model actor (CUDA only).", metavar="G"
     ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print the final report as one JSON document on stdout (every other line goes to stderr)."
-    ),
+    json_out: bool = json_report_option("the final report"),
     progress: Optional[bool] = PROGRESS,
     verbose: bool = VERBOSE,
     report_style: ReportStyle = typer.Option(
@@ -391,7 +276,7 @@ def embed(
     """Embed every image under DIRECTORY into the store (resumable; unchanged files are skipped)."""
     setup_logging(verbose)
     legacy = report_style is ReportStyle.legacy
-    precheck(directory, model.model_name, revision, prune)
+    precheck(directory, model, revision, prune)
     if legacy:
         for line in legacy_header(model.model_variant.value, model.model_name):
             say(line, json_out)
@@ -450,17 +335,6 @@ def out_of_memory_exits(model_loaded):
             f"out of {kind} loading the model ({out_of_memory_detail(e)}): free memory, or raise the "
             "memory limit (ulimit -v)"
         ) from None
-
-
-def report_backend(be, described: list[str], json_out: bool, legacy: bool, image_only: bool) -> None:
-    """The backend lines: ``Auto-detected backend: cpu`` (when auto) and always ``Using backend: cpu``,
-    dtype and attention; ``Image-only mode: ...`` in the legacy report."""
-    for line in described:
-        say(line, json_out)
-        if line.startswith("Auto-detected backend:"):
-            say(f"Using backend: {be.name}", json_out)
-    if legacy:
-        say(f"Image-only mode: {image_only}", json_out)
 
 
 def summary(report) -> str:

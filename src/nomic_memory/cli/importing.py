@@ -15,11 +15,18 @@ from nomic_memory.cli.common import (
     VariantChoice,
     fail,
     fail_on,
+    json_report_option,
+    model_name_option,
+    number_option,
     plural,
     resolve_store,
+    revision_option,
     say,
+    seed_option,
     setup_logging,
     store_option,
+    value_option,
+    verbose_option,
 )
 from nomic_memory.errors import NomicMemoryError
 
@@ -33,32 +40,22 @@ def import_(
     model_variant: Optional[VariantChoice] = typer.Option(
         None, "--model-variant", help="The Nomic model that made the embeddings."
     ),
-    model_name: Optional[str] = typer.Option(
-        None, "--model-name", metavar="NAME", help="Or: the hub id or local directory of the model that made them."
+    model_name: Optional[str] = model_name_option(
+        "NAME", "Or: the hub id or local directory of the model that made them."
     ),
     store: Optional[str] = store_option(),
-    root: Optional[str] = typer.Option(
-        None,
-        "--root",
-        metavar="DIR",
-        help="The folder the paths are relative to (needed without a root column; replaces it otherwise).",
+    root: Optional[str] = value_option(
+        "--root", "DIR", "The folder the paths are relative to (needed without a root column; replaces it otherwise)."
     ),
-    revision: Optional[str] = typer.Option(
-        None,
-        "--revision",
-        metavar="REV",
-        help="Hub commit of the model that made them (when this machine does not have the model).",
+    revision: Optional[str] = revision_option(
+        "Hub commit of the model that made them (when this machine does not have the model)."
     ),
-    seed: int = typer.Option(
-        0, "--seed", metavar="N", help="The seed they were made with (fixes a randomly initialised head)."
+    seed: int = seed_option("The seed they were made with (fixes a randomly initialised head)."),
+    batch_rows: int = number_option(
+        128, "--batch-rows", "Rows per store commit (what a killed import can lose).", min=1
     ),
-    batch_rows: int = typer.Option(
-        128, "--batch-rows", min=1, metavar="N", help="Rows per store commit (what a killed import can lose)."
-    ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print the report as one JSON document on stdout (every other line goes to stderr)."
-    ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each commit (INFO) on stderr."),
+    json_out: bool = json_report_option(),
+    verbose: bool = verbose_option("each commit"),
 ) -> None:
     """Import embeddings computed elsewhere, stamped with the model that made them (checked
     first: a bad file imports nothing; resumable; rows already stored are skipped)."""

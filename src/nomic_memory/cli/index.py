@@ -8,68 +8,59 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import typer
 
 from nomic_memory.cli.common import TABLE_FILTER, json_option, resolve_store, say, setup_logging, store_option
 
 
-def _tables(store: str | None, table: str | None):
-    from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
+def _each_table(work: Callable[[Any, Any], dict], line: Callable[[dict], str], doc: str):
+    """An ``index`` command: ``work(store, table)`` on each table (or the one ``--table`` names),
+    one ``table: line(result)`` said as each is done, or with ``--json`` one document of them all."""
 
-    s = Store(resolve_store(store), create=False)
-    return s, [s.open_table(table)] if table else [s.open_table(n) for n in s.table_names()]
+    def command(
+        store: Optional[str] = store_option(),
+        table: Optional[str] = TABLE_FILTER,
+        json_out: bool = json_option(),
+    ) -> None:
+        setup_logging(False)
+        from nomic_memory.store.table import Store  # late: pyarrow; the CLI starts without it
+
+        s = Store(resolve_store(store), create=False)
+        tables = [s.open_table(table)] if table else [s.open_table(n) for n in s.table_names()]
+        out = []
+        for t in tables:
+            out.append({"table": t.name, **work(s, t)})
+            if not json_out:
+                say(f"{t.name}: {line(out[-1])}")
+        if json_out:
+            typer.echo(json.dumps({"store": str(s.path), "tables": out}))
+
+    command.__doc__ = doc
+    return command
 
 
-def rebuild(
-    store: Optional[str] = store_option(),
-    table: Optional[str] = TABLE_FILTER,
-    json_out: bool = json_option(),
-) -> None:
-    """Build the search index of each table from scratch (recovery; a changed setting)."""
-    setup_logging(False)
+def _rebuild(s, t) -> dict:
     from nomic_memory.search.liveindex import LiveIndex  # late: numpy/pyarrow; the CLI starts without it
 
-    out = []
-    s, tables = _tables(store, table)
-    for t in tables:
-        t0 = time.perf_counter()
-        st = LiveIndex(s, t).rebuild()
-        out.append(
-            {
-                "table": t.name,
-                "entries": st.n,
-                "version": st.version,
-                "bytes": st.nbytes(),
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-        )
-        if not json_out:
-            say(
-                f"{t.name}: indexed {st.n} rows in {out[-1]['seconds']:.1f} s "
-                f"({st.nbytes() / 2**20:.1f} MiB, {st.nbytes() / max(st.n, 1):.0f} bytes per row)"
-            )
-    if json_out:
-        typer.echo(json.dumps({"store": str(s.path), "tables": out}))
+    t0 = time.perf_counter()
+    st = LiveIndex(s, t).rebuild()
+    return {"entries": st.n, "version": st.version, "bytes": st.nbytes(), "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def status(
-    store: Optional[str] = store_option(),
-    table: Optional[str] = TABLE_FILTER,
-    json_out: bool = json_option(),
-) -> None:
-    """Show each table's search index: rows covered, table version, size."""
-    setup_logging(False)
+def _rebuilt_line(d: dict) -> str:
+    return (
+        f"indexed {d['entries']} rows in {d['seconds']:.1f} s "
+        f"({d['bytes'] / 2**20:.1f} MiB, {d['bytes'] / max(d['entries'], 1):.0f} bytes per row)"
+    )
+
+
+def _describe(s, t) -> dict:
     from nomic_memory.search.liveindex import describe  # late: numpy/pyarrow; the CLI starts without it
 
-    s, tables = _tables(store, table)
-    out = [{"table": t.name, **describe(s, t)} for t in tables]
-    if json_out:
-        typer.echo(json.dumps({"store": str(s.path), "tables": out}))
-        return
-    for d in out:
-        say(f"{d['table']}: {index_line(d)}")
+    return describe(s, t)
 
 
 def index_line(d: dict) -> str:
@@ -81,3 +72,9 @@ def index_line(d: dict) -> str:
         f"{d['state']}, {d['rows']} rows at table version {d['version']}, "
         f"{d['bytes'] / 2**20:.1f} MiB ({d['bytes_per_row']:.0f} bytes per row), {d['kind']}"
     )
+
+
+rebuild = _each_table(
+    _rebuild, _rebuilt_line, "Build the search index of each table from scratch (recovery; a changed setting)."
+)
+status = _each_table(_describe, index_line, "Show each table's search index: rows covered, table version, size.")

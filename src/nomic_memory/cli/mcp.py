@@ -10,7 +10,6 @@ import typer
 
 from nomic_memory.cli.common import (
     EXIT_FATAL,
-    EXIT_USAGE,
     QUERY_BACKEND,
     QUERY_MODEL_NAME,
     TEMPLATE,
@@ -18,12 +17,14 @@ from nomic_memory.cli.common import (
     BackendChoice,
     check_template,
     fail,
+    host_option,
     open_for_queries,
+    port_option,
     setup_logging,
     store_option,
     table_option,
 )
-from nomic_memory.cli.serve import is_loopback, token_option, when_listening
+from nomic_memory.cli.serve import check_access, token_option, when_listening
 from nomic_memory.errors import NomicMemoryError
 
 
@@ -38,12 +39,8 @@ def mcp(
     transport: TransportChoice = typer.Option(
         "stdio", "--transport", help="stdio (the client starts this command) or http (Streamable HTTP at /mcp)."
     ),
-    host: str = typer.Option(
-        "127.0.0.1", "--host", metavar="ADDRESS", help="http: address to bind; anything but loopback needs --token."
-    ),
-    port: int = typer.Option(
-        8765, "--port", metavar="N", min=0, max=65535, help="http: port to bind (0: any free port)."
-    ),
+    host: str = host_option("http: address to bind; anything but loopback needs --token."),
+    port: int = port_option(8765, "http: port to bind (0: any free port)."),
     token: Optional[str] = token_option(
         "NOMIC_MEMORY_MCP_TOKEN", "http: require 'Authorization: Bearer TOKEN' (or set NOMIC_MEMORY_MCP_TOKEN)."
     ),
@@ -57,14 +54,7 @@ def mcp(
 ) -> None:
     """Serve the store to AI assistants (Model Context Protocol): search, get_page, stats tools."""
     setup_logging(verbose)
-    if token is not None and not token.strip():
-        raise fail("--token is empty", EXIT_USAGE)
-    if transport is TransportChoice.http and not is_loopback(host) and not token:
-        raise fail(
-            f"--host {host} is reachable from other machines: protect it with --token TOKEN "
-            "(or NOMIC_MEMORY_MCP_TOKEN)",
-            EXIT_USAGE,
-        )
+    check_access(host if transport is TransportChoice.http else None, token, "NOMIC_MEMORY_MCP_TOKEN")
     check_template(template)
     from nomic_memory.serve.mcp import (  # late: pyarrow and the MCP SDK; the CLI starts without them
         create_mcp_server,

@@ -22,10 +22,12 @@ from nomic_memory.cli.common import (
     check_template,
     fail,
     json_option,
+    number_option,
     open_for_queries,
     setup_logging,
     store_option,
     table_option,
+    value_option,
 )
 from nomic_memory.cli.remote import search_via_server
 from nomic_memory.cli.results import print_results
@@ -42,18 +44,16 @@ def search(
     k: int = typer.Option(10, "-k", "--top-k", min=1, metavar="N", help="How many results per query."),
     json_out: bool = json_option("Print the results as JSON (nothing else on stdout)."),
     table: Optional[str] = table_option("search"),
-    image: Optional[list[str]] = typer.Option(
-        None,
+    image: Optional[list[str]] = value_option(
         "--image",
-        metavar="FILE",
-        help="Search by this image, or by a page of a PDF or multi-page TIFF: FILE#N (page N; page 1 without #N). Repeatable.",
+        "FILE",
+        "Search by this image, or by a page of a PDF or multi-page TIFF: FILE#N (page N; page 1 without #N). Repeatable.",
     ),
     template: Optional[str] = TEMPLATE,
-    where: Optional[str] = typer.Option(
-        None,
+    where: Optional[str] = value_option(
         "--where",
-        metavar="SQL",
-        help="Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\".",
+        "SQL",
+        "Only rows matching this SQL predicate over path, root, page, mtime, size, width, height, e.g. \"page > 2 AND path LIKE 'reports/%'\".",
     ),
     exact: bool = typer.Option(
         False, "--exact", help="Score every row (do not use the search index, which large tables use by themselves)."
@@ -64,21 +64,17 @@ def search(
         help="Deprecated: the older hand-built approximate index (build it with --build-index); the search index needs neither.",
     ),
     build_index: bool = typer.Option(False, "--build-index", help="Build (or rebuild) the approximate index first."),
-    index_method: Optional[str] = typer.Option(
-        None,
+    index_method: Optional[str] = value_option(
         "--index-method",
-        metavar="METHOD",
-        help="pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists.",
+        "METHOD",
+        "pooled (k-means-pooled copy; the default to build) or lance (LanceDB IVF_PQ); --approx uses whichever exists.",
     ),
-    pool_factor: int = typer.Option(
-        4, "--pool-factor", min=1, metavar="N", help="pooled index: vectors per pooled vector."
-    ),
-    rerank: Optional[int] = typer.Option(
+    pool_factor: int = number_option(4, "--pool-factor", "pooled index: vectors per pooled vector.", min=1),
+    rerank: Optional[int] = number_option(
         None,
         "--rerank",
+        "Candidates re-ranked exactly (index: 100, 200 from 25,000 rows; --approx: max(10k, 100)).",
         min=1,
-        metavar="N",
-        help="Candidates re-ranked exactly (index: 100, 200 from 25,000 rows; --approx: max(10k, 100)).",
     ),
     backend: BackendChoice = QUERY_BACKEND,
     model_name: Optional[str] = QUERY_MODEL_NAME,

@@ -17,10 +17,15 @@ from nomic_memory.cli.common import (
     BackendChoice,
     allow_mismatch_option,
     fail,
+    host_option,
+    number_option,
     open_for_queries,
+    port_option,
     setup_logging,
     store_option,
     table_option,
+    value_option,
+    verbose_option,
 )
 from nomic_memory.errors import NomicMemoryError, UsageError
 from nomic_memory.serve.registry import register, unregister
@@ -41,25 +46,27 @@ def token_option(envvar: str, help: str):
     return typer.Option(None, "--token", metavar="TOKEN", envvar=envvar, help=help)
 
 
-# Long: the options checked against each other (host, token, watch, table), then the server started and stopped.
+def check_access(host: str | None, token: str | None, envvar: str, no_auth: bool | None = None) -> None:
+    """A server's --host and --token, refused (exit 2) before anything loads: an empty token, and
+    an address other machines reach without one (``host`` None: nothing is bound; ``no_auth``:
+    the command's --no-auth, which serves such an address open; None: the command has none)."""
+    if token is not None and not token.strip():
+        raise fail("--token is empty", EXIT_USAGE)
+    if token and no_auth:
+        raise fail("--token and --no-auth contradict each other", EXIT_USAGE)
+    if host is not None and not is_loopback(host) and not token and not no_auth:
+        open_hint = "" if no_auth is None else ", or pass --no-auth to serve it open"
+        raise fail(
+            f"--host {host} is reachable from other machines: protect it with --token TOKEN (or {envvar}){open_hint}",
+            EXIT_USAGE,
+        )
+
+
 def serve(
     store: Optional[str] = store_option(),
     table: Optional[str] = table_option("serve"),
-    host: str = typer.Option(
-        "127.0.0.1",
-        "--host",
-        metavar="ADDRESS",
-        help="Address to bind; anything but loopback needs --token or --no-auth.",
-    ),
-    port: int = typer.Option(
-        8000,
-        "--port",
-        min=0,
-        max=65535,
-        metavar="PORT",
-        envvar="NOMIC_MEMORY_PORT",
-        help="Port to bind (0: any free port).",
-    ),
+    host: str = host_option("Address to bind; anything but loopback needs --token or --no-auth."),
+    port: int = port_option(8000, "Port to bind (0: any free port).", metavar="PORT", envvar="NOMIC_MEMORY_PORT"),
     backend: BackendChoice = QUERY_BACKEND,
     token: Optional[str] = token_option(
         "NOMIC_MEMORY_TOKEN", "Require 'Authorization: Bearer TOKEN' on every API route (or set NOMIC_MEMORY_TOKEN)."
@@ -67,71 +74,51 @@ def serve(
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Serve without a token on a non-loopback address (anyone who can reach it can search)."
     ),
-    allow_host: Optional[list[str]] = typer.Option(
-        None,
+    allow_host: Optional[list[str]] = value_option(
         "--allow-host",
-        metavar="HOST",
-        help="Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted.",
+        "HOST",
+        "Also accept requests addressed to this host name (repeatable; '*': any). Loopback names and --host are always accepted.",
     ),
-    cors_origin: Optional[list[str]] = typer.Option(
-        None,
-        "--cors-origin",
-        metavar="ORIGIN",
-        help="Allow browser calls from this origin (repeatable); CORS is off otherwise.",
+    cors_origin: Optional[list[str]] = value_option(
+        "--cors-origin", "ORIGIN", "Allow browser calls from this origin (repeatable); CORS is off otherwise."
     ),
     template: Optional[str] = TEMPLATE,
     model_name: Optional[str] = QUERY_MODEL_NAME,
     allow_mismatch: bool = allow_mismatch_option("Serve"),
-    max_body_mb: float = typer.Option(
-        32.0, "--max-body-mb", min=0.001, metavar="MB", help="Largest request body (uploads included), MB."
+    max_body_mb: float = number_option(
+        32.0, "--max-body-mb", "Largest request body (uploads included), MB.", metavar="MB", min=0.001
     ),
-    max_image_pixels: int = typer.Option(
-        40_000_000,
-        "--max-image-pixels",
-        min=1,
-        metavar="N",
-        help="Largest uploaded image, pixels (judged before decoding).",
+    max_image_pixels: int = number_option(
+        40_000_000, "--max-image-pixels", "Largest uploaded image, pixels (judged before decoding).", min=1
     ),
-    max_query_tokens: int = typer.Option(
+    max_query_tokens: int = number_option(
         512,
         "--max-query-tokens",
+        "Longest text query, in tokens (query prompt included); longer ones are refused (422).",
         min=8,
-        metavar="N",
-        help="Longest text query, in tokens (query prompt included); longer ones are refused (422).",
     ),
-    batch_window_ms: float = typer.Option(
+    batch_window_ms: float = number_option(
         5.0,
         "--batch-window-ms",
-        min=0.0,
+        "How long a search waits for others to share its forward and scan.",
         metavar="MS",
-        help="How long a search waits for others to share its forward and scan.",
+        min=0.0,
     ),
     exact_batching: bool = typer.Option(
         False,
         "--exact-batching",
         help="Batch only queries of equal length: scores bit-identical to a lone search (default: one padded forward, equal to float32 rounding).",
     ),
-    watch: Optional[list[Path]] = typer.Option(
-        None,
+    watch: Optional[list[Path]] = value_option(
         "--watch",
-        metavar="DIR",
-        help="Keep the store in sync with this folder while serving, as "
-        "`nomic-memory watch` does, with the server's model (repeatable).",
+        "DIR",
+        "Keep the store in sync with this folder while serving, as `nomic-memory watch` does, with the server's model (repeatable).",
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log requests and what happens (INFO) on stderr."),
+    verbose: bool = verbose_option("requests and what happens"),
 ) -> None:
     """Serve a store over HTTP: a search API and a search page showing why pages matched."""
     setup_logging(verbose)
-    if token is not None and not token.strip():
-        raise fail("--token is empty", EXIT_USAGE)
-    if token and no_auth:
-        raise fail("--token and --no-auth contradict each other", EXIT_USAGE)
-    if not is_loopback(host) and not token and not no_auth:
-        raise fail(
-            f"--host {host} is reachable from other machines: protect it with --token TOKEN "
-            "(or NOMIC_MEMORY_TOKEN), or pass --no-auth to serve it open",
-            EXIT_USAGE,
-        )
+    check_access(host, token, "NOMIC_MEMORY_TOKEN", no_auth)
     from nomic_memory.search.index import Index  # late: pyarrow; the CLI starts without it
     from nomic_memory.serve.app import create_app  # late: torch and FastAPI (a second); the CLI starts without it
     from nomic_memory.serve.service import (  # late: torch (a second); the CLI starts without it

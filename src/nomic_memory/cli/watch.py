@@ -10,25 +10,23 @@ import typer
 
 from nomic_memory.cli.common import (
     EXIT_OK,
-    VERBOSE,
-    fail,
-    fail_on,
-    plural,
-    say,
-    setup_logging,
-    store_option,
-)
-from nomic_memory.cli.embed import (
     MODEL_OPTIONS,
     PROGRESS,
     REVISION,
     SEED,
-    ConsoleProgress,
+    VERBOSE,
     ModelOptions,
-    check_revision,
-    summary,
+    fail,
+    fail_on,
+    json_option,
+    number_option,
+    plural,
+    say,
+    setup_logging,
+    store_option,
     takes_model_options,
 )
+from nomic_memory.cli.embed import ConsoleProgress, summary
 from nomic_memory.errors import NomicMemoryError
 
 EXIT_INTERRUPTED = 130
@@ -86,23 +84,21 @@ def watch(
     store: Optional[str] = store_option(),
     seed: int = SEED,
     revision: Optional[str] = REVISION,
-    debounce: float = typer.Option(
+    debounce: float = number_option(
         0.5,
         "--debounce",
-        min=0.0,
+        "How long a changed file must stay unchanged before it is embedded.",
         metavar="SECONDS",
-        help="How long a changed file must stay unchanged before it is embedded.",
+        min=0.0,
     ),
-    json_out: bool = typer.Option(
-        False, "--json", help="One JSON report per run on stdout (every other line goes to stderr)."
-    ),
+    json_out: bool = json_option("One JSON report per run on stdout (every other line goes to stderr)."),
     progress: Optional[bool] = PROGRESS,
     verbose: bool = VERBOSE,
 ) -> None:
     """Keep the store in sync with DIRECTORY... while this runs: catch up first, then embed new and
     changed files once they are written, remove the rows of deleted and moved ones (Ctrl-C stops)."""
     setup_logging(verbose)
-    check_revision(model.model_name, revision)
+    model.check_revision(revision)
     for d in directories:
         if not d.exists():
             raise fail(f"no such directory: {d}")

@@ -352,7 +352,7 @@ def load_model(
     """Load a ColQwen2.5/BiQwen2.5 retriever and its processor onto ``backend``."""
     spec = ModelSpec(
         model_name,
-        variant if model_name is None else None,
+        (variant or DEFAULT_VARIANT) if model_name is None else None,
         kind,
         revision,
         seed,
@@ -360,16 +360,6 @@ def load_model(
         max_visual_tokens,
         local_files_only,
     )
-    if model_name is None and variant is None:
-        spec = ModelSpec.of(
-            None,
-            kind=kind,
-            revision=revision,
-            seed=seed,
-            image_only=image_only,
-            max_visual_tokens=max_visual_tokens,
-            local_files_only=local_files_only,
-        )
     return spec.load(backend)
 
 
