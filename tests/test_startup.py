@@ -147,3 +147,31 @@ def test_cli_search_in_process_of_a_peft_adapter_model(image_dir, tmp_path):
     got = _cli_search_in_a_fresh_process(store, ["a red bicycle"], 3)
     assert got["code"] == 0 and got["left_out"] == []
     assert got["out"]["results"] == _library_hits(store, ["a red bicycle"], 3)
+
+
+def test_cli_search_in_process_when_the_model_code_needs_a_hidden_package(tiny_colqwen, image_dir, tmp_path):
+    """Should the model's code need one of the hidden packages after all (here safetensors, which
+    transformers' model loading imports unconditionally, hidden on purpose), the import is retried
+    with them visible: the command answers as the library does."""
+    store = _embedded(tiny_colqwen, image_dir, tmp_path / "store")
+    got = json.loads(
+        _python(
+            "import contextlib, io, json, sys\n"
+            "import nomic_memory.model.colpali as colpali\n"
+            "colpali._OPTIONAL = (*colpali._OPTIONAL, 'safetensors')\n"
+            "retried = []\n"
+            "show = colpali._show_left_out\n"
+            "colpali._show_left_out = lambda: (retried.append(sorted(colpali._LEFT_OUT)), show())\n"
+            "from nomic_memory.cli import app\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n"
+            f"        app(['search', 'chart', '--store', {str(store)!r}, '-k', '3', '--json', '--no-server', '--backend', 'cpu'])\n"
+            "    except SystemExit as e:\n"
+            "        code = e.code\n"
+            "print(json.dumps({'code': code, 'out': json.loads(out.getvalue()), 'retried': retried,\n"
+            "    'hidden_left': [m for m in ('scipy', 'boto3', 'safetensors') if m in sys.modules and sys.modules[m] is None]}))\n"
+        ).splitlines()[-1]
+    )
+    assert got["code"] == 0 and got["hidden_left"] == []
+    assert got["retried"][0] == ["boto3", "safetensors", "scipy"]  # the first import failed, and was retried
+    assert got["out"]["results"] == _library_hits(store, ["chart"], 3)
