@@ -338,19 +338,29 @@ def cmd_compare(a) -> dict:
 
 # ------------------------------------------------------------------ the first stage alone at scale
 def stream_build(
-    g: PageGenerator, n_pages: int, qs: list[np.ndarray], s: fs.Settings, batch: int = 500, with_exact: bool = True
+    g: PageGenerator,
+    n_pages: int,
+    qs: list[np.ndarray],
+    s: fs.Settings,
+    batch: int = 500,
+    with_exact: bool = True,
+    pages: tuple[int, int] | None = None,
 ):
     """Train on the first pages, then one streamed pass: codes of every page and (optionally)
-    the exact scores of every query against every page.  Nothing but codes is kept."""
+    the exact scores of every query against every page.  Nothing but codes is kept.  ``pages``
+    ``(start, stop)`` codes only that range (a shard: the codebook is the same in every shard,
+    trained on the same first pages with the same seed)."""
     t0 = time.perf_counter()
     sv, _ = g.pages(0, max(1, int(np.ceil(s.train_vectors / 750))))
     coarse, cents = fs.train_codebook(sv, s)
     train = time.perf_counter() - t0
     del sv
-    exact = np.zeros((len(qs), n_pages), np.float32) if with_exact else None
+    start, stop = pages or (0, n_pages)
+    exact = np.zeros((len(qs), stop - start), np.float32) if with_exact else None
     parts, counts = [], []
     t_gen = t_codes = t_exact = 0.0
-    for a, v, o in g.batches(n_pages, batch):
+    for a, v, o in g.batches(stop, batch, start=start):
+        a -= start
         t1 = time.perf_counter()
         c, n = fs.page_code_sets(fs.assign(v, coarse, cents), o, len(cents))
         t2 = time.perf_counter()
@@ -362,7 +372,7 @@ def stream_build(
         t_codes += t2 - t1
         t_exact += t3 - t2
         if (a // batch) % 100 == 0:
-            print(f"  {a + len(n)}/{n_pages} pages, {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"  {a + len(n)}/{stop - start} pages, {time.perf_counter() - t0:.0f} s", flush=True)
     t4 = time.perf_counter()
     ix = fs.assemble(cents, parts, counts)
     t_asm = time.perf_counter() - t4
@@ -426,14 +436,42 @@ def _load_built(d: Path):
     return ix, exact, json.loads((d / "times.json").read_text())
 
 
+def _assemble_shards(d: Path):
+    """One first stage from the ``shard-I-of-N`` folders under ``d`` (in page order); the build
+    times are the shards' summed (each ran on its own core)."""
+    shards = sorted(d.glob("shard-*-of-*"), key=lambda p: int(p.name.split("-")[1]))
+    loaded = [_load_built(p) for p in shards]
+    t0 = time.perf_counter()
+    ix0 = loaded[0][0]
+    codes = [np.asarray(x.codes) for x, _, _ in loaded]
+    counts = [np.diff(np.asarray(x.code_offsets)) for x, _, _ in loaded]
+    ix = fs.assemble(np.asarray(ix0.centroids), codes, counts)
+    exact = None if loaded[0][1] is None else np.concatenate([e for _, e, _ in loaded], axis=1)
+    times = {k: round(sum(t[k] for _, _, t in loaded), 1) for k in loaded[0][2]}
+    times["train_s"] = loaded[0][2]["train_s"]  # every shard trains the same codebook
+    times["assemble_s"] = round(time.perf_counter() - t0, 1)
+    times["build_s_without_generation_and_exact"] = round(times["train_s"] + times["codes_s"] + times["assemble_s"], 1)
+    times["shards"] = len(shards)
+    return ix, exact, times
+
+
 def cmd_million(a) -> dict:
     g = PageGenerator(PageSpec(seed=a.seed))
     rng = np.random.default_rng(a.seed + 1)
     sources = rng.choice(a.pages, a.queries, replace=False)
     qs = [g.query(int(p)) for p in sources]
     s = fs.Settings()
-    if a.load:  # the index and exact scores a previous run saved: query them again (a quiet machine)
-        ix, exact, times = _load_built(a.load)
+    if a.shard:  # one of several processes coding a range of the pages (one core each)
+        i, n = (int(x) for x in a.shard.split("/"))
+        lo, hi = a.pages * i // n, a.pages * (i + 1) // n
+        ix, exact, times = stream_build(g, a.pages, qs, s, with_exact=not a.no_exact, pages=(lo, hi))
+        _save_built(a.save / f"shard-{i}-of-{n}", ix, exact, times)
+        return {"shard": a.shard, "pages": [lo, hi], **times}
+    if a.assemble:  # the shards' codes joined into one first stage, saved as --save does
+        ix, exact, times = _assemble_shards(a.save)
+        _save_built(a.save, ix, exact, times)
+    if a.load or a.assemble:  # the index and exact scores a previous run saved: query them again
+        ix, exact, times = _load_built(a.load or a.save)
     else:
         ix, exact, times = stream_build(g, a.pages, qs, s, with_exact=not a.no_exact)
         if a.save:
@@ -471,6 +509,8 @@ def main():
     m.add_argument("--no-exact", action="store_true")
     m.add_argument("--save", type=Path, help="keep the built first stage and exact scores here")
     m.add_argument("--load", type=Path, help="query a first stage saved by --save instead of building one")
+    m.add_argument("--shard", help="I/N: code only the I-th of N ranges of the pages into --save/shard-I-of-N")
+    m.add_argument("--assemble", action="store_true", help="join the shards under --save, save and query it")
     from bench_live import add_live_commands  # the real-store half
 
     add_live_commands(sub)
