@@ -27,6 +27,7 @@ Takes ~25 minutes on the 2-core machine (the k-means pooling of 13,500 pages dom
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -47,19 +48,8 @@ M = 500  # pages the first stage hands over, in its order
 
 def first_stage_order(view, q: np.ndarray, s: fs.Settings, m: int = 1000) -> np.ndarray:
     """Row ids of the first stage's ``m`` best pages for ``q``, best first (code-set scores)."""
-    parts = view.state.parts
-    sims = q @ parts[0].centroids.T
-    approx = np.concatenate([p._probe_scores(sims, s.probe) for p in parts])
-    if view.alive is not None:
-        approx[~view.alive] = -np.inf
-    top = fs._top(approx, m)
-    ref = np.empty(len(top), np.float32)
-    start = 0
-    for p in parts:
-        inside = (top >= start) & (top < start + p.n)
-        ref[inside] = p._full_scores(sims, top[inside] - start)
-        start += p.n
-    return view.rowids[top[fs._top(ref, len(top))]].astype(np.int64)
+    deep = dataclasses.replace(s, refine=m)  # the first stage's own candidates, m of them
+    return view.rowids[fs.candidates(view.state.parts, q, deep, view.alive, depth=m)].astype(np.int64)
 
 
 def kmeans(x: np.ndarray, k: int, rng, iters: int = 8) -> np.ndarray:
