@@ -43,7 +43,7 @@ from pydantic import Field
 from nomic_memory import __version__
 from nomic_memory.errors import NomicMemoryError
 from nomic_memory.search.index import Index, check_where
-from nomic_memory.serve.thumbs import PageUnavailable, page_file, thumbnail
+from nomic_memory.serve.thumbs import PageUnavailable, file_identity, page_file, thumbnail
 
 log = logging.getLogger("nomic_memory.mcp")
 
@@ -86,10 +86,9 @@ def _identity(row: dict) -> tuple | None:
     """What the file at the row's path is now (inode, device, size, mtime; the target of a
     symlink), or None if there is nothing there."""
     try:
-        st = os.stat(os.path.join(row["root"], row["path"]))
+        return file_identity(os.path.join(row["root"], row["path"]))
     except (OSError, ValueError):
         return None
-    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
 
 
 class ImageCache:

@@ -57,8 +57,10 @@ def _changed(row: dict, f: Path) -> PageChanged:
     )
 
 
-def _identity(f: Path) -> tuple:
-    st = f.stat()
+def file_identity(f) -> tuple:
+    """What file is at ``f`` now (inode, device, size, mtime; a symlink's target): equal only while
+    it is the very same, unmodified file."""
+    st = os.stat(f)
     return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
 
 
@@ -103,11 +105,11 @@ def load_page(
     want = row.get("content_hash")
     try:
         if is_document_path(f):
-            before = _identity(f)
+            before = file_identity(f)
             if want and hash_file(f)[0] != want:
                 raise _changed(row, f)
             img = document_page(f, page, size or _fit(row.get("width"), row.get("height"), side), max_pixels=max_pixels)
-            if _identity(f) != before:  # replaced while it was drawn: what was drawn is unverified
+            if file_identity(f) != before:  # replaced while it was drawn: what was drawn is unverified
                 raise _changed(row, f)
             return img
         data = read_file_bounded(f)
