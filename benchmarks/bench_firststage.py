@@ -20,6 +20,7 @@ cores, shared with other work: medians of ``--runs`` runs, each run every query 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -455,12 +456,19 @@ def _assemble_shards(d: Path):
     return ix, exact, times
 
 
+def settings_from(a) -> fs.Settings:
+    """The index settings, with the codebook size and training sample given on the command line."""
+    s = fs.Settings()
+    s = dataclasses.replace(s, coarse=a.coarse or s.coarse, fine=a.fine or s.fine)
+    return dataclasses.replace(s, train_vectors=a.train_vectors or max(s.train_vectors, 16 * s.n_centroids))
+
+
 def cmd_million(a) -> dict:
     g = PageGenerator(PageSpec(seed=a.seed))
     rng = np.random.default_rng(a.seed + 1)
     sources = rng.choice(a.pages, a.queries, replace=False)
     qs = [g.query(int(p)) for p in sources]
-    s = fs.Settings()
+    s = settings_from(a)
     if a.shard:  # one of several processes coding a range of the pages (one core each)
         i, n = (int(x) for x in a.shard.split("/"))
         lo, hi = a.pages * i // n, a.pages * (i + 1) // n
@@ -481,6 +489,7 @@ def cmd_million(a) -> dict:
     res = {
         "pages": a.pages,
         "queries": a.queries,
+        "centroids": len(c.centroids),
         **times,
         "first_stage_bytes": nbytes,
         "bytes_per_page": round(nbytes / a.pages),
@@ -511,6 +520,9 @@ def main():
     m.add_argument("--load", type=Path, help="query a first stage saved by --save instead of building one")
     m.add_argument("--shard", help="I/N: code only the I-th of N ranges of the pages into --save/shard-I-of-N")
     m.add_argument("--assemble", action="store_true", help="join the shards under --save, save and query it")
+    m.add_argument("--coarse", type=int, help="first-level centroids (default: the index's)")
+    m.add_argument("--fine", type=int, help="second-level centroids per first-level one (default: the index's)")
+    m.add_argument("--train-vectors", type=int, help="codebook sample (default: 16 per centroid, at least the index's)")
     from bench_live import add_live_commands  # the real-store half
 
     add_live_commands(sub)

@@ -130,7 +130,7 @@ def cmd_live(a) -> dict:
         lat, first, rec, cpu = [], [], [], []
         for qi, q in enumerate(qs):
             c0 = time.process_time()
-            hits, secs = _time(lambda q=q: idx.search_embeddings([q], 10))
+            hits, secs = _time(lambda q=q: idx.search_embeddings([q], 10, rerank=a.rerank))
             cpu.append(time.process_time() - c0)
             lat.append(secs)
             view = li.view(ds)
@@ -164,7 +164,11 @@ def cmd_live(a) -> dict:
             "rss_gib_after_searches": round(rss_now_gib(), 2),
         }
     )
+    if a.rerank:
+        res["rerank"] = a.rerank
     print(json.dumps(res), flush=True)
+    if a.searches_only:
+        return res
     res["add_1000"] = _add_pages(a, st, t, idx, g, n, a.runs)
     res["deleted_never_returned"] = _delete_check(st, t, idx, qs[0])
     print(json.dumps(res), flush=True)
@@ -335,6 +339,8 @@ def add_live_commands(sub) -> None:
     lv.add_argument("--runs", type=int, default=3)
     lv.add_argument("--exact-singles", type=int, default=3)
     lv.add_argument("--rebuild", action="store_true")
+    lv.add_argument("--rerank", type=int, help="pages re-ranked per query (default: the index's depth for the table)")
+    lv.add_argument("--searches-only", action="store_true", help="skip the timed additions and the deletion check")
     lv.set_defaults(func=cmd_live)
     ad = sub.add_parser("add")
     ad.add_argument("--path", type=Path, required=True)

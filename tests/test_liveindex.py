@@ -116,6 +116,28 @@ def test_index_equals_exact_when_depth_covers_the_store(store):
     assert small.last_via == "exact"
 
 
+def test_codebook_is_sized_for_the_table_and_outgrowing_it_is_reported(tmp_path):
+    st, t = _make(tmp_path, n=80)
+    base = fs.Settings(coarse=4, fine=4, grow_from=100)
+    assert base.sized_for(99) == base
+    assert (base.sized_for(100).coarse, base.sized_for(100).fine) == (8, 8)
+    li = liveindex.LiveIndex(st, t, settings=base)
+    s0 = li.rebuild()
+    assert len(s0.codes.centroids) == 16 and s0.meta["built_rows"] == 80 and li.outgrown(s0) is None
+    t.upsert([_rec(p) for p in range(80, 120)])
+    s1 = li.view(t.table.to_lance()).state
+    # a search's catch-up keeps the codebook (re-training reads every vector back) but says so
+    assert (s1.n, len(s1.codes.centroids), li.outgrown(s1)) == (120, 16, 64)
+    d = liveindex.describe(st, t, li)
+    assert d["centroids"] == 16 and d["built_rows"] == 80 and "`nomic-memory index rebuild`" in d["outgrown"]
+    s2 = li.rebuild()
+    assert (s2.n, len(s2.codes.centroids), s2.meta["built_rows"], li.outgrown(s2)) == (120, 64, 120, None)
+    assert "outgrown" not in liveindex.describe(st, t, li)
+    reopened = liveindex.LiveIndex(st, t, settings=base).load()
+    assert reopened is not None and len(reopened.codes.centroids) == 64
+    assert fs.Settings(**reopened.meta["settings"]) == base.sized_for(120)
+
+
 def test_add_replace_delete_are_seen_by_the_next_search(store):
     st, t = store
     idx = Index(st, t, index_min_rows=0)
@@ -456,6 +478,10 @@ def test_cli_search_says_which_it_used_and_index_commands(loaded, image_dir, tin
     assert [h["path"] for h in indexed["results"][0]] == [h["path"] for h in exact["results"][0]]
     r = run_cli("index", "status", "--store", str(store), "--json")
     assert r.json()["tables"][0]["state"] == "current", r
+    centroids = r.json()["tables"][0]["centroids"]  # a few rows: fewer than the codebook's nominal size
+    assert 0 < centroids <= fs.Settings().n_centroids and "outgrown" not in r.json()["tables"][0]
+    r = run_cli("index", "status", "--store", str(store))
+    assert f"centroid codes ({centroids} centroids)" in r.stdout, r
     r = run_cli("store", "list", "--store", str(store), "--json")
     table = r.json()["tables"][0]
     assert table["index"]["rows"] == table["rows"] > 0

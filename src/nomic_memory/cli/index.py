@@ -68,9 +68,11 @@ def index_line(d: dict) -> str:
     if "rows" not in d:
         extra = f"; searches are exact below {d['min_rows']} rows" if "min_rows" in d else ""
         return f"{d['state']}{extra}"
+    centroids = f" ({d['centroids']} centroids)" if "centroids" in d else ""
+    outgrown = f"; codebook outgrown ({d['outgrown']})" if "outgrown" in d else ""
     return (
         f"{d['state']}, {d['rows']} rows at table version {d['version']}, "
-        f"{d['bytes'] / 2**20:.1f} MiB ({d['bytes_per_row']:.0f} bytes per row), {d['kind']}"
+        f"{d['bytes'] / 2**20:.1f} MiB ({d['bytes_per_row']:.0f} bytes per row), {d['kind']}{centroids}{outgrown}"
     )
 
 

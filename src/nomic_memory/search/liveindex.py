@@ -563,17 +563,30 @@ class LiveIndex:
             "fingerprint": info.fingerprint,
             "model_id": info.model_id,
             "table": self.table.name,
-            "settings": asdict(self.settings),
             "updated_at": time.time(),
         }
         if old is not None:
-            meta["settings"] = old.meta.get("settings", meta["settings"])
+            meta["settings"] = old.meta.get("settings", asdict(self.settings))
             meta["built_at"] = old.meta.get("built_at")
+            meta["built_rows"] = old.meta.get("built_rows")
             meta["codebook"] = old.codebook
         else:
+            rows = ds.count_rows()
+            meta["settings"] = asdict(self.settings.sized_for(rows))
             meta["built_at"] = time.time()
+            meta["built_rows"] = rows
             meta["codebook"] = secrets.token_hex(4)
         return meta
+
+    def outgrown(self, st: State) -> int | None:
+        """The centroids a codebook for the rows ``st`` covers would have, if that is more than
+        its codebook has (the table grew past :attr:`~.firststage.Settings.grow_from` since the
+        index was built: ``nomic-memory index rebuild`` re-trains it); None otherwise."""
+        if st.codes is None:
+            return None
+        want = self.settings.sized_for(st.n).n_centroids
+        built = fs.Settings(**st.meta["settings"]).n_centroids  # a small table trains fewer (train_codebook)
+        return want if want > built else None
 
     @staticmethod
     def _entry_arrays(known_keys, known_sums, keys, sums, rowids, keep, rows_new):
@@ -755,11 +768,11 @@ def _vectors(ds, rowids: np.ndarray, kind: str):
             yield np.ascontiguousarray(fixed_size_list_matrix(col), dtype=np.float32), None
 
 
-def describe(store: Store, table: EmbeddingTable) -> dict:
+def describe(store: Store, table: EmbeddingTable, li: LiveIndex | None = None) -> dict:
     """The index state for ``store list`` and ``/stats`` (reads no vectors, changes nothing)."""
     if not store.local:
         return {"state": "none (remote store: exact search)"}
-    li = LiveIndex(store, table)
+    li = li or LiveIndex(store, table)
     try:
         st = li.load()
     except IndexUnusable as e:
@@ -785,7 +798,18 @@ def describe(store: Store, table: EmbeddingTable) -> dict:
         "bytes_per_row": round(st.nbytes() / max(st.n, 1), 1),
         "min_rows": min_rows(),
         "kind": "centroid codes" if st.codes is not None else "usearch hnsw i8",
+        **_codebook(li, st),
     }
+
+
+def _codebook(li: LiveIndex, st: State) -> dict:
+    if st.codes is None:
+        return {}
+    out = {"centroids": len(st.codes.centroids), "built_rows": st.meta.get("built_rows")}
+    want = li.outgrown(st)
+    if want is not None:
+        out["outgrown"] = f"a table of {st.n} rows gets {want} centroids: `nomic-memory index rebuild` re-trains it"
+    return out
 
 
 # ------------------------------------------------------------------ check and repair
