@@ -463,6 +463,66 @@ def test_embed_and_cli_import_into_an_indexed_table_are_coded_by_the_writer(load
 
 
 @pytest.mark.slow
+def test_import_and_embed_retrain_an_outgrown_codebook(loaded, image_dir, tiny_colqwen, tmp_path, monkeypatch):
+    from nomic_memory.store.export import export_store
+
+    folder = tmp_path / "images"
+    shutil.copytree(image_dir, folder)
+    held = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg"})[:3]
+    for p in held:  # embedded by the last run only
+        p.rename(tmp_path / p.name)
+    store = tmp_path / "store"
+    emb = loaded["colqwen"]
+    emb.embed_directory(folder, store=store, workers=0)
+    idx = emb.index(store, index_min_rows=0)
+    q = np.asarray(idx.table.to_arrow(["embedding"]).column("embedding")[0].as_py(), np.float32)[:6]
+    idx.search_embeddings([q], 5)  # builds the index: the base codebook
+    base = fs.Settings().n_centroids
+    n = idx.table.count()
+
+    def nominal() -> int:
+        st = liveindex.LiveIndex(idx.store, idx.table).load()
+        assert st is not None and liveindex.verify(idx.store, idx.table)["problems"] == []
+        return fs.Settings(**st.meta["settings"]).n_centroids
+
+    assert nominal() == base
+    # `nomic-memory import` (its own process) doubles the table past the threshold: re-trained
+    npz = tmp_path / "rows.npz"
+    export_store(store, "npz", npz)
+    env = {**cli_env(), "NOMIC_MEMORY_INDEX_GROW_FROM": str(n + 1)}
+    args = ("import", str(npz), "--store", str(store), "--model-name", str(tiny_colqwen), "--root", str(tmp_path / "o"))
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r
+    assert f"Table {idx.table.name} has {2 * n} rows: re-training its search index ({base} -> {4 * base}" in r.stdout, r
+    assert "Search index re-trained" in r.stdout, r
+    idx.table.refresh()
+    assert nominal() == 4 * base
+    # nothing new, nothing re-trained (the second import skips every row)
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0 and "re-train" not in r.stdout, r
+    # `Embedder.embed_directory`: an index built again below the threshold, then a run crossing it
+    shutil.rmtree(store / liveindex.INDEX_DIR)
+    emb.index(store, index_min_rows=0).search_embeddings([q], 5)
+    assert nominal() == base
+    monkeypatch.setenv("NOMIC_MEMORY_INDEX_GROW_FROM", str(2 * n + 1))
+    for p in held:
+        (tmp_path / p.name).rename(p)
+    events: list = []
+    report = emb.embed_directory(folder, store=store, workers=0, on_event=lambda k, d: events.append((k, d)))
+    assert report.embedded == 3
+    ours = [(k, d) for k, d in events if k.startswith("index_")]
+    assert [k for k, _ in ours] == ["index_retraining", "index_retrained"]
+    assert {k: ours[1][1][k] for k in ("rows", "centroids", "before")} == {
+        "rows": 2 * n + 3,
+        "centroids": 4 * base,
+        "before": base,
+    }
+    idx = emb.index(store, index_min_rows=0)
+    assert nominal() == 4 * base
+    _assert_same(idx.search_embeddings([q], 10, rerank=1000), idx.search_embeddings([q], 10, exact=True))
+
+
+@pytest.mark.slow
 def test_cli_search_says_which_it_used_and_index_commands(loaded, image_dir, tiny_colqwen, tmp_path):
     store = tmp_path / "store"
     loaded["colqwen"].embed_directory(image_dir, store=store, workers=0)

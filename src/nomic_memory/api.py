@@ -32,6 +32,7 @@ from nomic_memory.errors import UsageError
 from nomic_memory.run.driver import run_embedding
 from nomic_memory.run.local_engine import LocalExecutor
 from nomic_memory.run.repair import reembed, unstored
+from nomic_memory.search import liveindex as _live
 from nomic_memory.search.index import Index
 
 
@@ -214,6 +215,8 @@ class Embedder:
                 close()
         if isinstance(executor, LocalExecutor) and self._loaded is None and executor.lm is not None:
             self._loaded = executor.lm  # loaded for this run: keep it for the next call
+        if report.embedded:
+            retrain_index(store, report.table, on_event)
         return report
 
     def _identity(self) -> tuple[str, str, str]:
@@ -227,6 +230,18 @@ class Embedder:
         model (loaded once for both)."""
 
         return Index.open(store, table or self._identity()[2], model=self, **kwargs)
+
+
+def retrain_index(store: str | Path | Store, table: str, on_event: ProgressCallback | None = None) -> dict | None:
+    """After a run that added rows: a local table that has outgrown its search index's codebook
+    gets a new one (:func:`nomic_memory.search.liveindex.retrain_if_outgrown`)."""
+    if not isinstance(store, Store):
+        if "://" in str(store):
+            return None  # object storage: searched exactly, no index
+        store = Store(store, create=False)
+    if table not in store.table_names():
+        return None
+    return _live.retrain_if_outgrown(store, store.open_table(table), on_event)
 
 
 def repair(
@@ -332,4 +347,4 @@ def _restore_nameless(
     return embedded
 
 
-__all__ = ["Embedder", "repair"]
+__all__ = ["Embedder", "repair", "retrain_index"]

@@ -177,6 +177,19 @@ def say(msg: str = "", json_out: bool = False) -> None:
     typer.echo(msg, err=json_out)
 
 
+def index_event_line(kind: str, data: dict) -> str | None:
+    """The line for a run's or an import's search-index event (a codebook re-trained for a table
+    that outgrew it); None for any other event."""
+    if kind == "index_retraining":
+        return (
+            f"Table {data['table']} has {plural(data['rows'], 'row')}: re-training its search index "
+            f"({data['before']} -> {data['centroids']} centroids)"
+        )
+    if kind == "index_retrained":
+        return f"Search index re-trained: {plural(data['rows'], 'row')}, {data['centroids']} centroids, {data['seconds']:.1f} s"
+    return None
+
+
 def version_callback(value: bool) -> None:
     if value:
         from importlib.metadata import PackageNotFoundError, version

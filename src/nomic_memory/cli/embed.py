@@ -23,6 +23,7 @@ from nomic_memory.cli.common import (
     ModelOptions,
     fail,
     fail_on,
+    index_event_line,
     json_report_option,
     number_option,
     plural,
@@ -172,6 +173,8 @@ class ConsoleProgress:
         elif kind == "done":
             self._release()
             self.close()
+        elif (msg := index_event_line(kind, data)) is not None:
+            self.line(msg)
 
     def _start_bar(self) -> None:
         if not self.tty or self.bar is not None or not self.todo:

@@ -15,6 +15,7 @@ from nomic_memory.cli.common import (
     VariantChoice,
     fail,
     fail_on,
+    index_event_line,
     json_report_option,
     model_name_option,
     number_option,
@@ -94,6 +95,13 @@ def import_(
         json_out,
     )
     say(f"Store: {report.store} (table {report.table})", json_out)
+    if report.imported:
+        from nomic_memory.api import retrain_index  # late, as above
+
+        try:
+            retrain_index(report.store, report.table, _Progress(json_out, verbose))
+        except NomicMemoryError as e:
+            raise fail_on(e)
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
     raise typer.Exit(EXIT_OK)
@@ -116,6 +124,8 @@ class _Progress:
                 f"{data['storage_dtype']})",
                 self.json_out,
             )
+        elif (msg := index_event_line(kind, data)) is not None:
+            say(msg, self.json_out)
         elif kind == "batch" and self.verbose:
             typer.echo(
                 f"Committed {data['rows']}/{data['total']} rows ({data['imported']} written, "

@@ -76,6 +76,14 @@ class IndexUnusable(NomicMemoryError):
     """An index that cannot be used (damaged, or on a remote store)."""
 
 
+def base_settings() -> fs.Settings:
+    """The settings an index is built with (before :meth:`~.firststage.Settings.sized_for`):
+    the defaults, with ``NOMIC_MEMORY_INDEX_GROW_FROM`` (rows from which the codebook is larger)
+    if it is set."""
+    grow = os.environ.get("NOMIC_MEMORY_INDEX_GROW_FROM")
+    return fs.Settings(grow_from=int(grow)) if grow else fs.Settings()
+
+
 def min_rows() -> int:
     env = os.environ.get("NOMIC_MEMORY_INDEX_MIN_ROWS")
     return int(env) if env and env.strip().isdigit() else DEFAULT_MIN_ROWS
@@ -350,7 +358,7 @@ class LiveIndex:
             raise IndexUnusable(f"the first-stage index is kept beside a local store; {store.path} is remote")
         self.store, self.table = store, table
         self.base = Path(store.path) / INDEX_DIR / table.name
-        self.settings = settings or fs.Settings()
+        self.settings = settings or base_settings()
         self._state: State | None = None
         self._lock = threading.Lock()
 
@@ -578,13 +586,14 @@ class LiveIndex:
             meta["codebook"] = secrets.token_hex(4)
         return meta
 
-    def outgrown(self, st: State) -> int | None:
-        """The centroids a codebook for the rows ``st`` covers would have, if that is more than
-        its codebook has (the table grew past :attr:`~.firststage.Settings.grow_from` since the
-        index was built: ``nomic-memory index rebuild`` re-trains it); None otherwise."""
+    def outgrown(self, st: State, rows: int | None = None) -> int | None:
+        """The centroids a codebook for ``rows`` rows (default: those ``st`` covers) would have,
+        if that is more than its codebook has (the table grew past
+        :attr:`~.firststage.Settings.grow_from` since the index was built; :func:`retrain_if_outgrown`
+        and ``nomic-memory index rebuild`` re-train it); None otherwise."""
         if st.codes is None:
             return None
-        want = self.settings.sized_for(st.n).n_centroids
+        want = self.settings.sized_for(st.n if rows is None else rows).n_centroids
         built = fs.Settings(**st.meta["settings"]).n_centroids  # a small table trains fewer (train_codebook)
         return want if want > built else None
 
@@ -812,6 +821,41 @@ def _codebook(li: LiveIndex, st: State) -> dict:
     return out
 
 
+def retrain_if_outgrown(store: Store, table: EmbeddingTable, on_event=None) -> dict | None:
+    """Rebuild the index of ``table`` with a new codebook if the table has outgrown its codebook
+    (:meth:`LiveIndex.outgrown`): what ``embed`` and ``import`` do after a run that added rows, so
+    that a growing table does not keep a codebook sized for a fraction of it.  A search's
+    catch-up never does it (re-training reads every vector back: minutes at 100,000 pages).
+    ``on_event("index_retraining" | "index_retrained", data)`` reports it; returns what was done,
+    or None (no index yet, a remote store, or a codebook that still fits)."""
+    if not store.local:
+        return None
+    li = LiveIndex(store, table)
+    try:
+        st = li.load()
+    except IndexUnusable:
+        return None  # rebuilt by the next search, sized for the table then
+    rows = table.count()
+    want = li.outgrown(st, rows) if st is not None else None
+    if st is None or want is None:
+        return None
+    before = fs.Settings(**st.meta["settings"]).n_centroids
+    if on_event is not None:
+        on_event("index_retraining", {"table": table.name, "rows": rows, "centroids": want, "before": before})
+    t0 = time.perf_counter()
+    new = li.rebuild()
+    done = {
+        "table": table.name,
+        "rows": new.n,
+        "centroids": fs.Settings(**new.meta["settings"]).n_centroids,
+        "before": before,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if on_event is not None:
+        on_event("index_retrained", done)
+    return done
+
+
 # ------------------------------------------------------------------ check and repair
 def verify(store: Store, table: EmbeddingTable) -> dict:
     """Coverage of the index of ``table``: every row indexed once, no entry without a row, the
@@ -893,9 +937,11 @@ __all__ = [
     "LiveIndex",
     "State",
     "View",
+    "base_settings",
     "describe",
     "key_u64",
     "repair",
+    "retrain_if_outgrown",
     "verify",
     "min_rows",
     "table_rows",
