@@ -98,6 +98,25 @@ def test_reverse_assignment_equals_maximum_at():
     np.testing.assert_allclose(got, ref.sum(0), rtol=1e-6)
 
 
+def test_codes_past_16_bits():
+    """A codebook of more than 65,536 centroids (the largest size :meth:`Settings.sized_for` gives)
+    stores 32-bit codes; candidates work the same."""
+    rng = np.random.default_rng(1)
+    coarse = _unit(rng.standard_normal((7, DIM))).astype(np.float32)
+    cents = _unit(np.repeat(coarse, 10_000, axis=0) + 0.3 * _unit(rng.standard_normal((70_000, DIM)))).astype(
+        np.float32
+    )
+    pages = [_page(p) for p in range(60)]
+    offs = np.concatenate([[0], np.cumsum([len(x) for x in pages])])
+    ix, counts = fs.build_code_index(coarse, cents, [(np.concatenate(pages), offs)])
+    assert ix.codes.dtype == np.uint32 and int(ix.codes.max()) >= 1 << 16 and ix.n == 60
+    assert np.array_equal(np.diff(ix.code_offsets), counts)
+    s = fs.Settings(coarse=7, fine=10_000)
+    for p in (4, 33, 59):
+        got = ix.candidates(_query(p), s, depth=60)
+        assert sorted(got.tolist()) == list(range(60)) and got[0] == p
+
+
 # ------------------------------------------------------------------ search through the index
 def test_index_equals_exact_when_depth_covers_the_store(store):
     st, t = store
@@ -120,7 +139,10 @@ def test_codebook_is_sized_for_the_table_and_outgrowing_it_is_reported(tmp_path)
     st, t = _make(tmp_path, n=80)
     base = fs.Settings(coarse=4, fine=4, grow_from=100)
     assert base.sized_for(99) == base
-    assert (base.sized_for(100).coarse, base.sized_for(100).fine) == (8, 8)
+    assert (base.sized_for(100).coarse, base.sized_for(100).fine) == (8, 8) == (base.sized_for(799).coarse, 8)
+    assert (base.sized_for(800).n_centroids, base.sized_for(10**9).n_centroids) == (256, 256)
+    big = fs.Settings().sized_for(1_000_000)
+    assert (big.n_centroids, big.train_vectors, fs.code_dtype(big.n_centroids)) == (262_144, 16 * 262_144, np.uint32)
     li = liveindex.LiveIndex(st, t, settings=base)
     s0 = li.rebuild()
     assert len(s0.codes.centroids) == 16 and s0.meta["built_rows"] == 80 and li.outgrown(s0) is None

@@ -35,7 +35,7 @@ class Settings:
     probe: int = 16  # centroids whose pages a query token visits
     refine: int = 500  # pages re-scored with their full code sets
     depth: int = 100  # pages re-ranked exactly (per query)
-    grow_from: int = 50_000  # rows from which the codebook has 4x the centroids (sized_for)
+    grow_from: int = 50_000  # rows from which the codebook has 4x the centroids, 16x from 8x as many (sized_for)
 
     @property
     def n_centroids(self) -> int:
@@ -43,17 +43,20 @@ class Settings:
 
     def sized_for(self, rows: int) -> Settings:
         """These settings with the codebook sized for a table of ``rows`` rows: from
-        :attr:`grow_from` rows, twice the coarse and twice the fine centroids (65,536 by default:
-        codes still fit 16 bits) trained on 16 sample vectors per centroid.  A fixed codebook
-        serves a growing table worse and worse: its centroids' inverted lists lengthen and the
-        pages in one list look alike to the first stage.  Measured on structured page embeddings
-        (BENCHMARKS.md), 100,000 pages, 50 queries: candidate recall@10 0.73 / 0.87 (depth 100 /
-        200) with 16,384 centroids, 0.94 / 1.00 with 65,536, 0.99 / 0.99 with 262,144 (which
-        costs 4.6 KB per page and 11 minutes to build).  Applied to an index's *base* settings
-        when it is built (the stored settings are the sized ones)."""
-        if rows < self.grow_from:
+        :attr:`grow_from` rows twice the coarse and twice the fine centroids (65,536 by default:
+        codes still fit 16 bits), from 8x :attr:`grow_from` twice again (262,144: 32-bit codes),
+        trained on 16 sample vectors per centroid.  A fixed codebook serves a growing table
+        worse and worse: its centroids' inverted lists lengthen and the pages in one list look
+        alike to the first stage.  Measured on structured page embeddings (BENCHMARKS.md):
+        100,000 pages, 50 queries, candidate recall@10 0.73 / 0.87 (depth 100 / 200) with 16,384
+        centroids, 0.94 / 1.00 with 65,536, 0.99 / 0.99 with 262,144 (4.6 KB per page, 11 minutes
+        to build there); 1,000,000 pages, 0.18 / 0.25 with 16,384, 0.62 / 0.76 with 65,536.
+        Applied to an index's *base* settings when it is built (the stored settings are the
+        sized ones)."""
+        steps = 0 if rows < self.grow_from else 1 if rows < 8 * self.grow_from else 2
+        if steps == 0:
             return self
-        bigger = replace(self, coarse=2 * self.coarse, fine=2 * self.fine)
+        bigger = replace(self, coarse=self.coarse << steps, fine=self.fine << steps)
         return replace(bigger, train_vectors=max(self.train_vectors, 16 * bigger.n_centroids))
 
     def depth_for(self, pages: int) -> int:
