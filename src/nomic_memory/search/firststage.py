@@ -50,7 +50,8 @@ class Settings:
         alike to the first stage.  Measured on structured page embeddings (BENCHMARKS.md):
         100,000 pages, 50 queries, candidate recall@10 0.73 / 0.87 (depth 100 / 200) with 16,384
         centroids, 0.94 / 1.00 with 65,536, 0.99 / 0.99 with 262,144 (4.6 KB per page, 11 minutes
-        to build there); 1,000,000 pages, 0.18 / 0.25 with 16,384, 0.62 / 0.76 with 65,536.
+        to build there); 1,000,000 pages, 0.18 / 0.25 with 16,384, 0.62 / 0.76 with 65,536,
+        0.84 / 0.93 with 262,144.
         Applied to an index's *base* settings when it is built (the stored settings are the
         sized ones)."""
         steps = 0 if rows < self.grow_from else 1 if rows < 8 * self.grow_from else 2
