@@ -135,12 +135,17 @@ def test_index_equals_exact_when_depth_covers_the_store(store):
     assert small.last_via == "exact"
 
 
-def test_codebook_is_sized_for_the_table_and_outgrowing_it_is_reported(tmp_path):
+def test_codebook_is_sized_for_the_table_and_outgrowing_it_is_reported(tmp_path, monkeypatch):
     st, t = _make(tmp_path, n=80)
     base = fs.Settings(coarse=4, fine=4, grow_from=100)
     assert base.sized_for(99) == base
     assert (base.sized_for(100).coarse, base.sized_for(100).fine) == (8, 8) == (base.sized_for(799).coarse, 8)
     assert (base.sized_for(800).n_centroids, base.sized_for(10**9).n_centroids) == (256, 256)
+    for bad in ("", "abc", "-5"):  # ignored, as NOMIC_MEMORY_INDEX_MIN_ROWS
+        monkeypatch.setenv("NOMIC_MEMORY_INDEX_GROW_FROM", bad)
+        assert liveindex.base_settings() == fs.Settings()
+    monkeypatch.setenv("NOMIC_MEMORY_INDEX_GROW_FROM", "70")
+    assert liveindex.base_settings().grow_from == 70
     big = fs.Settings().sized_for(1_000_000)
     assert (big.n_centroids, big.train_vectors, fs.code_dtype(big.n_centroids)) == (262_144, 16 * 262_144, np.uint32)
     li = liveindex.LiveIndex(st, t, settings=base)

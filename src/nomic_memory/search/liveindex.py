@@ -79,9 +79,9 @@ class IndexUnusable(NomicMemoryError):
 def base_settings() -> fs.Settings:
     """The settings an index is built with (before :meth:`~.firststage.Settings.sized_for`):
     the defaults, with ``NOMIC_MEMORY_INDEX_GROW_FROM`` (rows from which the codebook is larger)
-    if it is set."""
+    if it is set to a number (anything else is ignored, as ``NOMIC_MEMORY_INDEX_MIN_ROWS``)."""
     grow = os.environ.get("NOMIC_MEMORY_INDEX_GROW_FROM")
-    return fs.Settings(grow_from=int(grow)) if grow else fs.Settings()
+    return fs.Settings(grow_from=int(grow)) if grow and grow.strip().isdigit() else fs.Settings()
 
 
 def min_rows() -> int:
