@@ -475,7 +475,7 @@ class Index:
         if st.n == 0:
             return [np.zeros(0, np.int64) for _ in embs]
         if st.codes is not None:
-            s = _fs.Settings(**st.meta["settings"])
+            s = st.settings
             return [_fs.candidates(st.parts, q.reshape(-1, self.info.dim), s, allowed, depth) for q in embs]
         return [_vector_candidates(st, q, depth, allowed) for q in embs]
 

@@ -147,6 +147,12 @@ class State:
         return self.meta.get("base") or (self.path.name if self.path is not None else None)
 
     @property
+    def settings(self) -> fs.Settings:
+        """What it was built with (the codebook's nominal size: a small table trains fewer
+        centroids, :func:`~.firststage.train_codebook`)."""
+        return fs.Settings(**self.meta["settings"])
+
+    @property
     def codebook(self) -> str:
         """Names the codebook (the segments writers code against it say which)."""
         return str(self.meta.get("codebook") or f"b{int(float(self.meta.get('built_at') or 0) * 1000) % 10**10}")
@@ -594,8 +600,7 @@ class LiveIndex:
         if st.codes is None:
             return None
         want = self.settings.sized_for(st.n if rows is None else rows).n_centroids
-        built = fs.Settings(**st.meta["settings"]).n_centroids  # a small table trains fewer (train_codebook)
-        return want if want > built else None
+        return want if want > st.settings.n_centroids else None
 
     @staticmethod
     def _entry_arrays(known_keys, known_sums, keys, sums, rowids, keep, rows_new):
@@ -839,7 +844,7 @@ def retrain_if_outgrown(store: Store, table: EmbeddingTable, on_event=None) -> d
     want = li.outgrown(st, rows) if st is not None else None
     if st is None or want is None:
         return None
-    before = fs.Settings(**st.meta["settings"]).n_centroids
+    before = st.settings.n_centroids
     if on_event is not None:
         on_event("index_retraining", {"table": table.name, "rows": rows, "centroids": want, "before": before})
     t0 = time.perf_counter()
@@ -847,7 +852,7 @@ def retrain_if_outgrown(store: Store, table: EmbeddingTable, on_event=None) -> d
     done = {
         "table": table.name,
         "rows": new.n,
-        "centroids": fs.Settings(**new.meta["settings"]).n_centroids,
+        "centroids": new.settings.n_centroids,
         "before": before,
         "seconds": round(time.perf_counter() - t0, 3),
     }
