@@ -135,6 +135,75 @@ def test_index_equals_exact_when_depth_covers_the_store(store):
     assert small.last_via == "exact"
 
 
+def test_full_scores_are_each_pages_code_set_maxsim():
+    """The refine score of a page is sum over tokens of its best code's centroid score, for pages
+    of any number of codes (none included), through the gathered-columns segmented maximum."""
+    rng = np.random.default_rng(3)
+    cents = _unit(rng.standard_normal((50, DIM))).astype(np.float32)
+    sets = [np.sort(rng.choice(50, int(rng.integers(1, 12)), replace=False)) for _ in range(30)]
+    sets[7] = np.zeros(0, np.int64)
+    offs = np.concatenate([[0], np.cumsum([len(c) for c in sets])]).astype(np.int64)
+    codes = np.concatenate(sets).astype(np.uint16)
+    inv_o, inv_e = fs.inverted_lists(codes, np.diff(offs), 50)
+    ix = fs.CodeIndex(cents, offs, codes, inv_o, inv_e)
+    q = _unit(rng.standard_normal((9, DIM))).astype(np.float32)
+    sims = q @ cents.T
+    entries = np.array([29, 0, 7, 13, 13, 2])
+    got = ix._full_scores(np.ascontiguousarray(sims), entries)
+    want = [sims[:, sets[e]].max(axis=1).sum() if len(sets[e]) else -np.inf for e in entries]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_one_blas_thread_is_counted_across_users():
+    """Overlapping users (a server's concurrent searches) leave in any order: BLAS stays on one
+    thread until the last one leaves, which restores what the first one found.  (Modelled here
+    by two contexts left in the order they were entered, on the main thread: OpenBLAS only
+    takes thread counts set from the main thread once its pool runs.)"""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    before = blas_threads()
+    assert before
+    first, second = fs.one_blas_thread(), fs.one_blas_thread()
+    first.__enter__()
+    second.__enter__()
+    assert set(blas_threads()) == {1}
+    first.__exit__(None, None, None)
+    assert set(blas_threads()) == {1}  # the second user is still inside
+    second.__exit__(None, None, None)
+    assert blas_threads() == before
+
+
+def test_rerank_in_chunks_equals_one_batch(store, monkeypatch):
+    """Each query's candidates scored in chunks on worker threads (several queries with
+    overlapping and disjoint candidates, any chunk size, one or two workers) give the scores of
+    one batch of all of them, and the winners' metadata."""
+    from nomic_memory.search import approx, scoring
+
+    st, t = store
+    ds = t.table.to_lance()
+    qs = [_query(p) for p in (3, 50, 111)]
+    cands = [list(range(0, 60)), list(range(40, 120, 3)), [5, 111, 119, 0]]
+    opts = scoring.ScanOptions()
+    whole = ds.take(list(range(120)), columns=["root", "path", "page", "embedding"]).combine_chunks().to_batches()[0]
+    want = []
+    for q, cs in zip(qs, cands):
+        sc = opts.score_batch([q], t.info, whole)[0][cs]
+        order = sorted(range(len(cs)), key=lambda i: (-sc[i], cs[i]))[:5]
+        want.append([(float(sc[i]), f"p{cs[i]:04d}.png") for i in order])
+    for chunk in (3, 7, 64):
+        monkeypatch.setattr(scoring, "RERANK_CHUNK_ROWS", chunk)
+        for workers in (1, 2):
+            tops = approx.rerank(ds, t.info, qs, 5, cands, scoring.ScanOptions(workers=workers))
+            got = [[(s, m[0]) for s, m in top.results()[0]] for top in tops]
+            for g, w in zip(got, want):
+                assert [p for _, p in g] == [p for _, p in w]
+                np.testing.assert_allclose([s for s, _ in g], [s for s, _ in w], rtol=1e-6)
+    assert approx.rerank(ds, t.info, qs[:1], 5, [[]], opts)[0].results() == [[]]
+
+
 def test_codebook_is_sized_for_the_table_and_outgrowing_it_is_reported(tmp_path, monkeypatch):
     st, t = _make(tmp_path, n=80)
     base = fs.Settings(coarse=4, fine=4, grow_from=100)

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from nomic_memory.errors import SearchError, UsageError
-from nomic_memory.search.scoring import META_COLUMNS, ScanOptions, TopK, meta_getter, multivector_matrix
+from nomic_memory.search.scoring import META_COLUMNS, ScanOptions, TopK, meta_getter, multivector_matrix, score_rows
 from nomic_memory.store.table import EmbeddingTable, Store, TableInfo
 
 APPROX_DIR = "_nomic_memory_approx"
@@ -335,24 +335,32 @@ def rerank(
     scan: ScanOptions,
     rowids: bool = False,
 ) -> list[TopK]:
-    """Exact scores of each query's own candidates (row positions, or Lance row ids), fetched
-    from the table in one ``take``.  Ties break by candidate id."""
-    union = sorted({c for cs in cands for c in cs})
-    if not union:
-        return [TopK(1, k) for _ in embs]
-    cols = META_COLUMNS + ["embedding"]
-    t = ds._take_rows(union, columns=cols) if rowids else ds.take(union, columns=cols)
-    batch = t.combine_chunks().to_batches()[0]
-    where = {c: i for i, c in enumerate(union)}
-    out = []
-    for q, cs in zip(embs, cands):
-        ids = np.asarray(sorted(set(cs)), dtype=np.int64)
-        local = np.asarray([where[int(c)] for c in ids], dtype=np.int64)
-        sub = batch.take(pa.array(local))
+    """Exact scores of each query's own candidates (row positions, or Lance row ids), their
+    vectors read from the table in parallel chunks (:func:`score_rows`); the metadata of the
+    winners only, in one ``take``.  Ties break by candidate id."""
+    take = ds._take_rows if rowids else ds.take
+    ids = [np.unique(np.asarray(cs, dtype=np.int64)) for cs in cands]
+    scores = score_rows(
+        lambda chunk: take(chunk, columns=["embedding"]),
+        info,
+        embs,
+        ids,
+        device=scan.device,
+        tile_vectors=scan.tile_vectors,
+        workers=scan.workers,
+    )
+    tops = []
+    for mine, sc in zip(ids, scores):
         top = TopK(1, k)
-        top.update(scan.score_batch([q], info, sub), ids, meta_getter(sub))
-        out.append(top)
-    return out
+        top.update(sc[None, :], mine)
+        tops.append(top)
+    winners = np.unique(np.concatenate([p for top in tops for p in top.pos] or [np.zeros(0, np.int64)]))
+    if len(winners):
+        meta = meta_getter(take(winners.tolist(), columns=META_COLUMNS).combine_chunks().to_batches()[0])
+        found = dict(zip(winners.tolist(), meta(np.arange(len(winners)))))
+        for top in tops:
+            top.meta = {int(p): found[int(p)] for p in top.pos[0]}
+    return tops
 
 
 def recall_at_k(approx: list[list], exact: list[list], k: int = 10) -> float:

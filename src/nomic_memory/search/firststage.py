@@ -19,6 +19,8 @@ such an index beside each table, current with every write.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -127,18 +129,34 @@ def train_codebook(sample: np.ndarray, s: Settings, seed: int = 0) -> tuple[np.n
 
 
 _BLAS: list = []
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS: list = []  # the limiter while any thread is inside one_blas_thread()
 
 
+@contextlib.contextmanager
 def one_blas_thread():
     """A context in which BLAS runs on one thread.  Assignment multiplies many small matrices (one
     per coarse centroid); a multi-threaded BLAS synchronises its threads for each of them, which on
     a busy machine costs several times the arithmetic (measured: 0.72 s against 0.13-0.33 s for
-    37,500 vectors at load ~10 on 2 cores)."""
-    from threadpoolctl import ThreadpoolController  # late: inspects the loaded libraries once
+    37,500 vectors at load ~10 on 2 cores).  The limit is process-wide, so it is counted: the
+    last thread to leave restores what the first one found.  (OpenBLAS takes a thread count set
+    from another thread than the main one only before its pool runs: elsewhere this may leave
+    BLAS as it is, which changes speed, never results.)"""
+    with _BLAS_LOCK:
+        if not _BLAS:
+            from threadpoolctl import ThreadpoolController  # late: inspects the loaded libraries once
 
-    if not _BLAS:
-        _BLAS.append(ThreadpoolController())
-    return _BLAS[0].limit(limits=1, user_api="blas")
+            _BLAS.append(ThreadpoolController())
+        if not _BLAS_USERS:
+            _BLAS_USERS.append(_BLAS[0].limit(limits=1, user_api="blas"))
+        _BLAS_USERS.append(None)
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS.pop()
+            if len(_BLAS_USERS) == 1:
+                _BLAS_USERS.pop().restore_original_limits()
 
 
 def assign(x: np.ndarray, coarse: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -210,13 +228,12 @@ class CodeIndex:
         return candidates([self], q, s, allowed, depth)
 
     def _probe_scores(self, sims: np.ndarray, probe: int) -> np.ndarray:
-        T, K = sims.shape
-        p = min(probe, K)
-        best = np.argpartition(-sims, p - 1, axis=1)[:, :p]  # (T, p)
-        bs = np.take_along_axis(sims, best, axis=1)
-        o = np.argsort(-bs, axis=1, kind="stable")  # each token's centroids best first
-        best, bs = np.take_along_axis(best, o, axis=1), np.take_along_axis(bs, o, axis=1)
-        floor = bs.min(axis=1)  # the imputed score of a page a token does not meet
+        return self._probed(_probe(sims, probe))
+
+    def _probed(self, probe: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """Each entry's imputed score from the tokens' best centroids (:func:`_probe`)."""
+        best, bs, floor = probe
+        T, p = best.shape
         starts, ends = self.inv_offsets[best], self.inv_offsets[best + 1]
         lens = (ends - starts).ravel()
         total = int(lens.sum())
@@ -233,21 +250,23 @@ class CodeIndex:
             flat[(tok * self.n + ent)[::-1]] = val[::-1]
         return acc.sum(axis=0)
 
-    def _full_scores(self, sims_t: np.ndarray, entries: np.ndarray) -> np.ndarray:
-        """Each entry's score from its whole code set; ``sims_t`` is ``(K, T)``, C-contiguous:
-        gathering a page's codes then copies whole rows (2.4x faster than columns of a
-        ``(T, K)`` matrix with 65,536 centroids)."""
+    def _full_scores(self, sims: np.ndarray, entries: np.ndarray) -> np.ndarray:
+        """Each entry's score from its whole code set; ``sims`` is ``(T, K)``, C-contiguous.
+        ``np.take`` gathers the codes' columns into a ``(T, codes)`` matrix whose rows the
+        segmented maximum then runs along: 8.7 ms for 500 pages at 65,536 centroids, against
+        23 ms gathering rows of the transposed ``(K, T)`` matrix (fancy indexing) and a maximum
+        across 20-float rows, and far more with ``sims[:, codes]``."""
         a, b = self.code_offsets[entries], self.code_offsets[entries + 1]
         lens = b - a
         total = int(lens.sum())
         if total == 0:
             return np.full(len(entries), -np.inf, np.float32)
         codes = self.codes[_ranges(a, lens, total)].astype(np.int64)
-        g = sims_t[codes]  # (total, T)
+        g = np.take(sims, codes, axis=1)  # (T, total)
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
         nonempty = lens > 0
         out = np.full(len(entries), -np.inf, np.float32)
-        out[nonempty] = np.maximum.reduceat(g, starts[nonempty], axis=0).sum(axis=1)
+        out[nonempty] = np.maximum.reduceat(g, starts[nonempty], axis=1).sum(axis=0)
         return out
 
 
@@ -255,14 +274,21 @@ def candidates(
     parts: list[CodeIndex], q: np.ndarray, s: Settings, allowed: np.ndarray | None = None, depth: int | None = None
 ) -> np.ndarray:
     """:meth:`CodeIndex.candidates` over several indexes with the same centroids (a base and the
-    entries added since), whose entries are numbered one after the other."""
+    entries added since), whose entries are numbered one after the other.
+
+    BLAS runs on one thread here: a multi-threaded BLAS's threads spin on after the product, in
+    the way of the re-rank that follows (its p50 went from 66-74 to 47-50 ms at 100,000 pages).
+    Splitting the query's tokens over two threads did not pay on this 2-core machine (43 ms
+    against 33 ms, twice the CPU)."""
     depth = s.depth if depth is None else depth
     parts = [p for p in parts if p.n]
     n = sum(p.n for p in parts)
     if n == 0:
         return np.zeros(0, np.int64)
-    sims = np.ascontiguousarray(q, dtype=np.float32) @ parts[0].centroids.T  # (T, K)
-    approx = np.concatenate([p._probe_scores(sims, s.probe) for p in parts])
+    with one_blas_thread():
+        sims = np.ascontiguousarray(q, dtype=np.float32) @ parts[0].centroids.T  # (T, K)
+    probe = _probe(sims, s.probe)
+    approx = np.concatenate([p._probed(probe) for p in parts])
     if allowed is not None:
         approx[~allowed] = -np.inf
     live = int(np.count_nonzero(approx > -np.inf))
@@ -271,13 +297,23 @@ def candidates(
         return np.zeros(0, np.int64)
     top = _top(approx, m)
     refined = np.empty(len(top), np.float32)
-    sims_t = np.ascontiguousarray(sims.T)
     start = 0
     for p in parts:
         inside = (top >= start) & (top < start + p.n)
-        refined[inside] = p._full_scores(sims_t, top[inside] - start)
+        refined[inside] = p._full_scores(sims, top[inside] - start)
         start += p.n
     return top[_top(refined, min(depth, len(top)))]
+
+
+def _probe(sims: np.ndarray, probe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each token's ``probe`` best centroids, best first, their scores and the lowest of them
+    (the imputed score of a page a token does not meet); the same for every part."""
+    p = min(probe, sims.shape[1])
+    best = np.argpartition(-sims, p - 1, axis=1)[:, :p]  # (T, p)
+    bs = np.take_along_axis(sims, best, axis=1)
+    o = np.argsort(-bs, axis=1, kind="stable")
+    best, bs = np.take_along_axis(best, o, axis=1), np.take_along_axis(bs, o, axis=1)
+    return best, bs, bs.min(axis=1)
 
 
 def _ranges(starts: np.ndarray, lens: np.ndarray, total: int) -> np.ndarray:
