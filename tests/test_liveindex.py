@@ -154,6 +154,15 @@ def test_full_scores_are_each_pages_code_set_maxsim():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_similarities_in_blocks_equal_one_product():
+    rng = np.random.default_rng(4)
+    cents = rng.standard_normal((1000, DIM)).astype(np.float32)
+    q = rng.standard_normal((7, DIM)).astype(np.float32)
+    got = fs._similarities(q, cents, block=128)  # 1000 = 7 whole blocks and a partial one
+    assert got.shape == (7, 1000) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, q @ cents.T, rtol=1e-5, atol=1e-5)
+
+
 def test_one_blas_thread_is_counted_across_users():
     """Overlapping users (a server's concurrent searches) leave in any order: BLAS stays on one
     thread until the last one leaves, which restores what the first one found.  (Modelled here
