@@ -3,6 +3,7 @@
 recall@10 against the exact scores saved with it, for the same queries as that command.
 
     uv run python benchmarks/sweep_firststage.py --load /tmp/nm_fs/m1m --pages 1000000
+    uv run python benchmarks/sweep_firststage.py --load /tmp/nm_fs/m1m --pages 1000000 --grid 16,500,200 16,500,400
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ def main() -> None:
     ap.add_argument("--pages", type=int, required=True)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--grid",
+        nargs="+",
+        help="probe,refine,depth triples (default: " + " ".join(",".join(map(str, g)) for g in GRID) + ")",
+    )
     a = ap.parse_args()
+    grid = [tuple(int(x) for x in t.split(",")) for t in a.grid] if a.grid else GRID
     ix, exact, _ = bf._load_built(a.load)
     g = PageGenerator(PageSpec(seed=a.seed))
     sources = np.random.default_rng(a.seed + 1).choice(a.pages, a.queries, replace=False)  # as `million`
     qs = [g.query(int(p)) for p in sources]
-    for probe, refine, depth in GRID:
+    for probe, refine, depth in grid:
         s = dataclasses.replace(fs.Settings(), probe=probe, refine=refine)
         lat, rec, src = [], [], []
         for qi, q in enumerate(qs):

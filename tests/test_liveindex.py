@@ -154,6 +154,11 @@ def test_full_scores_are_each_pages_code_set_maxsim():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_rerank_depth_grows_with_the_table():
+    s = fs.Settings()
+    assert [s.depth_for(n) for n in (0, 24_999, 25_000, 399_999, 400_000, 10**7)] == [100, 100, 200, 200, 400, 400]
+
+
 def test_similarities_in_blocks_equal_one_product():
     rng = np.random.default_rng(4)
     cents = rng.standard_normal((1000, DIM)).astype(np.float32)

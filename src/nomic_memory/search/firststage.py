@@ -68,13 +68,19 @@ class Settings:
         structured page embeddings (BENCHMARKS.md), 100 candidates recalled 0.965-0.975 of the
         exact top 10 at 5,000-20,000 pages but 0.73-0.79 at 100,000 with 16,384 centroids,
         where 200 recalled 0.87-0.95 (a larger ``refine`` or ``probe`` did not help); with the
-        codebook sized for 100,000 rows (:meth:`sized_for`) 100 recall 0.94 and 200 0.99.  So
-        twice ``depth`` from 25,000 pages."""
-        return self.depth if pages < DEEPER_FROM else 2 * self.depth
+        codebook sized for 100,000 rows (:meth:`sized_for`) 100 recall 0.94 and 200 0.99.  At
+        a million pages (262,144 centroids) 200 recalled 0.93, 400 0.96 and 600 0.985, for about
+        the same first-stage time.  So twice ``depth`` from 25,000 pages and four times from
+        400,000 (where the largest codebook starts)."""
+        if pages < DEEPER_FROM:
+            return self.depth
+        return 2 * self.depth if pages < DEEPEST_FROM else 4 * self.depth
 
 
 #: Table size (rows) from which twice :attr:`Settings.depth` candidates are re-ranked.
 DEEPER_FROM = 25_000
+#: ... and from which four times as many.
+DEEPEST_FROM = 400_000
 
 
 # ------------------------------------------------------------------ k-means

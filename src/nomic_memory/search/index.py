@@ -412,7 +412,7 @@ class Index:
 
         From :func:`index_min_rows` rows on, candidates come from the table's first-stage index
         (kept current automatically, :mod:`nomic_memory.search.liveindex`) and the best ``rerank``
-        (default 100, 200 from 25,000 rows: :meth:`~.firststage.Settings.depth_for`) of them are
+        (default 100, 200 from 25,000 rows, 400 from 400,000: :meth:`~.firststage.Settings.depth_for`) of them are
         scored exactly; below it, and with ``exact=True``, every row is
         scored.  Scores are exact either way; each hit's ``via`` (and :attr:`last_via`) says
         which was used.
