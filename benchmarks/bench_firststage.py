@@ -432,7 +432,9 @@ def _save_built(d: Path, ix: fs.CodeIndex, exact, times: dict) -> None:
 
 
 def _load_built(d: Path):
-    ix = fs.CodeIndex(**{name: np.load(d / f"{name}.npy", mmap_mode="r") for name in _ARRAYS})
+    arrays = {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+    arrays["centroids"] = np.array(arrays["centroids"])  # in RAM, as the live index holds them
+    ix = fs.CodeIndex(**arrays)
     exact = np.load(d / "exact.npy") if (d / "exact.npy").exists() else None
     return ix, exact, json.loads((d / "times.json").read_text())
 

@@ -242,7 +242,9 @@ def _load_generation(gen: Path, kind: str) -> State:
     if kind == "colqwen":
         c = {a: np.load(gen / f"{a}.npy", mmap_mode="r") for a in _CODE_ARRAYS}
         st.coarse = np.load(gen / "coarse.npy")
-        st.codes = fs.CodeIndex(np.asarray(c["centroids"]), *(c[a] for a in _CODE_ARRAYS[1:]))
+        # the centroids in RAM (8-134 MB), the lists memory-mapped: every query multiplies all of
+        # the centroids, which took 38 ms from RAM against 50 ms memory-mapped at 262,144 centroids
+        st.codes = fs.CodeIndex(np.array(c["centroids"]), *(c[a] for a in _CODE_ARRAYS[1:]))
         if not _consistent(st.codes, n):
             raise IndexUnusable(f"index generation {gen.name} is inconsistent")
     else:
