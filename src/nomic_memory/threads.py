@@ -3,15 +3,52 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-import torch
+
+class CountedSetting:
+    """A process-wide setting changed while any thread is inside :meth:`held` and restored when
+    the last one leaves, whatever order they leave in (a thread count that concurrent searches
+    each want lowered: one that restored its own saved value would undo another's, or restore
+    the lowered one for good).
+
+    ``apply()`` changes the setting and returns what ``restore(saved)`` needs to undo it."""
+
+    def __init__(self, apply: Callable[[], Any], restore: Callable[[Any], None]):
+        self._apply, self._restore = apply, restore
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: Any = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = self._apply()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._restore(self._saved)
+
+    def saved_or(self, current: Callable[[], Any]) -> Any:
+        """What the setting was before the first user changed it, or ``current()`` when none is inside."""
+        with self._lock:
+            return self._saved if self._users else current()
 
 
 @contextmanager
 def torch_threads(n: int | None):
     """Run a block with ``n`` intra-op threads (no-op for ``None``), restoring the setting after."""
+    import torch  # late: the first stage's counted BLAS setting needs this module, not torch
+
     old = torch.get_num_threads()
     if n is None or n == old:
         yield
@@ -91,6 +128,8 @@ class ThreadTuner:
     def __call__(self, kind: str, work: int):
         """``with tuner("vision", patches): ...`` runs the block with the chosen thread count."""
         threads = self.next(kind)
+        import torch
+
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         t = time.perf_counter()

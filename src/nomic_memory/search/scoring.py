@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from nomic_memory.errors import UsageError
 from nomic_memory.store.table import TableInfo
+from nomic_memory.threads import CountedSetting
 
 # The row columns a hit reports (in a Hit's field order: path, root, page).
 META_COLUMNS = ["root", "path", "page"]
@@ -289,36 +290,28 @@ def default_workers() -> int:
     as it was before any scan in progress set it to 1."""
     import torch
 
-    with _threads_lock:
-        n = _threads_saved if _threads_users else torch.get_num_threads()
-    return max(1, n)
+    return max(1, _SINGLE_THREADED.saved_or(torch.get_num_threads))
+
+
+def _one_torch_thread() -> int:
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return saved
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 # CPU scans run torch single-threaded (their parallelism is across batches) and torch's thread
 # count is one per process: concurrent scans (a server's threads) share one "set to 1" and the
 # last to finish restores the count the first one found.
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = 1
-
-
-@contextlib.contextmanager
-def _torch_single_threaded():
-    global _threads_users, _threads_saved
-    import torch
-
-    with _threads_lock:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _threads_users += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0:
-                torch.set_num_threads(_threads_saved)
+_SINGLE_THREADED = CountedSetting(_one_torch_thread, _set_torch_threads)
+_torch_single_threaded = _SINGLE_THREADED.held
 
 
 def exact_scan(
