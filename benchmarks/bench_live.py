@@ -88,11 +88,36 @@ def cmd_store(a) -> dict:
     return res
 
 
-def rss_now_gib() -> float:
+def rss_now_gib(field: str = "VmRSS") -> float:
+    """This process's resident memory (``VmRSS``), or one part of it: ``RssAnon`` (its own
+    memory) or ``RssFile`` (pages of mapped files, such as the re-rank's memory-mapped vectors:
+    page cache, shared and reclaimable)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 2**20
     return 0.0
+
+
+def reference_ms() -> float:
+    """The machine's speed at the moment: a fixed single-threaded workload (1,000 products of a
+    20 x 128 and a 128 x 2,048 float32 matrix, the re-rank's kind of work), median of 3, in ms.
+    On the shared 2-core machine this varied by 1.5x within an hour; figures taken at different
+    moments compare through it."""
+    import torch
+
+    q, x = torch.randn(20, 128), torch.randn(2048, 128)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(1000):
+                torch.mm(q, x.T)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(saved)
+    return round(1000 * statistics.median(times), 1)
 
 
 def _time(f):
@@ -112,7 +137,7 @@ def cmd_live(a) -> dict:
     rng = np.random.default_rng(a.seed + 1)
     qs = [g.query(int(p)) for p in rng.choice(n, a.queries, replace=False)]
     idx = Index(st, t, index_min_rows=0)
-    res: dict = {"pages": n, "queries": a.queries}
+    res: dict = {"pages": n, "queries": a.queries, "reference_ms_before": reference_ms()}
     li = idx.live_index()
     if a.rebuild or li.load() is None:
         state, secs = _time(li.rebuild)
@@ -161,7 +186,10 @@ def cmd_live(a) -> dict:
             "search_cpu_p50_ms": round(1000 * med[5], 1),
             "search_cpu_p95_ms": round(1000 * med[6], 1),
             "load": os.getloadavg()[0],
+            "reference_ms_after": reference_ms(),
             "rss_gib_after_searches": round(rss_now_gib(), 2),
+            "rss_anon_gib_after_searches": round(rss_now_gib("RssAnon"), 2),
+            "rss_file_gib_after_searches": round(rss_now_gib("RssFile"), 2),
         }
     )
     if a.rerank:

@@ -154,18 +154,31 @@ def test_full_scores_are_each_pages_code_set_maxsim():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-def test_rerank_depth_grows_with_the_table():
+def test_rerank_depth_follows_the_pages_per_list(store):
     s = fs.Settings()
+    # a code index: 0.27 of the pages sharing an inverted list, never below the base depth
+    assert [s.depth_for(10**6, ppl) for ppl in (0.0, 370.0, 371.0, 596.2, 1525.0)] == [100, 100, 101, 161, 412]
+    # a vector index (single-vector tables): by the table's size
     assert [s.depth_for(n) for n in (0, 24_999, 25_000, 399_999, 400_000, 10**7)] == [100, 100, 200, 200, 400, 400]
+    st, t = store
+    idx = Index(st, t, index_min_rows=0)
+    idx.search_embeddings(_query(3), 5)
+    state = idx.live_index().load()
+    postings = sum(len(c.codes) for c in state.parts)
+    assert state.pages_per_list == pytest.approx(postings / len(state.codes.centroids)) and 0 < state.pages_per_list
 
 
-def test_similarities_in_blocks_equal_one_product():
+def test_similarities_equal_the_product_and_take_memory_maps(tmp_path):
+    """The query-centroid similarities (torch's matmul) equal numpy's product, C-contiguous
+    ``(T, K)``, from centroids in RAM or memory-mapped read-only (as the index's files are)."""
     rng = np.random.default_rng(4)
     cents = rng.standard_normal((1000, DIM)).astype(np.float32)
     q = rng.standard_normal((7, DIM)).astype(np.float32)
-    got = fs._similarities(q, cents, block=128)  # 1000 = 7 whole blocks and a partial one
-    assert got.shape == (7, 1000) and got.flags.c_contiguous
-    np.testing.assert_allclose(got, q @ cents.T, rtol=1e-5, atol=1e-5)
+    np.save(tmp_path / "c.npy", cents)
+    for c in (cents, np.load(tmp_path / "c.npy", mmap_mode="r")):
+        got = fs._similarities(q, c)
+        assert got.shape == (7, 1000) and got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_allclose(got, q @ cents.T, rtol=1e-5, atol=1e-5)
 
 
 def test_one_blas_thread_is_counted_across_users():

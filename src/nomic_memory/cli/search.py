@@ -73,7 +73,7 @@ def search(
     rerank: Optional[int] = number_option(
         None,
         "--rerank",
-        "Candidates re-ranked exactly (index: 100, 200 from 25,000 rows, 400 from 400,000; --approx: max(10k, 100)).",
+        "Candidates re-ranked exactly (index: 100, more as the table outgrows its codebook: ~160 at 100,000 rows; --approx: max(10k, 100)).",
         min=1,
     ),
     backend: BackendChoice = QUERY_BACKEND,

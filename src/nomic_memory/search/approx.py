@@ -31,7 +31,16 @@ import numpy as np
 import pyarrow as pa
 
 from nomic_memory.errors import SearchError, UsageError
-from nomic_memory.search.scoring import META_COLUMNS, ScanOptions, TopK, meta_getter, multivector_matrix, score_rows
+from nomic_memory.search.scoring import (
+    META_COLUMNS,
+    ScanOptions,
+    TopK,
+    documents,
+    meta_getter,
+    multivector_matrix,
+    score_rows,
+)
+from nomic_memory.store.mapped import MappedVectors
 from nomic_memory.store.table import EmbeddingTable, Store, TableInfo
 
 APPROX_DIR = "_nomic_memory_approx"
@@ -334,20 +343,32 @@ def rerank(
     cands: list[list[int]],
     scan: ScanOptions,
     rowids: bool = False,
+    mapped: MappedVectors | None = None,
 ) -> list[TopK]:
     """Exact scores of each query's own candidates (row positions, or Lance row ids), their
-    vectors read from the table in parallel chunks (:func:`score_rows`); the metadata of the
-    winners only, in one ``take``.  Ties break by candidate id."""
+    vectors read in parallel chunks (:func:`score_rows`): through ``mapped`` (row ids only),
+    and with Lance's ``take`` for what it does not map; the metadata of the winners only, in
+    one ``take``.  Ties break by candidate id."""
     take = ds._take_rows if rowids else ds.take
+
+    def read(chunk: list[int]) -> list[np.ndarray]:
+        got: list[np.ndarray | None] = mapped.rows(ds, chunk) if mapped is not None and rowids else [None] * len(chunk)
+        missing = [i for i, d in enumerate(got) if d is None]
+        if missing:
+            for i, d in zip(missing, documents(take([chunk[i] for i in missing], columns=["embedding"]))):
+                got[i] = d
+        return got  # type: ignore[return-value]  # every None replaced
+
     ids = [np.unique(np.asarray(cs, dtype=np.int64)) for cs in cands]
     scores = score_rows(
-        lambda chunk: take(chunk, columns=["embedding"]),
+        read,
         info,
         embs,
         ids,
         device=scan.device,
         tile_vectors=scan.tile_vectors,
         workers=scan.workers,
+        release=(lambda chunk: mapped.release(ds, chunk)) if mapped is not None and rowids else None,
     )
     tops = []
     for mine, sc in zip(ids, scores):

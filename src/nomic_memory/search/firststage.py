@@ -13,12 +13,15 @@ page it does not meet gets the ``probe``-th score (an upper bound of what it wou
 The sum over query tokens approximates MaxSim; the best ``refine`` pages are then scored by their
 full code sets (no imputation) and the best ``depth`` of those go to the exact re-rank.
 
-Everything here is numpy on arrays that can be memory-mapped; :mod:`nomic_memory.search.liveindex` keeps
-such an index beside each table, current with every write.
+Everything here is numpy on arrays that can be memory-mapped (the query's one matmul runs on
+torch, as the exact scorer's do); :mod:`nomic_memory.search.liveindex` keeps such an index beside
+each table, current with every write.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -62,22 +65,33 @@ class Settings:
         bigger = replace(self, coarse=self.coarse << steps, fine=self.fine << steps)
         return replace(bigger, train_vectors=max(self.train_vectors, 16 * bigger.n_centroids))
 
-    def depth_for(self, pages: int) -> int:
-        """Pages re-ranked exactly in a table of ``pages`` rows.  The exact top 10 are close
-        neighbours, and a larger store has more of them for the code scores to confuse: on
-        structured page embeddings (BENCHMARKS.md), 100 candidates recalled 0.965-0.975 of the
-        exact top 10 at 5,000-20,000 pages but 0.73-0.79 at 100,000 with 16,384 centroids,
-        where 200 recalled 0.87-0.95 (a larger ``refine`` or ``probe`` did not help); with the
-        codebook sized for 100,000 rows (:meth:`sized_for`) 100 recall 0.94 and 200 0.99.  At
-        a million pages (262,144 centroids) 200 recalled 0.93, 400 0.96 and 600 0.985, for about
-        the same first-stage time.  So twice ``depth`` from 25,000 pages and four times from
-        400,000 (where the largest codebook starts)."""
+    def depth_for(self, pages: int, pages_per_list: float | None = None) -> int:
+        """Pages re-ranked exactly in a table of ``pages`` rows whose code index puts
+        ``pages_per_list`` pages on an inverted list on average (its postings over its
+        centroids).
+
+        The exact top 10 are close neighbours, and what the code scores confuse them with are
+        the pages that share their centroids: so the depth follows the pages per list,
+        :data:`DEPTH_PER_LIST_PAGE` of them, and never less than :attr:`depth`.  On structured
+        page embeddings (BENCHMARKS.md) recall@10 against exact search followed depth / pages
+        per list, whatever the table's size and codebook: 100,000 pages on 65,536 centroids
+        (590 pages a list) recalled 0.94 / 0.98 / 0.99 at depth 100 / 150 / 200 (ratios 0.17 /
+        0.25 / 0.34); a million pages on 262,144 centroids (1,525 a list) 0.93 / 0.96 / 0.985
+        at depth 200 / 400 / 600 (0.13 / 0.26 / 0.39); 5,000-20,000 pages on 16,384 centroids
+        0.965-0.975 at depth 100.  A ratio of 0.27 asks for about 0.97.
+
+        Without ``pages_per_list`` (a vector index: single-vector tables), by the table's size:
+        ``depth``, twice that from :data:`DEEPER_FROM` rows, four times from :data:`DEEPEST_FROM`."""
+        if pages_per_list is not None:
+            return max(self.depth, math.ceil(DEPTH_PER_LIST_PAGE * pages_per_list))
         if pages < DEEPER_FROM:
             return self.depth
         return 2 * self.depth if pages < DEEPEST_FROM else 4 * self.depth
 
 
-#: Table size (rows) from which twice :attr:`Settings.depth` candidates are re-ranked.
+#: Pages re-ranked per page that shares an inverted list (:meth:`Settings.depth_for`).
+DEPTH_PER_LIST_PAGE = 0.27
+#: Single-vector tables: rows from which twice :attr:`Settings.depth` candidates are re-ranked.
 DEEPER_FROM = 25_000
 #: ... and from which four times as many.
 DEEPEST_FROM = 400_000
@@ -309,19 +323,22 @@ def candidates(
     return top[_top(refined, min(depth, len(top)))]
 
 
-def _similarities(q: np.ndarray, centroids: np.ndarray, block: int = 4096) -> np.ndarray:
-    """``q @ centroids.T`` as a C-contiguous ``(T, K)`` float32 matrix, computed on one BLAS
-    thread as ``centroids @ q.T`` a block of centroids at a time, each transposed into place.
+def _similarities(q: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """``q @ centroids.T`` as a C-contiguous ``(T, K)`` float32 matrix, multiplied by torch (MKL,
+    torch's own threads), as the exact scorer multiplies.
 
-    On one thread that order takes 6.8 ms for 20 tokens and 65,536 centroids, against 11-15 ms
-    for ``q @ centroids.T`` and 6.3 ms for that on two BLAS threads, whose threads then spin on
-    and slowed the re-rank that follows from 47-50 to 66-74 ms (100,000 pages)."""
-    out = np.empty((len(q), len(centroids)), np.float32)
-    qt = np.ascontiguousarray(q.T)
-    with one_blas_thread():
-        for a in range(0, len(centroids), block):
-            out[:, a : a + block] = (centroids[a : a + block] @ qt).T
-    return out
+    Inside a search at 100,000 pages (20 tokens, 65,536 centroids, the centroids' 32 MB pushed
+    out of the caches by the previous re-rank) numpy's OpenBLAS took 11.7 ms a query for this
+    product, in blocks on one thread (its two threads, woken, spun on through the re-rank), and
+    torch 8.3 ms on one thread; on torch's two threads the whole search's p50 fell from 59.7 to
+    49.5 ms at the same CPU time (BENCHMARKS.md, "Candidates read through a memory map")."""
+    import torch  # late: a process that only builds or checks an index need not load torch
+
+    with warnings.catch_warnings():  # a read-only memory map: only ever read
+        warnings.simplefilter("ignore", UserWarning)
+        c = torch.from_numpy(centroids)
+    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    return torch.mm(qt, c.T).numpy()
 
 
 def _probe(sims: np.ndarray, probe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

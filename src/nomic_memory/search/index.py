@@ -33,6 +33,7 @@ from nomic_memory.search import approx as _approx
 from nomic_memory.search import firststage as _fs
 from nomic_memory.search import liveindex as _live
 from nomic_memory.search.scoring import ScanOptions, TopK
+from nomic_memory.store.mapped import MappedVectors
 from nomic_memory.store.table import EmbeddingTable, Store, TableInfo, default_store_path, embedding_to_numpy
 
 log = logging.getLogger("nomic_memory")
@@ -252,6 +253,7 @@ class Index:
         self.index_min_rows = index_min_rows
         self.index_wait = index_wait
         self._live_index: _live.LiveIndex | None = None
+        self._mapped = MappedVectors() if store.local else None  # the re-rank's reads (see its module)
         self.last_via: str | None = None  # how the last search found its candidates
         self.table = table
         self.info: TableInfo = table.info
@@ -412,7 +414,7 @@ class Index:
 
         From :func:`index_min_rows` rows on, candidates come from the table's first-stage index
         (kept current automatically, :mod:`nomic_memory.search.liveindex`) and the best ``rerank``
-        (default 100, 200 from 25,000 rows, 400 from 400,000: :meth:`~.firststage.Settings.depth_for`) of them are
+        (default: 100, or more as more pages share the index's lists: :meth:`~.firststage.Settings.depth_for`) of them are
         scored exactly; below it, and with ``exact=True``, every row is
         scored.  Scores are exact either way; each hit's ``via`` (and :attr:`last_via`) says
         which was used.
@@ -455,7 +457,8 @@ class Index:
 
     def _index_search(self, ds, embs: list[np.ndarray], k: int, where: str | None, rerank: int | None):
         view = self.live_index().view(ds, wait=self.index_wait)
-        depth = max(k, rerank if rerank is not None else _fs.Settings().depth_for(view.state.n))
+        st = view.state
+        depth = max(k, rerank if rerank is not None else _fs.Settings().depth_for(st.n, st.pages_per_list))
         allowed, tail = view.alive, view.tail
         if where:
             match = _approx.matching_row_ids(ds, where).astype(np.uint64)
@@ -466,7 +469,7 @@ class Index:
             np.union1d(view.rowids[ents], tail).astype(np.int64).tolist()
             for ents in self._candidates(view, embs, depth, allowed)
         ]
-        tops = _approx.rerank(ds, self.info, embs, k, cands, self._scan(), rowids=True)
+        tops = _approx.rerank(ds, self.info, embs, k, cands, self._scan(), rowids=True, mapped=self._mapped)
         return [to_hits(top, via="index")[0] for top in tops]
 
     def _candidates(self, view: _live.View, embs: list[np.ndarray], depth: int, allowed) -> list[np.ndarray]:

@@ -143,6 +143,15 @@ class State:
         return [c for c in (self.codes, self.delta) if c is not None]
 
     @property
+    def pages_per_list(self) -> float | None:
+        """The code index's postings per centroid: how many pages share an inverted list on
+        average (None: not a code index).  The re-rank depth follows it
+        (:meth:`~.firststage.Settings.depth_for`)."""
+        if self.codes is None or not len(self.codes.centroids):
+            return None
+        return sum(len(c.codes) for c in self.parts) / len(self.codes.centroids)
+
+    @property
     def base_name(self) -> str | None:
         return self.meta.get("base") or (self.path.name if self.path is not None else None)
 

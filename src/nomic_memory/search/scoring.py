@@ -139,21 +139,40 @@ class Scorer:
     def _load(self, x: np.ndarray):
         """A float32 torch view/copy of ``x`` (n, dim) on the scoring device."""
         torch = self.torch
-        n = x.shape[0]
-        with warnings.catch_warnings():  # read-only Arrow memory: only ever read
+        if x.dtype == np.float32 and self.device.type == "cpu":
+            with warnings.catch_warnings():  # read-only Arrow memory: only ever read
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(np.ascontiguousarray(x))  # zero-copy
+        buf, _ = self._buffers(x.shape[0])
+        return self._widen(x, buf[: x.shape[0]])
+
+    def _gather(self, docs: Sequence[np.ndarray], n: int):
+        """The float32 tile of ``docs`` (each ``(n_i, dim)``, ``n`` vectors in all), each copied
+        (and widened) straight into the tile buffer."""
+        buf, _ = self._buffers(n)
+        pos = 0
+        for d in docs:
+            self._widen(d, buf[pos : pos + len(d)])
+            pos += len(d)
+        return buf[:n]
+
+    def _widen(self, x: np.ndarray, out):
+        """``x`` copied into ``out`` (float32, same shape, on the scoring device)."""
+        torch = self.torch
+        with warnings.catch_warnings():  # read-only Arrow or memory-mapped data: only ever read
             warnings.simplefilter("ignore", UserWarning)
             src = torch.from_numpy(np.ascontiguousarray(x))
-        if x.dtype == np.float32 and self.device.type == "cpu":
-            return src  # zero-copy
-        buf, _ = self._buffers(n)
-        out = buf[:n]
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and torch.get_num_threads() == 1:
+            out.copy_(
+                src
+            )  # a scan's or re-rank's single-threaded torch: one call (200 pages: 22 ms against 26 in slices)
+        elif self.device.type == "cpu":
             # Widened in slices below torch's parallel grain (32,768 elements): one thread each,
             # vectorised.  On a tile of 8,192 x 128 float16 (2 cores, other work running) the
             # single-threaded copy took 0.3-0.4 ms, numpy's 1.5-3 ms, and torch's own two-thread
             # copy 8 ms (125 ms in slices just above the grain): its threads wait for each other.
             rows = max(1, _WIDEN_ELEMENTS // max(1, self.dim))
-            for r in range(0, n, rows):
+            for r in range(0, len(x), rows):
                 out[r : r + rows].copy_(src[r : r + rows])
         else:
             out.copy_(src.to(self.device, non_blocking=False))
@@ -164,7 +183,6 @@ class Scorer:
 
         ColQwen: ``vectors`` (total, dim) with ``offsets`` (n_docs+1,); BiQwen: ``vectors`` (n_docs, dim).
         """
-        torch = self.torch
         if self.kind != "colqwen":
             n = vectors.shape[0]
             out = np.empty((self.nq, n), dtype=np.float32)
@@ -174,6 +192,24 @@ class Scorer:
                 out[:, a : a + x.shape[0]] = (self.Q @ x.T).cpu().numpy()
             return out
         assert offsets is not None
+        return self._late_interaction(offsets, lambda r0, r1, a, b: self._load(vectors[a:b]))
+
+    def score_documents(self, docs: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores ``(n_queries, len(docs))`` of documents given one array each (ColQwen ``(n_i,
+        dim)``, BiQwen ``(dim,)`` or ``(1, dim)``): views of memory-mapped or Arrow memory, each
+        widened straight into the scoring tile, so the batch is never copied first.  The same
+        scores as :meth:`score` of them concatenated."""
+        if self.kind != "colqwen":
+            return self.score(np.stack([np.asarray(d).reshape(self.dim) for d in docs]))
+        offsets = np.zeros(len(docs) + 1, np.int64)
+        np.cumsum([len(d) for d in docs], out=offsets[1:])
+        return self._late_interaction(offsets, lambda r0, r1, a, b: self._gather(docs[r0:r1], b - a))
+
+    def _late_interaction(self, offsets: np.ndarray, tile) -> np.ndarray:
+        """MaxSim scores ``(n_queries, n_docs)`` of the documents ``offsets`` delimits, whose
+        vectors ``tile(r0, r1, a, b)`` gives as a float32 ``(b - a, dim)`` tensor (documents
+        ``r0:r1``, vectors ``a:b``), a tile of whole documents at a time."""
+        torch = self.torch
         n_docs = len(offsets) - 1
         out = torch.zeros((self.nq, n_docs), dtype=torch.float32, device=self.device)
         lens_all = np.diff(offsets)
@@ -187,7 +223,7 @@ class Scorer:
                 nd = r1 - r0
                 lens = lens_all[r0:r1]
                 if b > a:
-                    x = self._load(vectors[a:b])
+                    x = tile(r0, r1, a, b)
                     _, res = self._buffers(b - a)
                     s = res[: self.T * (b - a)].view(self.T, b - a)
                     torch.mm(self.Q, x.T, out=s)
@@ -416,8 +452,20 @@ def _scored_batches(batches, first: Scorer, queries, info: TableInfo, workers: i
 RERANK_CHUNK_ROWS = 64
 
 
+def documents(table: pa.Table | pa.RecordBatch) -> list[np.ndarray]:
+    """Each row's vectors of an Arrow ``embedding`` column as numpy views (``(n_i, dim)`` for
+    ColQwen, ``(dim,)`` for BiQwen): the form :func:`score_rows` reads."""
+    col = table.column("embedding")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_fixed_size_list(col.type):
+        return list(fixed_size_list_matrix(col))
+    v, o = multivector_matrix(col)
+    return [v[o[i] : o[i + 1]] for i in range(len(o) - 1)]
+
+
 def score_rows(
-    take: Callable[[list[int]], pa.Table],
+    read: Callable[[list[int]], list[np.ndarray]],
     info: TableInfo,
     queries: Sequence[np.ndarray],
     rows: Sequence[np.ndarray],
@@ -425,14 +473,19 @@ def score_rows(
     device: str = "cpu",
     tile_vectors: int | None = None,
     workers: int | None = None,
+    release: Callable[[list[int]], None] | None = None,
 ) -> list[np.ndarray]:
-    """Exact scores of each query against its own rows (``rows[i]``: sorted, unique ids), read
-    with ``take(ids)`` (an Arrow table with the ``embedding`` column, rows in ``ids``' order).
+    """Exact scores of each query against its own rows (``rows[i]``: sorted, unique ids), whose
+    vectors ``read(ids)`` gives, one array per id in ``ids``' order (views of a memory map, or
+    :func:`documents` of Lance's ``take``); ``release(ids)``, if given, is called once a chunk's
+    vectors are scored (:meth:`~nomic_memory.store.mapped.MappedVectors.release`).
 
     The rows' union is read in chunks of at most :data:`RERANK_CHUNK_ROWS`, which ``workers``
-    threads each take and score (single-threaded torch, as in a scan): Lance's ``take`` of 200
+    threads each read and score (single-threaded torch, as in a scan): Lance's ``take`` of 200
     pages' vectors (38 MB) took 44 ms in one call, 20 ms as four calls of 50 rows and 15 ms
-    with two threads (a warm 100,000-page store), and scoring overlaps the reads.  Scores do not
+    with two threads (a warm 100,000-page store); through a memory map
+    (:class:`~nomic_memory.store.mapped.MappedVectors`) the reading is ~2 ms and each document is
+    widened straight into the scoring tile (:meth:`Scorer.score_documents`).  Scores do not
     depend on the chunking (a document's score is its own rows' maximum, see
     :func:`_scored_batches`).  A GPU scores chunk by chunk in the calling thread."""
     from concurrent.futures import ThreadPoolExecutor
@@ -456,13 +509,16 @@ def score_rows(
         return sc
 
     def work(chunk: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        batch = take(chunk.tolist()).combine_chunks().to_batches()[0]
+        ids = chunk.tolist()
+        docs = read(ids)
         out = []
         for qi, mine in enumerate(rows):
             inside = np.isin(chunk, mine, assume_unique=True)
             if inside.any():
-                sub = batch if inside.all() else batch.filter(pa.array(inside))
-                out.append((qi, scorer(qi).score_batch(sub)[0]))
+                sub = docs if inside.all() else [d for d, keep in zip(docs, inside) if keep]
+                out.append((qi, scorer(qi).score_documents(sub)[0]))
+        if release is not None:
+            release(ids)
         return out
 
     parts: list[list[np.ndarray]] = [[] for _ in rows]
@@ -523,6 +579,7 @@ __all__ = [
     "TopK",
     "ScanOptions",
     "exact_scan",
+    "documents",
     "score_rows",
     "default_workers",
     "meta_getter",
