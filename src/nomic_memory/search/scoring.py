@@ -163,9 +163,8 @@ class Scorer:
             warnings.simplefilter("ignore", UserWarning)
             src = torch.from_numpy(np.ascontiguousarray(x))
         if self.device.type == "cpu" and torch.get_num_threads() == 1:
-            out.copy_(
-                src
-            )  # a scan's or re-rank's single-threaded torch: one call (200 pages: 22 ms against 26 in slices)
+            # a scan's or a re-rank's single-threaded torch: one call (200 pages: 22 ms against 26 in slices)
+            out.copy_(src)
         elif self.device.type == "cpu":
             # Widened in slices below torch's parallel grain (32,768 elements): one thread each,
             # vectorised.  On a tile of 8,192 x 128 float16 (2 cores, other work running) the
