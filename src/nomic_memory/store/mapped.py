@@ -84,7 +84,8 @@ class _File:
 
     def nbytes(self, offset: int) -> int:
         """The size of the row's vectors."""
-        return sum(n for _, n in self._ranges(offset)) * self.dim * self.dtype.itemsize
+        a = int(self.ends[offset - 1]) if offset else 0
+        return (int(self.ends[offset]) - a) * self.dim * self.dtype.itemsize
 
     def release(self) -> None:
         """Drop this process's mapping of the whole file (its pages stay in the page cache; a
