@@ -21,6 +21,11 @@ def default_store_path() -> Path | str:
     return Path(base) / "nomic-memory" / "store"
 
 
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/nomic-memory`` (~/.cache/nomic-memory): what can be made again if lost."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nomic-memory"
+
+
 def store_key(location: str | Path) -> str:
     """One name per store, however it is written: the URI of an object-storage store, the resolved
     absolute path of a local one (what :class:`~nomic_memory.store.Store` opens)."""
@@ -32,4 +37,4 @@ def store_key(location: str | Path) -> str:
     return str(Path(location).expanduser().resolve())
 
 
-__all__ = ["default_store_path", "is_uri", "store_key"]
+__all__ = ["cache_dir", "default_store_path", "is_uri", "store_key"]

@@ -21,7 +21,7 @@ import typer
 from typer.core import TyperGroup
 from typer.models import CommandInfo
 
-from nomic_memory.cli.common import reports_errors, version_callback
+from nomic_memory.cli.common import finish, reports_errors, version_callback
 
 # Every command, in the order ``--help`` lists them: name -> (module, function or sub-app).  A
 # command's module is imported only when that command is needed (it runs, or help lists it), so
@@ -158,7 +158,11 @@ def _index_app() -> typer.Typer:
 
 
 def main() -> None:
-    app()
+    """The ``nomic-memory`` command (the console script and ``python -m nomic_memory.cli``)."""
+    try:
+        app()
+    except SystemExit as e:
+        finish(e.code)  # a command may have asked to end without the interpreter's teardown
 
 
 def legacy_main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from nomic_memory.cli.common import (
     BackendChoice,
     allow_mismatch_option,
     check_template,
+    exit_without_teardown,
     fail,
     json_option,
     number_option,
@@ -106,6 +107,7 @@ def search(
 
     query_only_process()  # this process embeds queries and searches: the model's code without scipy,
     import_lancedb(pandas=False)  # and pyarrow without pandas (nothing here hands it a pandas object)
+    exit_without_teardown()  # once the answer is out (and what it wrote committed), nothing is left to tidy
     from nomic_memory.search.approx import APPROX_METHODS  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.index import Index, check_where  # late: pyarrow; the CLI starts without it
     from nomic_memory.search.queries import QueryError, check_text_query  # late: the search package imports pyarrow

@@ -18,7 +18,12 @@ installed, for its SageMaker configuration commands; boto3 is no dependency of n
 of its development tools).  Together about 0.4 s of the command's imports (``python -X
 importtime``).  Nothing that embeds a query uses either: the query embedding and the hits are
 the same (``tests/test_startup.py`` and the instant-search tests compare them with a normal
-process's).
+process's).  In such a process the model's code is also imported with ``torch._dynamo``,
+``torchvision`` and ``torchvision.ops`` deferred (:mod:`nomic_memory.model.deferred`: each
+package's ``__init__`` runs when a name it defines is first used, which embedding a query never
+does), and with transformers taking its path for a torch built without ``torch.distributed``
+(which spares ``torch.distributed.tensor``; a search is one process on one device).  Together
+about 2 s of the command's 5-8 s here.
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ import threading
 import types
 from collections.abc import Iterator
 
+from nomic_memory.model import model_table
+from nomic_memory.model.deferred import defer, defer_dynamo
+
 _lock = threading.Lock()
 _PARENTS = ("colpali_engine", "colpali_engine.models")
 _OPTIONAL = ("scipy", "boto3")  # what query_only_process hides (see the module's docstring)
 _LEFT_OUT: dict[str, None] = {}  # optional packages hidden until the model's code is imported (query_only_process)
+_QUERY_ONLY: dict[str, bool] = {}  # "declared": query_only_process was called; "done": _query_only_imports ran
 
 
 def query_only_process() -> None:
@@ -46,6 +55,7 @@ def query_only_process() -> None:
     docstring).  A process that imported transformers already is left as it is."""
     if "transformers" in sys.modules:
         return
+    _QUERY_ONLY["declared"] = True
     for name in _OPTIONAL:
         if name not in sys.modules:
             sys.modules[name] = None  # type: ignore[assignment]
@@ -105,13 +115,38 @@ def lean_transformers() -> Iterator[None]:
         if name in sys.modules or importlib.util.find_spec("transformers") is None:
             yield
             return
-        transformers = importlib.import_module("transformers")  # the real top-level package first
-        mod = sys.modules[name] = _stand_in(name, os.path.join(list(transformers.__path__)[0], "models"))
-        try:
-            yield
-        finally:
-            if sys.modules.get(name) is mod:
-                del sys.modules[name]
+        with _query_only_imports():
+            model_table.install()  # transformers' table of every model's names from the cache
+            transformers = importlib.import_module("transformers")  # the real top-level package first
+            mod = sys.modules[name] = _stand_in(name, os.path.join(list(transformers.__path__)[0], "models"))
+            try:
+                yield
+            finally:
+                if sys.modules.get(name) is mod:
+                    del sys.modules[name]
+
+
+@contextlib.contextmanager
+def _query_only_imports() -> Iterator[None]:
+    """In a query-only process, the first time the model is loaded, what its code leaves out (see
+    the module's docstring): ``torch._dynamo``, ``torchvision`` and ``torchvision.ops`` deferred
+    for good; for the duration, ``torch.distributed.is_available()`` says no, so transformers and
+    peft, which each ask once and keep the answer, take their paths for a torch without it."""
+    if not _QUERY_ONLY.get("declared") or _QUERY_ONLY.get("done"):
+        yield
+        return
+    _QUERY_ONLY["done"] = True
+    import torch
+
+    defer_dynamo()
+    defer("torchvision")
+    defer("torchvision.ops")
+    available = torch.distributed.is_available
+    torch.distributed.is_available = lambda: False
+    try:
+        yield
+    finally:
+        torch.distributed.is_available = available
 
 
 def qwen2_5():

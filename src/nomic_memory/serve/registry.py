@@ -19,7 +19,7 @@ import os
 import stat
 from pathlib import Path
 
-from nomic_memory.locations import store_key
+from nomic_memory.locations import cache_dir, store_key
 
 
 def registry_dir() -> Path:
@@ -27,8 +27,7 @@ def registry_dir() -> Path:
     run = os.environ.get("XDG_RUNTIME_DIR")
     if run and os.path.isdir(run):
         return Path(run) / "nomic-memory"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nomic-memory" / "run"
+    return cache_dir() / "run"
 
 
 def _prefix(store) -> str:

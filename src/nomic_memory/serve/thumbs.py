@@ -37,6 +37,7 @@ from nomic_memory.ingest.images import (
     load_image,
     read_file_bounded,
 )
+from nomic_memory.locations import cache_dir
 
 THUMBS_DIR = "_nomic_memory_thumbs"
 THUMB_SIDE = 384
@@ -68,8 +69,7 @@ def thumbs_dir(store, table: str) -> Path:
     """Where thumbnails of ``table`` are cached."""
     if store.local:
         return Path(store.path) / THUMBS_DIR / table
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nomic-memory" / "thumbs"
-    return base / hashlib.sha256(str(store.path).encode()).hexdigest()[:16] / table
+    return cache_dir() / "thumbs" / hashlib.sha256(str(store.path).encode()).hexdigest()[:16] / table
 
 
 def page_file(row: dict) -> Path:
