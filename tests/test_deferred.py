@@ -34,6 +34,7 @@ def package(tmp_path):
     (pkg / "__init__.py").write_text(
         "import os\nos.environ['PKG_INITS'] = str(int(os.environ.get('PKG_INITS', '0')) + 1)\n"
         "from . import heavy\nVALUE = heavy.X + 1\n"
+        "import pkg\ntry:\n    pkg.LATER\n    EARLY = 'seen'\nexcept AttributeError as e:\n    EARLY = str(e)\nLATER = 1\n"
     )
     (pkg / "heavy.py").write_text("X = 41\n")
     (pkg / "light.py").write_text("from pkg import sibling\nY = sibling.Z\n")
@@ -75,11 +76,12 @@ def test_a_missing_name_still_fails_after_the_init(package):
             err = None
         except AttributeError as e:
             err = str(e)
-        print(json.dumps({"err": err, "value": pkg.VALUE}))
+        print(json.dumps({"err": err, "value": pkg.VALUE, "early": pkg.EARLY}))
         """,
         str(package),
     )
     assert "nothing_like_this" in got["err"] and got["value"] == 42
+    assert got["early"].startswith("partially initialized module 'pkg' has no attribute 'LATER'")  # as Python's own
 
 
 @pytest.mark.slow

@@ -53,6 +53,11 @@ class DeferredPackage(types.ModuleType):
         if _is_submodule(self, attr):
             return importlib.import_module(f"{self.__name__}.{attr}")
         run_init(self)
+        if isinstance(self, DeferredPackage):  # asked by its own __init__, which runs in this thread
+            raise AttributeError(
+                f"partially initialized module {self.__name__!r} has no attribute {attr!r} "
+                "(most likely due to a circular import)"  # Python's own words for this
+            )
         return getattr(self, attr)
 
 
@@ -64,20 +69,29 @@ def _is_submodule(pkg: types.ModuleType, attr: str) -> bool:
 
 _before_init: dict[str, Callable[[types.ModuleType], None]] = {}  # by package name
 _after_init: dict[str, Callable[[types.ModuleType], None]] = {}
+_running: set[str] = set()  # packages whose __init__ runs now
 
 
 def run_init(pkg: types.ModuleType) -> None:
-    """Run a deferred package's real ``__init__`` (once; nothing for a package that is not deferred)."""
+    """Run a deferred package's real ``__init__`` once, in the package object itself (nothing for
+    a package that is not deferred).  Other threads wait until it has run, as they would for an
+    import; the package stays a :class:`DeferredPackage` while it runs, so that names its own
+    ``__init__`` asks for before defining them fail as in any partially initialised module."""
     with _lock:
-        if not isinstance(pkg, DeferredPackage):
+        name = pkg.__name__
+        if not isinstance(pkg, DeferredPackage) or name in _running:
             return
-        pkg.__class__ = types.ModuleType  # type: ignore[assignment]  # a normal package from here on, also while its __init__ runs
-        before, after = _before_init.pop(pkg.__name__, None), _after_init.pop(pkg.__name__, None)
-        if before:
-            before(pkg)
-        pkg.__spec__.loader.exec_module(pkg)  # type: ignore[union-attr]
-        if after:
-            after(pkg)
+        _running.add(name)
+        try:
+            before, after = _before_init.pop(name, None), _after_init.pop(name, None)
+            if before:
+                before(pkg)
+            pkg.__spec__.loader.exec_module(pkg)  # type: ignore[union-attr]
+            if after:
+                after(pkg)
+        finally:
+            _running.discard(name)
+            pkg.__class__ = types.ModuleType  # type: ignore[assignment]  # a normal package from here on
 
 
 def defer(name: str) -> DeferredPackage | None:
