@@ -132,11 +132,7 @@ def defer_dynamo() -> DeferredPackage | None:
     pkg = defer(_DYNAMO)
     if pkg is None:
         return None
-    for name, stand_in in (
-        ("disable", _disable),
-        ("allow_in_graph", _allow_in_graph),
-        ("assume_constant_result", _assume_constant_result),
-    ):
+    for name, stand_in in _stand_ins().items():
         setattr(pkg, name, stand_in)
     _before_init[_DYNAMO], _after_init[_DYNAMO] = _drop_stand_ins, _register_allowed
     return pkg
@@ -146,8 +142,13 @@ def _dynamo_ran() -> bool:
     return not isinstance(sys.modules.get(_DYNAMO), DeferredPackage)
 
 
+def _stand_ins() -> dict[str, Callable]:
+    """Dynamo's names that stand in until it runs, and what stands in for each."""
+    return {"disable": _disable, "allow_in_graph": _allow_in_graph, "assume_constant_result": _assume_constant_result}
+
+
 def _drop_stand_ins(pkg: types.ModuleType) -> None:
-    for name in ("disable", "allow_in_graph", "assume_constant_result"):
+    for name in _stand_ins():
         pkg.__dict__.pop(name, None)
 
 
