@@ -187,6 +187,31 @@ def cli_env(tmp: Path | None = None) -> dict[str, str]:
     return env
 
 
+def assert_same_hits(got: list[dict], want: list, exact: bool = False) -> None:
+    """One query's hits as JSON (``got``) are ``want`` (hits or their dicts): the fields of each
+    hit equal in the same place, its score to float32 rounding unless ``exact``.  Why not always
+    exact: a padded batch of queries moves a score of ~20 by one ulp (2e-6), and the BLAS kernels
+    behind a forward pass pick their path by buffer alignment and thread split, so two processes
+    can differ in a score's last bit (seen for an image query: 58.384476 against 58.384480); a
+    wrong weight, input or scoring moves it far more."""
+    want = [w if isinstance(w, dict) else w.to_dict() for w in want]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):  # the fields both carry (a server may add some, e.g. a page image)
+        shared = (g.keys() & w.keys()) - {"score"}
+        assert {"id", "rank", "root", "path", "page"} <= shared
+        assert {f: g[f] for f in shared} == {f: w[f] for f in shared}
+    if exact:
+        assert [h["score"] for h in got] == [w["score"] for w in want]
+    np.testing.assert_allclose([h["score"] for h in got], [w["score"] for w in want], rtol=1e-6, atol=1e-6)
+
+
+def assert_same_answers(got: list[list[dict]], want: list[list]) -> None:
+    """``assert_same_hits`` for each query of a multi-query answer."""
+    assert len(got) == len(want)
+    for got_hits, want_hits in zip(got, want, strict=True):
+        assert_same_hits(got_hits, want_hits)
+
+
 def on_cpu(model: Path | str, store: Path | str) -> list[str]:
     """The options of a CLI run that embeds with a local model on the CPU into ``store``."""
     return ["--model-name", str(model), "--backend", "cpu", "--store", str(store)]

@@ -23,7 +23,7 @@ from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from PIL import Image
 
-from conftest import REPO, cli_env, make_image, run_cli, start_cli
+from conftest import REPO, assert_same_hits, cli_env, make_image, run_cli, start_cli
 
 QUERIES = ["a red bicycle", "quarterly revenue table", "blue sky"]
 
@@ -82,13 +82,6 @@ def hits_of(result) -> list[dict]:
     return payload["results"]
 
 
-def assert_equal_hits(got: list[dict], want) -> None:
-    assert [(h["id"], h["path"], h["root"], h["page"], h["rank"]) for h in got] == [
-        (w.id, w.path, w.root, w.page, w.rank) for w in want
-    ]
-    assert [h["score"] for h in got] == [w.score for w in want]  # one query, one forward: bit-identical
-
-
 def jpeg(block) -> Image.Image:
     assert block.type == "image" and block.mime_type == "image/jpeg"
     img = Image.open(io.BytesIO(base64.b64decode(block.data)))
@@ -120,7 +113,7 @@ def test_search_equals_index_search_with_page_images(env):
     ]
     for q, r in zip(QUERIES, results):
         hits = hits_of(r)
-        assert_equal_hits(hits, env["idx"].search(q, k=12))
+        assert_same_hits(hits, env["idx"].search(q, k=12), exact=True)  # one query, one forward: bit-identical
         images = r.content[1:]
         assert len(images) == 10  # the first ten hits carry their page image
         for h, block in zip(hits, images):
@@ -164,7 +157,7 @@ def test_where_filter_and_large_pages_are_bounded(env, tmp_path):
     r = call(server_for(store), lambda c: c.call_tool("search", {"query": "poster", "k": 2, "where": "width > 1000"}))
     hits = hits_of(r)
     assert [h["path"] for h in hits] == ["poster.png"]
-    assert_equal_hits(hits, Index.open(store, backend="cpu").search("poster", k=2, where="width > 1000"))
+    assert_same_hits(hits, Index.open(store, backend="cpu").search("poster", k=2, where="width > 1000"), exact=True)
     assert jpeg(r.content[1]).size == (768, 384)  # long side bounded
 
 
@@ -360,7 +353,7 @@ def test_add_folder_with_progress_only_when_allowed(env, tmp_path):
     assert json.loads(again.content[0].text)["skipped_unchanged"] == 5
     hits = hits_of(found)
     assert {h["root"] for h in hits} == {str(env["pages"]), str(new)}
-    assert_equal_hits(hits, Index.open(store, backend="cpu").search("blue sky", k=17))
+    assert_same_hits(hits, Index.open(store, backend="cpu").search("blue sky", k=17), exact=True)
 
 
 # ------------------------------------------------------------------ real subprocesses
@@ -389,7 +382,7 @@ def test_stdio_subprocess_search_and_hostile_client(env):
     tools, results, bad, res_err, after = call(params, go)
     assert tools == ["get_page", "search", "stats"]
     for q, r in zip(QUERIES, results):
-        assert_equal_hits(hits_of(r), env["idx"].search(q, k=5))
+        assert_same_hits(hits_of(r), env["idx"].search(q, k=5))  # another process: to float32 rounding
         assert len(r.content) == 6
     for (name, args, expect), r in zip(HOSTILE_CALLS, bad):
         assert expect in error_text(r), (name, args)
@@ -443,7 +436,7 @@ def test_http_transport_requires_the_token(env):
             return streamable_http_client(url, http_client=client)
 
         r = call(transport(), go)
-        assert_equal_hits(hits_of(r), env["idx"].search(QUERIES[1], k=3))
+        assert_same_hits(hits_of(r), env["idx"].search(QUERIES[1], k=3))  # another process: to float32 rounding
     finally:
         proc.terminate()
         proc.wait(30)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli_env, run_cli, start_cli
+from conftest import assert_same_hits, cli_env, run_cli, start_cli
 from test_object_store import BUCKET, s3  # noqa: F401  (the moto S3 server fixture)
 
 pytestmark = pytest.mark.slow  # starts CLI processes, servers or clusters
@@ -116,18 +116,6 @@ def env(tmp_path_factory, tiny_colqwen, tiny_biqwen):
 
 def post(url, path, json=None, **kw):
     return httpx.post(url + path, json=json, headers=kw.pop("headers", AUTH), timeout=120, **kw)
-
-
-def assert_same_hits(got: list[dict], want, exact: bool = False) -> None:
-    """Same rows, order and float32 scores (to float32 rounding: a padded batch of queries moves
-    a score of ~20 by one ulp, 2e-6; with exact batching, bit-identical)."""
-    assert [h["id"] for h in got] == [w.id for w in want]
-    assert [(h["path"], h["root"], h["page"], h["rank"]) for h in got] == [
-        (w.path, w.root, w.page, w.rank) for w in want
-    ]
-    if exact:
-        assert [h["score"] for h in got] == [w.score for w in want]
-    np.testing.assert_allclose([h["score"] for h in got], [w.score for w in want], rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------ search
