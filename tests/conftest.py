@@ -202,13 +202,14 @@ def assert_same_hits(got: list[dict], want: list, exact: bool = False) -> None:
         assert {f: g[f] for f in shared} == {f: w[f] for f in shared}
     if exact:
         assert [h["score"] for h in got] == [w["score"] for w in want]
-    np.testing.assert_allclose([h["score"] for h in got], [w["score"] for w in want], rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_allclose([h["score"] for h in got], [w["score"] for w in want], rtol=1e-6, atol=1e-6)
 
 
 def assert_same_answers(got: list[list[dict]], want: list[list]) -> None:
     """``assert_same_hits`` for each query of a multi-query answer."""
     assert len(got) == len(want)
-    for got_hits, want_hits in zip(got, want, strict=True):
+    for got_hits, want_hits in zip(got, want):
         assert_same_hits(got_hits, want_hits)
 
 
